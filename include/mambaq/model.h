@@ -1,0 +1,103 @@
+// Mamba1 / Mamba2 language models in FP32: weights, recurrent state, forward pass.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mambaq/config.h"
+#include "mambaq/tensor.h"
+
+namespace mambaq {
+
+struct LayerWeights {
+  Weight norm;                  // {d_model}
+  Weight in_proj, in_proj_b;    // {in_proj_dim, d_model}, {in_proj_dim} or empty
+  Weight conv_w, conv_b;        // {conv_dim, d_conv} (published as {conv_dim, 1, d_conv}), {conv_dim} or empty
+  Weight x_proj;                // Mamba1: {dt_rank + 2*d_state, d_inner}
+  Weight dt_proj_w, dt_proj_b;  // Mamba1: {d_inner, dt_rank}, {d_inner}
+  Weight dt_bias;               // Mamba2: {nheads}
+  Weight A_log;                 // Mamba1: {d_inner, d_state}; Mamba2: {nheads}
+  Weight D;                     // Mamba1: {d_inner}; Mamba2: {nheads}
+  Weight gnorm;                 // Mamba2 gated RMSNorm: {d_inner}
+  Weight out_proj, out_proj_b;  // {d_model, d_inner}, {d_model} or empty
+  std::vector<float> A;         // -exp(A_log), same shape as A_log
+};
+
+struct ModelWeights {
+  Weight embedding;  // {padded_vocab, d_model}
+  std::vector<LayerWeights> layers;
+  Weight norm_f;     // {d_model}
+  Weight lm_head;    // {padded_vocab, d_model} (the embedding when tied)
+};
+
+// Recurrent state of one sequence: per layer the last d_conv-1 conv inputs and the SSM state.
+struct SeqState {
+  std::vector<std::vector<float>> conv;  // per layer {d_conv-1, conv_dim}
+  std::vector<std::vector<float>> ssm;   // per layer Mamba1 {d_inner, d_state}; Mamba2 {nheads, headdim, d_state}
+  int64_t pos = 0;                       // tokens consumed
+};
+
+// A hook at a named point of the forward pass (see DESIGN.md: one forward, many uses).
+// `data` is {rows, cols} row-major and may be modified in place.
+struct Tap {
+  virtual ~Tap() = default;
+  virtual void on(int layer, std::string_view point, float* data, int rows, int cols) = 0;
+};
+
+struct TensorInfo {
+  std::string name;
+  std::string dtype;
+  std::vector<int64_t> shape;
+};
+
+class Model {
+ public:
+  // Load a checkpoint folder (either layout); every missing, unexpected or misshapen
+  // tensor is an error naming the file and tensor.
+  static std::unique_ptr<Model> load(const std::string& dir);
+  // Build a model from a config and a tensor store (used by load and by tests).
+  static std::unique_ptr<Model> from_store(const ModelConfig& cfg, const TensorStore& store);
+  // Random weights (seeded) with the exact shapes of a config.
+  static std::unique_ptr<Model> random(const ModelConfig& cfg, uint64_t seed);
+
+  const ModelConfig& config() const { return cfg_; }
+  const ModelWeights& weights() const { return w_; }
+  const std::vector<TensorInfo>& tensor_info() const { return info_; }
+  int64_t num_params() const;
+  size_t weight_bytes() const;  // fp32 bytes held
+
+  SeqState new_state() const;
+
+  // Run the backbone over `lens.size()` sequences packed back to back in `tokens`
+  // (sum(lens) tokens). If `states` is non-null, states[i] is the state of sequence i
+  // before its tokens (updated in place); otherwise every sequence starts empty.
+  // Writes the final-normed hidden states {sum(lens), d_model} to `hidden`.
+  void forward(std::span<const int32_t> tokens, std::span<const int> lens, SeqState* const* states, float* hidden,
+               Tap* tap = nullptr) const;
+
+  // logits {rows, padded_vocab} = hidden {rows, d_model} x lm_head^T
+  void lm_head(const float* hidden, int rows, float* logits) const;
+
+  // Convenience: logits of the last position of one sequence (full prefill).
+  std::vector<float> last_logits(std::span<const int32_t> tokens) const;
+
+ private:
+  ModelConfig cfg_;
+  ModelWeights w_;
+  std::vector<TensorInfo> info_;
+  void mixer_mamba1(int layer, const float* x, float* out, int T, std::span<const int> offs,
+                    SeqState* const* states, Tap* tap) const;
+  void mixer_mamba2(int layer, const float* x, float* out, int T, std::span<const int> offs,
+                    SeqState* const* states, Tap* tap) const;
+};
+
+// Parameter-count-exact configs of published checkpoints, for synthetic benchmarks:
+// mamba-130m, mamba-370m, mamba-790m, mamba-1.4b, mamba-2.8b, mamba2-130m, mamba2-370m,
+// mamba2-780m, mamba2-1.3b, mamba2-2.7b, mamba2-8b.
+ModelConfig published_config(const std::string& name);
+std::vector<std::string> published_config_names();
+
+}  // namespace mambaq

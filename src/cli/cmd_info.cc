@@ -1,0 +1,64 @@
+#include <fmt/format.h>
+
+#include <map>
+
+#include "cli/common.h"
+#include "mambaq/checkpoint.h"
+
+namespace mambaq::cli {
+
+Runner register_info(CLI::App& app) {
+  struct Opts {
+    std::string model, json;
+    Common c;
+  };
+  auto o = std::make_shared<Opts>();
+  auto* sub = app.add_subcommand("info", "Show a model's architecture, dimensions, parameters, dtypes and layout");
+  sub->add_option("MODEL", o->model, "Model folder")->required();
+  sub->add_option("--json", o->json, "Also write the information as JSON to FILE ('-' = stdout)");
+  add_common(sub, o->c);
+  return [o] {
+    apply_common(o->c);
+    auto m = Model::load(o->model);
+    const auto& c = m->config();
+    std::map<std::string, int64_t> dtypes;
+    for (const auto& t : m->tensor_info()) dtypes[t.dtype] += numel(t.shape);
+    std::string dt;
+    for (auto& [k, v] : dtypes) dt += fmt::format("{}{} ({} params)", dt.empty() ? "" : ", ", k, v);
+    fmt::print("model         {}\n", o->model);
+    fmt::print("architecture  {}\n", arch_name(c.arch));
+    fmt::print("layout        {} ({}, {})\n", c.layout, find_weights_file(o->model), c.source);
+    fmt::print("d_model       {}\nn_layer       {}\nd_inner       {}\nd_state       {}\nd_conv        {}\n", c.d_model,
+               c.n_layer, c.d_inner, c.d_state, c.d_conv);
+    if (c.arch == Arch::Mamba1)
+      fmt::print("dt_rank       {}\n", c.dt_rank);
+    else
+      fmt::print("heads         {} x headdim {}, ngroups {}, chunk_size {}\n", c.nheads, c.headdim, c.ngroups,
+                 c.chunk_size);
+    fmt::print("vocab         {} (padded to {})\n", c.vocab_size, c.padded_vocab);
+    fmt::print("lm_head       {}\n", c.tie_embeddings ? "tied to the embedding" : "separate");
+    fmt::print("parameters    {} ({:.2f} M)\n", m->num_params(), double(m->num_params()) / 1e6);
+    fmt::print("dtypes        {}\n", dt);
+    fmt::print("tensors       {}\n", m->tensor_info().size());
+    if (!o->json.empty()) {
+      nlohmann::json j = {{"model", o->model},         {"architecture", arch_name(c.arch)},
+                          {"layout", c.layout},        {"d_model", c.d_model},
+                          {"n_layer", c.n_layer},      {"d_inner", c.d_inner},
+                          {"d_state", c.d_state},      {"d_conv", c.d_conv},
+                          {"vocab_size", c.vocab_size}, {"padded_vocab", c.padded_vocab},
+                          {"parameters", m->num_params()}, {"dtypes", dtypes},
+                          {"tied_lm_head", c.tie_embeddings}};
+      if (c.arch == Arch::Mamba1) j["dt_rank"] = c.dt_rank;
+      else {
+        j["nheads"] = c.nheads;
+        j["headdim"] = c.headdim;
+        j["ngroups"] = c.ngroups;
+        j["chunk_size"] = c.chunk_size;
+      }
+      write_json(o->json, j);
+    }
+    return 0;
+  };
+}
+
+}  // namespace mambaq::cli

@@ -1,0 +1,47 @@
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <numeric>
+
+#include "cli/common.h"
+
+namespace mambaq::cli {
+
+Runner register_logits(CLI::App& app) {
+  struct Opts {
+    std::string model, prompt, json;
+    int top = 10;
+    Common c;
+  };
+  auto o = std::make_shared<Opts>();
+  auto* sub = app.add_subcommand("logits", "Top-K logits at the last position of a prompt");
+  sub->add_option("MODEL", o->model, "Model folder")->required();
+  sub->add_option("--prompt", o->prompt, "Prompt text")->required();
+  sub->add_option("--top", o->top, "How many logits to report")->check(CLI::PositiveNumber);
+  sub->add_option("--json", o->json, "Write {ids, top_ids, top_logits} to FILE ('-' = stdout)");
+  add_common(sub, o->c);
+  return [o] {
+    apply_common(o->c);
+    auto m = Model::load(o->model);
+    auto tok = load_tokenizer(o->model, o->c);
+    const auto ids = tok->encode(o->prompt);
+    auto logits = m->last_logits(ids);
+    const int k = std::min<int>(o->top, int(logits.size()));
+    std::vector<int> idx(logits.size());
+    std::iota(idx.begin(), idx.end(), 0);
+    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
+                      [&](int a, int b) { return logits[size_t(a)] > logits[size_t(b)]; });
+    idx.resize(size_t(k));
+    std::vector<float> top;
+    for (int i : idx) top.push_back(logits[size_t(i)]);
+    fmt::print("ids: {}\n", fmt::join(ids, " "));
+    fmt::print("{:>4}  {:>6}  {:>10}  token\n", "rank", "id", "logit");
+    for (int r = 0; r < k; ++r)
+      fmt::print("{:>4}  {:>6}  {:>10.5f}  {:?}\n", r + 1, idx[size_t(r)], top[size_t(r)],
+                 tok->token_bytes(idx[size_t(r)]));
+    if (!o->json.empty()) write_json(o->json, {{"ids", ids}, {"top_ids", idx}, {"top_logits", top}});
+    return 0;
+  };
+}
+
+}  // namespace mambaq::cli

@@ -1,0 +1,80 @@
+// mambaq <command>: one subcommand per file in this folder.
+#include <sys/resource.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "cli/common.h"
+#include "kernels/cpu/ops.h"
+#include "mambaq/error.h"
+#include "mambaq/eval.h"
+
+namespace mambaq::cli {
+
+void add_common(CLI::App* sub, Common& c) {
+  sub->add_option("--threads", c.threads, "Threads for all kernels (default: all cores)")->check(CLI::NonNegativeNumber);
+  sub->add_option("--data-dir", c.data_dir, "Data folder laid out like shared/data (default: the bundled data/)");
+}
+
+void apply_common(Common& c) {
+  set_num_threads(c.threads);
+  if (c.data_dir.empty()) c.data_dir = default_data_dir();
+  if (!std::filesystem::is_directory(c.data_dir)) fail("--data-dir: '{}' is not a folder", c.data_dir);
+}
+
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir, const Common& c) {
+  const std::string p = find_tokenizer(model_dir, c.data_dir);
+  if (!std::filesystem::exists(p))
+    fail("no tokenizer: neither {}/tokenizer.json nor {} exists (use --data-dir)", model_dir, p);
+  return Tokenizer::load(p);
+}
+
+void write_json(const std::string& file, const nlohmann::json& j) {
+  if (file == "-") {
+    std::cout << j.dump(2) << "\n";
+    return;
+  }
+  std::ofstream out(file, std::ios::trunc);
+  if (!out) fail("--json: cannot write '{}'", file);
+  out << j.dump(2) << "\n";
+  if (!out) fail("--json: write to '{}' failed", file);
+}
+
+double peak_rss_mib() {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return double(ru.ru_maxrss) / 1024.0;
+}
+
+}  // namespace mambaq::cli
+
+int main(int argc, char** argv) {
+  using namespace mambaq::cli;
+  CLI::App app{"mambaq: load, run, evaluate (and later quantize) Mamba and Mamba2 language models"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("mambaq ") + MAMBAQ_VERSION + " (" + MAMBAQ_GIT + ")");
+  std::vector<std::pair<CLI::App*, Runner>> cmds;
+  auto reg = [&](Runner r) { cmds.emplace_back(app.get_subcommands({}).back(), std::move(r)); };
+  reg(register_info(app));
+  reg(register_logits(app));
+  reg(register_generate(app));
+  reg(register_eval(app));
+  reg(register_bench(app));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    for (auto& [sub, run] : cmds)
+      if (sub->parsed()) return run();
+  } catch (const mambaq::Error& e) {
+    std::cerr << "mambaq: error: " << e.what() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "mambaq: error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

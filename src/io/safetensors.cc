@@ -1,0 +1,103 @@
+// safetensors: 8-byte little-endian header length N, N bytes of JSON
+// {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}, then the data.
+#include "io/safetensors.h"
+
+#include <algorithm>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "io/mmap_file.h"
+#include "mambaq/error.h"
+
+namespace mambaq {
+
+static DType parse_dtype(const std::string& s, const std::string& path, const std::string& name) {
+  if (s == "F32") return DType::F32;
+  if (s == "F16") return DType::F16;
+  if (s == "BF16") return DType::BF16;
+  if (s == "F64") return DType::F64;
+  if (s == "I64") return DType::I64;
+  if (s == "I32") return DType::I32;
+  if (s == "I16") return DType::I16;
+  if (s == "I8") return DType::I8;
+  if (s == "U8") return DType::U8;
+  if (s == "BOOL") return DType::BOOL;
+  fail("{}: tensor '{}' has unsupported dtype '{}'", path, name, s);
+}
+
+void load_safetensors(const std::string& path, TensorStore& store) {
+  if (!file_exists(path)) fail("{}: file not found", path);
+  auto file = MappedFile::open(path);
+  const uint8_t* base = file->data();
+  const size_t size = file->size();
+  if (size < 8) fail("{}: truncated safetensors file ({} bytes, no header length)", path, size);
+  uint64_t hlen = 0;
+  for (int i = 7; i >= 0; --i) hlen = (hlen << 8) | base[i];
+  if (hlen > size - 8) fail("{}: bad safetensors header: header length {} exceeds file size {}", path, hlen, size);
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(base + 8, base + 8 + hlen);
+  } catch (const nlohmann::json::parse_error& e) {
+    fail("{}: bad safetensors header: not valid JSON: {}", path, e.what());
+  }
+  if (!header.is_object()) fail("{}: bad safetensors header: not a JSON object", path);
+  const uint8_t* data = base + 8 + hlen;
+  const size_t data_size = size - 8 - hlen;
+  std::vector<std::pair<uint64_t, std::pair<uint64_t, std::string>>> ranges;
+  for (auto& [name, info] : header.items()) {
+    if (name == "__metadata__") continue;
+    if (!info.is_object() || !info.contains("dtype") || !info.contains("shape") || !info.contains("data_offsets"))
+      fail("{}: bad safetensors header: tensor '{}' lacks dtype, shape or data_offsets", path, name);
+    RawTensor t;
+    try {
+      t.dtype = parse_dtype(info["dtype"].get<std::string>(), path, name);
+      t.shape = info["shape"].get<std::vector<int64_t>>();
+      auto off = info["data_offsets"].get<std::vector<uint64_t>>();
+      if (off.size() != 2) fail("{}: bad safetensors header: tensor '{}' data_offsets must have 2 entries", path, name);
+      for (int64_t d : t.shape)
+        if (d < 0) fail("{}: bad safetensors header: tensor '{}' has a negative dimension", path, name);
+      if (off[0] > off[1] || off[1] > data_size)
+        fail("{}: tensor '{}' data_offsets [{}, {}] lie outside the data section ({} bytes): file truncated or header corrupt",
+             path, name, off[0], off[1], data_size);
+      if (off[1] - off[0] != t.nbytes())
+        fail("{}: tensor '{}' occupies {} bytes but dtype {} x shape {} needs {}", path, name, off[1] - off[0],
+             dtype_name(t.dtype), shape_str(t.shape), t.nbytes());
+      t.data = data + off[0];
+      ranges.push_back({off[0], {off[1], name}});
+    } catch (const nlohmann::json::exception& e) {
+      fail("{}: bad safetensors header for tensor '{}': {}", path, name, e.what());
+    }
+    t.owner = file;
+    if (!store.tensors.emplace(name, std::move(t)).second) fail("{}: tensor '{}' appears twice", path, name);
+  }
+  std::sort(ranges.begin(), ranges.end());
+  for (size_t i = 1; i < ranges.size(); ++i)
+    if (ranges[i].first < ranges[i - 1].second.first && ranges[i].first != ranges[i].second.first)
+      fail("{}: tensors '{}' and '{}' overlap in the data section", path, ranges[i - 1].second.second,
+           ranges[i].second.second);
+}
+
+void save_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
+                      const std::map<std::string, std::string>& metadata) {
+  nlohmann::json header = nlohmann::json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  uint64_t off = 0;
+  for (const auto& t : tensors) {
+    const uint64_t n = uint64_t(numel(t.shape)) * dtype_size(t.dtype);
+    header[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {off, off + n}}};
+    off += n;
+  }
+  std::string h = header.dump();
+  while ((8 + h.size()) % 8) h.push_back(' ');
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) fail("{}: cannot create file", path);
+  uint64_t hl = h.size();
+  for (int i = 0; i < 8; ++i) out.put(char((hl >> (8 * i)) & 0xff));
+  out.write(h.data(), std::streamsize(h.size()));
+  // Data in input order, matching the offsets assigned above.
+  for (const auto& t : tensors)
+    out.write(static_cast<const char*>(t.data), std::streamsize(uint64_t(numel(t.shape)) * dtype_size(t.dtype)));
+  if (!out) fail("{}: write failed", path);
+}
+
+}  // namespace mambaq

@@ -1,0 +1,152 @@
+#include "io/torch_zip.h"
+
+#include <zip.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <map>
+
+#include "io/mmap_file.h"
+#include "io/pickle.h"
+#include "mambaq/error.h"
+
+namespace mambaq {
+namespace {
+
+struct Zip {
+  zip_t* z = nullptr;
+  ~Zip() {
+    if (z) zip_discard(z);
+  }
+};
+
+std::shared_ptr<std::vector<uint8_t>> read_entry(zip_t* z, const std::string& name, const std::string& path) {
+  zip_stat_t st;
+  zip_stat_init(&st);
+  if (zip_stat(z, name.c_str(), 0, &st) != 0) fail("{}: missing archive entry '{}'", path, name);
+  auto buf = std::make_shared<std::vector<uint8_t>>(size_t(st.size));
+  zip_file_t* f = zip_fopen(z, name.c_str(), 0);
+  if (!f) fail("{}: cannot open archive entry '{}': {}", path, name, zip_strerror(z));
+  const zip_int64_t got = buf->empty() ? 0 : zip_fread(f, buf->data(), st.size);
+  zip_fclose(f);
+  if (got < 0 || zip_uint64_t(got) != st.size)
+    fail("{}: archive entry '{}' is truncated or corrupt (read {} of {} bytes)", path, name, got, st.size);
+  return buf;
+}
+
+DType storage_dtype(const std::string& cls, const std::string& path, const std::string& tensor) {
+  static const std::map<std::string, DType> m = {
+      {"FloatStorage", DType::F32}, {"HalfStorage", DType::F16},  {"BFloat16Storage", DType::BF16},
+      {"DoubleStorage", DType::F64}, {"LongStorage", DType::I64}, {"IntStorage", DType::I32},
+      {"ShortStorage", DType::I16},  {"CharStorage", DType::I8},  {"ByteStorage", DType::U8},
+      {"BoolStorage", DType::BOOL}};
+  auto it = m.find(cls);
+  if (it == m.end()) fail("{}: tensor '{}' uses unsupported storage type '{}'", path, tensor, cls);
+  return it->second;
+}
+
+}  // namespace
+
+void load_torch_zip(const std::string& path, TensorStore& store) {
+  if (!file_exists(path)) fail("{}: file not found", path);
+  {
+    std::ifstream in(path, std::ios::binary);
+    char magic[4] = {0, 0, 0, 0};
+    in.read(magic, 4);
+    if (in.gcount() >= 2 && uint8_t(magic[0]) == 0x80)
+      fail("{}: legacy (pre-1.6, non-zip) PyTorch checkpoint format is not supported; re-save it with "
+           "torch.save(torch.load(f), g) or convert it to safetensors",
+           path);
+    if (in.gcount() < 4 || std::memcmp(magic, "PK\x03\x04", 4) != 0)
+      fail("{}: not a PyTorch zip checkpoint (bad magic bytes; truncated or not a .bin file?)", path);
+  }
+  int err = 0;
+  Zip zip;
+  zip.z = zip_open(path.c_str(), ZIP_RDONLY | ZIP_CHECKCONS, &err);
+  if (!zip.z) {
+    zip_error_t ze;
+    zip_error_init_with_code(&ze, err);
+    std::string msg = zip_error_strerror(&ze);
+    zip_error_fini(&ze);
+    fail("{}: corrupt or truncated zip archive: {}", path, msg);
+  }
+  // Find <root>/data.pkl.
+  std::string root;
+  const zip_int64_t n = zip_get_num_entries(zip.z, 0);
+  for (zip_int64_t i = 0; i < n; ++i) {
+    std::string name = zip_get_name(zip.z, zip_uint64_t(i), 0);
+    const std::string suffix = "data.pkl";
+    if (name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0 &&
+        std::count(name.begin(), name.end(), '/') <= 1) {
+      root = name.substr(0, name.size() - suffix.size());
+      break;
+    }
+  }
+  if (root.empty() && zip_name_locate(zip.z, "data.pkl", 0) < 0)
+    fail("{}: zip archive has no data.pkl (not a torch.save checkpoint)", path);
+  auto pkl = read_entry(zip.z, root + "data.pkl", path);
+  pickle::Value obj = pickle::load(pkl->data(), pkl->size(), path + ":" + root + "data.pkl");
+  // Some trainers wrap the state_dict: {"model": sd} or {"state_dict": sd}.
+  if (obj->kind == pickle::Kind::Dict) {
+    bool has_tensor = false;
+    for (auto& kv : obj->dict) has_tensor |= kv.second->kind == pickle::Kind::Tensor;
+    if (!has_tensor)
+      for (auto& kv : obj->dict)
+        if ((kv.first->s == "model" || kv.first->s == "state_dict") && kv.second->kind == pickle::Kind::Dict) {
+          obj = kv.second;
+          break;
+        }
+  }
+  if (obj->kind != pickle::Kind::Dict) fail("{}: data.pkl does not hold a dict of tensors (a state_dict)", path);
+
+  std::map<std::string, std::shared_ptr<std::vector<uint8_t>>> storages;
+  for (auto& [k, v] : obj->dict) {
+    if (k->kind != pickle::Kind::Str || v->kind != pickle::Kind::Tensor) continue;
+    const std::string& name = k->s;
+    const pickle::Value& st = v->items[0];
+    RawTensor t;
+    t.dtype = storage_dtype(st->s, path, name);
+    t.shape = v->shape;
+    const size_t es = dtype_size(t.dtype);
+    auto& buf = storages[st->key];
+    if (!buf) buf = read_entry(zip.z, root + "data/" + st->key, path);
+    const int64_t storage_numel = int64_t(buf->size() / es);
+    if (v->stride.size() != v->shape.size()) fail("{}: tensor '{}' has mismatched size and stride", path, name);
+    // Extent of the view inside its storage.
+    int64_t last = v->offset;
+    bool contiguous = true;
+    int64_t expect = 1;
+    for (int i = int(v->shape.size()) - 1; i >= 0; --i) {
+      if (v->shape[size_t(i)] == 0) last = v->offset - 1;
+      if (v->shape[size_t(i)] > 0) last += (v->shape[size_t(i)] - 1) * v->stride[size_t(i)];
+      if (v->shape[size_t(i)] != 1 && v->stride[size_t(i)] != expect) contiguous = false;
+      expect *= v->shape[size_t(i)];
+    }
+    if (v->offset < 0 || (numel(t.shape) > 0 && last >= storage_numel))
+      fail("{}: tensor '{}' {} reaches element {} of its storage '{}', which holds only {} (truncated?)", path, name,
+           shape_str(t.shape), last, st->key, storage_numel);
+    if (contiguous) {
+      t.data = buf->data() + size_t(v->offset) * es;
+      t.owner = buf;
+    } else {  // materialise a strided view
+      auto out = std::make_shared<std::vector<uint8_t>>(t.nbytes());
+      const int64_t total = numel(t.shape);
+      std::vector<int64_t> idx(t.shape.size(), 0);
+      for (int64_t e = 0; e < total; ++e) {
+        int64_t src = v->offset;
+        for (size_t d = 0; d < idx.size(); ++d) src += idx[d] * v->stride[d];
+        std::memcpy(out->data() + size_t(e) * es, buf->data() + size_t(src) * es, es);
+        for (int d = int(idx.size()) - 1; d >= 0; --d) {
+          if (++idx[size_t(d)] < t.shape[size_t(d)]) break;
+          idx[size_t(d)] = 0;
+        }
+      }
+      t.data = out->data();
+      t.owner = out;
+    }
+    if (!store.tensors.emplace(name, std::move(t)).second) fail("{}: tensor '{}' appears twice", path, name);
+  }
+}
+
+}  // namespace mambaq

@@ -1,0 +1,68 @@
+// CPU kernels. Every op has a plain reference in `ref::` (scalar, obviously right, one
+// sequence) and a fast version in `cpu::` (vectorised, threaded, packed sequences).
+// tests/test_kernels.cc compares them on random data. Activations are row-major {T, C}
+// with an explicit row stride (ld) so that slices of a wider projection can be used in place.
+#pragma once
+#include <cstdint>
+
+namespace mambaq {
+
+namespace ref {
+
+// out {T, d} = x {T, d} * rsqrt(mean(x^2) + eps) * w {d}
+void rmsnorm(const float* x, const float* w, float* out, int T, int d, float eps);
+
+// Causal depthwise conv1d + SiLU over one sequence.
+// x {T, C} (row stride ldx), w {C, K}, b {C} or null, state {K-1, C} or null (= zeros; updated when given),
+// out {T, C} (row stride ldo)
+void conv1d_silu(const float* x, int ldx, int T, int C, int K, const float* w, const float* b, float* state,
+                 float* out, int ldo);
+
+// Mamba1 selective scan over one sequence.
+// u, delta, z {T, D}; B, C {T, N}; A {D, N}; delta_bias, Dskip {D}; state {D, N} (in/out, null = zeros)
+// dt = softplus(delta + delta_bias); h = exp(dt*A) h + dt*B*u; y = (C.h + Dskip*u) * silu(z)
+void selective_scan(int T, int D, int N, const float* u, int ldu, const float* delta, int ldd,
+                    const float* delta_bias, const float* A, const float* B, int ldb, const float* C, int ldc,
+                    const float* Dskip, const float* z, int ldz, float* state, float* y, int ldy);
+
+// Mamba2 SSD scan over one sequence, recurrent form (exactly equal to the chunked form).
+// x {T, H*P}; dt {T, H} (raw, before dt_bias and softplus); B, C {T, G*N}; A, dt_bias, Dskip {H};
+// state {H, P, N} (in/out, null = zeros); y {T, H*P}. Head h uses group h / (H/G).
+void ssd_scan(int T, int H, int P, int G, int N, const float* x, int ldx, const float* dt, int lddt,
+              const float* dt_bias, const float* A, const float* B, int ldb, const float* C, int ldc,
+              const float* Dskip, float* state, float* y, int ldy);
+
+// Gated RMSNorm (Mamba2), in place on y {T, D}; z {T, D} (row stride ldz); w {D}; RMS over groups
+// of `group` channels. norm_before_gate: y = norm(y)*w*silu(z), else y = norm(y*silu(z))*w.
+void gated_rmsnorm(float* y, const float* z, int ldz, const float* w, int T, int D, int group, float eps,
+                   bool norm_before_gate);
+
+// C {M, N} (row stride ldc) = A {M, K} (row stride lda) x W^T, W {N, K}; + bias {N} if given.
+void gemm(int M, int N, int K, const float* A, int lda, const float* W, const float* bias, float* C, int ldc);
+
+}  // namespace ref
+
+namespace cpu {
+
+// Packed sequences: sequence s holds rows offs[s] .. offs[s+1]-1; states[s] may be null.
+void rmsnorm(const float* x, const float* w, float* out, int T, int d, float eps);
+void conv1d_silu(int nseq, const int* offs, const float* x, int ldx, int C, int K, const float* w, const float* b,
+                 float* const* states, float* out, int ldo);
+void selective_scan(int nseq, const int* offs, int D, int N, const float* u, int ldu, const float* delta, int ldd,
+                    const float* delta_bias, const float* A, const float* B, int ldb, const float* C, int ldc,
+                    const float* Dskip, const float* z, int ldz, float* const* states, float* y, int ldy);
+void ssd_scan(int nseq, const int* offs, int H, int P, int G, int N, const float* x, int ldx, const float* dt,
+              int lddt, const float* dt_bias, const float* A, const float* B, int ldb, const float* C, int ldc,
+              const float* Dskip, float* const* states, float* y, int ldy);
+void gated_rmsnorm(float* y, const float* z, int ldz, const float* w, int T, int D, int group, float eps,
+                   bool norm_before_gate);
+// BLAS sgemm (OpenBLAS): C = A W^T (+ bias)
+void gemm(int M, int N, int K, const float* A, int lda, const float* W, const float* bias, float* C, int ldc);
+
+}  // namespace cpu
+
+// Thread count for everything (OpenMP and BLAS). 0 = all cores.
+void set_num_threads(int n);
+int num_threads();
+
+}  // namespace mambaq

@@ -1,0 +1,120 @@
+// Reference kernels: straight loops in double where it costs nothing, one sequence at a time.
+#include <cmath>
+#include <vector>
+
+#include "kernels/cpu/ops.h"
+
+namespace mambaq::ref {
+
+static double silu(double x) { return x / (1.0 + std::exp(-x)); }
+static double softplus(double x) { return x > 20.0 ? x : std::log1p(std::exp(x)); }
+
+void rmsnorm(const float* x, const float* w, float* out, int T, int d, float eps) {
+  for (int t = 0; t < T; ++t) {
+    double ss = 0;
+    for (int i = 0; i < d; ++i) ss += double(x[size_t(t) * d + i]) * x[size_t(t) * d + i];
+    const double r = 1.0 / std::sqrt(ss / d + eps);
+    for (int i = 0; i < d; ++i) out[size_t(t) * d + i] = float(x[size_t(t) * d + i] * r * w[i]);
+  }
+}
+
+void conv1d_silu(const float* x, int ldx, int T, int C, int K, const float* w, const float* b, float* state,
+                 float* out, int ldo) {
+  // window {K-1+T, C}: the carried state followed by the inputs
+  std::vector<float> win(size_t(K - 1 + T) * C, 0.f);
+  if (state)
+    for (int i = 0; i < (K - 1) * C; ++i) win[size_t(i)] = state[i];
+  for (int t = 0; t < T; ++t)
+    for (int c = 0; c < C; ++c) win[size_t(K - 1 + t) * C + c] = x[size_t(t) * ldx + c];
+  for (int t = 0; t < T; ++t)
+    for (int c = 0; c < C; ++c) {
+      double acc = b ? b[c] : 0.0;
+      for (int k = 0; k < K; ++k) acc += double(w[size_t(c) * K + k]) * win[size_t(t + k) * C + c];
+      out[size_t(t) * ldo + c] = float(silu(acc));
+    }
+  if (state)
+    for (int i = 0; i < (K - 1) * C; ++i) state[i] = win[size_t(T) * C + i];
+}
+
+void selective_scan(int T, int D, int N, const float* u, int ldu, const float* delta, int ldd,
+                    const float* delta_bias, const float* A, const float* B, int ldb, const float* C, int ldc,
+                    const float* Dskip, const float* z, int ldz, float* state, float* y, int ldy) {
+  std::vector<double> h(size_t(D) * N, 0.0);
+  if (state)
+    for (size_t i = 0; i < h.size(); ++i) h[i] = state[i];
+  for (int t = 0; t < T; ++t)
+    for (int d = 0; d < D; ++d) {
+      const double dt = softplus(double(delta[size_t(t) * ldd + d]) + (delta_bias ? delta_bias[d] : 0.f));
+      const double ut = u[size_t(t) * ldu + d];
+      double acc = 0;
+      for (int n = 0; n < N; ++n) {
+        double& hn = h[size_t(d) * N + n];
+        hn = std::exp(dt * A[size_t(d) * N + n]) * hn + dt * B[size_t(t) * ldb + n] * ut;
+        acc += hn * C[size_t(t) * ldc + n];
+      }
+      double out = acc + (Dskip ? Dskip[d] * ut : 0.0);
+      if (z) out *= silu(z[size_t(t) * ldz + d]);
+      y[size_t(t) * ldy + d] = float(out);
+    }
+  if (state)
+    for (size_t i = 0; i < h.size(); ++i) state[i] = float(h[i]);
+}
+
+void ssd_scan(int T, int H, int P, int G, int N, const float* x, int ldx, const float* dt, int lddt,
+              const float* dt_bias, const float* A, const float* B, int ldb, const float* C, int ldc,
+              const float* Dskip, float* state, float* y, int ldy) {
+  std::vector<double> h(size_t(H) * P * N, 0.0);
+  if (state)
+    for (size_t i = 0; i < h.size(); ++i) h[i] = state[i];
+  const int heads_per_group = H / G;
+  for (int t = 0; t < T; ++t)
+    for (int hd = 0; hd < H; ++hd) {
+      const int g = hd / heads_per_group;
+      const double d = softplus(double(dt[size_t(t) * lddt + hd]) + dt_bias[hd]);
+      const double dA = std::exp(d * A[hd]);
+      for (int p = 0; p < P; ++p) {
+        const double xv = x[size_t(t) * ldx + size_t(hd) * P + p];
+        double acc = 0;
+        for (int n = 0; n < N; ++n) {
+          double& hn = h[(size_t(hd) * P + p) * N + n];
+          hn = dA * hn + d * B[size_t(t) * ldb + size_t(g) * N + n] * xv;
+          acc += hn * C[size_t(t) * ldc + size_t(g) * N + n];
+        }
+        y[size_t(t) * ldy + size_t(hd) * P + p] = float(acc + Dskip[hd] * xv);
+      }
+    }
+  if (state)
+    for (size_t i = 0; i < h.size(); ++i) state[i] = float(h[i]);
+}
+
+void gated_rmsnorm(float* y, const float* z, int ldz, const float* w, int T, int D, int group, float eps,
+                   bool norm_before_gate) {
+  std::vector<double> v(static_cast<size_t>(D));
+  for (int t = 0; t < T; ++t) {
+    for (int i = 0; i < D; ++i) {
+      v[size_t(i)] = y[size_t(t) * D + i];
+      if (!norm_before_gate) v[size_t(i)] *= silu(z[size_t(t) * ldz + i]);
+    }
+    for (int g0 = 0; g0 < D; g0 += group) {
+      double ss = 0;
+      for (int i = g0; i < g0 + group; ++i) ss += v[size_t(i)] * v[size_t(i)];
+      const double r = 1.0 / std::sqrt(ss / group + eps);
+      for (int i = g0; i < g0 + group; ++i) {
+        double o = v[size_t(i)] * r * w[i];
+        if (norm_before_gate) o *= silu(z[size_t(t) * ldz + i]);
+        y[size_t(t) * D + i] = float(o);
+      }
+    }
+  }
+}
+
+void gemm(int M, int N, int K, const float* A, int lda, const float* W, const float* bias, float* C, int ldc) {
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < N; ++n) {
+      double acc = bias ? bias[n] : 0.0;
+      for (int k = 0; k < K; ++k) acc += double(A[size_t(m) * lda + k]) * W[size_t(n) * K + k];
+      C[size_t(m) * ldc + n] = float(acc);
+    }
+}
+
+}  // namespace mambaq::ref

@@ -1,0 +1,42 @@
+// Mamba2 mixer: in_proj -> [z, xBC, dt] -> causal conv1d + SiLU over xBC -> SSD scan over heads
+// (B, C shared by the heads of a group) -> gated RMSNorm with z -> out_proj.
+#include <vector>
+
+#include "kernels/cpu/ops.h"
+#include "mambaq/model.h"
+
+namespace mambaq {
+
+void Model::mixer_mamba2(int l, const float* x, float* out, int T, std::span<const int> offs,
+                         SeqState* const* states, Tap* tap) const {
+  const LayerWeights& L = w_.layers[size_t(l)];
+  const int dm = cfg_.d_model, di = cfg_.d_inner, N = cfg_.d_state, G = cfg_.ngroups, H = cfg_.nheads,
+            P = cfg_.headdim, K = cfg_.d_conv;
+  const int nseq = int(offs.size()) - 1;
+  const int cd = cfg_.conv_dim(), pd = cfg_.in_proj_dim();
+  std::vector<float*> conv_st(size_t(nseq), nullptr), ssm_st(size_t(nseq), nullptr);
+  if (states)
+    for (int s = 0; s < nseq; ++s)
+      if (states[s]) {
+        conv_st[size_t(s)] = states[s]->conv[size_t(l)].data();
+        ssm_st[size_t(s)] = states[s]->ssm[size_t(l)].data();
+      }
+  // zxbcdt {T, pd}: z = [:, 0:di], xBC = [:, di:di+cd], dt = [:, di+cd:di+cd+H]
+  std::vector<float> zxbcdt(size_t(T) * pd);
+  cpu::gemm(T, pd, dm, x, dm, L.in_proj.data, L.in_proj_b.data, zxbcdt.data(), pd);
+  // xbc {T, cd} = SiLU(conv1d(xBC)): x = [:, 0:di], B = [:, di:di+G*N], C = [:, di+G*N:cd]
+  std::vector<float> xbc(size_t(T) * cd);
+  cpu::conv1d_silu(nseq, offs.data(), zxbcdt.data() + di, pd, cd, K, L.conv_w.data, L.conv_b.data, conv_st.data(),
+                   xbc.data(), cd);
+  if (tap) tap->on(l, "xBC_conv_out", xbc.data(), T, cd);
+  // y {T, di} = SSD(x, softplus(dt + dt_bias), A, B, C) + D x
+  std::vector<float> y(size_t(T) * di);
+  cpu::ssd_scan(nseq, offs.data(), H, P, G, N, xbc.data(), cd, zxbcdt.data() + di + cd, pd, L.dt_bias.data,
+                L.A.data(), xbc.data() + di, cd, xbc.data() + di + G * N, cd, L.D.data, ssm_st.data(), y.data(), di);
+  // y = RMSNorm_grouped(y * SiLU(z)) * w   (norm_before_gate = false)
+  cpu::gated_rmsnorm(y.data(), zxbcdt.data(), pd, L.gnorm.data, T, di, di / G, cfg_.norm_eps, cfg_.norm_before_gate);
+  if (tap) tap->on(l, "out_proj:input", y.data(), T, di);
+  cpu::gemm(T, dm, di, y.data(), di, L.out_proj.data, L.out_proj_b.data, out, dm);
+}
+
+}  // namespace mambaq

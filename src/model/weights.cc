@@ -1,0 +1,124 @@
+// Map a checkpoint's tensors onto ModelWeights, checking every name and shape against the config.
+#include <cmath>
+#include <set>
+
+#include "mambaq/checkpoint.h"
+#include "mambaq/error.h"
+#include "mambaq/model.h"
+
+namespace mambaq {
+
+namespace {
+
+struct Binder {
+  const TensorStore& store;
+  const ModelConfig& cfg;
+  std::set<std::string> used;
+  std::vector<TensorInfo>& info;
+
+  bool has(const std::string& n) const { return store.has(n); }
+
+  Weight take(const std::string& name, std::vector<int64_t> shape, bool optional = false) {
+    auto it = store.tensors.find(name);
+    if (it == store.tensors.end()) {
+      if (optional) return {};
+      fail("{}: missing tensor '{}' (expected shape {} for this {} config)", store.source, name, shape_str(shape),
+           arch_name(cfg.arch));
+    }
+    const RawTensor& t = it->second;
+    if (t.shape != shape)
+      fail("{}: tensor '{}' has shape {} but the config ({}) implies {}", store.source, name, shape_str(t.shape),
+           cfg.source, shape_str(shape));
+    used.insert(name);
+    info.push_back({name, dtype_name(t.dtype), t.shape});
+    return to_f32(t, store.source + ": " + name);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Model> Model::from_store(const ModelConfig& cfg, const TensorStore& store) {
+  auto m = std::unique_ptr<Model>(new Model());
+  m->cfg_ = cfg;
+  Binder b{store, cfg, {}, m->info_};
+  const int64_t V = cfg.padded_vocab, dm = cfg.d_model, di = cfg.d_inner, N = cfg.d_state, K = cfg.d_conv;
+  // Embedding: state-spaces "backbone.embedding", HF "backbone.embeddings".
+  std::string emb = b.has("backbone.embeddings.weight") ? "backbone.embeddings.weight" : "backbone.embedding.weight";
+  if (!b.has(emb)) fail("{}: missing tensor 'backbone.embedding.weight' (or 'backbone.embeddings.weight')", store.source);
+  const auto& es = store.tensors.at(emb).shape;
+  if (es.size() == 2 && es[1] == dm && es[0] != V)
+    fail("{}: tensor '{}' has {} rows but the config ({}) implies a vocabulary of {} (vocab_size {} padded)",
+         store.source, emb, es[0], cfg.source, V, cfg.vocab_size);
+  m->w_.embedding = b.take(emb, {V, dm});
+  for (int i = 0; i < cfg.n_layer; ++i) {
+    const std::string p = "backbone.layers." + std::to_string(i) + ".";
+    LayerWeights L;
+    L.norm = b.take(p + "norm.weight", {dm});
+    L.in_proj = b.take(p + "mixer.in_proj.weight", {cfg.in_proj_dim(), dm});
+    if (cfg.proj_bias) L.in_proj_b = b.take(p + "mixer.in_proj.bias", {cfg.in_proj_dim()});
+    Weight cw = b.take(p + "mixer.conv1d.weight", {cfg.conv_dim(), 1, K});
+    cw.shape = {cfg.conv_dim(), K};
+    L.conv_w = cw;
+    if (cfg.conv_bias) L.conv_b = b.take(p + "mixer.conv1d.bias", {cfg.conv_dim()});
+    if (cfg.arch == Arch::Mamba1) {
+      L.x_proj = b.take(p + "mixer.x_proj.weight", {cfg.dt_rank + 2 * N, di});
+      L.dt_proj_w = b.take(p + "mixer.dt_proj.weight", {di, cfg.dt_rank});
+      L.dt_proj_b = b.take(p + "mixer.dt_proj.bias", {di});
+      L.A_log = b.take(p + "mixer.A_log", {di, N});
+      L.D = b.take(p + "mixer.D", {di});
+    } else {
+      L.dt_bias = b.take(p + "mixer.dt_bias", {cfg.nheads});
+      L.A_log = b.take(p + "mixer.A_log", {cfg.nheads});
+      L.D = b.take(p + "mixer.D", {cfg.nheads});
+      L.gnorm = b.take(p + "mixer.norm.weight", {di});
+    }
+    L.out_proj = b.take(p + "mixer.out_proj.weight", {dm, di});
+    if (cfg.proj_bias) L.out_proj_b = b.take(p + "mixer.out_proj.bias", {dm});
+    L.A.resize(size_t(L.A_log.size()));
+    for (size_t k = 0; k < L.A.size(); ++k) L.A[k] = -std::exp(L.A_log.data[k]);
+    m->w_.layers.push_back(std::move(L));
+  }
+  m->w_.norm_f = b.take("backbone.norm_f.weight", {dm});
+  if (b.has("lm_head.weight")) {
+    m->w_.lm_head = b.take("lm_head.weight", {V, dm});
+  } else if (cfg.tie_embeddings) {
+    m->w_.lm_head = m->w_.embedding;
+  } else {
+    fail("{}: missing tensor 'lm_head.weight' (the config does not tie embeddings)", store.source);
+  }
+  for (const auto& [name, t] : store.tensors)
+    if (!b.used.count(name))
+      fail("{}: unexpected tensor '{}' {} for a {} model with this config ({})", store.source, name,
+           shape_str(t.shape), arch_name(cfg.arch), cfg.source);
+  return m;
+}
+
+std::unique_ptr<Model> Model::load(const std::string& dir) {
+  ModelConfig cfg = load_config(dir);
+  TensorStore store = load_checkpoint(dir);
+  return from_store(cfg, store);
+}
+
+int64_t Model::num_params() const {
+  int64_t n = 0;
+  for (const auto& t : info_) n += numel(t.shape);
+  return n;
+}
+
+size_t Model::weight_bytes() const {
+  size_t n = size_t(w_.embedding.size()) * 4;
+  for (const auto& t : info_)
+    if (t.name.find("embedding") == std::string::npos) n += size_t(numel(t.shape)) * 4;
+  return n;
+}
+
+SeqState Model::new_state() const {
+  SeqState s;
+  const size_t ssm = cfg_.arch == Arch::Mamba1 ? size_t(cfg_.d_inner) * cfg_.d_state
+                                               : size_t(cfg_.nheads) * cfg_.headdim * cfg_.d_state;
+  s.conv.assign(size_t(cfg_.n_layer), std::vector<float>(size_t(cfg_.d_conv - 1) * cfg_.conv_dim(), 0.f));
+  s.ssm.assign(size_t(cfg_.n_layer), std::vector<float>(ssm, 0.f));
+  return s;
+}
+
+}  // namespace mambaq
