@@ -20,27 +20,27 @@ void Model::mixer_mamba1(int l, const float* x, float* out, int T, std::span<con
         ssm_st[size_t(s)] = states[s]->ssm[size_t(l)].data();
       }
   // xz {T, 2*d_inner} = x {T, d_model} in_proj^T; x part = [:, :di], z part = [:, di:]
-  std::vector<float> xz(size_t(T) * 2 * di);
-  cpu::gemm(T, 2 * di, dm, x, dm, L.in_proj.data, L.in_proj_b.data, xz.data(), 2 * di);
+  float* xz = scratch(kSlotInProj, size_t(T) * 2 * di);
+  cpu::gemm(T, 2 * di, dm, x, dm, L.in_proj.data, L.in_proj_b.data, xz, 2 * di);
   // u {T, d_inner} = SiLU(conv1d(x part))
-  std::vector<float> u(size_t(T) * di);
-  cpu::conv1d_silu(nseq, offs.data(), xz.data(), 2 * di, di, K, L.conv_w.data, L.conv_b.data, conv_st.data(),
-                   u.data(), di);
-  if (tap) tap->on(l, "x_proj:input", u.data(), T, di);
+  float* u = scratch(kSlotConvOut, size_t(T) * di);
+  cpu::conv1d_silu(nseq, offs.data(), xz, 2 * di, di, K, L.conv_w.data, L.conv_b.data, conv_st.data(),
+                   u, di);
+  if (tap) tap->on(l, "x_proj:input", u, T, di);
   // dbc {T, R + 2N} = u x_proj^T: [dt_low {R}, B {N}, C {N}]
-  std::vector<float> dbc(size_t(T) * (R + 2 * N));
-  cpu::gemm(T, R + 2 * N, di, u.data(), di, L.x_proj.data, nullptr, dbc.data(), R + 2 * N);
+  float* dbc = scratch(kSlotXProj, size_t(T) * (R + 2 * N));
+  cpu::gemm(T, R + 2 * N, di, u, di, L.x_proj.data, nullptr, dbc, R + 2 * N);
   // delta {T, d_inner} = dt_low dt_proj^T (its bias is added inside the scan, before softplus)
-  std::vector<float> delta(size_t(T) * di);
-  cpu::gemm(T, di, R, dbc.data(), R + 2 * N, L.dt_proj_w.data, nullptr, delta.data(), di);
+  float* delta = scratch(kSlotDelta, size_t(T) * di);
+  cpu::gemm(T, di, R, dbc, R + 2 * N, L.dt_proj_w.data, nullptr, delta, di);
   // y {T, d_inner} = selective_scan(u, delta, A, B, C, D) * SiLU(z)
-  std::vector<float> y(size_t(T) * di);
-  cpu::selective_scan(nseq, offs.data(), di, N, u.data(), di, delta.data(), di, L.dt_proj_b.data, L.A.data(),
-                      dbc.data() + R, R + 2 * N, dbc.data() + R + N, R + 2 * N, L.D.data, xz.data() + di, 2 * di,
-                      ssm_st.data(), y.data(), di);
-  if (tap) tap->on(l, "out_proj:input", y.data(), T, di);
+  float* y = scratch(kSlotScanOut, size_t(T) * di);
+  cpu::selective_scan(nseq, offs.data(), di, N, u, di, delta, di, L.dt_proj_b.data, L.A.data(),
+                      dbc + R, R + 2 * N, dbc + R + N, R + 2 * N, L.D.data, xz + di, 2 * di,
+                      ssm_st.data(), y, di);
+  if (tap) tap->on(l, "out_proj:input", y, T, di);
   // out {T, d_model} = y out_proj^T
-  cpu::gemm(T, dm, di, y.data(), di, L.out_proj.data, L.out_proj_b.data, out, dm);
+  cpu::gemm(T, dm, di, y, di, L.out_proj.data, L.out_proj_b.data, out, dm);
 }
 
 }  // namespace mambaq

@@ -22,21 +22,21 @@ void Model::mixer_mamba2(int l, const float* x, float* out, int T, std::span<con
         ssm_st[size_t(s)] = states[s]->ssm[size_t(l)].data();
       }
   // zxbcdt {T, pd}: z = [:, 0:di], xBC = [:, di:di+cd], dt = [:, di+cd:di+cd+H]
-  std::vector<float> zxbcdt(size_t(T) * pd);
-  cpu::gemm(T, pd, dm, x, dm, L.in_proj.data, L.in_proj_b.data, zxbcdt.data(), pd);
+  float* zxbcdt = scratch(kSlotInProj, size_t(T) * pd);
+  cpu::gemm(T, pd, dm, x, dm, L.in_proj.data, L.in_proj_b.data, zxbcdt, pd);
   // xbc {T, cd} = SiLU(conv1d(xBC)): x = [:, 0:di], B = [:, di:di+G*N], C = [:, di+G*N:cd]
-  std::vector<float> xbc(size_t(T) * cd);
-  cpu::conv1d_silu(nseq, offs.data(), zxbcdt.data() + di, pd, cd, K, L.conv_w.data, L.conv_b.data, conv_st.data(),
-                   xbc.data(), cd);
-  if (tap) tap->on(l, "xBC_conv_out", xbc.data(), T, cd);
+  float* xbc = scratch(kSlotConvOut, size_t(T) * cd);
+  cpu::conv1d_silu(nseq, offs.data(), zxbcdt + di, pd, cd, K, L.conv_w.data, L.conv_b.data, conv_st.data(),
+                   xbc, cd);
+  if (tap) tap->on(l, "xBC_conv_out", xbc, T, cd);
   // y {T, di} = SSD(x, softplus(dt + dt_bias), A, B, C) + D x
-  std::vector<float> y(size_t(T) * di);
-  cpu::ssd_scan(nseq, offs.data(), H, P, G, N, xbc.data(), cd, zxbcdt.data() + di + cd, pd, L.dt_bias.data,
-                L.A.data(), xbc.data() + di, cd, xbc.data() + di + G * N, cd, L.D.data, ssm_st.data(), y.data(), di);
+  float* y = scratch(kSlotScanOut, size_t(T) * di);
+  cpu::ssd_scan(nseq, offs.data(), H, P, G, N, xbc, cd, zxbcdt + di + cd, pd, L.dt_bias.data,
+                L.A.data(), xbc + di, cd, xbc + di + G * N, cd, L.D.data, ssm_st.data(), y, di);
   // y = RMSNorm_grouped(y * SiLU(z)) * w   (norm_before_gate = false)
-  cpu::gated_rmsnorm(y.data(), zxbcdt.data(), pd, L.gnorm.data, T, di, di / G, cfg_.norm_eps, cfg_.norm_before_gate);
-  if (tap) tap->on(l, "out_proj:input", y.data(), T, di);
-  cpu::gemm(T, dm, di, y.data(), di, L.out_proj.data, L.out_proj_b.data, out, dm);
+  cpu::gated_rmsnorm(y, zxbcdt, pd, L.gnorm.data, T, di, di / G, cfg_.norm_eps, cfg_.norm_before_gate);
+  if (tap) tap->on(l, "out_proj:input", y, T, di);
+  cpu::gemm(T, dm, di, y, di, L.out_proj.data, L.out_proj_b.data, out, dm);
 }
 
 }  // namespace mambaq

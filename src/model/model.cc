@@ -22,27 +22,30 @@ void Model::forward(std::span<const int32_t> tokens, std::span<const int> lens, 
   MQ_ASSERT(size_t(T) == tokens.size());
   if (T == 0) return;
   // r: the residual stream {T, d_model}
-  std::vector<float> r(size_t(T) * dm), x(size_t(T) * dm), mix(size_t(T) * dm);
+  float* r = scratch(kSlotResidual, size_t(T) * dm);
+  float* x = scratch(kSlotNormed, size_t(T) * dm);
+  float* mix = scratch(kSlotMixerOut, size_t(T) * dm);
   for (int t = 0; t < T; ++t) {
     const int32_t id = tokens[size_t(t)];
     if (id < 0 || id >= cfg_.padded_vocab)
       fail("token id {} is outside the model's vocabulary [0, {})", id, cfg_.padded_vocab);
-    std::memcpy(&r[size_t(t) * dm], w_.embedding.data + size_t(id) * dm, sizeof(float) * size_t(dm));
+    std::memcpy(r + size_t(t) * dm, w_.embedding.data + size_t(id) * dm, sizeof(float) * size_t(dm));
   }
   for (int l = 0; l < cfg_.n_layer; ++l) {
     const LayerWeights& L = w_.layers[size_t(l)];
-    cpu::rmsnorm(r.data(), L.norm.data, x.data(), T, dm, cfg_.norm_eps);
+    cpu::rmsnorm(r, L.norm.data, x, T, dm, cfg_.norm_eps);
     if (cfg_.arch == Arch::Mamba1)
-      mixer_mamba1(l, x.data(), mix.data(), T, offs, states, tap);
+      mixer_mamba1(l, x, mix, T, offs, states, tap);
     else
-      mixer_mamba2(l, x.data(), mix.data(), T, offs, states, tap);
-    if (tap) tap->on(l, "mixer_out", mix.data(), T, dm);
+      mixer_mamba2(l, x, mix, T, offs, states, tap);
+    if (tap) tap->on(l, "mixer_out", mix, T, dm);
 #pragma omp parallel for schedule(static) if (T > 8)
     for (int t = 0; t < T; ++t)
+#pragma omp simd
       for (int i = 0; i < dm; ++i) r[size_t(t) * dm + i] += mix[size_t(t) * dm + i];
-    if (tap) tap->on(l, "block_out", r.data(), T, dm);
+    if (tap) tap->on(l, "block_out", r, T, dm);
   }
-  cpu::rmsnorm(r.data(), w_.norm_f.data, hidden, T, dm, cfg_.norm_eps);
+  cpu::rmsnorm(r, w_.norm_f.data, hidden, T, dm, cfg_.norm_eps);
   if (states)
     for (size_t s = 0; s < lens.size(); ++s)
       if (states[s]) states[s]->pos += lens[s];

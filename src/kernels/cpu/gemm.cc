@@ -1,14 +1,18 @@
-// FP32 projections through OpenBLAS (Debian's OpenMP build): C = A W^T (+ bias).
-#include <cblas.h>
+// FP32 projections through oneDNN's sgemm: C = A W^T (+ bias).
+#include <oneapi/dnnl/dnnl.h>
 #include <omp.h>
 
+#include <vector>
+
 #include "kernels/cpu/ops.h"
+#include "mambaq/error.h"
 
 namespace mambaq {
 
 void cpu::gemm(int M, int N, int K, const float* A, int lda, const float* W, const float* bias, float* C, int ldc) {
   if (M == 0) return;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, lda, W, K, 0.0f, C, ldc);
+  const dnnl_status_t st = dnnl_sgemm('N', 'T', M, N, K, 1.0f, A, lda, W, K, 0.0f, C, ldc);
+  if (st != dnnl_success) fail("internal error: dnnl_sgemm failed (status {}) for M={} N={} K={}", int(st), M, N, K);
   if (bias) {
 #pragma omp parallel for schedule(static) if (M > 16)
     for (int m = 0; m < M; ++m) {
@@ -25,9 +29,20 @@ void set_num_threads(int n) {
   if (n <= 0) n = omp_get_num_procs();
   g_threads = n;
   omp_set_num_threads(n);
-  openblas_set_num_threads(n);
 }
 
 int num_threads() { return g_threads > 0 ? g_threads : omp_get_max_threads(); }
+
+float* scratch(int slot, size_t n) {
+  thread_local std::vector<std::vector<float>> pool;
+  if (size_t(slot) >= pool.size()) pool.resize(size_t(slot) + 1);
+  auto& v = pool[size_t(slot)];
+  if (v.size() < n) {
+    v.clear();
+    v.shrink_to_fit();
+    v.resize(n);
+  }
+  return v.data();
+}
 
 }  // namespace mambaq

@@ -3,6 +3,7 @@
 // tests/test_kernels.cc compares them on random data. Activations are row-major {T, C}
 // with an explicit row stride (ld) so that slices of a wider projection can be used in place.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 namespace mambaq {
@@ -56,12 +57,21 @@ void ssd_scan(int nseq, const int* offs, int H, int P, int G, int N, const float
               const float* Dskip, float* const* states, float* y, int ldy);
 void gated_rmsnorm(float* y, const float* z, int ldz, const float* w, int T, int D, int group, float eps,
                    bool norm_before_gate);
-// BLAS sgemm (OpenBLAS): C = A W^T (+ bias)
+// oneDNN sgemm: C = A W^T (+ bias)
 void gemm(int M, int N, int K, const float* A, int lda, const float* W, const float* bias, float* C, int ldc);
 
 }  // namespace cpu
 
-// Thread count for everything (OpenMP and BLAS). 0 = all cores.
+// Per-thread scratch buffers reused across calls (no page faults or zeroing in the hot path).
+// The contents are undefined; slot numbers are owned by the caller (see model/*.cc).
+float* scratch(int slot, size_t n);
+enum ScratchSlot {
+  kSlotResidual, kSlotNormed, kSlotMixerOut,                             // model.cc
+  kSlotInProj, kSlotConvOut, kSlotXProj, kSlotDelta, kSlotScanOut,       // mamba1.cc / mamba2.cc
+  kSlotCount
+};
+
+// Thread count for everything (OpenMP and oneDNN). 0 = all cores.
 void set_num_threads(int n);
 int num_threads();
 

@@ -38,34 +38,43 @@ void conv1d_silu(int nseq, const int* offs, const float* x, int ldx, int C, int 
 #pragma omp parallel for collapse(2) schedule(static)
   for (int s = 0; s < nseq; ++s)
     for (int blk = 0; blk < nblk; ++blk) {
-      const int c0 = blk * kBlock, c1 = std::min(C, c0 + kBlock), nc = c1 - c0;
+      const int c0 = blk * kBlock, nc = std::min(C, c0 + kBlock) - c0;
       const int T = offs[s + 1] - offs[s];
-      const float* xs = x + size_t(offs[s]) * ldx;
-      float* os = out + size_t(offs[s]) * ldo;
+      const float* xs = x + size_t(offs[s]) * ldx + c0;
+      float* os = out + size_t(offs[s]) * ldo + c0;
       float* st = states ? states[s] : nullptr;
-      // hist[k] = input row t-(K-1)+k for the current t; rows before the sequence come from the state
-      float hist[8][kBlock];
-      for (int k = 0; k < K - 1; ++k)
-        for (int j = 0; j < nc; ++j) hist[k][j] = st ? st[size_t(k) * C + c0 + j] : 0.f;
-      float wt[8][kBlock];
-      for (int k = 0; k < K; ++k)
-        for (int j = 0; j < nc; ++j) wt[k][j] = w[size_t(c0 + j) * K + k];
-      for (int t = 0; t < T; ++t) {
-        const float* xr = xs + size_t(t) * ldx + c0;
-        for (int j = 0; j < nc; ++j) hist[K - 1][j] = xr[j];
-        float* o = os + size_t(t) * ldo + c0;
-#pragma omp simd
-        for (int j = 0; j < nc; ++j) {
-          float acc = b ? b[c0 + j] : 0.f;
-          for (int k = 0; k < K; ++k) acc += wt[k][j] * hist[k][j];
-          o[j] = fast_silu(acc);
-        }
-        for (int k = 0; k < K - 1; ++k)
-          for (int j = 0; j < nc; ++j) hist[k][j] = hist[k + 1][j];
-      }
+      // head {K-1, nc}: the carried inputs before the sequence (zeros without a state)
+      float head[8][kBlock] = {};
       if (st)
         for (int k = 0; k < K - 1; ++k)
-          for (int j = 0; j < nc; ++j) st[size_t(k) * C + c0 + j] = hist[k][j];
+          for (int j = 0; j < nc; ++j) head[k][j] = st[size_t(k) * C + c0 + j];
+      float wt[8][kBlock], bias[kBlock];
+      for (int k = 0; k < K; ++k)
+        for (int j = 0; j < nc; ++j) wt[k][j] = w[size_t(c0 + j) * K + k];
+      for (int j = 0; j < nc; ++j) bias[j] = b ? b[c0 + j] : 0.f;
+      for (int t = 0; t < T; ++t) {
+        float acc[kBlock];
+        for (int j = 0; j < nc; ++j) acc[j] = bias[j];
+        for (int k = 0; k < K; ++k) {
+          const int src = t - (K - 1) + k;  // input row feeding tap k
+          const float* xr = src >= 0 ? xs + size_t(src) * ldx : head[K - 1 + src];
+          const float* wk = wt[k];
+#pragma omp simd
+          for (int j = 0; j < nc; ++j) acc[j] += wk[j] * xr[j];
+        }
+        float* o = os + size_t(t) * ldo;
+#pragma omp simd
+        for (int j = 0; j < nc; ++j) o[j] = fast_silu(acc[j]);
+      }
+      if (st) {  // new state: the last K-1 inputs of (state ++ x)
+        for (int k = 0; k < K - 1; ++k) {
+          const int src = T - (K - 1) + k;
+          const float* xr = src >= 0 ? xs + size_t(src) * ldx : head[K - 1 + src];
+          float tmp[kBlock];
+          for (int j = 0; j < nc; ++j) tmp[j] = xr[j];
+          for (int j = 0; j < nc; ++j) st[size_t(k) * C + c0 + j] = tmp[j];
+        }
+      }
     }
 }
 
@@ -98,6 +107,7 @@ void selective_scan(int nseq, const int* offs, int D, int N, const float* u, int
         float dt[L], uu[L], dtu[L], acc[L];
         const float* dr = delta + size_t(t) * ldd + d0;
         const float* ur = u + size_t(t) * ldu + d0;
+#pragma omp simd
         for (int j = 0; j < L; ++j) {
           dt[j] = softplus(dr[j] + bias[j]);
           uu[j] = ur[j];

@@ -28,7 +28,47 @@ inline float fast_exp(float x) {
 
 inline float fast_silu(float x) { return x / (1.0f + fast_exp(-x)); }
 
-// softplus as torch computes it (threshold 20)
-inline float softplus(float x) { return x > 20.0f ? x : std::log1p(std::exp(x)); }
+// log(x) for normal positive x, relative error < 3e-7 (Cephes logf polynomial).
+inline float fast_log(float x) {
+  int32_t bits;
+  std::memcpy(&bits, &x, 4);
+  int32_t e = ((bits >> 23) & 0xff) - 126;  // x = m * 2^e, m in [0.5, 1)
+  bits = (bits & 0x007fffff) | 0x3f000000;
+  float m;
+  std::memcpy(&m, &bits, 4);
+  // move m to [sqrt(0.5), sqrt(2))
+  const bool small = m < 0.707106781186547524f;
+  e = small ? e - 1 : e;
+  m = small ? m + m - 1.0f : m - 1.0f;
+  const float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  const float fe = float(e);
+  y += -2.12194440e-4f * fe;
+  y += -0.5f * z;
+  return m + y + 0.693359375f * fe;
+}
+
+// log1p(y) for y >= 0, accurate for tiny y: log(u) * y / (u - 1) with u = 1 + y.
+inline float fast_log1p(float y) {
+  const float u = 1.0f + y;
+  const float d = u - 1.0f;
+  return d == 0.0f ? y : fast_log(u) * (y / d);
+}
+
+// softplus as torch computes it (threshold 20): log1p(exp(x)), stable form max(x,0) + log1p(exp(-|x|))
+inline float softplus(float x) {
+  const float ax = x < 0 ? -x : x;
+  const float r = (x > 0 ? x : 0.0f) + fast_log1p(fast_exp(-ax));
+  return x > 20.0f ? x : r;
+}
 
 }  // namespace mambaq
