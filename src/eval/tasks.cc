@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "io/mmap_file.h"
+#include "kernels/cpu/ops.h"
 #include "mambaq/error.h"
 #include "mambaq/eval.h"
 
@@ -52,18 +53,11 @@ void score_rows(const Model& m, const float* hidden, const std::vector<int>& row
     m.lm_head(h.data(), n, logits.data());
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < n; ++i) {
-      const float* l = logits.data() + size_t(i) * V;
-      float mx = l[0];
-      int arg = 0;
-      for (int v = 1; v < V; ++v)
-        if (l[v] > mx) {
-          mx = l[v];
-          arg = v;
-        }
-      double se = 0;
-      for (int v = 0; v < V; ++v) se += std::exp(double(l[v]) - mx);
+      double lp;
+      int arg;
       const int32_t tgt = targets[r0 + size_t(i)];
-      out[r0 + size_t(i)] = {double(l[tgt]) - mx - std::log(se), arg == tgt};
+      cpu::log_softmax_at(logits.data() + size_t(i) * V, V, tgt, &lp, &arg);
+      out[r0 + size_t(i)] = {lp, arg == tgt};
     }
   }
 }

@@ -123,9 +123,17 @@ struct Tokenizer::Impl {
     if (text.empty()) return;
     pcre2_match_data* md = pcre2_match_data_create_from_pattern(re, nullptr);
     size_t pos = 0;
+    // The first call validates the UTF-8 of the whole text; later calls skip that check
+    // (re-validating on every call made tokenizing a long file quadratic).
+    uint32_t flags = 0;
     while (pos < text.size()) {
-      const int rc = pcre2_match(re, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), pos, 0, md, nullptr);
-      if (rc < 0) break;  // the final alternative \s+ plus the others cover every character
+      const int rc = pcre2_match(re, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), pos, flags, md, nullptr);
+      if (rc == PCRE2_ERROR_NOMATCH) break;  // cannot happen: the final alternative \s+ and the others cover every character
+      if (rc < 0) {
+        pcre2_match_data_free(md);
+        fail("text is not valid UTF-8 (PCRE2 error {})", rc);
+      }
+      flags = PCRE2_NO_UTF_CHECK;
       const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
       if (ov[1] == ov[0]) {
         ++pos;

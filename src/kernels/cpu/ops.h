@@ -41,6 +41,9 @@ void gated_rmsnorm(float* y, const float* z, int ldz, const float* w, int T, int
 // C {M, N} (row stride ldc) = A {M, K} (row stride lda) x W^T, W {N, K}; + bias {N} if given.
 void gemm(int M, int N, int K, const float* A, int lda, const float* W, const float* bias, float* C, int ldc);
 
+// For one row of logits {V}: log-softmax at `target`, and the first index of the maximum.
+void log_softmax_at(const float* logits, int V, int target, double* logprob, int* argmax);
+
 }  // namespace ref
 
 namespace cpu {
@@ -57,6 +60,7 @@ void ssd_scan(int nseq, const int* offs, int H, int P, int G, int N, const float
               const float* Dskip, float* const* states, float* y, int ldy);
 void gated_rmsnorm(float* y, const float* z, int ldz, const float* w, int T, int D, int group, float eps,
                    bool norm_before_gate);
+void log_softmax_at(const float* logits, int V, int target, double* logprob, int* argmax);
 // oneDNN sgemm: C = A W^T (+ bias)
 void gemm(int M, int N, int K, const float* A, int lda, const float* W, const float* bias, float* C, int ldc);
 

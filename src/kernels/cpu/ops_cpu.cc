@@ -217,4 +217,17 @@ void gated_rmsnorm(float* y, const float* z, int ldz, const float* w, int T, int
   }
 }
 
+void log_softmax_at(const float* l, int V, int target, double* logprob, int* argmax) {
+  float mx = l[0];
+#pragma omp simd reduction(max : mx)
+  for (int v = 0; v < V; ++v) mx = std::max(mx, l[v]);
+  int arg = 0;
+  while (l[arg] != mx) ++arg;  // first index of the maximum, as the reference
+  double se = 0;  // fp32 exponentials, fp64 accumulation
+#pragma omp simd reduction(+ : se)
+  for (int v = 0; v < V; ++v) se += double(fast_exp(l[v] - mx));
+  *logprob = double(l[target]) - mx - std::log(se);
+  *argmax = arg;
+}
+
 }  // namespace mambaq::cpu

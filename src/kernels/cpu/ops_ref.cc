@@ -117,4 +117,14 @@ void gemm(int M, int N, int K, const float* A, int lda, const float* W, const fl
     }
 }
 
+void log_softmax_at(const float* logits, int V, int target, double* logprob, int* argmax) {
+  int arg = 0;
+  for (int v = 1; v < V; ++v)
+    if (logits[v] > logits[arg]) arg = v;
+  double se = 0;
+  for (int v = 0; v < V; ++v) se += std::exp(double(logits[v]) - logits[arg]);
+  *logprob = double(logits[target]) - logits[arg] - std::log(se);
+  *argmax = arg;
+}
+
 }  // namespace mambaq::ref

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Install the build dependencies from Debian 12 packages (run as root).
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends \
+  g++ cmake make pkg-config git ca-certificates \
+  libdnnl-dev nlohmann-json3-dev libcli11-dev libfmt-dev \
+  libzip-dev libpcre2-dev libutf8proc-dev \
+  libgtest-dev libbenchmark-dev

@@ -1,0 +1,79 @@
+// Test helpers: fixture paths, random data, error measures.
+#pragma once
+#include <gtest/gtest.h>
+
+#include "mambaq/error.h"
+
+#include <cmath>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace mqtest {
+
+inline std::string repo(const std::string& rel) { return std::string(MAMBAQ_SOURCE_DIR) + "/" + rel; }
+inline std::string shared(const std::string& rel) { return std::string(MAMBAQ_SHARED_DIR) + "/" + rel; }
+inline bool have_shared() { return std::filesystem::exists(shared("models/mamba-tiny-hf/config.json")); }
+
+// A fresh empty folder under the build's temp area, removed at exit of the test binary's run.
+std::string temp_dir(const std::string& name);
+
+inline std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.f, float mean = 0.f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(mean, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+inline std::vector<float> uniform(size_t n, uint32_t seed, float lo, float hi) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// ||a - b|| / ||b||
+inline double rel_err(const float* a, const float* b, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i) {
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / (den > 0 ? den : 1));
+}
+inline double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  return rel_err(a.data(), b.data(), std::min(a.size(), b.size()));
+}
+inline double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double m = 0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) m = std::max(m, std::abs(double(a[i]) - b[i]));
+  return m;
+}
+
+void write_file(const std::string& path, const std::string& bytes);
+std::string read_file(const std::string& path);
+
+// Runs the CLI; returns the exit code, with stdout and stderr captured.
+struct CliResult {
+  int code;
+  std::string out, err;
+};
+CliResult run_cli(const std::string& args);
+
+}  // namespace mqtest
+
+// EXPECT that `stmt` throws mambaq::Error whose message contains every given fragment.
+#define EXPECT_ERROR(stmt, ...)                                                               \
+  do {                                                                                        \
+    try {                                                                                     \
+      stmt;                                                                                   \
+      ADD_FAILURE() << "expected mambaq::Error from " #stmt;                                  \
+    } catch (const mambaq::Error& e) {                                                        \
+      for (const char* frag : {__VA_ARGS__})                                                  \
+        EXPECT_NE(std::string(e.what()).find(frag), std::string::npos)                        \
+            << "message '" << e.what() << "' lacks '" << frag << "'";                         \
+    }                                                                                         \
+  } while (0)
