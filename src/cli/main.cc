@@ -9,6 +9,7 @@
 #include "kernels/cpu/ops.h"
 #include "mambaq/error.h"
 #include "mambaq/eval.h"
+#include "mambaq/version.h"
 
 namespace mambaq::cli {
 
@@ -53,7 +54,7 @@ int main(int argc, char** argv) {
   using namespace mambaq::cli;
   CLI::App app{"mambaq: load, run, evaluate (and later quantize) Mamba and Mamba2 language models"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", std::string("mambaq ") + MAMBAQ_VERSION + " (" + MAMBAQ_GIT + ")");
+  app.set_version_flag("--version", std::string("mambaq ") + mambaq::version() + " (" + mambaq::git_describe() + ")");
   std::vector<std::pair<CLI::App*, Runner>> cmds;
   auto reg = [&](Runner r) { cmds.emplace_back(app.get_subcommands({}).back(), std::move(r)); };
   reg(register_info(app));

@@ -1,0 +1,80 @@
+// Micro-benchmarks of the CPU kernels at mamba-130m / mamba2-130m shapes (Google Benchmark).
+//   build/bench/mambaq_bench_kernels --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+#include <benchmark/benchmark.h>
+
+#include <random>
+#include <vector>
+
+#include "kernels/cpu/ops.h"
+
+using namespace mambaq;
+
+static std::vector<float> rnd(size_t n, float mean = 0.f, float sd = 1.f) {
+  std::mt19937 rng(1);
+  std::normal_distribution<float> d(mean, sd);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// args: M, N, K
+static void BM_Gemm(benchmark::State& s) {
+  const int M = int(s.range(0)), N = int(s.range(1)), K = int(s.range(2));
+  auto A = rnd(size_t(M) * K), W = rnd(size_t(N) * K);
+  std::vector<float> C(size_t(M) * N);
+  for (auto _ : s) cpu::gemm(M, N, K, A.data(), K, W.data(), nullptr, C.data(), N);
+  s.counters["GFLOPS"] = benchmark::Counter(2.0 * M * N * K, benchmark::Counter::kIsIterationInvariantRate,
+                                            benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_Gemm)->Args({1024, 3072, 768})->Args({1024, 768, 1536})->Args({1, 3072, 768})->Args({1, 50280, 768})
+    ->UseRealTime();
+
+// Mamba1 scan, mamba-130m: D = 1536, N = 16; T tokens, one sequence
+static void BM_SelectiveScan(benchmark::State& s) {
+  const int T = int(s.range(0)), D = 1536, N = 16;
+  auto u = rnd(size_t(T) * D), dl = rnd(size_t(T) * D, -3.f), z = rnd(size_t(T) * D), bc = rnd(size_t(T) * 2 * N);
+  auto A = rnd(size_t(D) * N, -4.f, 1.f);
+  std::vector<float> y(size_t(T) * D);
+  const int offs[2] = {0, T};
+  for (auto _ : s)
+    cpu::selective_scan(1, offs, D, N, u.data(), D, dl.data(), D, nullptr, A.data(), bc.data(), 2 * N, bc.data() + N,
+                        2 * N, nullptr, z.data(), D, nullptr, y.data(), D);
+  s.SetItemsProcessed(int64_t(s.iterations()) * T);
+}
+BENCHMARK(BM_SelectiveScan)->Arg(1)->Arg(1024)->UseRealTime();
+
+// Mamba2 scan, mamba2-130m: 24 heads x 64, N = 128
+static void BM_SsdScan(benchmark::State& s) {
+  const int T = int(s.range(0)), H = 24, P = 64, N = 128;
+  auto x = rnd(size_t(T) * H * P), dt = rnd(size_t(T) * H, -3.f), bc = rnd(size_t(T) * 2 * N), A = rnd(size_t(H), -4.f);
+  auto bias = rnd(size_t(H)), Dk = rnd(size_t(H));
+  std::vector<float> y(size_t(T) * H * P);
+  const int offs[2] = {0, T};
+  for (auto _ : s)
+    cpu::ssd_scan(1, offs, H, P, 1, N, x.data(), H * P, dt.data(), H, bias.data(), A.data(), bc.data(), 2 * N,
+                  bc.data() + N, 2 * N, Dk.data(), nullptr, y.data(), H * P);
+  s.SetItemsProcessed(int64_t(s.iterations()) * T);
+}
+BENCHMARK(BM_SsdScan)->Arg(1)->Arg(1024)->UseRealTime();
+
+static void BM_Conv1d(benchmark::State& s) {
+  const int T = int(s.range(0)), C = 1536, K = 4;
+  auto x = rnd(size_t(T) * C), w = rnd(size_t(C) * K), b = rnd(size_t(C));
+  std::vector<float> y(size_t(T) * C);
+  const int offs[2] = {0, T};
+  for (auto _ : s) cpu::conv1d_silu(1, offs, x.data(), C, C, K, w.data(), b.data(), nullptr, y.data(), C);
+  s.SetItemsProcessed(int64_t(s.iterations()) * T);
+}
+BENCHMARK(BM_Conv1d)->Arg(1024)->UseRealTime();
+
+static void BM_LogSoftmaxRow(benchmark::State& s) {
+  const int V = 50280;
+  auto l = rnd(size_t(V));
+  double lp;
+  int arg;
+  for (auto _ : s) {
+    cpu::log_softmax_at(l.data(), V, 17, &lp, &arg);
+    benchmark::DoNotOptimize(lp);
+  }
+}
+BENCHMARK(BM_LogSoftmaxRow);
