@@ -36,15 +36,19 @@ struct ModelWeights {
 // Recurrent state of one sequence: per layer the last d_conv-1 conv inputs and the SSM state.
 struct SeqState {
   std::vector<std::vector<float>> conv;  // per layer {d_conv-1, conv_dim}
-  std::vector<std::vector<float>> ssm;   // per layer Mamba1 {d_inner, d_state}; Mamba2 {nheads, headdim, d_state}
+  std::vector<std::vector<float>> ssm;   // per layer Mamba1 {d_inner, d_state}; Mamba2 {nheads, d_state, headdim}
   int64_t pos = 0;                       // tokens consumed
 };
 
 // A hook at a named point of the forward pass (see DESIGN.md: one forward, many uses).
-// `data` is {rows, cols} row-major and may be modified in place.
+// `data` is {rows, cols} row-major and may be modified in place; sequence s of the packed batch
+// holds rows offs[s] .. offs[s+1]-1. Layer -1 is the model's head (e.g. "lm_head:input").
+// Mamba1 points: in_proj:input, in_proj:output, x_proj:input, x_proj:output, dt_proj:output,
+// out_proj:input; Mamba2: in_proj:input, in_proj:output, xBC_conv_out, out_proj:input; both:
+// mixer_out, block_out, and lm_head:input (layer -1).
 struct Tap {
   virtual ~Tap() = default;
-  virtual void on(int layer, std::string_view point, float* data, int rows, int cols) = 0;
+  virtual void on(int layer, std::string_view point, float* data, int rows, int cols, std::span<const int> offs) = 0;
 };
 
 struct TensorInfo {
@@ -88,10 +92,11 @@ class Model {
   ModelConfig cfg_;
   ModelWeights w_;
   std::vector<TensorInfo> info_;
-  void mixer_mamba1(int layer, const float* x, float* out, int T, std::span<const int> offs,
-                    SeqState* const* states, Tap* tap) const;
-  void mixer_mamba2(int layer, const float* x, float* out, int T, std::span<const int> offs,
-                    SeqState* const* states, Tap* tap) const;
+  // x {T, d_model} -> out {T, d_model}; conv_st / ssm_st: this layer's state of each sequence (or null)
+  void mixer_mamba1(int layer, float* x, float* out, int T, std::span<const int> offs, float* const* conv_st,
+                    float* const* ssm_st, Tap* tap) const;
+  void mixer_mamba2(int layer, float* x, float* out, int T, std::span<const int> offs, float* const* conv_st,
+                    float* const* ssm_st, Tap* tap) const;
 };
 
 // Parameter-count-exact configs of published checkpoints, for synthetic benchmarks:

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "io/json_file.h"
 #include "io/mmap_file.h"
 #include "kernels/cpu/ops.h"
 #include "mambaq/error.h"
@@ -64,30 +65,6 @@ void score_rows(const Model& m, const float* hidden, const std::vector<int>& row
 
 double elapsed(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-std::vector<std::string> read_jsonl_texts(const std::string& path) {
-  if (!fs::exists(path)) fail("{}: file not found", path);
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("{}: cannot open", path);
-  std::vector<std::string> texts;
-  std::string line;
-  int lineno = 0;
-  while (std::getline(in, line)) {
-    ++lineno;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
-      fail("{}:{}: malformed JSON line: {}", path, lineno, e.what());
-    }
-    if (!j.is_object() || !j.contains("text") || !j["text"].is_string())
-      fail("{}:{}: expected an object with a string field \"text\"", path, lineno);
-    texts.push_back(j["text"].get<std::string>());
-  }
-  if (texts.empty()) fail("{}: no documents (empty file)", path);
-  return texts;
 }
 
 TaskResult run_lastword(const Model& m, const Tokenizer& tok, const std::string& key, const std::string& path,
@@ -216,12 +193,13 @@ LastwordDoc lastword_split(const Tokenizer& tok, const std::string& text) {
   // lambada: context = text.rsplit(" ", 1)[0], continuation = " " + last word
   const size_t sp = text.rfind(' ');
   if (sp == std::string::npos) fail("text has no space, so no last word to predict");
-  std::string context = text.substr(0, sp), cont = " " + text.substr(sp + 1);
+  std::string context = text.substr(0, sp), cont(1, ' ');
+  cont.append(text, sp + 1, std::string::npos);
   // lm-eval _encode_pair: trailing spaces of the context move into the continuation
   const size_t keep = context.find_last_not_of(" \t\n\r\f\v");
   const size_t nsp = keep == std::string::npos ? context.size() : context.size() - keep - 1;
   if (nsp > 0) {
-    cont = context.substr(context.size() - nsp) + cont;
+    cont.insert(0, context, context.size() - nsp, nsp);
     context.resize(context.size() - nsp);
   }
   LastwordDoc d;

@@ -31,21 +31,30 @@ void Model::forward(std::span<const int32_t> tokens, std::span<const int> lens, 
       fail("token id {} is outside the model's vocabulary [0, {})", id, cfg_.padded_vocab);
     std::memcpy(r + size_t(t) * dm, w_.embedding.data + size_t(id) * dm, sizeof(float) * size_t(dm));
   }
+  const size_t nseq = lens.size();
+  std::vector<float*> conv_st(nseq, nullptr), ssm_st(nseq, nullptr);
   for (int l = 0; l < cfg_.n_layer; ++l) {
     const LayerWeights& L = w_.layers[size_t(l)];
+    if (states)
+      for (size_t s = 0; s < nseq; ++s)
+        if (states[s]) {
+          conv_st[s] = states[s]->conv[size_t(l)].data();
+          ssm_st[s] = states[s]->ssm[size_t(l)].data();
+        }
     cpu::rmsnorm(r, L.norm.data, x, T, dm, cfg_.norm_eps);
     if (cfg_.arch == Arch::Mamba1)
-      mixer_mamba1(l, x, mix, T, offs, states, tap);
+      mixer_mamba1(l, x, mix, T, offs, conv_st.data(), ssm_st.data(), tap);
     else
-      mixer_mamba2(l, x, mix, T, offs, states, tap);
-    if (tap) tap->on(l, "mixer_out", mix, T, dm);
+      mixer_mamba2(l, x, mix, T, offs, conv_st.data(), ssm_st.data(), tap);
+    if (tap) tap->on(l, "mixer_out", mix, T, dm, offs);
 #pragma omp parallel for schedule(static) if (T > 8)
     for (int t = 0; t < T; ++t)
 #pragma omp simd
       for (int i = 0; i < dm; ++i) r[size_t(t) * dm + i] += mix[size_t(t) * dm + i];
-    if (tap) tap->on(l, "block_out", r, T, dm);
+    if (tap) tap->on(l, "block_out", r, T, dm, offs);
   }
   cpu::rmsnorm(r, w_.norm_f.data, hidden, T, dm, cfg_.norm_eps);
+  if (tap) tap->on(-1, "lm_head:input", hidden, T, dm, offs);
   if (states)
     for (size_t s = 0; s < lens.size(); ++s)
       if (states[s]) states[s]->pos += lens[s];

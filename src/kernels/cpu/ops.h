@@ -28,7 +28,8 @@ void selective_scan(int T, int D, int N, const float* u, int ldu, const float* d
 
 // Mamba2 SSD scan over one sequence, recurrent form (exactly equal to the chunked form).
 // x {T, H*P}; dt {T, H} (raw, before dt_bias and softplus); B, C {T, G*N}; A, dt_bias, Dskip {H};
-// state {H, P, N} (in/out, null = zeros); y {T, H*P}. Head h uses group h / (H/G).
+// state {H, N, P} (in/out, null = zeros; headdim innermost so the update is contiguous);
+// y {T, H*P}. Head h uses group h / (H/G).
 void ssd_scan(int T, int H, int P, int G, int N, const float* x, int ldx, const float* dt, int lddt,
               const float* dt_bias, const float* A, const float* B, int ldb, const float* C, int ldc,
               const float* Dskip, float* state, float* y, int ldy);

@@ -144,22 +144,19 @@ void selective_scan(int nseq, const int* offs, int D, int N, const float* u, int
 void ssd_scan(int nseq, const int* offs, int H, int P, int G, int N, const float* x, int ldx, const float* dt,
               int lddt, const float* dt_bias, const float* A, const float* B, int ldb, const float* C, int ldc,
               const float* Dskip, float* const* states, float* y, int ldy) {
+  constexpr int kMaxHeadDim = 512;
+  MQ_ASSERT(P <= kMaxHeadDim && G > 0 && H % G == 0);
   const int hpg = H / G;
 #pragma omp parallel for collapse(2) schedule(static)
   for (int s = 0; s < nseq; ++s)
     for (int hd = 0; hd < H; ++hd) {
       const int g = hd / hpg;
       const int t0 = offs[s], T = offs[s + 1] - offs[s];
-      float* st = states && states[s] ? states[s] + size_t(hd) * P * N : nullptr;
-      std::vector<float> hbuf(size_t(N) * P), accbuf(static_cast<size_t>(P)), dxbuf(static_cast<size_t>(P));
-      float* h = hbuf.data();  // transposed state {N, P}
-      float* acc = accbuf.data();
-      float* dx = dxbuf.data();
-      if (st)
-        for (int p = 0; p < P; ++p)
-          for (int n = 0; n < N; ++n) h[size_t(n) * P + p] = st[size_t(p) * N + n];
-      else
-        std::fill(hbuf.begin(), hbuf.end(), 0.f);
+      float* st = states && states[s] ? states[s] + size_t(hd) * N * P : nullptr;
+      // state {N, P} of this head: updated in place when carried, else a zeroed local buffer
+      std::vector<float> local(st ? 0 : size_t(N) * P, 0.f);
+      float* h = st ? st : local.data();
+      float acc[kMaxHeadDim], dx[kMaxHeadDim];
       const float Ah = A[hd], Dh = Dskip[hd], bh = dt_bias[hd];
       for (int t = t0; t < t0 + T; ++t) {
         const float d = softplus(dt[size_t(t) * lddt + hd] + bh);
@@ -185,9 +182,6 @@ void ssd_scan(int nseq, const int* offs, int H, int P, int G, int N, const float
 #pragma omp simd
         for (int p = 0; p < P; ++p) yr[p] = acc[p] + Dh * xr[p];
       }
-      if (st)
-        for (int p = 0; p < P; ++p)
-          for (int n = 0; n < N; ++n) st[size_t(p) * N + n] = h[size_t(n) * P + p];
     }
 }
 

@@ -76,7 +76,7 @@ void ssd_scan(int T, int H, int P, int G, int N, const float* x, int ldx, const 
         const double xv = x[size_t(t) * ldx + size_t(hd) * P + p];
         double acc = 0;
         for (int n = 0; n < N; ++n) {
-          double& hn = h[(size_t(hd) * P + p) * N + n];
+          double& hn = h[(size_t(hd) * N + n) * P + p];
           hn = dA * hn + d * B[size_t(t) * ldb + size_t(g) * N + n] * xv;
           acc += hn * C[size_t(t) * ldc + size_t(g) * N + n];
         }

@@ -1,0 +1,187 @@
+#include "quant/calibrate.h"
+
+#include <filesystem>
+#include <map>
+
+#include "io/json_file.h"
+#include "io/mmap_file.h"
+#include "mambaq/error.h"
+#include "mambaq/eval.h"
+#include "quant/hadamard.h"
+
+namespace mambaq {
+
+CalibSamples make_calib_samples(const Tokenizer& tok, const std::string& file, int seqlen, int num) {
+  if (seqlen < 1) fail("--calib-seqlen must be positive (got {})", seqlen);
+  if (num < 1) fail("--calib-num must be positive (got {})", num);
+  if (!std::filesystem::exists(file)) fail("--calib-data: {}: file not found", file);
+  std::vector<std::string> docs;
+  if (std::filesystem::path(file).extension() == ".jsonl") {
+    docs = read_jsonl_texts(file);
+  } else {
+    docs.push_back(read_text_file(file));
+    if (docs.back().empty()) fail("--calib-data: {}: empty file", file);
+  }
+  CalibSamples cs;
+  cs.documents = docs.size();
+  for (const auto& d : docs) {
+    const auto ids = tok.encode(d);
+    if (ids.empty()) continue;
+    if (ids.size() < size_t(seqlen)) {
+      ++cs.available;
+      if (cs.samples.size() < size_t(num)) cs.samples.push_back(ids);
+      continue;
+    }
+    for (size_t o = 0; o + size_t(seqlen) <= ids.size(); o += size_t(seqlen)) {
+      ++cs.available;
+      if (cs.samples.size() < size_t(num))
+        cs.samples.emplace_back(ids.begin() + std::ptrdiff_t(o), ids.begin() + std::ptrdiff_t(o) + seqlen);
+    }
+  }
+  if (cs.samples.empty()) fail("--calib-data: {}: no calibration samples (no text)", file);
+  return cs;
+}
+
+const PointScale* Calibration::find(int layer, const std::string& point) const {
+  for (const auto& p : points)
+    if (p.layer == layer && p.point == point) return &p;
+  return nullptr;
+}
+
+namespace {
+
+// One observed quantity: a column range [c0, c1) of a tapped tensor, under a name.
+struct Sub {
+  std::string name;
+  int c0, c1;
+  bool percentile;
+  bool hadamard;  // observe H x (the out_proj input as the quantized model will see it)
+};
+
+std::map<std::string, std::vector<Sub>> points_of(const ModelConfig& c) {
+  std::map<std::string, std::vector<Sub>> m;
+  const int di = c.d_inner;
+  if (c.arch == Arch::Mamba1) {
+    const int R = c.dt_rank, N = c.d_state;
+    m["in_proj:input"] = {{"in_proj:input", 0, c.d_model, false, false}};
+    m["in_proj:output"] = {{"in_proj:output", 0, 2 * di, false, false}};
+    m["x_proj:input"] = {{"x_proj:input", 0, di, true, false}};
+    m["x_proj:output"] = {{"x_proj:output", 0, R + 2 * N, false, false}};
+    m["dt_proj:output"] = {{"dt_proj:output", 0, di, false, false}};
+    m["out_proj:input"] = {{"out_proj:input", 0, di, false, true}};
+  } else {
+    const int GN = c.ngroups * c.d_state, cd = c.conv_dim();
+    m["in_proj:input"] = {{"in_proj:input", 0, c.d_model, false, false}};
+    m["in_proj:output"] = {{"z", 0, di, false, false}, {"dt", di + cd, di + cd + c.nheads, false, false}};
+    m["xBC_conv_out"] = {{"x_conv_out", 0, di, true, false},
+                         {"B_conv_out", di, di + GN, false, false},
+                         {"C_conv_out", di + GN, di + 2 * GN, false, false}};
+    m["out_proj:input"] = {{"out_proj:input", 0, di, false, true}};
+  }
+  return m;
+}
+
+class CalibTap final : public Tap {
+ public:
+  CalibTap(const ModelConfig& c, const CalibOptions& o, size_t total_tokens, size_t nsamples) : cfg_(c), opt_(o) {
+    subs_ = points_of(c);
+    for (int l = 0; l < c.n_layer; ++l) {
+      for (auto& [tp, subs] : subs_)
+        for (auto& s : subs) add(l, s.name, s.percentile, total_tokens * size_t(s.c1 - s.c0));
+      const size_t st = c.arch == Arch::Mamba1 ? size_t(c.d_inner) * c.d_state
+                                               : size_t(c.nheads) * c.headdim * c.d_state;
+      add(l, "ssm_state_act:input", true, nsamples * st);
+    }
+    add(-1, "lm_head:input", false, total_tokens * size_t(c.d_model));
+  }
+
+  void on(int layer, std::string_view point, float* data, int rows, int cols, std::span<const int> offs) override {
+    const std::string key = layer < 0 ? "" : std::string(point);
+    if (layer < 0) {
+      if (point == "lm_head:input") observe_rows(obs_.at({-1, "lm_head:input"}).get(), data, cols, 0, cols, false, offs);
+      return;
+    }
+    auto it = subs_.find(key);
+    if (it == subs_.end()) return;
+    for (const auto& s : it->second)
+      observe_rows(obs_.at({layer, s.name}).get(), data, cols, s.c0, s.c1, s.hadamard, offs);
+  }
+
+  void observe_state(int layer, const std::vector<float>& st) {
+    obs_.at({layer, "ssm_state_act:input"})->observe(st.data(), st.size());
+  }
+
+  Calibration result() const {
+    Calibration c;
+    c.alpha = opt_.alpha;
+    c.mode = opt_.mode;
+    for (const auto& [k, o] : obs_) c.points.push_back({k.first, k.second, o->kind(), o->amax(), o->scale(8)});
+    return c;
+  }
+
+ private:
+  const ModelConfig& cfg_;
+  const CalibOptions& opt_;
+  std::map<std::string, std::vector<Sub>> subs_;
+  std::map<std::pair<int, std::string>, std::unique_ptr<Observer>> obs_;
+  std::vector<float> buf_;
+
+  void add(int layer, const std::string& name, bool pct, size_t expected) {
+    obs_[{layer, name}] = pct ? make_percentile_observer(opt_.alpha, opt_.mode, expected) : make_minmax_observer();
+  }
+  // Each sequence of the packed batch is one calibration sample.
+  void observe_rows(Observer* o, const float* data, int ld, int c0, int c1, bool hadamard, std::span<const int> offs) {
+    const int w = c1 - c0;
+    for (size_t s = 0; s + 1 < offs.size(); ++s) {
+      const int r0 = offs[s], r1 = offs[s + 1];
+      buf_.resize(size_t(r1 - r0) * size_t(w));
+      for (int r = r0; r < r1; ++r)
+        std::copy_n(data + size_t(r) * ld + c0, w, buf_.data() + size_t(r - r0) * w);
+      if (hadamard) hadamard_transform(buf_.data(), r1 - r0, w, w);
+      o->observe(buf_.data(), buf_.size());
+    }
+  }
+};
+
+}  // namespace
+
+Calibration calibrate(const Model& m, const CalibSamples& cs, const CalibOptions& opt) {
+  const auto& c = m.config();
+  if (!hadamard_supported(c.d_inner))
+    fail("calibration: d_inner {} has no Hadamard transform (needs m * 2^k, m in 1, 12, 20, 28, 40)", c.d_inner);
+  size_t total = 0;
+  for (const auto& s : cs.samples) total += s.size();
+  CalibTap tap(c, opt, total, cs.samples.size());
+  Progress bar("calibration", int64_t(cs.samples.size()), opt.progress);
+  std::vector<float> hidden;
+  for (size_t s0 = 0; s0 < cs.samples.size();) {
+    std::vector<int32_t> toks;
+    std::vector<int> lens;
+    size_t s1 = s0;
+    while (s1 < cs.samples.size() && (s1 == s0 || toks.size() + cs.samples[s1].size() <= size_t(opt.batch_tokens))) {
+      toks.insert(toks.end(), cs.samples[s1].begin(), cs.samples[s1].end());
+      lens.push_back(int(cs.samples[s1].size()));
+      ++s1;
+    }
+    std::vector<SeqState> states;
+    for (size_t i = s0; i < s1; ++i) states.push_back(m.new_state());
+    std::vector<SeqState*> sp;
+    for (auto& st : states) sp.push_back(&st);
+    hidden.resize(toks.size() * size_t(c.d_model));
+    m.forward(toks, lens, sp.data(), hidden.data(), &tap);
+    for (auto& st : states)  // the SSM state at the end of each sample
+      for (int l = 0; l < c.n_layer; ++l) tap.observe_state(l, st.ssm[size_t(l)]);
+    bar.add(int64_t(s1 - s0));
+    s0 = s1;
+  }
+  bar.finish();
+  Calibration res = tap.result();
+  res.samples = cs.samples.size();
+  if (opt.verbose)
+    for (const auto& p : res.points)
+      fmt::print(stderr, "calib layer {:>3} {:<22} {:<10} alpha {:<8} max {:.6g} scale {:.6g}\n", p.layer, p.point,
+                 p.observer, p.observer == "percentile" ? opt.alpha : 1.0, p.amax, p.scale);
+  return res;
+}
+
+}  // namespace mambaq

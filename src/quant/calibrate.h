@@ -1,0 +1,50 @@
+// Calibration: run the FP model over calibration samples and feed an observer at every
+// quantization point (Quamba: percentile on the SSM input and the SSM state, min-max elsewhere).
+#pragma once
+#include <string>
+#include <vector>
+
+#include "mambaq/model.h"
+#include "mambaq/tokenizer.h"
+#include "quant/observer.h"
+
+namespace mambaq {
+
+struct CalibSamples {
+  std::vector<std::vector<int32_t>> samples;
+  size_t available = 0;  // samples the file could give (before --calib-num)
+  size_t documents = 0;
+};
+
+// Consecutive `seqlen`-token windows over each document of `file` (JSONL with a "text" field, or
+// raw text = one document); a document shorter than a window is one sample; the partial tail of a
+// longer document is dropped. The first `num` samples are kept.
+CalibSamples make_calib_samples(const Tokenizer& tok, const std::string& file, int seqlen, int num);
+
+struct CalibOptions {
+  double alpha = 0.9995;  // percentile observer (SSM input and state)
+  PercentileMode mode = PercentileMode::Ema;
+  int batch_tokens = 8192;
+  bool progress = true;
+  bool verbose = false;  // alpha, max and scale of every point on stderr
+};
+
+struct PointScale {
+  int layer;               // -1 for lm_head:input
+  std::string point;       // e.g. "x_proj:input", "ssm_state_act:input"
+  std::string observer;    // "minmax" or "percentile"
+  float amax;              // clip value
+  float scale;             // amax / 127
+};
+
+struct Calibration {
+  std::vector<PointScale> points;
+  size_t samples = 0;
+  double alpha = 1.0;
+  PercentileMode mode = PercentileMode::Ema;
+  const PointScale* find(int layer, const std::string& point) const;
+};
+
+Calibration calibrate(const Model& model, const CalibSamples& samples, const CalibOptions& opt);
+
+}  // namespace mambaq
