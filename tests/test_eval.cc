@@ -87,7 +87,13 @@ struct WikiCase {
 };
 class BundledWikitext : public ::testing::TestWithParam<WikiCase> {};
 INSTANTIATE_TEST_SUITE_P(Fixtures, BundledWikitext,
-                         ::testing::Values(WikiCase{"models/mamba-tiny", 512}, WikiCase{"models/mamba2-tiny-hf", 1024}));
+                         ::testing::Values(WikiCase{"models/mamba-tiny", 512}, WikiCase{"models/mamba2-tiny-hf", 1024}),
+                         [](const ::testing::TestParamInfo<WikiCase>& i) {
+                           std::string n = std::string(i.param.model).substr(7) + "_" + std::to_string(i.param.seqlen);
+                           for (auto& ch : n)
+                             if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+                           return n;
+                         });
 
 TEST_P(BundledWikitext, Full) {
   const std::string dir = mqtest::repo(GetParam().model);

@@ -46,6 +46,7 @@ Runner register_generate(CLI::App& app) {
              },
              &st);
     fmt::print("\n");
+    std::fflush(stdout);
     if (o->stats)
       fmt::print(stderr, "prompt {} tokens, time to first token {:.1f} ms, {} tokens decoded at {:.1f} tok/s\n",
                  st.prompt_tokens, 1e3 * st.prefill_s, st.new_tokens - 1,
