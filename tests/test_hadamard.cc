@@ -82,3 +82,14 @@ TEST(Hadamard, RoundTripAndWeightFusion) {
     EXPECT_NEAR(nh / nx, 1.0, 1e-5) << n;
   }
 }
+
+TEST(Hadamard, TransposeInverts) {
+  for (int n : {256, 1536, 2560, 3584, 5120}) {
+    auto x = mqtest::randn(size_t(2) * n, uint32_t(n) + 1);
+    auto y = x;
+    hadamard_transform(y.data(), 2, n, n);
+    EXPECT_GT(mqtest::rel_err(y, x), 0.5) << n;  // it did something
+    hadamard_transform(y.data(), 2, n, n, /*transpose=*/true);
+    EXPECT_LT(mqtest::rel_err(y, x), 1e-6) << n;
+  }
+}

@@ -107,7 +107,7 @@ std::vector<float> hadamard_base_matrix(int m) {
   return base(m);
 }
 
-void hadamard_transform(float* x, int rows, int n, int ld) {
+void hadamard_transform(float* x, int rows, int n, int ld, bool transpose) {
   const int m = hadamard_base_order(n);
   if (!m) fail("Hadamard transform: size {} is not m * 2^k with m in {{1, 12, 20, 28, 40}}", n);
   const int p = n / m;
@@ -129,7 +129,8 @@ void hadamard_transform(float* x, int rows, int n, int ld) {
         float* t = tmp.data() + size_t(a) * p;
         for (int b = 0; b < p; ++b) t[b] = 0.f;
         for (int a2 = 0; a2 < m; ++a2) {
-          const float h = H[size_t(a) * m + a2] * scale;
+          // H_n^T = H_m^T (x) H_{2^k} (the Sylvester factor is symmetric)
+          const float h = (transpose ? H[size_t(a2) * m + a] : H[size_t(a) * m + a2]) * scale;
           const float* s = v + size_t(a2) * p;
 #pragma omp simd
           for (int b = 0; b < p; ++b) t[b] += h * s[b];

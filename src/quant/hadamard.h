@@ -14,8 +14,9 @@ int hadamard_base_order(int n);  // m of n = m * 2^k, or 0 if unsupported
 // order 12 and 20 by Paley I (q = 11, 19), 28 by Paley II (q = 13), 40 by doubling order 20.
 std::vector<float> hadamard_base_matrix(int m);
 
-// In place: each of `rows` rows of x {rows, n} (row stride ld) becomes H_n x_row (orthonormal).
-void hadamard_transform(float* x, int rows, int n, int ld);
+// In place: each of `rows` rows of x {rows, n} (row stride ld) becomes H_n x_row (orthonormal),
+// or H_n^T x_row with transpose (the inverse: H^T H = I).
+void hadamard_transform(float* x, int rows, int n, int ld, bool transpose = false);
 // In place: W {rows, n} becomes W H_n^T (used to fuse the transform into out_proj's weights).
 void hadamard_fuse_right(float* W, int rows, int n);
 

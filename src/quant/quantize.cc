@@ -1,0 +1,67 @@
+#include "quant/quantize.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "mambaq/error.h"
+
+namespace mambaq {
+
+namespace {
+inline int8_t code(float x, float inv, int qmax) {
+  const float r = std::nearbyint(x * inv);  // round half to even, as torch.round
+  return int8_t(std::clamp(r, float(-qmax), float(qmax)));
+}
+}  // namespace
+
+QuantizedWeight quantize_weight(const float* W, int rows, int cols, Granularity g, int bits) {
+  if (bits < 2 || bits > 8) fail("--w-bits {} is not supported (2..8)", bits);
+  QuantizedWeight w;
+  w.rows = rows;
+  w.cols = cols;
+  w.bits = bits;
+  w.granularity = g;
+  w.q.resize(size_t(rows) * cols);
+  const int qmax = qmax_of(bits);
+  auto row_max = [&](int r) {
+    float m = 0;
+    for (int c = 0; c < cols; ++c) m = std::max(m, std::fabs(W[size_t(r) * cols + c]));
+    return m;
+  };
+  if (g == Granularity::Tensor) {
+    float m = 0;
+    for (int r = 0; r < rows; ++r) m = std::max(m, row_max(r));
+    w.scales = {m > 0 ? m / float(qmax) : 1.f};
+  } else {
+    w.scales.resize(size_t(rows));
+    for (int r = 0; r < rows; ++r) {
+      const float m = row_max(r);
+      w.scales[size_t(r)] = m > 0 ? m / float(qmax) : 1.f;
+    }
+  }
+#pragma omp parallel for schedule(static)
+  for (int r = 0; r < rows; ++r) {
+    const float inv = 1.0f / w.scale_of(r);
+    for (int c = 0; c < cols; ++c) w.q[size_t(r) * cols + c] = code(W[size_t(r) * cols + c], inv, qmax);
+  }
+  return w;
+}
+
+std::vector<float> dequantize_weight(const QuantizedWeight& w) {
+  std::vector<float> out(w.q.size());
+  for (int r = 0; r < w.rows; ++r) {
+    const float s = w.scale_of(r);
+    for (int c = 0; c < w.cols; ++c) out[size_t(r) * w.cols + c] = float(w.q[size_t(r) * w.cols + c]) * s;
+  }
+  return out;
+}
+
+void fake_quantize(float* x, size_t n, float scale, int bits) {
+  if (!(scale > 0)) fail("internal error: fake_quantize with scale {}", scale);
+  const int qmax = qmax_of(bits);
+  const float inv = 1.0f / scale;
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+  for (size_t i = 0; i < n; ++i) x[i] = float(code(x[i], inv, qmax)) * scale;
+}
+
+}  // namespace mambaq
