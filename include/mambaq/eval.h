@@ -16,6 +16,7 @@ struct EvalOptions {
   int limit = 0;             // first N documents / windows (0 = all)
   int batch_tokens = 8192;   // tokens packed into one forward pass
   bool progress = true;      // progress bar on stderr
+  Tap* tap = nullptr;        // forward-pass hook (e.g. fake quantization of activations)
 };
 
 struct TaskResult {

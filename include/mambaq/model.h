@@ -69,6 +69,11 @@ class Model {
 
   const ModelConfig& config() const { return cfg_; }
   const ModelWeights& weights() const { return w_; }
+  // For building derived models (fake quantization): copies share weight buffers until replaced.
+  ModelWeights& weights_mut() { return w_; }
+  // Execution plan: apply the Hadamard transform to the out_proj input online (the weights then
+  // hold W H^T, fused offline), as Quamba's quantized models do.
+  bool hadamard_out_proj = false;
   const std::vector<TensorInfo>& tensor_info() const { return info_; }
   int64_t num_params() const;
   size_t weight_bytes() const;  // fp32 bytes held

@@ -111,7 +111,7 @@ TaskResult run_lastword(const Model& m, const Tokenizer& tok, const std::string&
       ++d1;
     }
     std::vector<float> hidden(toks.size() * size_t(dm));
-    m.forward(toks, lens, nullptr, hidden.data());
+    m.forward(toks, lens, nullptr, hidden.data(), opt.tap);
     std::vector<RowScore> sc;
     score_rows(m, hidden.data(), rows, targets, sc);
     size_t r = 0;
@@ -170,7 +170,7 @@ TaskResult run_ppl(const Model& m, const Tokenizer& tok, const std::string& key,
         targets.push_back(toks[size_t(w * S + t + 1)]);
       }
     std::vector<float> hidden(toks.size() * size_t(dm));
-    m.forward(toks, lens, nullptr, hidden.data());
+    m.forward(toks, lens, nullptr, hidden.data(), opt.tap);
     std::vector<RowScore> sc;
     score_rows(m, hidden.data(), rows, targets, sc);
     for (auto& s : sc) nll -= s.logprob;

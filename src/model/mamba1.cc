@@ -4,6 +4,7 @@
 
 #include "kernels/cpu/ops.h"
 #include "mambaq/model.h"
+#include "quant/hadamard.h"
 
 namespace mambaq {
 
@@ -35,6 +36,7 @@ void Model::mixer_mamba1(int l, float* x, float* out, int T, std::span<const int
   cpu::selective_scan(nseq, offs.data(), di, N, u, di, delta, di, L.dt_proj_b.data, L.A.data(),
                       dbc + R, R + 2 * N, dbc + R + N, R + 2 * N, L.D.data, xz + di, 2 * di,
                       ssm_st, y, di);
+  if (hadamard_out_proj) hadamard_transform(y, T, di, di);
   if (tap) tap->on(l, "out_proj:input", y, T, di, offs);
   // out {T, d_model} = y out_proj^T
   cpu::gemm(T, dm, di, y, di, L.out_proj.data, L.out_proj_b.data, out, dm);

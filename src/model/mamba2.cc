@@ -4,6 +4,7 @@
 
 #include "kernels/cpu/ops.h"
 #include "mambaq/model.h"
+#include "quant/hadamard.h"
 
 namespace mambaq {
 
@@ -30,6 +31,7 @@ void Model::mixer_mamba2(int l, float* x, float* out, int T, std::span<const int
                 L.A.data(), xbc + di, cd, xbc + di + G * N, cd, L.D.data, ssm_st, y, di);
   // y = RMSNorm_grouped(y * SiLU(z)) * w   (norm_before_gate = false)
   cpu::gated_rmsnorm(y, zxbcdt, pd, L.gnorm.data, T, di, di / G, cfg_.norm_eps, cfg_.norm_before_gate);
+  if (hadamard_out_proj) hadamard_transform(y, T, di, di);
   if (tap) tap->on(l, "out_proj:input", y, T, di, offs);
   cpu::gemm(T, dm, di, y, di, L.out_proj.data, L.out_proj_b.data, out, dm);
 }

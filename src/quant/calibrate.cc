@@ -50,16 +50,12 @@ const PointScale* Calibration::find(int layer, const std::string& point) const {
 
 namespace {
 
-// One observed quantity: a column range [c0, c1) of a tapped tensor, under a name.
-struct Sub {
-  std::string name;
-  int c0, c1;
-  bool percentile;
-  bool hadamard;  // observe H x (the out_proj input as the quantized model will see it)
-};
+using Sub = QuantPoint;
 
-std::map<std::string, std::vector<Sub>> points_of(const ModelConfig& c) {
-  std::map<std::string, std::vector<Sub>> m;
+}  // namespace
+
+std::map<std::string, std::vector<QuantPoint>> quant_points(const ModelConfig& c) {
+  std::map<std::string, std::vector<QuantPoint>> m;
   const int di = c.d_inner;
   if (c.arch == Arch::Mamba1) {
     const int R = c.dt_rank, N = c.d_state;
@@ -81,10 +77,12 @@ std::map<std::string, std::vector<Sub>> points_of(const ModelConfig& c) {
   return m;
 }
 
+namespace {
+
 class CalibTap final : public Tap {
  public:
   CalibTap(const ModelConfig& c, const CalibOptions& o, size_t total_tokens, size_t nsamples) : cfg_(c), opt_(o) {
-    subs_ = points_of(c);
+    subs_ = quant_points(c);
     for (int l = 0; l < c.n_layer; ++l) {
       for (auto& [tp, subs] : subs_)
         for (auto& s : subs) add(l, s.name, s.percentile, total_tokens * size_t(s.c1 - s.c0));

@@ -1,6 +1,7 @@
 // Calibration: run the FP model over calibration samples and feed an observer at every
 // quantization point (Quamba: percentile on the SSM input and the SSM state, min-max elsewhere).
 #pragma once
+#include <map>
 #include <string>
 #include <vector>
 
@@ -46,5 +47,16 @@ struct Calibration {
 };
 
 Calibration calibrate(const Model& model, const CalibSamples& samples, const CalibOptions& opt);
+
+// The activation quantization points of one layer: a column range [c0, c1) of a tapped tensor
+// (Model's Tap points), under the point's name, with the observer Quamba uses for it.
+struct QuantPoint {
+  std::string name;  // e.g. "x_proj:input", "x_conv_out"
+  int c0, c1;
+  bool percentile;   // SSM input: percentile observer; everything else min-max
+  bool hadamard;     // observed after the Hadamard transform (out_proj:input)
+};
+// tap point -> the quantization points it carries (the SSM state is observed separately)
+std::map<std::string, std::vector<QuantPoint>> quant_points(const ModelConfig& c);
 
 }  // namespace mambaq

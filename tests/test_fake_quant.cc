@@ -1,0 +1,57 @@
+// Fake quantization (W8A8 simulation) on the fixtures: close to FP32, and every point applied.
+#include "mambaq/eval.h"
+#include "quant/fake_quant.h"
+#include "quant/hadamard.h"
+#include "util.h"
+
+using namespace mambaq;
+
+namespace {
+const Tokenizer& tok() {
+  static auto t = Tokenizer::load(mqtest::repo("data/tokenizer/gpt-neox-20b/tokenizer.json"));
+  return *t;
+}
+}  // namespace
+
+class FakeQuantBoth : public ::testing::TestWithParam<const char*> {};
+INSTANTIATE_TEST_SUITE_P(Fixtures, FakeQuantBoth, ::testing::Values("models/mamba-tiny", "models/mamba2-tiny-hf"));
+
+TEST_P(FakeQuantBoth, HeldoutPerplexityStaysNearFp32) {
+  auto fp = Model::load(mqtest::repo(GetParam()));
+  auto cs = make_calib_samples(tok(), mqtest::repo("data/corpus/calib.jsonl"), 512, 64);
+  CalibOptions co;
+  co.progress = false;
+  const Calibration cal = calibrate(*fp, cs, co);
+  auto fq = fake_quant_weights(*fp, Granularity::Tensor);
+  FakeQuantTap tap(fp->config(), cal);
+  EvalOptions eo;
+  eo.data_dir = mqtest::repo("data");
+  eo.progress = false;
+  eo.limit = 20;
+  const double ppl_fp = run_task(*fp, tok(), "ppl:corpus/heldout.txt", eo).json["ppl"];
+  eo.tap = &tap;
+  const double ppl_fq = run_task(*fq, tok(), "ppl:corpus/heldout.txt", eo).json["ppl"];
+  RecordProperty("ppl_fp32", std::to_string(ppl_fp));
+  RecordProperty("ppl_w8a8_fake", std::to_string(ppl_fq));
+  std::printf("%s held-out ppl (20 windows of 1024): fp32 %.3f, W8A8 fake %.3f (%+.2f%%)\n", GetParam(), ppl_fp, ppl_fq,
+              100 * (ppl_fq / ppl_fp - 1));
+  EXPECT_NE(ppl_fq, ppl_fp);           // quantization did change the model
+  EXPECT_LT(ppl_fq / ppl_fp, 1.05);    // the bound for W8A8
+}
+
+TEST(FakeQuant, HadamardFusionAloneChangesNothing) {
+  // No quantization at all: an FP model with H^T fused into out_proj and H applied online to its
+  // input computes the same function (H^T H = I), so any fake-quant difference is quantization.
+  auto fp = Model::load(mqtest::repo("models/mamba-tiny"));
+  Model fused(*fp);
+  for (auto& L : fused.weights_mut().layers) {
+    std::vector<float> w(L.out_proj.data, L.out_proj.data + L.out_proj.size());
+    hadamard_fuse_right(w.data(), int(L.out_proj.dim(0)), int(L.out_proj.dim(1)));
+    auto buf = std::make_shared<std::vector<float>>(std::move(w));
+    L.out_proj.data = buf->data();
+    L.out_proj.owner = buf;
+  }
+  fused.hadamard_out_proj = true;
+  auto ids = tok().encode("It is a truth universally acknowledged, that a single man");
+  EXPECT_LT(mqtest::rel_err(fused.last_logits(ids), fp->last_logits(ids)), 1e-5);
+}
