@@ -1,4 +1,5 @@
 #pragma once
+#include <cstddef>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -36,6 +37,10 @@ struct ModelConfig {
   nlohmann::json raw;      // the file as read, kept for saving derived models
 
   int conv_dim() const { return arch == Arch::Mamba1 ? d_inner : d_inner + 2 * ngroups * d_state; }
+  // floats of one layer's SSM state: Mamba1 {d_inner, d_state}; Mamba2 {nheads, d_state, headdim}
+  size_t ssm_state_size() const {
+    return arch == Arch::Mamba1 ? size_t(d_inner) * d_state : size_t(nheads) * d_state * headdim;
+  }
   // in_proj output width: Mamba1 [x, z]; Mamba2 [z, xBC, dt]
   int in_proj_dim() const { return arch == Arch::Mamba1 ? 2 * d_inner : 2 * d_inner + 2 * ngroups * d_state + nheads; }
 };

@@ -114,10 +114,8 @@ size_t Model::weight_bytes() const {
 
 SeqState Model::new_state() const {
   SeqState s;
-  const size_t ssm = cfg_.arch == Arch::Mamba1 ? size_t(cfg_.d_inner) * cfg_.d_state
-                                               : size_t(cfg_.nheads) * cfg_.headdim * cfg_.d_state;
   s.conv.assign(size_t(cfg_.n_layer), std::vector<float>(size_t(cfg_.d_conv - 1) * cfg_.conv_dim(), 0.f));
-  s.ssm.assign(size_t(cfg_.n_layer), std::vector<float>(ssm, 0.f));
+  s.ssm.assign(size_t(cfg_.n_layer), std::vector<float>(cfg_.ssm_state_size(), 0.f));
   return s;
 }
 

@@ -48,12 +48,6 @@ const PointScale* Calibration::find(int layer, const std::string& point) const {
   return nullptr;
 }
 
-namespace {
-
-using Sub = QuantPoint;
-
-}  // namespace
-
 std::map<std::string, std::vector<QuantPoint>> quant_points(const ModelConfig& c) {
   std::map<std::string, std::vector<QuantPoint>> m;
   const int di = c.d_inner;
@@ -81,25 +75,22 @@ namespace {
 
 class CalibTap final : public Tap {
  public:
-  CalibTap(const ModelConfig& c, const CalibOptions& o, size_t total_tokens, size_t nsamples) : cfg_(c), opt_(o) {
-    subs_ = quant_points(c);
+  CalibTap(const ModelConfig& c, const CalibOptions& o, size_t total_tokens, size_t nsamples)
+      : opt_(o), subs_(quant_points(c)) {
     for (int l = 0; l < c.n_layer; ++l) {
       for (auto& [tp, subs] : subs_)
         for (auto& s : subs) add(l, s.name, s.percentile, total_tokens * size_t(s.c1 - s.c0));
-      const size_t st = c.arch == Arch::Mamba1 ? size_t(c.d_inner) * c.d_state
-                                               : size_t(c.nheads) * c.headdim * c.d_state;
-      add(l, "ssm_state_act:input", true, nsamples * st);
+      add(l, "ssm_state_act:input", true, nsamples * c.ssm_state_size());
     }
     add(-1, "lm_head:input", false, total_tokens * size_t(c.d_model));
   }
 
   void on(int layer, std::string_view point, float* data, int rows, int cols, std::span<const int> offs) override {
-    const std::string key = layer < 0 ? "" : std::string(point);
     if (layer < 0) {
       if (point == "lm_head:input") observe_rows(obs_.at({-1, "lm_head:input"}).get(), data, cols, 0, cols, false, offs);
       return;
     }
-    auto it = subs_.find(key);
+    auto it = subs_.find(std::string(point));
     if (it == subs_.end()) return;
     for (const auto& s : it->second)
       observe_rows(obs_.at({layer, s.name}).get(), data, cols, s.c0, s.c1, s.hadamard, offs);
@@ -118,9 +109,8 @@ class CalibTap final : public Tap {
   }
 
  private:
-  const ModelConfig& cfg_;
   const CalibOptions& opt_;
-  std::map<std::string, std::vector<Sub>> subs_;
+  std::map<std::string, std::vector<QuantPoint>> subs_;
   std::map<std::pair<int, std::string>, std::unique_ptr<Observer>> obs_;
   std::vector<float> buf_;
 

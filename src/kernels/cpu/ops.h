@@ -73,7 +73,6 @@ float* scratch(int slot, size_t n);
 enum ScratchSlot {
   kSlotResidual, kSlotNormed, kSlotMixerOut,                             // model.cc
   kSlotInProj, kSlotConvOut, kSlotXProj, kSlotDelta, kSlotScanOut,       // mamba1.cc / mamba2.cc
-  kSlotCount
 };
 
 // Thread count for everything (OpenMP and oneDNN). 0 = all cores.

@@ -69,10 +69,8 @@ void conv1d_silu(int nseq, const int* offs, const float* x, int ldx, int C, int 
       if (st) {  // new state: the last K-1 inputs of (state ++ x)
         for (int k = 0; k < K - 1; ++k) {
           const int src = T - (K - 1) + k;
-          const float* xr = src >= 0 ? xs + size_t(src) * ldx : head[K - 1 + src];
-          float tmp[kBlock];
-          for (int j = 0; j < nc; ++j) tmp[j] = xr[j];
-          for (int j = 0; j < nc; ++j) st[size_t(k) * C + c0 + j] = tmp[j];
+          const float* xr = src >= 0 ? xs + size_t(src) * ldx : head[K - 1 + src];  // never aliases st
+          std::copy_n(xr, nc, st + size_t(k) * C + c0);
         }
       }
     }
