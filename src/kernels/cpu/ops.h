@@ -45,6 +45,34 @@ void gemm(int M, int N, int K, const float* A, int lda, const float* W, const fl
 // For one row of logits {V}: log-softmax at `target`, and the first index of the maximum.
 void log_softmax_at(const float* logits, int V, int target, double* logprob, int* argmax);
 
+// ---- int8 kernels (Quamba W8A8). Codes q ~ x / scale, symmetric, [-127, 127]. ----
+
+// q {rows, cols} (row stride ldq) = clamp(round_half_even(x / scale)) of x {rows, cols} (row stride ldx)
+void quantize(const float* x, int rows, int cols, int ldx, float scale, int8_t* q, int ldq);
+
+// C {M, N} (row stride ldc) = (A {M, K} x W^T) * a_scale * w_scale[n or 0] (+ bias {N});
+// A, W int8 ({N, K}), products accumulated exactly in int32.
+void gemm_s8(int M, int N, int K, const int8_t* A, int lda, float a_scale, const int8_t* W, const float* w_scale,
+             bool w_per_row, const float* bias, float* C, int ldc);
+
+// Causal depthwise conv1d over int8 inputs x {T, C} (scale x_scale) with int8 weights w {C, K}
+// (scale w_scale) and float bias, SiLU, requantized per channel: out = q(silu(acc*sx*sw + b), out_scale[c]).
+// state {K-1, C} int8 codes of the carried inputs (null = zeros; updated when given).
+void conv1d_s8_silu(const int8_t* x, int ldx, float x_scale, int T, int C, int K, const int8_t* w, float w_scale,
+                    const float* b, int8_t* state, const float* out_scale, int8_t* out, int ldo);
+
+// Selective scan reading int8 u, delta, B, C, z with their scales (dequantized, then FP32 math as
+// the reference kernel does); state in float.
+void selective_scan_s8(int T, int D, int N, const int8_t* u, int ldu, float su, const int8_t* delta, int ldd,
+                       float sd, const float* delta_bias, const float* A, const int8_t* B, int ldb, float sB,
+                       const int8_t* C, int ldc, float sC, const float* Dskip, const int8_t* z, int ldz, float sz,
+                       float* state, float* y, int ldy);
+
+// SSD scan reading int8 x, dt, B, C with their scales; state in float {H, N, P}.
+void ssd_scan_s8(int T, int H, int P, int G, int N, const int8_t* x, int ldx, float sx, const int8_t* dt, int lddt,
+                 float sdt, const float* dt_bias, const float* A, const int8_t* B, int ldb, float sB, const int8_t* C,
+                 int ldc, float sC, const float* Dskip, float* state, float* y, int ldy);
+
 }  // namespace ref
 
 namespace cpu {
@@ -65,14 +93,33 @@ void log_softmax_at(const float* logits, int V, int target, double* logprob, int
 // oneDNN sgemm: C = A W^T (+ bias)
 void gemm(int M, int N, int K, const float* A, int lda, const float* W, const float* bias, float* C, int ldc);
 
+// int8 kernels: same contracts as ref:: (packed sequences for conv and scans).
+void quantize(const float* x, int rows, int cols, int ldx, float scale, int8_t* q, int ldq);
+// oneDNN s8s8s32 GEMM (VNNI/AMX chosen by oneDNN at run time); for M <= 4 an AVX-512 GEMV.
+void gemm_s8(int M, int N, int K, const int8_t* A, int lda, float a_scale, const int8_t* W, const float* w_scale,
+             bool w_per_row, const float* bias, float* C, int ldc);
+void conv1d_s8_silu(int nseq, const int* offs, const int8_t* x, int ldx, float x_scale, int C, int K, const int8_t* w,
+                    float w_scale, const float* b, int8_t* const* states, const float* out_scale, int8_t* out, int ldo);
+void selective_scan_s8(int nseq, const int* offs, int D, int N, const int8_t* u, int ldu, float su, const int8_t* delta,
+                       int ldd, float sd, const float* delta_bias, const float* A, const int8_t* B, int ldb, float sB,
+                       const int8_t* C, int ldc, float sC, const float* Dskip, const int8_t* z, int ldz, float sz,
+                       float* const* states, float* y, int ldy);
+void ssd_scan_s8(int nseq, const int* offs, int H, int P, int G, int N, const int8_t* x, int ldx, float sx,
+                 const int8_t* dt, int lddt, float sdt, const float* dt_bias, const float* A, const int8_t* B, int ldb,
+                 float sB, const int8_t* C, int ldc, float sC, const float* Dskip, float* const* states, float* y,
+                 int ldy);
+
 }  // namespace cpu
 
 // Per-thread scratch buffers reused across calls (no page faults or zeroing in the hot path).
 // The contents are undefined; slot numbers are owned by the caller (see model/*.cc).
 float* scratch(int slot, size_t n);
+inline int8_t* scratch_i8(int slot, size_t n) { return reinterpret_cast<int8_t*>(scratch(slot, (n + 3) / 4)); }
 enum ScratchSlot {
   kSlotResidual, kSlotNormed, kSlotMixerOut,                             // model.cc
   kSlotInProj, kSlotConvOut, kSlotXProj, kSlotDelta, kSlotScanOut,       // mamba1.cc / mamba2.cc
+  kSlotQIn, kSlotQInProj, kSlotQConv, kSlotQXProj, kSlotQDelta, kSlotQOut, // int8 mixers
+  kSlotQState, kSlotQDeq0, kSlotQDeq1, kSlotQDeq2, kSlotQDeq3, kSlotQDeq4, kSlotQAcc,  // int8 kernels
 };
 
 // Thread count for everything (OpenMP and oneDNN). 0 = all cores.

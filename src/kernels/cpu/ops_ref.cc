@@ -1,5 +1,7 @@
 // Reference kernels: straight loops in double where it costs nothing, one sequence at a time.
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "kernels/cpu/ops.h"
@@ -125,6 +127,73 @@ void log_softmax_at(const float* logits, int V, int target, double* logprob, int
   for (int v = 0; v < V; ++v) se += std::exp(double(logits[v]) - logits[arg]);
   *logprob = double(logits[target]) - logits[arg] - std::log(se);
   *argmax = arg;
+}
+
+// ---- int8 ----
+
+static int8_t code(double v) {
+  return int8_t(std::clamp(std::nearbyint(v), -127.0, 127.0));  // round half to even, as torch.round
+}
+
+void quantize(const float* x, int rows, int cols, int ldx, float scale, int8_t* q, int ldq) {
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c) q[size_t(r) * ldq + c] = code(double(x[size_t(r) * ldx + c] * (1.0f / scale)));
+}
+
+void gemm_s8(int M, int N, int K, const int8_t* A, int lda, float a_scale, const int8_t* W, const float* w_scale,
+             bool w_per_row, const float* bias, float* C, int ldc) {
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < N; ++n) {
+      int64_t acc = 0;
+      for (int k = 0; k < K; ++k) acc += int(A[size_t(m) * lda + k]) * int(W[size_t(n) * K + k]);
+      const double s = double(a_scale) * w_scale[w_per_row ? n : 0];
+      C[size_t(m) * ldc + n] = float(double(acc) * s + (bias ? bias[n] : 0.0));
+    }
+}
+
+void conv1d_s8_silu(const int8_t* x, int ldx, float x_scale, int T, int C, int K, const int8_t* w, float w_scale,
+                    const float* b, int8_t* state, const float* out_scale, int8_t* out, int ldo) {
+  std::vector<int8_t> win(size_t(K - 1 + T) * C, 0);  // carried state followed by the inputs
+  if (state)
+    for (int i = 0; i < (K - 1) * C; ++i) win[size_t(i)] = state[i];
+  for (int t = 0; t < T; ++t)
+    for (int c = 0; c < C; ++c) win[size_t(K - 1 + t) * C + c] = x[size_t(t) * ldx + c];
+  for (int t = 0; t < T; ++t)
+    for (int c = 0; c < C; ++c) {
+      int acc = 0;
+      for (int k = 0; k < K; ++k) acc += int(w[size_t(c) * K + k]) * int(win[size_t(t + k) * C + c]);
+      const double v = double(acc) * x_scale * w_scale + (b ? b[c] : 0.0);
+      out[size_t(t) * ldo + c] = code(silu(v) / out_scale[c]);
+    }
+  if (state)
+    for (int i = 0; i < (K - 1) * C; ++i) state[i] = win[size_t(T) * C + i];
+}
+
+// The scans on int8 inputs: dequantize (code * scale), then the float reference scan.
+static std::vector<float> deq(const int8_t* q, int T, int cols, int ld, float s) {
+  std::vector<float> v(size_t(T) * cols);
+  for (int t = 0; t < T; ++t)
+    for (int c = 0; c < cols; ++c) v[size_t(t) * cols + c] = float(q[size_t(t) * ld + c]) * s;
+  return v;
+}
+
+void selective_scan_s8(int T, int D, int N, const int8_t* u, int ldu, float su, const int8_t* delta, int ldd,
+                       float sd, const float* delta_bias, const float* A, const int8_t* B, int ldb, float sB,
+                       const int8_t* C, int ldc, float sC, const float* Dskip, const int8_t* z, int ldz, float sz,
+                       float* state, float* y, int ldy) {
+  const auto uf = deq(u, T, D, ldu, su), df = deq(delta, T, D, ldd, sd), bf = deq(B, T, N, ldb, sB),
+             cf = deq(C, T, N, ldc, sC), zf = deq(z, T, D, ldz, sz);
+  selective_scan(T, D, N, uf.data(), D, df.data(), D, delta_bias, A, bf.data(), N, cf.data(), N, Dskip, zf.data(), D,
+                 state, y, ldy);
+}
+
+void ssd_scan_s8(int T, int H, int P, int G, int N, const int8_t* x, int ldx, float sx, const int8_t* dt, int lddt,
+                 float sdt, const float* dt_bias, const float* A, const int8_t* B, int ldb, float sB, const int8_t* C,
+                 int ldc, float sC, const float* Dskip, float* state, float* y, int ldy) {
+  const auto xf = deq(x, T, H * P, ldx, sx), df = deq(dt, T, H, lddt, sdt), bf = deq(B, T, G * N, ldb, sB),
+             cf = deq(C, T, G * N, ldc, sC);
+  ssd_scan(T, H, P, G, N, xf.data(), H * P, df.data(), H, dt_bias, A, bf.data(), G * N, cf.data(), G * N, Dskip,
+           state, y, ldy);
 }
 
 }  // namespace mambaq::ref

@@ -1,0 +1,183 @@
+// Fast int8 kernels (Quamba W8A8). GEMMs go to oneDNN's s8s8s32 GEMM, which picks its
+// AVX-512 VNNI / AMX / AVX2 kernels from the CPU at run time; decode-sized products (M <= 4)
+// use our own GEMV because oneDNN's GEMM leaves half the memory bandwidth unused there
+// (BENCHMARKS.md). Conv and scans are OpenMP over (sequence, channel block), SIMD over channels.
+#include <immintrin.h>
+#include <oneapi/dnnl/dnnl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/vmath.h"
+#include "mambaq/error.h"
+
+namespace mambaq::cpu {
+
+namespace {
+inline int8_t code(float v) { return int8_t(std::clamp(std::nearbyint(v), -127.0f, 127.0f)); }
+
+// Exact int8 dot product of length K with int32 accumulation.
+inline int32_t dot_s8(const int8_t* a, const int8_t* w, int K) {
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+  __m512i acc = _mm512_setzero_si512();
+  int k = 0;
+  for (; k + 32 <= K; k += 32) {
+    const __m512i av = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + k)));
+    const __m512i wv = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k)));
+    acc = _mm512_add_epi32(acc, _mm512_madd_epi16(av, wv));  // |a*w| <= 127^2: pairs fit int32
+  }
+  if (k < K) {
+    const __mmask32 m = (__mmask32(1) << (K - k)) - 1;  // K - k < 32
+    const __m512i av = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, a + k));
+    const __m512i wv = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, w + k));
+    acc = _mm512_add_epi32(acc, _mm512_madd_epi16(av, wv));
+  }
+  // horizontal sum (not _mm512_reduce_add_epi32: GCC 12 warns inside it)
+  const __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
+  __m128i q = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+  q = _mm_add_epi32(q, _mm_shuffle_epi32(q, 0x4e));
+  q = _mm_add_epi32(q, _mm_shuffle_epi32(q, 0xb1));
+  return _mm_cvtsi128_si32(q);
+#else
+  int32_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int k = 0; k < K; ++k) acc += int32_t(a[k]) * int32_t(w[k]);
+  return acc;
+#endif
+}
+}  // namespace
+
+void quantize(const float* x, int rows, int cols, int ldx, float scale, int8_t* q, int ldq) {
+  const float inv = 1.0f / scale;
+#pragma omp parallel for schedule(static) if (size_t(rows) * cols > 32768)
+  for (int r = 0; r < rows; ++r) {
+    const float* xr = x + size_t(r) * ldx;
+    int8_t* qr = q + size_t(r) * ldq;
+#pragma omp simd
+    for (int c = 0; c < cols; ++c) qr[c] = code(xr[c] * inv);
+  }
+}
+
+void gemm_s8(int M, int N, int K, const int8_t* A, int lda, float a_scale, const int8_t* W, const float* w_scale,
+             bool w_per_row, const float* bias, float* C, int ldc) {
+  if (M == 0) return;
+  if (M <= 4) {  // decode: stream W once, rows split over threads
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; ++n) {
+      const int8_t* wr = W + size_t(n) * K;
+      const float s = a_scale * w_scale[w_per_row ? n : 0], b = bias ? bias[n] : 0.f;
+      for (int m = 0; m < M; ++m) C[size_t(m) * ldc + n] = float(dot_s8(A + size_t(m) * lda, wr, K)) * s + b;
+    }
+    return;
+  }
+  auto* acc = reinterpret_cast<int32_t*>(scratch(kSlotQAcc, size_t(M) * N));
+  const int32_t co = 0;
+  const dnnl_status_t st = dnnl_gemm_s8s8s32('N', 'T', 'F', M, N, K, 1.0f, A, lda, 0, W, K, 0, 0.0f, acc, N, &co);
+  if (st != dnnl_success)
+    fail("internal error: dnnl_gemm_s8s8s32 failed (status {}) for M={} N={} K={}", int(st), M, N, K);
+#pragma omp parallel for schedule(static) if (M > 16)
+  for (int m = 0; m < M; ++m) {
+    const int32_t* a = acc + size_t(m) * N;
+    float* c = C + size_t(m) * ldc;
+    if (w_per_row) {
+#pragma omp simd
+      for (int n = 0; n < N; ++n) c[n] = float(a[n]) * (a_scale * w_scale[n]) + (bias ? bias[n] : 0.f);
+    } else {
+      const float s = a_scale * w_scale[0];
+#pragma omp simd
+      for (int n = 0; n < N; ++n) c[n] = float(a[n]) * s + (bias ? bias[n] : 0.f);
+    }
+  }
+}
+
+namespace {
+constexpr int kBlock = 64;  // channels per work item
+}
+
+void conv1d_s8_silu(int nseq, const int* offs, const int8_t* x, int ldx, float x_scale, int C, int K, const int8_t* w,
+                    float w_scale, const float* b, int8_t* const* states, const float* out_scale, int8_t* out,
+                    int ldo) {
+  MQ_ASSERT(K >= 1 && K <= 8);
+  const int nblk = (C + kBlock - 1) / kBlock;
+  const float sxw = x_scale * w_scale;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int s = 0; s < nseq; ++s)
+    for (int blk = 0; blk < nblk; ++blk) {
+      const int c0 = blk * kBlock, nc = std::min(C, c0 + kBlock) - c0;
+      const int T = offs[s + 1] - offs[s];
+      const int8_t* xs = x + size_t(offs[s]) * ldx + c0;
+      int8_t* os = out + size_t(offs[s]) * ldo + c0;
+      int8_t* st = states ? states[s] : nullptr;
+      int8_t head[8][kBlock] = {};  // {K-1, nc}: the carried inputs (zeros without a state)
+      if (st)
+        for (int k = 0; k < K - 1; ++k) std::memcpy(head[k], st + size_t(k) * C + c0, size_t(nc));
+      int32_t wt[8][kBlock];
+      float bias[kBlock], inv[kBlock];
+      for (int k = 0; k < K; ++k)
+        for (int j = 0; j < nc; ++j) wt[k][j] = w[size_t(c0 + j) * K + k];
+      for (int j = 0; j < nc; ++j) {
+        bias[j] = b ? b[c0 + j] : 0.f;
+        inv[j] = 1.0f / out_scale[c0 + j];
+      }
+      for (int t = 0; t < T; ++t) {
+        int32_t acc[kBlock] = {};
+        for (int k = 0; k < K; ++k) {
+          const int src = t - (K - 1) + k;  // input row feeding tap k
+          const int8_t* xr = src >= 0 ? xs + size_t(src) * ldx : head[K - 1 + src];
+#pragma omp simd
+          for (int j = 0; j < nc; ++j) acc[j] += wt[k][j] * int32_t(xr[j]);
+        }
+        int8_t* o = os + size_t(t) * ldo;
+#pragma omp simd
+        for (int j = 0; j < nc; ++j) o[j] = code(fast_silu(float(acc[j]) * sxw + bias[j]) * inv[j]);
+      }
+      if (st)  // new state: the last K-1 inputs of (state ++ x)
+        for (int k = 0; k < K - 1; ++k) {
+          const int src = T - (K - 1) + k;
+          const int8_t* xr = src >= 0 ? xs + size_t(src) * ldx : head[K - 1 + src];
+          std::memcpy(st + size_t(k) * C + c0, xr, size_t(nc));
+        }
+    }
+}
+
+namespace {
+// codes {rows, cols} (stride ld) * s -> float {rows, cols} dense, in a scratch slot
+float* dequant(int slot, const int8_t* q, int rows, int cols, int ld, float s) {
+  float* v = scratch(slot, size_t(rows) * cols);
+#pragma omp parallel for schedule(static) if (size_t(rows) * cols > 32768)
+  for (int r = 0; r < rows; ++r) {
+#pragma omp simd
+    for (int c = 0; c < cols; ++c) v[size_t(r) * cols + c] = float(q[size_t(r) * ld + c]) * s;
+  }
+  return v;
+}
+}  // namespace
+
+void selective_scan_s8(int nseq, const int* offs, int D, int N, const int8_t* u, int ldu, float su, const int8_t* delta,
+                       int ldd, float sd, const float* delta_bias, const float* A, const int8_t* B, int ldb, float sB,
+                       const int8_t* C, int ldc, float sC, const float* Dskip, const int8_t* z, int ldz, float sz,
+                       float* const* states, float* y, int ldy) {
+  const int T = offs[nseq];
+  const float* uf = dequant(kSlotQDeq0, u, T, D, ldu, su);
+  const float* df = dequant(kSlotQDeq1, delta, T, D, ldd, sd);
+  const float* bf = dequant(kSlotQDeq2, B, T, N, ldb, sB);
+  const float* cf = dequant(kSlotQDeq3, C, T, N, ldc, sC);
+  const float* zf = dequant(kSlotQDeq4, z, T, D, ldz, sz);
+  selective_scan(nseq, offs, D, N, uf, D, df, D, delta_bias, A, bf, N, cf, N, Dskip, zf, D, states, y, ldy);
+}
+
+void ssd_scan_s8(int nseq, const int* offs, int H, int P, int G, int N, const int8_t* x, int ldx, float sx,
+                 const int8_t* dt, int lddt, float sdt, const float* dt_bias, const float* A, const int8_t* B, int ldb,
+                 float sB, const int8_t* C, int ldc, float sC, const float* Dskip, float* const* states, float* y,
+                 int ldy) {
+  const int T = offs[nseq];
+  const float* xf = dequant(kSlotQDeq0, x, T, H * P, ldx, sx);
+  const float* df = dequant(kSlotQDeq1, dt, T, H, lddt, sdt);
+  const float* bf = dequant(kSlotQDeq2, B, T, G * N, ldb, sB);
+  const float* cf = dequant(kSlotQDeq3, C, T, G * N, ldc, sC);
+  ssd_scan(nseq, offs, H, P, G, N, xf, H * P, df, H, dt_bias, A, bf, G * N, cf, G * N, Dskip, states, y, ldy);
+}
+
+}  // namespace mambaq::cpu

@@ -1,0 +1,154 @@
+// int8 kernels against their scalar references on random data.
+// Bounds: integer products are exact (int32), so the GEMMs differ from the reference only in the
+// float epilogue (one multiply-add in float vs double): relative error < 1e-6. Requantized outputs
+// (conv) may differ by one code where the float and double paths land on opposite sides of a
+// rounding boundary: at most 1 code, in under 1 % of the elements. Scans on int8 inputs inherit
+// the float scans' bound (2e-5).
+#include "kernels/cpu/ops.h"
+#include "util.h"
+
+using namespace mambaq;
+using mqtest::rel_err;
+
+namespace {
+std::vector<int8_t> rand_codes(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> d(-127, 127);
+  std::vector<int8_t> v(n);
+  for (auto& x : v) x = int8_t(d(rng));
+  return v;
+}
+}  // namespace
+
+TEST(KernelsInt8, QuantizeRoundsHalfToEvenAndClamps) {
+  const float x[] = {0.5f, 1.5f, 2.5f, -0.5f, -2.5f, 126.6f, 300.f, -300.f, 0.49f, 3.2f};
+  int8_t a[10], b[10];
+  ref::quantize(x, 1, 10, 10, 1.0f, a, 10);
+  cpu::quantize(x, 1, 10, 10, 1.0f, b, 10);
+  const int8_t want[] = {0, 2, 2, 0, -2, 127, 127, -127, 0, 3};  // by hand
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_EQ(a[i], want[i]) << i;
+    EXPECT_EQ(b[i], want[i]) << i;
+  }
+}
+
+TEST(KernelsInt8, QuantizeMatchesReference) {
+  const int rows = 33, cols = 300, ldx = 310, ldq = 305;
+  auto x = mqtest::randn(size_t(rows) * ldx, 1, 3.f);
+  std::vector<int8_t> a(size_t(rows) * ldq), b(size_t(rows) * ldq);
+  ref::quantize(x.data(), rows, cols, ldx, 0.05f, a.data(), ldq);
+  cpu::quantize(x.data(), rows, cols, ldx, 0.05f, b.data(), ldq);
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c) ASSERT_EQ(a[size_t(r) * ldq + c], b[size_t(r) * ldq + c]) << r << "," << c;
+}
+
+// M = 1 and 3 take the GEMV path, M = 37 oneDNN's GEMM; K = 77 exercises the vector tail.
+class GemmS8 : public ::testing::TestWithParam<std::tuple<int, bool>> {};
+TEST_P(GemmS8, MatchesReference) {
+  const auto [M, per_row] = GetParam();
+  const int N = 70, K = 77, lda = 90, ldc = 75;
+  auto A = rand_codes(size_t(M) * lda, 2), W = rand_codes(size_t(N) * K, 3);
+  auto ws = mqtest::uniform(per_row ? size_t(N) : 1, 4, 1e-3f, 2e-2f);
+  auto bias = mqtest::randn(size_t(N), 5);
+  std::vector<float> a(size_t(M) * ldc, 0.f), b(size_t(M) * ldc, 0.f);
+  ref::gemm_s8(M, N, K, A.data(), lda, 0.03f, W.data(), ws.data(), per_row, bias.data(), a.data(), ldc);
+  cpu::gemm_s8(M, N, K, A.data(), lda, 0.03f, W.data(), ws.data(), per_row, bias.data(), b.data(), ldc);
+  EXPECT_LT(rel_err(b, a), 1e-6);
+  // Without bias, exact integer products: compare the int32 sums recovered from the outputs.
+  ref::gemm_s8(M, N, K, A.data(), lda, 1.f, W.data(), std::vector<float>(size_t(N), 1.f).data(), per_row, nullptr,
+               a.data(), ldc);
+  cpu::gemm_s8(M, N, K, A.data(), lda, 1.f, W.data(), std::vector<float>(size_t(N), 1.f).data(), per_row, nullptr,
+               b.data(), ldc);
+  EXPECT_EQ(a, b);
+}
+INSTANTIATE_TEST_SUITE_P(Shapes, GemmS8,
+                         ::testing::Combine(::testing::Values(1, 3, 37), ::testing::Values(false, true)));
+
+TEST(KernelsInt8, Conv1dS8SiluPackedWithState) {
+  const std::vector<int> lens{5, 1, 17, 3, 64};
+  std::vector<int> offs{0};
+  for (int l : lens) offs.push_back(offs.back() + l);
+  const int T = offs.back(), C = 150, K = 4, ldx = 170, ldo = 160, nseq = int(lens.size());
+  auto x = rand_codes(size_t(T) * ldx, 6), w = rand_codes(size_t(C) * K, 7);
+  auto b = mqtest::randn(size_t(C), 8), os = mqtest::uniform(size_t(C), 9, 0.005f, 0.02f);
+  const float sx = 0.02f, sw = 0.01f;
+  std::vector<int8_t> a(size_t(T) * ldo, 0), o(size_t(T) * ldo, 0);
+  std::vector<std::vector<int8_t>> st_ref, st_fast;
+  for (int s = 0; s < nseq; ++s) st_ref.push_back(rand_codes(size_t(K - 1) * C, 100 + uint32_t(s)));
+  st_fast = st_ref;
+  std::vector<int8_t*> sp;
+  for (int s = 0; s < nseq; ++s) sp.push_back(s == 1 ? nullptr : st_fast[size_t(s)].data());
+  for (int s = 0; s < nseq; ++s)
+    ref::conv1d_s8_silu(x.data() + size_t(offs[size_t(s)]) * ldx, ldx, sx, lens[size_t(s)], C, K, w.data(), sw,
+                        b.data(), s == 1 ? nullptr : st_ref[size_t(s)].data(), os.data(),
+                        a.data() + size_t(offs[size_t(s)]) * ldo, ldo);
+  cpu::conv1d_s8_silu(nseq, offs.data(), x.data(), ldx, sx, C, K, w.data(), sw, b.data(), sp.data(), os.data(),
+                      o.data(), ldo);
+  int off_by_one = 0, nonzero = 0;
+  for (int t = 0; t < T; ++t)
+    for (int c = 0; c < C; ++c) {
+      const int d = std::abs(int(a[size_t(t) * ldo + c]) - int(o[size_t(t) * ldo + c]));
+      ASSERT_LE(d, 1) << t << "," << c;
+      off_by_one += d;
+      nonzero += a[size_t(t) * ldo + c] != 0;
+    }
+  EXPECT_LT(off_by_one, T * C / 100);
+  EXPECT_GT(nonzero, T * C / 2);  // the outputs are not trivially zero
+  EXPECT_EQ(st_fast, st_ref);
+}
+
+TEST(KernelsInt8, SelectiveScanS8PackedWithState) {
+  const std::vector<int> lens{5, 1, 17, 3, 64};
+  std::vector<int> offs{0};
+  for (int l : lens) offs.push_back(offs.back() + l);
+  const int T = offs.back(), D = 64, N = 16, ld = 3 * D, ldbc = 2 * N + 5, nseq = int(lens.size());
+  auto u = rand_codes(size_t(T) * ld, 10), delta = rand_codes(size_t(T) * ld, 11), z = rand_codes(size_t(T) * ld, 12);
+  auto bc = rand_codes(size_t(T) * ldbc, 13);
+  auto A = mqtest::uniform(size_t(D) * N, 14, -16.f, -0.5f), bias = mqtest::randn(size_t(D), 15, 0.5f, -2.f);
+  auto Dsk = mqtest::randn(size_t(D), 16);
+  std::vector<float> a(size_t(T) * D), o(size_t(T) * D);
+  std::vector<std::vector<float>> st_ref, st_fast;
+  for (int s = 0; s < nseq; ++s) st_ref.push_back(mqtest::randn(size_t(D) * N, 200 + uint32_t(s)));
+  st_fast = st_ref;
+  std::vector<float*> sp;
+  for (int s = 0; s < nseq; ++s) sp.push_back(st_fast[size_t(s)].data());
+  for (int s = 0; s < nseq; ++s) {
+    const size_t o0 = size_t(offs[size_t(s)]);
+    ref::selective_scan_s8(lens[size_t(s)], D, N, u.data() + o0 * ld, ld, 0.02f, delta.data() + o0 * ld, ld, 0.01f,
+                           bias.data(), A.data(), bc.data() + o0 * ldbc, ldbc, 0.03f, bc.data() + o0 * ldbc + N, ldbc,
+                           0.03f, Dsk.data(), z.data() + o0 * ld, ld, 0.04f, st_ref[size_t(s)].data(),
+                           a.data() + o0 * D, D);
+  }
+  cpu::selective_scan_s8(nseq, offs.data(), D, N, u.data(), ld, 0.02f, delta.data(), ld, 0.01f, bias.data(), A.data(),
+                         bc.data(), ldbc, 0.03f, bc.data() + N, ldbc, 0.03f, Dsk.data(), z.data(), ld, 0.04f,
+                         sp.data(), o.data(), D);
+  EXPECT_LT(rel_err(o, a), 2e-5);
+  for (int s = 0; s < nseq; ++s) EXPECT_LT(rel_err(st_fast[size_t(s)], st_ref[size_t(s)]), 2e-5);
+}
+
+TEST(KernelsInt8, SsdScanS8PackedWithState) {
+  const std::vector<int> lens{5, 1, 17, 3, 64};
+  std::vector<int> offs{0};
+  for (int l : lens) offs.push_back(offs.back() + l);
+  const int T = offs.back(), H = 8, P = 16, G = 2, N = 32, ldx = H * P + 3, lddt = H + 1, ldbc = 2 * G * N + 7;
+  const int nseq = int(lens.size());
+  auto x = rand_codes(size_t(T) * ldx, 20), dt = rand_codes(size_t(T) * lddt, 21), bc = rand_codes(size_t(T) * ldbc, 22);
+  auto A = mqtest::uniform(size_t(H), 23, -8.f, -0.5f), bias = mqtest::randn(size_t(H), 24, 0.5f, -2.f);
+  auto Dsk = mqtest::randn(size_t(H), 25);
+  std::vector<float> a(size_t(T) * H * P), o(size_t(T) * H * P);
+  std::vector<std::vector<float>> st_ref, st_fast;
+  for (int s = 0; s < nseq; ++s) st_ref.push_back(mqtest::randn(size_t(H) * N * P, 300 + uint32_t(s)));
+  st_fast = st_ref;
+  std::vector<float*> sp;
+  for (int s = 0; s < nseq; ++s) sp.push_back(st_fast[size_t(s)].data());
+  for (int s = 0; s < nseq; ++s) {
+    const size_t o0 = size_t(offs[size_t(s)]);
+    ref::ssd_scan_s8(lens[size_t(s)], H, P, G, N, x.data() + o0 * ldx, ldx, 0.02f, dt.data() + o0 * lddt, lddt,
+                     0.01f, bias.data(), A.data(), bc.data() + o0 * ldbc, ldbc, 0.03f, bc.data() + o0 * ldbc + G * N,
+                     ldbc, 0.03f, Dsk.data(), st_ref[size_t(s)].data(), a.data() + o0 * H * P, H * P);
+  }
+  cpu::ssd_scan_s8(nseq, offs.data(), H, P, G, N, x.data(), ldx, 0.02f, dt.data(), lddt, 0.01f, bias.data(), A.data(),
+                   bc.data(), ldbc, 0.03f, bc.data() + G * N, ldbc, 0.03f, Dsk.data(), sp.data(), o.data(), H * P);
+  EXPECT_LT(rel_err(o, a), 2e-5);
+  for (int s = 0; s < nseq; ++s) EXPECT_LT(rel_err(st_fast[size_t(s)], st_ref[size_t(s)]), 2e-5);
+}
