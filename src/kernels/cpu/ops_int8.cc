@@ -34,12 +34,12 @@ inline int32_t dot_s8(const int8_t* a, const int8_t* w, int K) {
     const __m512i wv = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, w + k));
     acc = _mm512_add_epi32(acc, _mm512_madd_epi16(av, wv));
   }
-  // horizontal sum (not _mm512_reduce_add_epi32: GCC 12 warns inside it)
-  const __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
-  __m128i q = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-  q = _mm_add_epi32(q, _mm_shuffle_epi32(q, 0x4e));
-  q = _mm_add_epi32(q, _mm_shuffle_epi32(q, 0xb1));
-  return _mm_cvtsi128_si32(q);
+  // horizontal sum through memory: GCC 12 warns (-Wmaybe-uninitialized) inside the extract intrinsics
+  alignas(64) int32_t lanes[16];
+  _mm512_store_si512(lanes, acc);
+  int32_t sum = 0;
+  for (int32_t v : lanes) sum += v;
+  return sum;
 #else
   int32_t acc = 0;
 #pragma omp simd reduction(+ : acc)
