@@ -124,7 +124,7 @@ TEST_P(CalibBoth, ScalesEqualAnIndependentRecomputation) {
   float hl = 0;
   for (auto& cap : caps) hl = std::max(hl, absmax(cap.got[{-1, "lm_head:input"}]));
   EXPECT_NEAR(a.find(-1, "lm_head:input")->amax, hl, 1e-5 * hl);
-  const size_t per_layer = c.arch == Arch::Mamba1 ? 7 : 8;
+  const size_t per_layer = c.arch == Arch::Mamba1 ? 7 : 9;  // Mamba2: + z, xBC, dt
   EXPECT_EQ(a.points.size(), per_layer * size_t(c.n_layer) + 1);
   for (const auto& p : a.points) EXPECT_GT(p.scale, 0.f) << p.layer << " " << p.point;
 }

@@ -34,11 +34,22 @@ struct ModelWeights {
 };
 
 // Recurrent state of one sequence: per layer the last d_conv-1 conv inputs and the SSM state.
+// In int8 mode both are int8 codes (conv: the in_proj output scale; SSM: the state scale).
 struct SeqState {
   std::vector<std::vector<float>> conv;  // per layer {d_conv-1, conv_dim}
   std::vector<std::vector<float>> ssm;   // per layer Mamba1 {d_inner, d_state}; Mamba2 {nheads, d_state, headdim}
+  std::vector<std::vector<int8_t>> conv_q, ssm_q;  // int8 mode: the same shapes, int8
   int64_t pos = 0;                       // tokens consumed
 };
+
+// How a model computes: fp32 ignores quantization (a quantized model runs its dequantized
+// weights on float activations); fake quantize-dequantizes activations at every calibrated
+// point in float arithmetic (the simulation); int8 runs the integer kernels.
+enum class ExecMode { FP32, Fake, Int8 };
+const char* mode_name(ExecMode m);
+ExecMode parse_mode(const std::string& s);  // "fp32" | "fake" | "int8"
+
+struct QuantizedModel;  // src/quant/quantized.h
 
 // A hook at a named point of the forward pass (see DESIGN.md: one forward, many uses).
 // `data` is {rows, cols} row-major and may be modified in place; sequence s of the packed batch
@@ -74,6 +85,15 @@ class Model {
   // Execution plan: apply the Hadamard transform to the out_proj input online (the weights then
   // hold W H^T, fused offline), as Quamba's quantized models do.
   bool hadamard_out_proj = false;
+  // Quantized models (built by quantize_model or loaded from a `mambaq quantize` folder).
+  bool is_quantized() const { return bool(q_); }
+  const QuantizedModel* quantized() const { return q_.get(); }
+  void set_quantized(std::shared_ptr<const QuantizedModel> q);  // and switch to int8 mode
+  ExecMode mode() const { return mode_; }
+  // fake and int8 need a quantized model (error otherwise); fp32 and fake on a quantized model
+  // dequantize its projection weights on first use.
+  void set_mode(ExecMode m);
+
   const std::vector<TensorInfo>& tensor_info() const { return info_; }
   int64_t num_params() const;
   size_t weight_bytes() const;  // fp32 bytes held
@@ -97,11 +117,18 @@ class Model {
   ModelConfig cfg_;
   ModelWeights w_;
   std::vector<TensorInfo> info_;
+  std::shared_ptr<const QuantizedModel> q_;
+  ExecMode mode_ = ExecMode::FP32;
+  bool float_weights_ = true;  // projections present as float (false for a loaded int8 model)
   // x {T, d_model} -> out {T, d_model}; conv_st / ssm_st: this layer's state of each sequence (or null)
   void mixer_mamba1(int layer, float* x, float* out, int T, std::span<const int> offs, float* const* conv_st,
                     float* const* ssm_st, Tap* tap) const;
   void mixer_mamba2(int layer, float* x, float* out, int T, std::span<const int> offs, float* const* conv_st,
                     float* const* ssm_st, Tap* tap) const;
+  void mixer_mamba1_int8(int layer, const float* x, float* out, int T, std::span<const int> offs,
+                         int8_t* const* conv_st, int8_t* const* ssm_st) const;
+  void mixer_mamba2_int8(int layer, const float* x, float* out, int T, std::span<const int> offs,
+                         int8_t* const* conv_st, int8_t* const* ssm_st) const;
 };
 
 // Parameter-count-exact configs of published checkpoints, for synthetic benchmarks:

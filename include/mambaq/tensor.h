@@ -30,6 +30,7 @@ struct TensorStore {
   std::string source;
   std::string format;  // "safetensors", "safetensors-sharded", "torch-zip"
   std::map<std::string, RawTensor> tensors;
+  std::map<std::string, std::string> metadata;  // safetensors "__metadata__" (string values)
   bool has(const std::string& name) const { return tensors.count(name) != 0; }
 };
 

@@ -45,7 +45,12 @@ void load_safetensors(const std::string& path, TensorStore& store) {
   const size_t data_size = size - 8 - hlen;
   std::vector<std::pair<uint64_t, std::pair<uint64_t, std::string>>> ranges;
   for (auto& [name, info] : header.items()) {
-    if (name == "__metadata__") continue;
+    if (name == "__metadata__") {
+      if (info.is_object())
+        for (auto& [k, v] : info.items())
+          if (v.is_string()) store.metadata[k] = v.get<std::string>();
+      continue;
+    }
     if (!info.is_object() || !info.contains("dtype") || !info.contains("shape") || !info.contains("data_offsets"))
       fail("{}: bad safetensors header: tensor '{}' lacks dtype, shape or data_offsets", path, name);
     RawTensor t;

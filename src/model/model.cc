@@ -7,8 +7,23 @@
 #include "kernels/cpu/ops.h"
 #include "mambaq/error.h"
 #include "mambaq/model.h"
+#include "quant/fake_quant.h"
+#include "quant/quantized.h"
 
 namespace mambaq {
+
+namespace {
+// Fake mode: quantize-dequantize first, then hand the (quantized) values to the caller's tap.
+struct ChainTap final : Tap {
+  Tap* a;
+  Tap* b;
+  ChainTap(Tap* first, Tap* second) : a(first), b(second) {}
+  void on(int layer, std::string_view point, float* data, int rows, int cols, std::span<const int> offs) override {
+    a->on(layer, point, data, rows, cols, offs);
+    if (b) b->on(layer, point, data, rows, cols, offs);
+  }
+};
+}  // namespace
 
 void Model::forward(std::span<const int32_t> tokens, std::span<const int> lens, SeqState* const* states,
                     float* hidden, Tap* tap) const {
@@ -21,6 +36,14 @@ void Model::forward(std::span<const int32_t> tokens, std::span<const int> lens, 
   const int T = offs.back();
   MQ_ASSERT(size_t(T) == tokens.size());
   if (T == 0) return;
+  std::unique_ptr<FakeQuantTap> fake;
+  std::unique_ptr<ChainTap> chain;
+  if (mode_ == ExecMode::Fake) {
+    fake = std::make_unique<FakeQuantTap>(cfg_, q_->cal, q_->meta.a_bits);
+    chain = std::make_unique<ChainTap>(fake.get(), tap);
+    tap = chain.get();
+  }
+  const bool int8 = mode_ == ExecMode::Int8;
   // r: the residual stream {T, d_model}
   float* r = scratch(kSlotResidual, size_t(T) * dm);
   float* x = scratch(kSlotNormed, size_t(T) * dm);
@@ -33,19 +56,42 @@ void Model::forward(std::span<const int32_t> tokens, std::span<const int> lens, 
   }
   const size_t nseq = lens.size();
   std::vector<float*> conv_st(nseq, nullptr), ssm_st(nseq, nullptr);
+  std::vector<int8_t*> conv_q(nseq, nullptr), ssm_q(nseq, nullptr);
+  if (states)
+    for (size_t s = 0; s < nseq; ++s)
+      if (states[s] && (int8 ? states[s]->ssm_q.size() : states[s]->ssm.size()) != size_t(cfg_.n_layer))
+        fail("internal error: sequence state made for another execution mode (make states after set_mode)");
   for (int l = 0; l < cfg_.n_layer; ++l) {
     const LayerWeights& L = w_.layers[size_t(l)];
     if (states)
       for (size_t s = 0; s < nseq; ++s)
         if (states[s]) {
-          conv_st[s] = states[s]->conv[size_t(l)].data();
-          ssm_st[s] = states[s]->ssm[size_t(l)].data();
+          if (int8) {
+            conv_q[s] = states[s]->conv_q[size_t(l)].data();
+            ssm_q[s] = states[s]->ssm_q[size_t(l)].data();
+          } else {
+            conv_st[s] = states[s]->conv[size_t(l)].data();
+            ssm_st[s] = states[s]->ssm[size_t(l)].data();
+          }
         }
     cpu::rmsnorm(r, L.norm.data, x, T, dm, cfg_.norm_eps);
-    if (cfg_.arch == Arch::Mamba1)
+    if (int8) {
+      if (cfg_.arch == Arch::Mamba1)
+        mixer_mamba1_int8(l, x, mix, T, offs, conv_q.data(), ssm_q.data());
+      else
+        mixer_mamba2_int8(l, x, mix, T, offs, conv_q.data(), ssm_q.data());
+    } else if (cfg_.arch == Arch::Mamba1) {
       mixer_mamba1(l, x, mix, T, offs, conv_st.data(), ssm_st.data(), tap);
-    else
+    } else {
       mixer_mamba2(l, x, mix, T, offs, conv_st.data(), ssm_st.data(), tap);
+    }
+    // The SSM state kept for the next call (fake mode quantizes it as int8 mode stores it).
+    if (tap && !int8)
+      for (size_t s = 0; s < nseq; ++s)
+        if (ssm_st[s]) {
+          const int one[2] = {0, 1};
+          tap->on(l, "ssm_state", ssm_st[s], 1, int(cfg_.ssm_state_size()), one);
+        }
     if (tap) tap->on(l, "mixer_out", mix, T, dm, offs);
 #pragma omp parallel for schedule(static) if (T > 8)
     for (int t = 0; t < T; ++t)
@@ -63,6 +109,38 @@ void Model::forward(std::span<const int32_t> tokens, std::span<const int> lens, 
 void Model::lm_head(const float* hidden, int rows, float* logits) const {
   cpu::gemm(rows, cfg_.padded_vocab, cfg_.d_model, hidden, cfg_.d_model, w_.lm_head.data, nullptr, logits,
             cfg_.padded_vocab);
+}
+
+const char* mode_name(ExecMode m) {
+  switch (m) {
+    case ExecMode::FP32: return "fp32";
+    case ExecMode::Fake: return "fake";
+    case ExecMode::Int8: return "int8";
+  }
+  return "?";
+}
+
+ExecMode parse_mode(const std::string& s) {
+  if (s == "fp32") return ExecMode::FP32;
+  if (s == "fake") return ExecMode::Fake;
+  if (s == "int8") return ExecMode::Int8;
+  fail("--mode: unknown execution mode '{}' (expected fp32, fake or int8)", s);
+}
+
+void Model::set_quantized(std::shared_ptr<const QuantizedModel> q) {
+  q_ = std::move(q);
+  mode_ = ExecMode::Int8;
+}
+
+void Model::set_mode(ExecMode m) {
+  if (m != ExecMode::FP32 && !q_)
+    fail("--mode {}: the model is not quantized (make one with `mambaq quantize`, or use --mode fp32)", mode_name(m));
+  if (m != ExecMode::Int8 && !float_weights_) {
+    for (int l = 0; l < cfg_.n_layer; ++l) dequantize_into(q_->layers[size_t(l)], cfg_, w_.layers[size_t(l)]);
+    float_weights_ = true;
+  }
+  hadamard_out_proj = q_ != nullptr;
+  mode_ = m;
 }
 
 std::vector<float> Model::last_logits(std::span<const int32_t> tokens) const {

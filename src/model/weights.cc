@@ -5,6 +5,7 @@
 #include "mambaq/checkpoint.h"
 #include "mambaq/error.h"
 #include "mambaq/model.h"
+#include "quant/quantized.h"
 
 namespace mambaq {
 
@@ -41,6 +42,8 @@ std::unique_ptr<Model> Model::from_store(const ModelConfig& cfg, const TensorSto
   auto m = std::unique_ptr<Model>(new Model());
   m->cfg_ = cfg;
   Binder b{store, cfg, {}, m->info_};
+  // A `mambaq quantize` folder: the projections are int8 with scales (quant/quantized_io.cc).
+  const bool quant = cfg.raw.is_object() && cfg.raw.contains("quantization");
   const int64_t V = cfg.padded_vocab, dm = cfg.d_model, di = cfg.d_inner, N = cfg.d_state, K = cfg.d_conv;
   // Embedding: state-spaces "backbone.embedding", HF "backbone.embeddings".
   std::string emb = b.has("backbone.embeddings.weight") ? "backbone.embeddings.weight" : "backbone.embedding.weight";
@@ -54,15 +57,19 @@ std::unique_ptr<Model> Model::from_store(const ModelConfig& cfg, const TensorSto
     const std::string p = "backbone.layers." + std::to_string(i) + ".";
     LayerWeights L;
     L.norm = b.take(p + "norm.weight", {dm});
-    L.in_proj = b.take(p + "mixer.in_proj.weight", {cfg.in_proj_dim(), dm});
+    if (!quant) L.in_proj = b.take(p + "mixer.in_proj.weight", {cfg.in_proj_dim(), dm});
     if (cfg.proj_bias) L.in_proj_b = b.take(p + "mixer.in_proj.bias", {cfg.in_proj_dim()});
-    Weight cw = b.take(p + "mixer.conv1d.weight", {cfg.conv_dim(), 1, K});
-    cw.shape = {cfg.conv_dim(), K};
-    L.conv_w = cw;
+    if (!quant) {
+      Weight cw = b.take(p + "mixer.conv1d.weight", {cfg.conv_dim(), 1, K});
+      cw.shape = {cfg.conv_dim(), K};
+      L.conv_w = cw;
+    }
     if (cfg.conv_bias) L.conv_b = b.take(p + "mixer.conv1d.bias", {cfg.conv_dim()});
     if (cfg.arch == Arch::Mamba1) {
-      L.x_proj = b.take(p + "mixer.x_proj.weight", {cfg.dt_rank + 2 * N, di});
-      L.dt_proj_w = b.take(p + "mixer.dt_proj.weight", {di, cfg.dt_rank});
+      if (!quant) {
+        L.x_proj = b.take(p + "mixer.x_proj.weight", {cfg.dt_rank + 2 * N, di});
+        L.dt_proj_w = b.take(p + "mixer.dt_proj.weight", {di, cfg.dt_rank});
+      }
       L.dt_proj_b = b.take(p + "mixer.dt_proj.bias", {di});
       L.A_log = b.take(p + "mixer.A_log", {di, N});
       L.D = b.take(p + "mixer.D", {di});
@@ -72,7 +79,7 @@ std::unique_ptr<Model> Model::from_store(const ModelConfig& cfg, const TensorSto
       L.D = b.take(p + "mixer.D", {cfg.nheads});
       L.gnorm = b.take(p + "mixer.norm.weight", {di});
     }
-    L.out_proj = b.take(p + "mixer.out_proj.weight", {dm, di});
+    if (!quant) L.out_proj = b.take(p + "mixer.out_proj.weight", {dm, di});
     if (cfg.proj_bias) L.out_proj_b = b.take(p + "mixer.out_proj.bias", {dm});
     L.A.resize(size_t(L.A_log.size()));
     for (size_t k = 0; k < L.A.size(); ++k) L.A[k] = -std::exp(L.A_log.data[k]);
@@ -85,6 +92,14 @@ std::unique_ptr<Model> Model::from_store(const ModelConfig& cfg, const TensorSto
     m->w_.lm_head = m->w_.embedding;
   } else {
     fail("{}: missing tensor 'lm_head.weight' (the config does not tie embeddings)", store.source);
+  }
+  if (quant) {
+    m->set_quantized(load_quantized(cfg, store, b.used));
+    m->float_weights_ = false;
+    m->hadamard_out_proj = true;
+    for (const auto& name : b.used)
+      if (store.tensors.at(name).dtype == DType::I8 || name.ends_with("_scale"))
+        m->info_.push_back({name, dtype_name(store.tensors.at(name).dtype), store.tensors.at(name).shape});
   }
   for (const auto& [name, t] : store.tensors)
     if (!b.used.count(name))
@@ -106,14 +121,36 @@ int64_t Model::num_params() const {
 }
 
 size_t Model::weight_bytes() const {
+  if (q_ && mode_ == ExecMode::Int8) {  // int8 projections + fp32 everything else
+    size_t n = 0;
+    auto f = [&](const Weight& w) { n += size_t(w.size()) * 4; };
+    f(w_.embedding), f(w_.norm_f);
+    if (w_.lm_head.data != w_.embedding.data) f(w_.lm_head);
+    for (size_t l = 0; l < w_.layers.size(); ++l) {
+      const auto& L = w_.layers[l];
+      for (const Weight* x : {&L.norm, &L.in_proj_b, &L.conv_b, &L.dt_proj_b, &L.dt_bias, &L.A_log, &L.D, &L.gnorm,
+                              &L.out_proj_b})
+        f(*x);
+      const auto& Q = q_->layers[l];
+      for (const QuantizedWeight* x : {&Q.in_proj, &Q.conv, &Q.x_proj, &Q.dt_proj, &Q.out_proj})
+        n += x->q.size() + x->scales.size() * 4;
+    }
+    return n;
+  }
   size_t n = size_t(w_.embedding.size()) * 4;
   for (const auto& t : info_)
-    if (t.name.find("embedding") == std::string::npos) n += size_t(numel(t.shape)) * 4;
+    if (t.name.find("embedding") == std::string::npos && t.dtype != "I8" && !t.name.ends_with("_scale"))
+      n += size_t(numel(t.shape)) * 4;
   return n;
 }
 
 SeqState Model::new_state() const {
   SeqState s;
+  if (mode_ == ExecMode::Int8) {
+    s.conv_q.assign(size_t(cfg_.n_layer), std::vector<int8_t>(size_t(cfg_.d_conv - 1) * cfg_.conv_dim(), 0));
+    s.ssm_q.assign(size_t(cfg_.n_layer), std::vector<int8_t>(cfg_.ssm_state_size(), 0));
+    return s;
+  }
   s.conv.assign(size_t(cfg_.n_layer), std::vector<float>(size_t(cfg_.d_conv - 1) * cfg_.conv_dim(), 0.f));
   s.ssm.assign(size_t(cfg_.n_layer), std::vector<float>(cfg_.ssm_state_size(), 0.f));
   return s;

@@ -62,7 +62,9 @@ std::map<std::string, std::vector<QuantPoint>> quant_points(const ModelConfig& c
   } else {
     const int GN = c.ngroups * c.d_state, cd = c.conv_dim();
     m["in_proj:input"] = {{"in_proj:input", 0, c.d_model, false, false}};
-    m["in_proj:output"] = {{"z", 0, di, false, false}, {"dt", di + cd, di + cd + c.nheads, false, false}};
+    m["in_proj:output"] = {{"z", 0, di, false, false},
+                           {"xBC", di, di + cd, false, false},
+                           {"dt", di + cd, di + cd + c.nheads, false, false}};
     m["xBC_conv_out"] = {{"x_conv_out", 0, di, true, false},
                          {"B_conv_out", di, di + GN, false, false},
                          {"C_conv_out", di + GN, di + 2 * GN, false, false}};

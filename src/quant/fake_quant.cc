@@ -2,35 +2,15 @@
 
 #include "mambaq/error.h"
 #include "quant/hadamard.h"
+#include "quant/quantized.h"
 
 namespace mambaq {
 
-namespace {
-Weight owned(std::vector<float> v, std::vector<int64_t> shape) {
-  auto buf = std::make_shared<std::vector<float>>(std::move(v));
-  Weight w;
-  w.shape = std::move(shape);
-  w.data = buf->data();
-  w.owner = buf;
-  return w;
-}
-Weight qdq(const Weight& w, Granularity g, int bits, bool fuse_hadamard = false) {
-  const int rows = int(w.dim(0)), cols = int(w.size() / w.dim(0));
-  std::vector<float> v(w.data, w.data + w.size());
-  if (fuse_hadamard) hadamard_fuse_right(v.data(), rows, cols);
-  return owned(dequantize_weight(quantize_weight(v.data(), rows, cols, g, bits)), w.shape);
-}
-}  // namespace
-
 std::unique_ptr<Model> fake_quant_weights(const Model& fp, Granularity g, int w_bits) {
   auto m = std::make_unique<Model>(fp);
-  for (auto& L : m->weights_mut().layers) {
-    L.in_proj = qdq(L.in_proj, g, w_bits);
-    L.conv_w = qdq(L.conv_w, Granularity::Tensor, w_bits);
-    if (L.x_proj.data) L.x_proj = qdq(L.x_proj, g, w_bits);
-    if (L.dt_proj_w.data) L.dt_proj_w = qdq(L.dt_proj_w, g, w_bits);
-    L.out_proj = qdq(L.out_proj, g, w_bits, /*fuse_hadamard=*/true);
-  }
+  for (int l = 0; l < fp.config().n_layer; ++l)
+    dequantize_into(quantize_layer_weights(fp.config(), fp.weights().layers[size_t(l)], g, w_bits), fp.config(),
+                    m->weights_mut().layers[size_t(l)]);
   m->hadamard_out_proj = true;
   return m;
 }
@@ -40,6 +20,12 @@ FakeQuantTap::FakeQuantTap(const ModelConfig& cfg, const Calibration& cal, int a
 
 void FakeQuantTap::on(int layer, std::string_view point, float* data, int rows, int cols, std::span<const int>) {
   if (layer < 0) return;  // lm_head stays FP in the Quamba W8A8 recipe
+  if (point == "ssm_state") {  // the state kept between calls: int8 in int8 mode
+    const PointScale* s = cal_.find(layer, "ssm_state_act:input");
+    if (!s) fail("internal error: no calibrated scale for layer {} point ssm_state_act:input", layer);
+    fake_quantize(data, size_t(rows) * cols, s->scale, bits_);
+    return;
+  }
   auto it = points_.find(std::string(point));
   if (it == points_.end()) return;
   for (const auto& p : it->second) {

@@ -1,0 +1,152 @@
+// Building a quantized model from an FP model and a calibration (Quamba W8A8).
+#include "quant/quantized.h"
+
+#include "mambaq/error.h"
+#include "quant/hadamard.h"
+
+namespace mambaq {
+
+namespace {
+QuantizedWeight qw(const Weight& w, Granularity g, int bits, bool fuse_hadamard = false) {
+  const int rows = int(w.dim(0)), cols = int(w.size() / w.dim(0));
+  if (!fuse_hadamard) return quantize_weight(w.data, rows, cols, g, bits);
+  std::vector<float> v(w.data, w.data + w.size());
+  hadamard_fuse_right(v.data(), rows, cols);  // W H^T: out_proj then reads H y
+  return quantize_weight(v.data(), rows, cols, g, bits);
+}
+
+Weight owned(std::vector<float> v, std::vector<int64_t> shape) {
+  auto buf = std::make_shared<std::vector<float>>(std::move(v));
+  Weight w;
+  w.shape = std::move(shape);
+  w.data = buf->data();
+  w.owner = buf;
+  return w;
+}
+
+float scale_of(const Calibration& cal, int layer, const std::string& point) {
+  const PointScale* p = cal.find(layer, point);
+  if (!p) fail("quantization: no scale for layer {} point '{}'", layer, point);
+  if (!(p->scale > 0)) fail("quantization: scale of layer {} point '{}' is {} (must be positive)", layer, point, p->scale);
+  return p->scale;
+}
+}  // namespace
+
+QLayer quantize_layer_weights(const ModelConfig& cfg, const LayerWeights& L, Granularity g, int w_bits) {
+  QLayer q;
+  q.in_proj = qw(L.in_proj, g, w_bits);
+  q.conv = qw(L.conv_w, Granularity::Tensor, w_bits);  // the reference: one scale for the conv
+  if (cfg.arch == Arch::Mamba1) {
+    q.x_proj = qw(L.x_proj, g, w_bits);
+    q.dt_proj = qw(L.dt_proj_w, g, w_bits);
+  }
+  q.out_proj = qw(L.out_proj, g, w_bits, /*fuse_hadamard=*/true);
+  return q;
+}
+
+void set_layer_scales(const ModelConfig& cfg, const Calibration& cal, int l, QLayer& q) {
+  q.s_in = scale_of(cal, l, "in_proj:input");
+  q.s_out_in = scale_of(cal, l, "out_proj:input");
+  q.s_state = scale_of(cal, l, "ssm_state_act:input");
+  if (cfg.arch == Arch::Mamba1) {
+    q.s_xz = scale_of(cal, l, "in_proj:output");
+    q.s_u = scale_of(cal, l, "x_proj:input");
+    q.s_dbc = scale_of(cal, l, "x_proj:output");
+    q.s_delta = scale_of(cal, l, "dt_proj:output");
+    q.conv_out_scale.assign(size_t(cfg.d_inner), q.s_u);
+  } else {
+    q.s_z = scale_of(cal, l, "z");
+    q.s_xbc = scale_of(cal, l, "xBC");
+    q.s_dt = scale_of(cal, l, "dt");
+    q.s_x = scale_of(cal, l, "x_conv_out");
+    q.s_B = scale_of(cal, l, "B_conv_out");
+    q.s_C = scale_of(cal, l, "C_conv_out");
+    const size_t di = size_t(cfg.d_inner), gn = size_t(cfg.ngroups) * cfg.d_state;
+    q.conv_out_scale.assign(di, q.s_x);
+    q.conv_out_scale.insert(q.conv_out_scale.end(), gn, q.s_B);
+    q.conv_out_scale.insert(q.conv_out_scale.end(), gn, q.s_C);
+  }
+}
+
+void dequantize_into(const QLayer& q, const ModelConfig& cfg, LayerWeights& L) {
+  L.in_proj = owned(dequantize_weight(q.in_proj), {q.in_proj.rows, q.in_proj.cols});
+  L.conv_w = owned(dequantize_weight(q.conv), {q.conv.rows, q.conv.cols});
+  if (cfg.arch == Arch::Mamba1) {
+    L.x_proj = owned(dequantize_weight(q.x_proj), {q.x_proj.rows, q.x_proj.cols});
+    L.dt_proj_w = owned(dequantize_weight(q.dt_proj), {q.dt_proj.rows, q.dt_proj.cols});
+  }
+  L.out_proj = owned(dequantize_weight(q.out_proj), {q.out_proj.rows, q.out_proj.cols});
+}
+
+std::unique_ptr<Model> quantize_model(const Model& fp, const Calibration& cal, const QuantMeta& meta) {
+  if (meta.recipe != "quamba1") fail("--recipe: unknown recipe '{}' (this build has: quamba1)", meta.recipe);
+  if (meta.w_bits != 8) fail("--w-bits {}: the quamba1 recipe quantizes weights to 8 bits", meta.w_bits);
+  if (meta.a_bits != 8) fail("--a-bits {}: the quamba1 recipe quantizes activations to 8 bits", meta.a_bits);
+  if (fp.is_quantized()) fail("the model is already quantized");
+  const auto& cfg = fp.config();
+  if (cfg.arch == Arch::Mamba2 && cfg.ngroups != 1)
+    fail("the quamba1 recipe quantizes Mamba2 without head grouping (ngroups 1); this model has ngroups {}",
+         cfg.ngroups);
+  auto q = std::make_shared<QuantizedModel>();
+  q->meta = meta;
+  q->cal = cal;
+  auto m = std::make_unique<Model>(fp);
+  for (int l = 0; l < cfg.n_layer; ++l) {
+    QLayer ql = quantize_layer_weights(cfg, fp.weights().layers[size_t(l)], meta.granularity, meta.w_bits);
+    set_layer_scales(cfg, cal, l, ql);
+    dequantize_into(ql, cfg, m->weights_mut().layers[size_t(l)]);
+    q->layers.push_back(std::move(ql));
+  }
+  m->set_quantized(q);
+  m->set_mode(ExecMode::Int8);
+  return m;
+}
+
+nlohmann::json QuantMeta::to_json() const {
+  return {{"recipe", recipe},
+          {"w_bits", w_bits},
+          {"a_bits", a_bits},
+          {"weight_granularity", granularity == Granularity::Tensor ? "tensor" : "channel"},
+          {"observers",
+           {{"default", "minmax"},
+            {"percentile_alpha", alpha},
+            {"percentile_mode", pmode == PercentileMode::Ema ? "ema" : "exact"}}},
+          {"hadamard", "out_proj:input"},
+          {"calibration",
+           {{"file", calib_file},
+            {"sha256", calib_sha256},
+            {"samples", calib_samples},
+            {"available", calib_available},
+            {"seqlen", calib_seqlen}}},
+          {"mambaq_version", version}};
+}
+
+QuantMeta QuantMeta::from_json(const nlohmann::json& j, const std::string& src) {
+  QuantMeta m;
+  try {
+    m.recipe = j.at("recipe").get<std::string>();
+    m.w_bits = j.at("w_bits").get<int>();
+    m.a_bits = j.at("a_bits").get<int>();
+    const auto g = j.at("weight_granularity").get<std::string>();
+    if (g != "tensor" && g != "channel") fail("{}: quantization.weight_granularity '{}' is not tensor or channel", src, g);
+    m.granularity = g == "tensor" ? Granularity::Tensor : Granularity::Channel;
+    const auto& o = j.at("observers");
+    m.alpha = o.at("percentile_alpha").get<double>();
+    m.pmode = o.at("percentile_mode").get<std::string>() == "exact" ? PercentileMode::Exact : PercentileMode::Ema;
+    const auto& c = j.at("calibration");
+    m.calib_file = c.value("file", "");
+    m.calib_sha256 = c.value("sha256", "");
+    m.calib_samples = c.value("samples", size_t(0));
+    m.calib_available = c.value("available", size_t(0));
+    m.calib_seqlen = c.value("seqlen", 0);
+    m.version = j.value("mambaq_version", "");
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: bad \"quantization\" section: {}", src, e.what());
+  }
+  if (m.recipe != "quamba1") fail("{}: quantization.recipe '{}' is not supported (this build has: quamba1)", src, m.recipe);
+  if (m.w_bits != 8 || m.a_bits != 8)
+    fail("{}: quantization W{}A{} is not supported by the quamba1 recipe (W8A8)", src, m.w_bits, m.a_bits);
+  return m;
+}
+
+}  // namespace mambaq
