@@ -62,6 +62,17 @@ struct Tap {
   virtual void on(int layer, std::string_view point, float* data, int rows, int cols, std::span<const int> offs) = 0;
 };
 
+// Two taps in order (either may be null): e.g. fake quantization, then the caller's capture.
+struct TapPair final : Tap {
+  Tap* first;
+  Tap* second;
+  TapPair(Tap* a, Tap* b) : first(a), second(b) {}
+  void on(int layer, std::string_view point, float* data, int rows, int cols, std::span<const int> offs) override {
+    if (first) first->on(layer, point, data, rows, cols, offs);
+    if (second) second->on(layer, point, data, rows, cols, offs);
+  }
+};
+
 struct TensorInfo {
   std::string name;
   std::string dtype;

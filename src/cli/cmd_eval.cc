@@ -1,6 +1,10 @@
 #include <fmt/format.h>
 
+#include <chrono>
 #include <sstream>
+
+#include "analysis/explog.h"
+#include "kernels/cpu/ops.h"
 
 #include "cli/common.h"
 #include "mambaq/error.h"
@@ -10,7 +14,8 @@ namespace mambaq::cli {
 
 Runner register_eval(CLI::App& app) {
   struct Opts {
-    std::string model, tasks = "lambada_openai", json;
+    std::string model, tasks = "lambada_openai", json, mode, log = "experiments.jsonl";
+    bool no_log = false;
     EvalOptions e;
     bool quiet = false;
     Common c;
@@ -31,8 +36,12 @@ Runner register_eval(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   sub->add_flag("-q,--quiet", o->quiet, "No progress bar");
+  sub->add_option("--log", o->log, "Experiment log (JSONL, appended)")->capture_default_str();
+  sub->add_flag("--no-log", o->no_log, "Do not append to the experiment log");
+  add_mode(sub, o->mode);
   add_common(sub, o->c);
   return [o] {
+    const auto t0 = std::chrono::steady_clock::now();
     apply_common(o->c);
     o->e.data_dir = o->c.data_dir;
     o->e.progress = !o->quiet;
@@ -41,7 +50,7 @@ Runner register_eval(CLI::App& app) {
     for (std::string t; std::getline(ss, t, ',');)
       if (!t.empty()) tasks.push_back(t);
     if (tasks.empty()) fail("--tasks: no task given");
-    auto m = Model::load(o->model);
+    auto m = load_model(o->model, o->mode);
     auto tok = load_tokenizer(o->model, o->c);
     nlohmann::json results = nlohmann::json::object();
     std::vector<TaskResult> rs;
@@ -60,8 +69,25 @@ Runner register_eval(CLI::App& app) {
         fmt::print("{:<16} {:>10} {:>14.4f} {:>10} {:>9} {:>8.1f}\n", r.key, "-", r.json["ppl"].get<double>(),
                    r.json["scored"].get<int64_t>(), r.json["tokens"].get<int64_t>(), r.seconds);
     }
+    if (!o->no_log) {
+      nlohmann::json r = log_header("eval");
+      r["model"] = o->model;
+      r["mode"] = mode_name(m->mode());
+      if (m->is_quantized()) r["quantization"] = m->config().raw["quantization"];
+      r["flags"] = {{"tasks", o->tasks},
+                    {"mode", mode_name(m->mode())},
+                    {"ppl_seqlen", o->e.ppl_seqlen},
+                    {"limit", o->e.limit},
+                    {"batch_tokens", o->e.batch_tokens},
+                    {"threads", num_threads()}};
+      r["results"] = results;
+      r["wall_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      r["peak_rss_mib"] = peak_rss_mib();
+      append_log(o->log, r);
+    }
     if (!o->json.empty())
       write_json(o->json, {{"model", o->model},
+                           {"mode", mode_name(m->mode())},
                            {"results", results},
                            {"config", {{"ppl_seqlen", o->e.ppl_seqlen}, {"limit", o->e.limit}}}});
     return 0;

@@ -13,6 +13,7 @@ Runner register_generate(CLI::App& app) {
     int n = 32;
     SampleOptions s;
     bool stats = false, stop_eos = false;
+    std::string mode;
     Common c;
   };
   auto o = std::make_shared<Opts>();
@@ -27,10 +28,11 @@ Runner register_generate(CLI::App& app) {
   sub->add_option("--seed", o->s.seed, "Random seed for sampling");
   sub->add_flag("--stop-at-eos", o->stop_eos, "Stop after <|endoftext|>");
   sub->add_flag("--stats", o->stats, "Print timing to stderr");
+  add_mode(sub, o->mode);
   add_common(sub, o->c);
   return [o] {
     apply_common(o->c);
-    auto m = Model::load(o->model);
+    auto m = load_model(o->model, o->mode);
     auto tok = load_tokenizer(o->model, o->c);
     const auto ids = tok->encode(o->prompt);
     if (o->stop_eos) o->s.stop_id = tok->eos_id();

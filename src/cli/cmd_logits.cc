@@ -11,6 +11,7 @@ Runner register_logits(CLI::App& app) {
   struct Opts {
     std::string model, prompt, json;
     int top = 10;
+    std::string mode;
     Common c;
   };
   auto o = std::make_shared<Opts>();
@@ -19,10 +20,11 @@ Runner register_logits(CLI::App& app) {
   sub->add_option("--prompt", o->prompt, "Prompt text")->required();
   sub->add_option("--top", o->top, "How many logits to report")->check(CLI::PositiveNumber);
   sub->add_option("--json", o->json, "Write {ids, top_ids, top_logits} to FILE ('-' = stdout)");
+  add_mode(sub, o->mode);
   add_common(sub, o->c);
   return [o] {
     apply_common(o->c);
-    auto m = Model::load(o->model);
+    auto m = load_model(o->model, o->mode);
     auto tok = load_tokenizer(o->model, o->c);
     const auto ids = tok->encode(o->prompt);
     auto logits = m->last_logits(ids);

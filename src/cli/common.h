@@ -25,11 +25,18 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir, const Co
 // Writes JSON to FILE ("-" = stdout); errors name the file.
 void write_json(const std::string& file, const nlohmann::json& j);
 double peak_rss_mib();
+// --mode fp32|fake|int8 (default: int8 for a quantized model, fp32 otherwise)
+void add_mode(CLI::App* sub, std::string& mode);
+std::unique_ptr<Model> load_model(const std::string& dir, const std::string& mode);
+// SHA-256 of a file, hex (OpenSSL).
+std::string sha256_file(const std::string& path);
 
 Runner register_info(CLI::App& app);
 Runner register_logits(CLI::App& app);
 Runner register_generate(CLI::App& app);
 Runner register_eval(CLI::App& app);
 Runner register_bench(CLI::App& app);
+Runner register_quantize(CLI::App& app);
+Runner register_logs(CLI::App& app);
 
 }  // namespace mambaq::cli

@@ -1,4 +1,5 @@
 // mambaq <command>: one subcommand per file in this folder.
+#include <openssl/evp.h>
 #include <sys/resource.h>
 
 #include <filesystem>
@@ -10,6 +11,7 @@
 #include "mambaq/error.h"
 #include "mambaq/eval.h"
 #include "mambaq/version.h"
+#include "analysis/explog.h"
 
 namespace mambaq::cli {
 
@@ -42,6 +44,37 @@ void write_json(const std::string& file, const nlohmann::json& j) {
   if (!out) fail("--json: write to '{}' failed", file);
 }
 
+void add_mode(CLI::App* sub, std::string& mode) {
+  sub->add_option("--mode", mode,
+                  "Execution: fp32 (ignore quantization), fake (quantize-dequantize in float), int8 (integer kernels); "
+                  "default int8 for a quantized model, fp32 otherwise");
+}
+
+std::unique_ptr<Model> load_model(const std::string& dir, const std::string& mode) {
+  auto m = Model::load(dir);
+  if (!mode.empty()) m->set_mode(parse_mode(mode));
+  return m;
+}
+
+std::string sha256_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("{}: cannot open", path);
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), std::streamsize(buf.size()));
+    EVP_DigestUpdate(ctx, buf.data(), size_t(in.gcount()));
+  }
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx, md, &len);
+  EVP_MD_CTX_free(ctx);
+  std::string hex;
+  for (unsigned i = 0; i < len; ++i) hex += fmt::format("{:02x}", md[i]);
+  return hex;
+}
+
 double peak_rss_mib() {
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
@@ -52,7 +85,7 @@ double peak_rss_mib() {
 
 int main(int argc, char** argv) {
   using namespace mambaq::cli;
-  CLI::App app{"mambaq: load, run, evaluate (and later quantize) Mamba and Mamba2 language models"};
+  CLI::App app{"mambaq: load, run, evaluate and quantize Mamba and Mamba2 language models"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("mambaq ") + mambaq::version() + " (" + mambaq::git_describe() + ")");
   std::vector<std::pair<CLI::App*, Runner>> cmds;
@@ -62,6 +95,9 @@ int main(int argc, char** argv) {
   reg(register_generate(app));
   reg(register_eval(app));
   reg(register_bench(app));
+  reg(register_quantize(app));
+  reg(register_logs(app));
+  mambaq::set_command_line(argc, argv);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

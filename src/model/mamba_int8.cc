@@ -15,7 +15,7 @@ namespace {
 // gemm over int8 activations with a QuantizedWeight {N, K}
 void qgemm(int M, const int8_t* A, int lda, float a_scale, const QuantizedWeight& W, const float* bias, float* C,
            int ldc) {
-  cpu::gemm_s8(M, W.rows, W.cols, A, lda, a_scale, W.q.data(), W.scales.data(),
+  cpu::gemm_s8(M, W.rows, W.cols, A, lda, a_scale, W.codes(), W.scales.data(),
                W.granularity == Granularity::Channel, bias, C, ldc);
 }
 
@@ -55,7 +55,7 @@ void Model::mixer_mamba1_int8(int l, const float* x, float* out, int T, std::spa
   cpu::quantize(xz, T, 2 * di, 2 * di, Q.s_xz, xzq, 2 * di);
   // uq {T, d_inner} = q(SiLU(conv1d(x part)))
   int8_t* uq = scratch_i8(kSlotQConv, size_t(T) * di);
-  cpu::conv1d_s8_silu(nseq, offs.data(), xzq, 2 * di, Q.s_xz, di, K, Q.conv.q.data(), Q.conv.scales[0],
+  cpu::conv1d_s8_silu(nseq, offs.data(), xzq, 2 * di, Q.s_xz, di, K, Q.conv.codes(), Q.conv.scales[0],
                       L.conv_b.data, conv_st, Q.conv_out_scale.data(), uq, di);
   // dbcq {T, R + 2N} = q(uq x_proj^T): [dt_low, B, C]
   float* dbc = scratch(kSlotXProj, size_t(T) * W);
@@ -99,7 +99,7 @@ void Model::mixer_mamba2_int8(int l, const float* x, float* out, int T, std::spa
   cpu::quantize(zxbcdt + di + cd, T, H, pd, Q.s_dt, pq + di + cd, pd);
   // xbcq {T, cd} = q(SiLU(conv1d(xBC))) with the x, B and C scales per channel
   int8_t* xbcq = scratch_i8(kSlotQConv, size_t(T) * cd);
-  cpu::conv1d_s8_silu(nseq, offs.data(), pq + di, pd, Q.s_xbc, cd, K, Q.conv.q.data(), Q.conv.scales[0],
+  cpu::conv1d_s8_silu(nseq, offs.data(), pq + di, pd, Q.s_xbc, cd, K, Q.conv.codes(), Q.conv.scales[0],
                       L.conv_b.data, conv_st, Q.conv_out_scale.data(), xbcq, cd);
   // y {T, di} = SSD(x, softplus(dt + dt_bias), A, B, C) + D x, inputs int8, math fp32
   float* y = scratch(kSlotScanOut, size_t(T) * di);

@@ -12,18 +12,6 @@
 
 namespace mambaq {
 
-namespace {
-// Fake mode: quantize-dequantize first, then hand the (quantized) values to the caller's tap.
-struct ChainTap final : Tap {
-  Tap* a;
-  Tap* b;
-  ChainTap(Tap* first, Tap* second) : a(first), b(second) {}
-  void on(int layer, std::string_view point, float* data, int rows, int cols, std::span<const int> offs) override {
-    a->on(layer, point, data, rows, cols, offs);
-    if (b) b->on(layer, point, data, rows, cols, offs);
-  }
-};
-}  // namespace
 
 void Model::forward(std::span<const int32_t> tokens, std::span<const int> lens, SeqState* const* states,
                     float* hidden, Tap* tap) const {
@@ -37,10 +25,10 @@ void Model::forward(std::span<const int32_t> tokens, std::span<const int> lens, 
   MQ_ASSERT(size_t(T) == tokens.size());
   if (T == 0) return;
   std::unique_ptr<FakeQuantTap> fake;
-  std::unique_ptr<ChainTap> chain;
+  std::unique_ptr<TapPair> chain;
   if (mode_ == ExecMode::Fake) {
     fake = std::make_unique<FakeQuantTap>(cfg_, q_->cal, q_->meta.a_bits);
-    chain = std::make_unique<ChainTap>(fake.get(), tap);
+    chain = std::make_unique<TapPair>(fake.get(), tap);  // quantize first, then the caller sees it
     tap = chain.get();
   }
   const bool int8 = mode_ == ExecMode::Int8;
@@ -130,6 +118,9 @@ ExecMode parse_mode(const std::string& s) {
 void Model::set_quantized(std::shared_ptr<const QuantizedModel> q) {
   q_ = std::move(q);
   mode_ = ExecMode::Int8;
+  hadamard_out_proj = true;
+  float_weights_ = false;  // int8 mode needs only the int8 projections
+  for (auto& L : w_.layers) L.in_proj = L.conv_w = L.x_proj = L.dt_proj_w = L.out_proj = Weight{};
 }
 
 void Model::set_mode(ExecMode m) {

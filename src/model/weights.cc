@@ -95,8 +95,6 @@ std::unique_ptr<Model> Model::from_store(const ModelConfig& cfg, const TensorSto
   }
   if (quant) {
     m->set_quantized(load_quantized(cfg, store, b.used));
-    m->float_weights_ = false;
-    m->hadamard_out_proj = true;
     for (const auto& name : b.used)
       if (store.tensors.at(name).dtype == DType::I8 || name.ends_with("_scale"))
         m->info_.push_back({name, dtype_name(store.tensors.at(name).dtype), store.tensors.at(name).shape});
@@ -133,7 +131,7 @@ size_t Model::weight_bytes() const {
         f(*x);
       const auto& Q = q_->layers[l];
       for (const QuantizedWeight* x : {&Q.in_proj, &Q.conv, &Q.x_proj, &Q.dt_proj, &Q.out_proj})
-        n += x->q.size() + x->scales.size() * 4;
+        n += x->size() + x->scales.size() * 4;
     }
     return n;
   }

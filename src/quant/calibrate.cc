@@ -141,7 +141,8 @@ Calibration calibrate(const Model& m, const CalibSamples& cs, const CalibOptions
     fail("calibration: d_inner {} has no Hadamard transform (needs m * 2^k, m in 1, 12, 20, 28, 40)", c.d_inner);
   size_t total = 0;
   for (const auto& s : cs.samples) total += s.size();
-  CalibTap tap(c, opt, total, cs.samples.size());
+  CalibTap calib_tap(c, opt, total, cs.samples.size());
+  TapPair tap(&calib_tap, opt.extra);
   Progress bar("calibration", int64_t(cs.samples.size()), opt.progress);
   std::vector<float> hidden;
   for (size_t s0 = 0; s0 < cs.samples.size();) {
@@ -160,12 +161,12 @@ Calibration calibrate(const Model& m, const CalibSamples& cs, const CalibOptions
     hidden.resize(toks.size() * size_t(c.d_model));
     m.forward(toks, lens, sp.data(), hidden.data(), &tap);
     for (auto& st : states)  // the SSM state at the end of each sample
-      for (int l = 0; l < c.n_layer; ++l) tap.observe_state(l, st.ssm[size_t(l)]);
+      for (int l = 0; l < c.n_layer; ++l) calib_tap.observe_state(l, st.ssm[size_t(l)]);
     bar.add(int64_t(s1 - s0));
     s0 = s1;
   }
   bar.finish();
-  Calibration res = tap.result();
+  Calibration res = calib_tap.result();
   res.samples = cs.samples.size();
   if (opt.verbose)
     for (const auto& p : res.points)

@@ -28,6 +28,7 @@ struct CalibOptions {
   int batch_tokens = 8192;
   bool progress = true;
   bool verbose = false;  // alpha, max and scale of every point on stderr
+  Tap* extra = nullptr;  // also sees every tapped tensor (e.g. activation snapshots)
 };
 
 struct PointScale {

@@ -48,10 +48,11 @@ QuantizedWeight quantize_weight(const float* W, int rows, int cols, Granularity 
 }
 
 std::vector<float> dequantize_weight(const QuantizedWeight& w) {
-  std::vector<float> out(w.q.size());
+  std::vector<float> out(w.size());
+  const int8_t* q = w.codes();
   for (int r = 0; r < w.rows; ++r) {
     const float s = w.scale_of(r);
-    for (int c = 0; c < w.cols; ++c) out[size_t(r) * w.cols + c] = float(w.q[size_t(r) * w.cols + c]) * s;
+    for (int c = 0; c < w.cols; ++c) out[size_t(r) * w.cols + c] = float(q[size_t(r) * w.cols + c]) * s;
   }
   return out;
 }

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace mambaq {
@@ -12,8 +13,12 @@ enum class Granularity { Tensor, Channel };
 struct QuantizedWeight {
   int rows = 0, cols = 0, bits = 8;
   Granularity granularity = Granularity::Tensor;
-  std::vector<int8_t> q;       // {rows, cols}
+  std::vector<int8_t> q;       // {rows, cols}, unless the codes live in `ext` (e.g. a mapped file)
   std::vector<float> scales;   // {1} per tensor, {rows} per channel
+  const int8_t* ext = nullptr;
+  std::shared_ptr<const void> owner;  // keeps `ext` alive
+  const int8_t* codes() const { return ext ? ext : q.data(); }
+  size_t size() const { return size_t(rows) * size_t(cols); }
   float scale_of(int row) const { return granularity == Granularity::Tensor ? scales[0] : scales[size_t(row)]; }
 };
 

@@ -94,11 +94,9 @@ std::unique_ptr<Model> quantize_model(const Model& fp, const Calibration& cal, c
   for (int l = 0; l < cfg.n_layer; ++l) {
     QLayer ql = quantize_layer_weights(cfg, fp.weights().layers[size_t(l)], meta.granularity, meta.w_bits);
     set_layer_scales(cfg, cal, l, ql);
-    dequantize_into(ql, cfg, m->weights_mut().layers[size_t(l)]);
     q->layers.push_back(std::move(ql));
   }
-  m->set_quantized(q);
-  m->set_mode(ExecMode::Int8);
+  m->set_quantized(q);  // int8 mode; fp32/fake dequantize the projections on first use
   return m;
 }
 

@@ -92,7 +92,7 @@ void save_quantized(const Model& m, const std::string& dir, const std::string& t
       const QuantizedWeight& qw = Q.*(pr.w);
       std::vector<int64_t> shape{qw.rows, qw.cols};
       if (std::string(pr.name) == "conv1d") shape = {qw.rows, 1, qw.cols};
-      ts.push_back({p + pr.name + ".weight", DType::I8, shape, qw.q.data()});
+      ts.push_back({p + pr.name + ".weight", DType::I8, shape, qw.codes()});
       ts.push_back({p + pr.name + ".weight_scale", DType::F32, {int64_t(qw.scales.size())}, qw.scales.data()});
     }
     f32(p + "in_proj.bias", L.in_proj_b);
@@ -177,7 +177,8 @@ std::shared_ptr<QuantizedModel> load_quantized(const ModelConfig& cfg, const Ten
       qw.rows = int(shape[0]);
       qw.cols = int(shape.back());
       qw.bits = q->meta.w_bits;
-      qw.q.assign(reinterpret_cast<const int8_t*>(t.data), reinterpret_cast<const int8_t*>(t.data) + t.nbytes());
+      qw.ext = reinterpret_cast<const int8_t*>(t.data);  // zero-copy over the mapped file
+      qw.owner = t.owner;
       const std::string sn = p + n + ".weight_scale";
       const bool per_row = n != "conv1d" && q->meta.granularity == Granularity::Channel;
       const RawTensor& s = get(sn, DType::F32, {per_row ? shape[0] : 1});

@@ -1,0 +1,106 @@
+#include "analysis/explog.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+
+#include "mambaq/error.h"
+#include "mambaq/version.h"
+
+namespace mambaq {
+
+void append_log(const std::string& path, const nlohmann::json& record) {
+  if (!record.is_object()) fail("internal error: log record must be a JSON object");
+  const std::string line = record.dump() + "\n";  // dump() escapes newlines: one line per record
+  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) fail("--log: cannot open '{}' for appending: {}", path, std::strerror(errno));
+  if (::flock(fd, LOCK_EX) != 0) {
+    ::close(fd);
+    fail("--log: cannot lock '{}': {}", path, std::strerror(errno));
+  }
+  size_t done = 0;
+  while (done < line.size()) {
+    const ssize_t n = ::write(fd, line.data() + done, line.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const std::string e = std::strerror(errno);
+      ::close(fd);
+      fail("--log: write to '{}' failed: {}", path, e);
+    }
+    done += size_t(n);
+  }
+  ::close(fd);  // releases the lock
+}
+
+std::vector<nlohmann::json> read_log(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) fail("{}: cannot open experiment log (file not found?)", path);
+  std::vector<nlohmann::json> out;
+  std::string line;
+  for (int no = 1; std::getline(in, line); ++no) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::parse_error& e) {
+      fail("{}:{}: malformed JSONL line (not valid JSON): {}", path, no, e.what());
+    }
+    if (!j.is_object()) fail("{}:{}: malformed JSONL line (not a JSON object)", path, no);
+    out.push_back(std::move(j));
+  }
+  return out;
+}
+
+static void flatten_into(const nlohmann::json& j, const std::string& prefix,
+                         std::vector<std::pair<std::string, nlohmann::json>>& out) {
+  if (j.is_object() && !j.empty()) {
+    for (auto& [k, v] : j.items()) flatten_into(v, prefix.empty() ? k : prefix + "." + k, out);
+  } else {
+    out.emplace_back(prefix, j);
+  }
+}
+
+std::vector<std::pair<std::string, nlohmann::json>> flatten(const nlohmann::json& j) {
+  std::vector<std::pair<std::string, nlohmann::json>> out;
+  flatten_into(j, "", out);
+  return out;
+}
+
+static std::string& cmdline() {
+  static std::string s;
+  return s;
+}
+
+void set_command_line(int argc, char** argv) {
+  std::string s;
+  for (int i = 0; i < argc; ++i) {
+    if (i) s += ' ';
+    const std::string a = argv[i];
+    if (a.find_first_of(" \t\"'") != std::string::npos)
+      s += "'" + a + "'";
+    else
+      s += a;
+  }
+  cmdline() = s;
+}
+
+const std::string& command_line() { return cmdline(); }
+
+nlohmann::json log_header(const std::string& kind) {
+  const auto now = std::chrono::system_clock::now();
+  const std::time_t t = std::chrono::system_clock::to_time_t(now);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return {{"timestamp", buf}, {"kind", kind}, {"command", command_line()}, {"version", version()},
+          {"git", git_describe()}};
+}
+
+}  // namespace mambaq

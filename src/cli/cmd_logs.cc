@@ -1,0 +1,108 @@
+// mambaq logs [FILE] --last N | --compare I J: read the experiment log.
+#include <fmt/format.h>
+
+#include <map>
+
+#include "analysis/explog.h"
+#include "cli/common.h"
+#include "mambaq/error.h"
+
+namespace mambaq::cli {
+
+namespace {
+std::string str(const nlohmann::json& j) {
+  if (j.is_null()) return "-";
+  if (j.is_string()) return j.get<std::string>();
+  if (j.is_number_float()) return fmt::format("{:.6g}", j.get<double>());
+  return j.dump();
+}
+const nlohmann::json& at(const nlohmann::json& j, std::initializer_list<const char*> path) {
+  static const nlohmann::json null;
+  const nlohmann::json* p = &j;
+  for (const char* k : path) {
+    if (!p->is_object() || !p->contains(k)) return null;
+    p = &(*p)[k];
+  }
+  return *p;
+}
+// "task acc=.. ppl=.." for eval results; calibration time for quantize
+std::string summary(const nlohmann::json& r) {
+  std::string s;
+  const auto& res = at(r, {"results"});
+  if (str(at(r, {"kind"})) == "eval" && res.is_object()) {
+    for (auto& [task, v] : res.items()) {
+      s += task;
+      if (v.contains("acc")) s += fmt::format(" acc={:.4f}", v["acc"].get<double>());
+      if (v.contains("ppl")) s += fmt::format(" ppl={:.4f}", v["ppl"].get<double>());
+      s += "  ";
+    }
+  } else if (res.is_object()) {
+    s = fmt::format("-> {}  calib {:.1f}s", str(at(r, {"output"})), at(r, {"results", "calibrate_s"}).is_number()
+                                                                         ? at(r, {"results", "calibrate_s"}).get<double>()
+                                                                         : 0.0);
+  }
+  return s;
+}
+}  // namespace
+
+Runner register_logs(CLI::App& app) {
+  struct Opts {
+    std::string file = "experiments.jsonl", json;
+    int last = 10;
+    std::vector<int> compare;
+  };
+  auto o = std::make_shared<Opts>();
+  auto* sub = app.add_subcommand("logs", "Show the experiment log: the last runs, or what differs between two");
+  sub->add_option("FILE", o->file, "Experiment log")->capture_default_str();
+  sub->add_option("--last", o->last, "Show the last N records")->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--compare", o->compare, "Show the flags and results that differ between records I and J "
+                                           "(0-based; negative counts from the end)")
+      ->expected(2);
+  sub->add_option("--json", o->json, "Write the selected records as JSON to FILE ('-' = stdout)");
+  return [o] {
+    const auto recs = read_log(o->file);
+    const int n = int(recs.size());
+    if (!o->compare.empty()) {
+      auto idx = [&](int i) {
+        const int k = i < 0 ? n + i : i;
+        if (k < 0 || k >= n) fail("--compare: record {} does not exist ({} has {} records)", i, o->file, n);
+        return k;
+      };
+      const int a = idx(o->compare[0]), b = idx(o->compare[1]);
+      std::map<std::string, std::pair<std::string, std::string>> rows;
+      for (const auto& [k, v] : flatten(recs[size_t(a)])) rows[k].first = str(v);
+      for (const auto& [k, v] : flatten(recs[size_t(b)])) rows[k].second = str(v);
+      fmt::print("{:<48} {:>28} {:>28}\n", "field", fmt::format("#{}", a), fmt::format("#{}", b));
+      nlohmann::json diff = nlohmann::json::object();
+      for (const auto& [k, v] : rows) {
+        if (v.first == v.second || k == "timestamp" || k == "command") continue;
+        const bool shown = k.starts_with("flags.") || k.starts_with("results.") || k.starts_with("quantization.") ||
+                           k == "model" || k == "kind" || k == "mode" || k == "wall_s" || k == "peak_rss_mib";
+        if (!shown) continue;
+        fmt::print("{:<48} {:>28} {:>28}\n", k, v.first.empty() ? "-" : v.first, v.second.empty() ? "-" : v.second);
+        diff[k] = {v.first, v.second};
+      }
+      if (!o->json.empty()) write_json(o->json, {{"a", a}, {"b", b}, {"differences", diff}});
+      return 0;
+    }
+    const int first = std::max(0, n - o->last);
+    fmt::print("{:>4}  {:<20} {:<8} {:<28} {:<6} {:<7} {:<6} {:<8} {}\n", "#", "timestamp", "kind", "model", "mode",
+               "alpha", "pmode", "weights", "results");
+    nlohmann::json sel = nlohmann::json::array();
+    for (int i = first; i < n; ++i) {
+      const auto& r = recs[size_t(i)];
+      const bool q = str(at(r, {"kind"})) == "quantize";
+      const auto& alpha = q ? at(r, {"flags", "percentile_alpha"}) : at(r, {"quantization", "observers", "percentile_alpha"});
+      const auto& pm = q ? at(r, {"flags", "percentile_mode"}) : at(r, {"quantization", "observers", "percentile_mode"});
+      const auto& wg = q ? at(r, {"flags", "weight_granularity"}) : at(r, {"quantization", "weight_granularity"});
+      fmt::print("{:>4}  {:<20} {:<8} {:<28} {:<6} {:<7} {:<6} {:<8} {}\n", i, str(at(r, {"timestamp"})),
+                 str(at(r, {"kind"})), str(at(r, {"model"})), q ? "-" : str(at(r, {"mode"})), str(alpha), str(pm),
+                 str(wg), summary(r));
+      sel.push_back(r);
+    }
+    if (!o->json.empty()) write_json(o->json, sel);
+    return 0;
+  };
+}
+
+}  // namespace mambaq::cli
