@@ -18,7 +18,7 @@ void expect_one_line_error(const mqtest::CliResult& r, const std::string& frag) 
 }  // namespace
 
 TEST(Cli, HelpOnEveryCommand) {
-  for (const char* c : {"", "info", "logits", "generate", "eval", "bench"}) {
+  for (const char* c : {"", "info", "logits", "generate", "eval", "bench", "quantize"}) {
     auto r = run_cli(std::string(c) + " --help");
     EXPECT_EQ(r.code, 0) << c;
     if (*c) EXPECT_NE(r.out.find("--threads"), std::string::npos) << c;
