@@ -6,9 +6,12 @@
 #include <algorithm>
 #include <chrono>
 #include <numeric>
+#include <fstream>
 #include <random>
+#include <sstream>
 
 #include "cli/common.h"
+#include "quant/quantized.h"
 #include "kernels/cpu/ops.h"
 #include "mambaq/error.h"
 
@@ -51,9 +54,57 @@ double read_bandwidth_gbs() {
 }
 }  // namespace
 
+struct BenchRun {
+  std::vector<double> pre, dec;
+  double ttft = 0, dect = 0, peak_mib = 0;
+};
+
+// Peak RSS (VmHWM) since the last reset_peak_rss(), MiB.
+double hwm_mib() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  return peak_rss_mib();
+}
+// Linux: writing 5 to clear_refs resets the peak-RSS mark to the current RSS.
+void reset_peak_rss() {
+  std::ofstream out("/proc/self/clear_refs");
+  out << "5";
+}
+
+BenchRun run_once(const Model& m, const std::vector<int32_t>& prompt, int decode, int repeats) {
+  const auto& c = m.config();
+  const int dm = c.d_model, V = c.padded_vocab, P = int(prompt.size());
+  BenchRun r;
+  std::vector<float> hidden(prompt.size() * size_t(dm)), logits(static_cast<size_t>(V));
+  for (int rep = 0; rep < repeats; ++rep) {
+    SeqState st = m.new_state();
+    SeqState* sp[1] = {&st};
+    const int lens[1] = {P};
+    double t0 = now_s();
+    m.forward(prompt, lens, sp, hidden.data());
+    m.lm_head(hidden.data() + size_t(P - 1) * dm, 1, logits.data());
+    r.pre.push_back(now_s() - t0);
+    int32_t tok = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    const int one[1] = {1};
+    t0 = now_s();
+    for (int i = 0; i < decode; ++i) {
+      m.forward(std::span<const int32_t>(&tok, 1), one, sp, hidden.data());
+      m.lm_head(hidden.data(), 1, logits.data());
+      tok = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    }
+    r.dec.push_back(now_s() - t0);
+  }
+  r.ttft = median(r.pre);
+  r.dect = median(r.dec);
+  r.peak_mib = hwm_mib();
+  return r;
+}
+
 Runner register_bench(CLI::App& app) {
   struct Opts {
-    std::string model, synthetic, json;
+    std::string model, synthetic, json, modes;
     int prompt = 1024, decode = 128, repeats = 3;
     uint64_t seed = 1;
     bool no_bw = false;
@@ -68,6 +119,9 @@ Runner register_bench(CLI::App& app) {
                     for (auto& n : published_config_names()) s += (s.empty() ? "" : ", ") + n;
                     return s;
                   }());
+  sub->add_option("--mode,--modes", o->modes,
+                  "Execution modes to measure side by side, e.g. fp32,int8 (default: the model's own). A synthetic "
+                  "model is quantized (Quamba W8A8, calibrated on random tokens) for fake/int8");
   sub->add_option("--prompt-len", o->prompt, "Prefill length")->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--decode", o->decode, "Tokens to decode")->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--repeats", o->repeats, "Runs; the median is reported")->capture_default_str()->check(CLI::PositiveNumber);
@@ -79,62 +133,76 @@ Runner register_bench(CLI::App& app) {
     apply_common(o->c);
     if (o->model.empty() == o->synthetic.empty()) fail("bench: give either MODEL or --synthetic NAME");
     const double t_load = now_s();
-    auto m = o->synthetic.empty() ? Model::load(o->model) : Model::random(published_config(o->synthetic), o->seed);
+    std::unique_ptr<Model> m =
+        o->synthetic.empty() ? Model::load(o->model) : Model::random(published_config(o->synthetic), o->seed);
     const double load_s = now_s() - t_load;
-    const auto& c = m->config();
+    const ModelConfig c = m->config();
+    std::vector<ExecMode> modes;
+    std::stringstream ss(o->modes);
+    for (std::string t; std::getline(ss, t, ',');)
+      if (!t.empty()) modes.push_back(parse_mode(t));
+    if (modes.empty()) modes.push_back(m->mode());
+    // FP modes first: the FP weights are freed before the quantized modes run, so each mode's
+    // peak memory is its own.
+    std::stable_sort(modes.begin(), modes.end(), [](ExecMode a, ExecMode b) { return (a == ExecMode::FP32) > (b == ExecMode::FP32); });
     std::mt19937 rng(uint32_t(o->seed));
     std::vector<int32_t> prompt(size_t(o->prompt));
     for (auto& t : prompt) t = int32_t(rng() % uint32_t(std::min(c.vocab_size, 50000)));
-    const int dm = c.d_model, V = c.padded_vocab;
-    std::vector<double> pre, dec;
-    std::vector<float> hidden(prompt.size() * size_t(dm)), logits(static_cast<size_t>(V));
-    for (int r = 0; r < o->repeats; ++r) {
-      SeqState st = m->new_state();
-      SeqState* sp[1] = {&st};
-      const int lens[1] = {o->prompt};
-      double t0 = now_s();
-      m->forward(prompt, lens, sp, hidden.data());
-      m->lm_head(hidden.data() + size_t(o->prompt - 1) * dm, 1, logits.data());
-      pre.push_back(now_s() - t0);
-      int32_t tok = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
-      const int one[1] = {1};
-      t0 = now_s();
-      for (int i = 0; i < o->decode; ++i) {
-        m->forward(std::span<const int32_t>(&tok, 1), one, sp, hidden.data());
-        m->lm_head(hidden.data(), 1, logits.data());
-        tok = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
-      }
-      dec.push_back(now_s() - t0);
-    }
-    const double ttft = median(pre), dect = median(dec);
-    const double peak_mib = peak_rss_mib();  // before the bandwidth probe's own 1 GiB buffer
-    const double bytes = double(m->weight_bytes());
     const double bw = o->no_bw ? 0 : read_bandwidth_gbs();
-    const double bound = bw > 0 ? bw * 1e9 / bytes : 0;
     const std::string name = o->synthetic.empty() ? o->model : "synthetic:" + o->synthetic;
-    fmt::print("{:<28} {:>8} {:>12} {:>12} {:>10} {:>12} {:>12} {:>10}\n", "model", "threads", "prefill_tok/s",
-               "decode_tok/s", "ttft_ms", "weights_MiB", "decode_bound", "peak_MiB");
-    fmt::print("{:<28} {:>8} {:>12.1f} {:>12.2f} {:>10.1f} {:>12.1f} {:>12.2f} {:>10.1f}\n", name, num_threads(),
-               o->prompt / ttft, o->decode / dect, 1e3 * ttft, bytes / 1048576.0, bound, peak_mib);
-    if (bw > 0)
-      fmt::print("memory read bandwidth {:.1f} GB/s -> decode bound {:.2f} tok/s ({:.0f}% reached)\n", bw, bound,
-                 100.0 * (o->decode / dect) / bound);
-    if (!o->json.empty())
-      write_json(o->json, {{"model", name},
-                           {"threads", num_threads()},
-                           {"prompt_len", o->prompt},
-                           {"decode_tokens", o->decode},
-                           {"repeats", o->repeats},
-                           {"prefill_tok_s", o->prompt / ttft},
-                           {"decode_tok_s", o->decode / dect},
-                           {"ttft_ms", 1e3 * ttft},
-                           {"prefill_runs_s", pre},
-                           {"decode_runs_s", dec},
-                           {"weight_bytes_per_token", bytes},
-                           {"read_bandwidth_gbs", bw},
-                           {"decode_bound_tok_s", bound},
-                           {"load_s", load_s},
-                           {"peak_rss_mib", peak_mib}});
+    fmt::print("{:<28} {:>5} {:>8} {:>12} {:>12} {:>10} {:>12} {:>12} {:>10}\n", "model", "mode", "threads",
+               "prefill_tok/s", "decode_tok/s", "ttft_ms", "weights_MiB", "decode_bound", "peak_MiB");
+    nlohmann::json runs = nlohmann::json::array();
+    double quantize_s = 0;
+    for (ExecMode mode : modes) {
+      if (mode != ExecMode::FP32 && !m->is_quantized()) {
+        if (o->synthetic.empty()) fail("--mode {}: {} is not quantized (run `mambaq quantize` first)", mode_name(mode), o->model);
+        const double tq = now_s();
+        CalibSamples cs;  // random tokens: the synthetic weights are random too
+        for (int s = 0; s < 4; ++s) {
+          cs.samples.emplace_back(256);
+          for (auto& t : cs.samples.back()) t = int32_t(rng() % uint32_t(std::min(c.vocab_size, 50000)));
+        }
+        CalibOptions co;
+        co.progress = false;
+        QuantMeta meta;
+        auto q = quantize_model(*m, calibrate(*m, cs, co), meta);
+        m = std::move(q);  // frees the FP projections
+        quantize_s = now_s() - tq;
+      }
+      m->set_mode(mode);
+      reset_peak_rss();
+      const BenchRun r = run_once(*m, prompt, o->decode, o->repeats);
+      const double bytes = double(m->weight_bytes());
+      const double bound = bw > 0 ? bw * 1e9 / bytes : 0;
+      fmt::print("{:<28} {:>5} {:>8} {:>12.1f} {:>12.2f} {:>10.1f} {:>12.1f} {:>12.2f} {:>10.1f}\n", name,
+                 mode_name(mode), num_threads(), o->prompt / r.ttft, o->decode / r.dect, 1e3 * r.ttft,
+                 bytes / 1048576.0, bound, r.peak_mib);
+      runs.push_back({{"mode", mode_name(mode)},
+                      {"prefill_tok_s", o->prompt / r.ttft},
+                      {"decode_tok_s", o->decode / r.dect},
+                      {"ttft_ms", 1e3 * r.ttft},
+                      {"prefill_runs_s", r.pre},
+                      {"decode_runs_s", r.dec},
+                      {"weight_bytes_per_token", bytes},
+                      {"decode_bound_tok_s", bound},
+                      {"peak_rss_mib", r.peak_mib}});
+    }
+    if (bw > 0) fmt::print("memory read bandwidth {:.1f} GB/s\n", bw);
+    if (runs.size() > 1)
+      for (size_t i = 1; i < runs.size(); ++i)
+        fmt::print("{} vs {}: prefill x{:.2f}, decode x{:.2f}, peak memory x{:.2f}\n", runs[i]["mode"].get<std::string>(),
+                   runs[0]["mode"].get<std::string>(),
+                   runs[i]["prefill_tok_s"].get<double>() / runs[0]["prefill_tok_s"].get<double>(),
+                   runs[i]["decode_tok_s"].get<double>() / runs[0]["decode_tok_s"].get<double>(),
+                   runs[i]["peak_rss_mib"].get<double>() / runs[0]["peak_rss_mib"].get<double>());
+    if (!o->json.empty()) {
+      nlohmann::json j = {{"model", name},         {"threads", num_threads()}, {"prompt_len", o->prompt},
+                          {"decode_tokens", o->decode}, {"repeats", o->repeats}, {"read_bandwidth_gbs", bw},
+                          {"load_s", load_s},      {"quantize_s", quantize_s}, {"runs", runs}};
+      for (auto& [k, v] : runs[0].items()) j[k] = v;  // the first mode also at top level (older scripts)
+      write_json(o->json, j);
+    }
     return 0;
   };
 }

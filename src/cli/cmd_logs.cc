@@ -1,6 +1,8 @@
 // mambaq logs [FILE] --last N | --compare I J: read the experiment log.
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <filesystem>
 #include <map>
 
 #include "analysis/explog.h"
@@ -43,6 +45,50 @@ std::string summary(const nlohmann::json& r) {
   }
   return s;
 }
+
+// Eval records as a Markdown table: source model, mode and quantization flags, every task's
+// metrics, eval time and (for quantized models) the time `quantize` took.
+void print_markdown(const std::vector<nlohmann::json>& recs, int first) {
+  std::map<std::string, double> quantize_s;  // output folder -> wall time
+  for (const auto& r : recs)
+    if (str(at(r, {"kind"})) == "quantize" && at(r, {"wall_s"}).is_number())
+      quantize_s[str(at(r, {"output"}))] = at(r, {"wall_s"}).get<double>();
+  std::vector<std::string> cols;  // "task acc" / "task ppl", in order of appearance
+  for (size_t i = size_t(first); i < recs.size(); ++i)
+    if (str(at(recs[i], {"kind"})) == "eval" && at(recs[i], {"results"}).is_object())
+      for (auto& [task, v] : recs[i]["results"].items())
+        for (const char* m : {"acc", "ppl"})
+          if (v.contains(m) && std::find(cols.begin(), cols.end(), task + " " + m) == cols.end())
+            cols.push_back(task + " " + m);
+  fmt::print("| model | mode | alpha | percentile | weights |");
+  for (const auto& c : cols) fmt::print(" {} |", c);
+  fmt::print(" eval s | quantize s |\n|---|---|---|---|---|");
+  for (size_t i = 0; i < cols.size(); ++i) fmt::print("---|");
+  fmt::print("---|---|\n");
+  for (size_t i = size_t(first); i < recs.size(); ++i) {
+    const auto& r = recs[i];
+    if (str(at(r, {"kind"})) != "eval") continue;
+    const bool q = at(r, {"quantization"}).is_object();
+    const std::string src = q ? str(at(r, {"quantization", "source_model"})) : str(at(r, {"model"}));
+    fmt::print("| {} | {} | {} | {} | {} |", std::filesystem::path(src).filename().string(), str(at(r, {"mode"})),
+               q ? str(at(r, {"quantization", "observers", "percentile_alpha"})) : "-",
+               q ? str(at(r, {"quantization", "observers", "percentile_mode"})) : "-",
+               q ? str(at(r, {"quantization", "weight_granularity"})) : "-");
+    for (const auto& c : cols) {
+      const auto sp = c.rfind(' ');
+      const auto& v = at(r, {"results"})[c.substr(0, sp)];
+      const std::string m = c.substr(sp + 1);
+      if (v.is_object() && v.contains(m))
+        fmt::print(" {} |", m == "acc" ? fmt::format("{:.4f}", v[m].get<double>()) : fmt::format("{:.3f}", v[m].get<double>()));
+      else
+        fmt::print(" - |");
+    }
+    const auto qs = quantize_s.find(str(at(r, {"model"})));
+    fmt::print(" {:.1f} | {} |\n", at(r, {"wall_s"}).is_number() ? at(r, {"wall_s"}).get<double>() : 0.0,
+               qs != quantize_s.end() ? fmt::format("{:.1f}", qs->second) : "-");
+  }
+}
+
 }  // namespace
 
 Runner register_logs(CLI::App& app) {
@@ -50,6 +96,7 @@ Runner register_logs(CLI::App& app) {
     std::string file = "experiments.jsonl", json;
     int last = 10;
     std::vector<int> compare;
+    bool markdown = false;
   };
   auto o = std::make_shared<Opts>();
   auto* sub = app.add_subcommand("logs", "Show the experiment log: the last runs, or what differs between two");
@@ -59,9 +106,15 @@ Runner register_logs(CLI::App& app) {
                                            "(0-based; negative counts from the end)")
       ->expected(2);
   sub->add_option("--json", o->json, "Write the selected records as JSON to FILE ('-' = stdout)");
+  sub->add_flag("--markdown", o->markdown,
+                "Print the selected eval records as a Markdown results table (one column per task metric)");
   return [o] {
     const auto recs = read_log(o->file);
     const int n = int(recs.size());
+    if (o->markdown) {
+      print_markdown(recs, std::max(0, n - o->last));
+      return 0;
+    }
     if (!o->compare.empty()) {
       auto idx = [&](int i) {
         const int k = i < 0 ? n + i : i;

@@ -115,6 +115,7 @@ Runner register_quantize(CLI::App& app) {
     meta.calib_samples = cs.samples.size();
     meta.calib_available = cs.available;
     meta.calib_seqlen = o->calib_seqlen;
+    meta.source_model = o->model;
     meta.version = std::string(version()) + " (" + git_describe() + ")";
     auto q = quantize_model(*fp, cal, meta);
     save_quantized(*q, o->out, find_tokenizer(o->model, o->c.data_dir));

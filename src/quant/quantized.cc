@@ -116,6 +116,7 @@ nlohmann::json QuantMeta::to_json() const {
             {"samples", calib_samples},
             {"available", calib_available},
             {"seqlen", calib_seqlen}}},
+          {"source_model", source_model},
           {"mambaq_version", version}};
 }
 
@@ -138,6 +139,7 @@ QuantMeta QuantMeta::from_json(const nlohmann::json& j, const std::string& src) 
     m.calib_available = c.value("available", size_t(0));
     m.calib_seqlen = c.value("seqlen", 0);
     m.version = j.value("mambaq_version", "");
+    m.source_model = j.value("source_model", "");
   } catch (const nlohmann::json::exception& e) {
     fail("{}: bad \"quantization\" section: {}", src, e.what());
   }

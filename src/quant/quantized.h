@@ -26,6 +26,7 @@ struct QuantMeta {
   size_t calib_samples = 0, calib_available = 0;
   int calib_seqlen = 512;
   std::string version;  // mambaq version and git describe
+  std::string source_model;  // the FP model folder it was made from
   nlohmann::json to_json() const;
   static QuantMeta from_json(const nlohmann::json& j, const std::string& source);
 };
