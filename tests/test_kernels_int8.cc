@@ -42,11 +42,12 @@ TEST(KernelsInt8, QuantizeMatchesReference) {
     for (int c = 0; c < cols; ++c) ASSERT_EQ(a[size_t(r) * ldq + c], b[size_t(r) * ldq + c]) << r << "," << c;
 }
 
-// M = 1 and 3 take the GEMV path, M = 37 oneDNN's GEMM; K = 77 exercises the vector tail.
-class GemmS8 : public ::testing::TestWithParam<std::tuple<int, bool>> {};
+// M = 1 and 3 take the GEMV path (K = 77: the vector tail), M = 37 a GEMM;
+// K = 77 takes the exact-fp32 path for M > 4, K = 16 and 600 oneDNN's int8 GEMM.
+class GemmS8 : public ::testing::TestWithParam<std::tuple<int, bool, int>> {};
 TEST_P(GemmS8, MatchesReference) {
-  const auto [M, per_row] = GetParam();
-  const int N = 70, K = 77, lda = 90, ldc = 75;
+  const auto [M, per_row, K] = GetParam();
+  const int N = 70, lda = 610, ldc = 75;
   auto A = rand_codes(size_t(M) * lda, 2), W = rand_codes(size_t(N) * K, 3);
   auto ws = mqtest::uniform(per_row ? size_t(N) : 1, 4, 1e-3f, 2e-2f);
   auto bias = mqtest::randn(size_t(N), 5);
@@ -62,7 +63,8 @@ TEST_P(GemmS8, MatchesReference) {
   EXPECT_EQ(a, b);
 }
 INSTANTIATE_TEST_SUITE_P(Shapes, GemmS8,
-                         ::testing::Combine(::testing::Values(1, 3, 37), ::testing::Values(false, true)));
+                         ::testing::Combine(::testing::Values(1, 3, 37), ::testing::Values(false, true),
+                                            ::testing::Values(16, 77, 600)));
 
 TEST(KernelsInt8, Conv1dS8SiluPackedWithState) {
   const std::vector<int> lens{5, 1, 17, 3, 64};

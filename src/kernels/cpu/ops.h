@@ -95,7 +95,10 @@ void gemm(int M, int N, int K, const float* A, int lda, const float* W, const fl
 
 // int8 kernels: same contracts as ref:: (packed sequences for conv and scans).
 void quantize(const float* x, int rows, int cols, int ldx, float scale, int8_t* q, int ldq);
-// oneDNN s8s8s32 GEMM (VNNI/AMX chosen by oneDNN at run time); for M <= 4 an AVX-512 GEMV.
+// oneDNN s8s8s32 GEMM (VNNI/AMX chosen by oneDNN at run time); for M <= 4 an AVX-512 GEMV;
+// for 32 <= K < 512 (dt_proj, small in_proj) oneDNN's int8 kernels were 1.2-3x slower than its
+// sgemm (BENCHMARKS.md), so those run as an fp32 GEMM over the int8 codes, which is exact: every
+// partial sum is an integer below K * 127^2 < 2^24.
 void gemm_s8(int M, int N, int K, const int8_t* A, int lda, float a_scale, const int8_t* W, const float* w_scale,
              bool w_per_row, const float* bias, float* C, int ldc);
 void conv1d_s8_silu(int nseq, const int* offs, const int8_t* x, int ldx, float x_scale, int C, int K, const int8_t* w,
@@ -119,7 +122,7 @@ enum ScratchSlot {
   kSlotResidual, kSlotNormed, kSlotMixerOut,                             // model.cc
   kSlotInProj, kSlotConvOut, kSlotXProj, kSlotDelta, kSlotScanOut,       // mamba1.cc / mamba2.cc
   kSlotQIn, kSlotQInProj, kSlotQConv, kSlotQXProj, kSlotQDelta, kSlotQOut, // int8 mixers
-  kSlotQState, kSlotQDeq0, kSlotQDeq1, kSlotQDeq2, kSlotQDeq3, kSlotQDeq4, kSlotQAcc,  // int8 kernels
+  kSlotQState, kSlotQDeq0, kSlotQDeq1, kSlotQDeq2, kSlotQDeq3, kSlotQDeq4, kSlotQAcc, kSlotQGemmA, kSlotQGemmW,  // int8 kernels
 };
 
 // Thread count for everything (OpenMP and oneDNN). 0 = all cores.

@@ -72,6 +72,24 @@ void gemm_s8(int M, int N, int K, const int8_t* A, int lda, float a_scale, const
     }
     return;
   }
+  if (K >= 32 && K < 512) {
+    float* af = scratch(kSlotQGemmA, size_t(M) * K);
+    float* wf = scratch(kSlotQGemmW, size_t(N) * K);
+#pragma omp parallel for schedule(static) if (size_t(M) * K > 65536)
+    for (int m = 0; m < M; ++m)
+#pragma omp simd
+      for (int k = 0; k < K; ++k) af[size_t(m) * K + k] = float(A[size_t(m) * lda + k]);
+#pragma omp parallel for simd schedule(static) if (size_t(N) * K > 65536)
+    for (size_t i = 0; i < size_t(N) * K; ++i) wf[i] = float(W[i]);
+    gemm(M, N, K, af, K, wf, nullptr, C, ldc);  // C holds the exact integer sums
+#pragma omp parallel for schedule(static) if (M > 16)
+    for (int m = 0; m < M; ++m) {
+      float* c = C + size_t(m) * ldc;
+#pragma omp simd
+      for (int n = 0; n < N; ++n) c[n] = c[n] * (a_scale * w_scale[w_per_row ? n : 0]) + (bias ? bias[n] : 0.f);
+    }
+    return;
+  }
   auto* acc = reinterpret_cast<int32_t*>(scratch(kSlotQAcc, size_t(M) * N));
   const int32_t co = 0;
   const dnnl_status_t st = dnnl_gemm_s8s8s32('N', 'T', 'F', M, N, K, 1.0f, A, lda, 0, W, K, 0, 0.0f, acc, N, &co);
