@@ -29,6 +29,39 @@ static void BM_Gemm(benchmark::State& s) {
 BENCHMARK(BM_Gemm)->Args({1024, 3072, 768})->Args({1024, 768, 1536})->Args({1, 3072, 768})->Args({1, 50280, 768})
     ->UseRealTime();
 
+// int8 GEMM (Quamba W8A8), same shapes plus dt_proj's small K; args: M, N, K
+static void BM_GemmS8(benchmark::State& s) {
+  const int M = int(s.range(0)), N = int(s.range(1)), K = int(s.range(2));
+  std::mt19937 rng(2);
+  std::vector<int8_t> A(size_t(M) * K), W(size_t(N) * K);
+  for (auto& x : A) x = int8_t(int(rng() % 255) - 127);
+  for (auto& x : W) x = int8_t(int(rng() % 255) - 127);
+  std::vector<float> C(size_t(M) * N);
+  const float ws = 0.01f;
+  for (auto _ : s) cpu::gemm_s8(M, N, K, A.data(), K, 0.02f, W.data(), &ws, false, nullptr, C.data(), N);
+  s.counters["GOPS"] = benchmark::Counter(2.0 * M * N * K, benchmark::Counter::kIsIterationInvariantRate,
+                                          benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_GemmS8)->Args({1024, 3072, 768})->Args({1024, 768, 1536})->Args({1024, 1536, 48})->Args({1, 3072, 768})
+    ->UseRealTime();
+BENCHMARK(BM_Gemm)->Args({1024, 1536, 48})->UseRealTime();
+
+// int8 conv1d + SiLU + requantization, mamba-130m: C = 1536, K = 4
+static void BM_Conv1dS8(benchmark::State& s) {
+  const int T = int(s.range(0)), C = 1536, K = 4;
+  std::mt19937 rng(3);
+  std::vector<int8_t> x(size_t(T) * C), w(size_t(C) * K), out(size_t(T) * C);
+  for (auto& v : x) v = int8_t(int(rng() % 255) - 127);
+  for (auto& v : w) v = int8_t(int(rng() % 255) - 127);
+  auto b = rnd(size_t(C));
+  std::vector<float> os(size_t(C), 0.02f);
+  const int offs[2] = {0, T};
+  for (auto _ : s)
+    cpu::conv1d_s8_silu(1, offs, x.data(), C, 0.02f, C, K, w.data(), 0.01f, b.data(), nullptr, os.data(), out.data(), C);
+  s.SetItemsProcessed(int64_t(s.iterations()) * T);
+}
+BENCHMARK(BM_Conv1dS8)->Arg(1024)->UseRealTime();
+
 // Mamba1 scan, mamba-130m: D = 1536, N = 16; T tokens, one sequence
 static void BM_SelectiveScan(benchmark::State& s) {
   const int T = int(s.range(0)), D = 1536, N = 16;

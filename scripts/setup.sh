@@ -6,5 +6,5 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   g++ cmake make pkg-config git ca-certificates \
   libdnnl-dev nlohmann-json3-dev libcli11-dev libfmt-dev \
-  libzip-dev libpcre2-dev libutf8proc-dev libssl-dev \
+  libzip-dev libpcre2-dev libutf8proc-dev libssl-dev libtomlplusplus-dev \
   libgtest-dev libbenchmark-dev

@@ -145,9 +145,16 @@ TEST(QuantizeCli, QuantizeEvalLogSnapshot) {
   EXPECT_NE(r.out.find("results.heldout.ppl"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("flags.tasks"), std::string::npos) << r.out;  // equal in both: not shown
   expect_one_line_error(run_cli("logs " + log + " --compare 0 7"), "record 7");
-  // --force overwrites the folder's files
-  r = run_cli("quantize " + model("mamba-tiny") + " -o " + out + " -q --calib-num 2 --no-log --force");
+  r = run_cli("info " + out);
   EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("quamba1 W8A8, weights per channel, percentile alpha 0.9995 (exact)"), std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("I8"), std::string::npos) << r.out;
+  // --force overwrites the folder's files; --verbose reports every point's alpha, max and scale
+  r = run_cli("quantize " + model("mamba-tiny") + " -o " + out + " -q --calib-num 2 --no-log --force --verbose");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("layer   7 ssm_state_act:input    percentile alpha 0.9995"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("layer   0 in_proj:input          minmax     alpha 1"), std::string::npos) << r.err;
   EXPECT_EQ(mambaq::read_json_file(out + "/config.json")["quantization"]["calibration"]["samples"], 2);
 
   // activation snapshot: layers 0-2, every observed point, <= 10,000 values each

@@ -16,6 +16,7 @@ Runner register_eval(CLI::App& app) {
   struct Opts {
     std::string model, tasks = "lambada_openai", json, mode, log = "experiments.jsonl";
     bool no_log = false;
+    std::string log_extra;
     EvalOptions e;
     bool quiet = false;
     Common c;
@@ -38,11 +39,13 @@ Runner register_eval(CLI::App& app) {
   sub->add_flag("-q,--quiet", o->quiet, "No progress bar");
   sub->add_option("--log", o->log, "Experiment log (JSONL, appended)")->capture_default_str();
   sub->add_flag("--no-log", o->no_log, "Do not append to the experiment log");
+  sub->add_option("--log-extra", o->log_extra, "JSON object merged into the log record (e.g. by sweeps)");
   add_mode(sub, o->mode);
   add_common(sub, o->c);
   return [o] {
     const auto t0 = std::chrono::steady_clock::now();
     apply_common(o->c);
+    const nlohmann::json extra = parse_log_extra(o->log_extra);
     o->e.data_dir = o->c.data_dir;
     o->e.progress = !o->quiet;
     std::vector<std::string> tasks;
@@ -83,6 +86,7 @@ Runner register_eval(CLI::App& app) {
       r["results"] = results;
       r["wall_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       r["peak_rss_mib"] = peak_rss_mib();
+      r.update(extra);
       append_log(o->log, r);
     }
     if (!o->json.empty())

@@ -40,6 +40,15 @@ Runner register_info(CLI::App& app) {
     fmt::print("parameters    {} ({:.2f} M)\n", m->num_params(), double(m->num_params()) / 1e6);
     fmt::print("dtypes        {}\n", dt);
     fmt::print("tensors       {}\n", m->tensor_info().size());
+    if (m->is_quantized()) {
+      const auto& q = c.raw["quantization"];
+      fmt::print("quantized     {} W{}A{}, weights per {}, percentile alpha {} ({}), {} calibration samples x {}\n",
+                 q.value("recipe", "?"), q.value("w_bits", 0), q.value("a_bits", 0),
+                 q.value("weight_granularity", "?"), q["observers"].value("percentile_alpha", 0.0),
+                 q["observers"].value("percentile_mode", "?"), q["calibration"].value("samples", 0),
+                 q["calibration"].value("seqlen", 0));
+      fmt::print("weights       {:.1f} MiB in int8 mode\n", double(m->weight_bytes()) / (1 << 20));
+    }
     if (!o->json.empty()) {
       nlohmann::json j = {{"model", o->model},         {"architecture", arch_name(c.arch)},
                           {"layout", c.layout},        {"d_model", c.d_model},
@@ -48,6 +57,7 @@ Runner register_info(CLI::App& app) {
                           {"vocab_size", c.vocab_size}, {"padded_vocab", c.padded_vocab},
                           {"parameters", m->num_params()}, {"dtypes", dtypes},
                           {"tied_lm_head", c.tie_embeddings}};
+      if (m->is_quantized()) j["quantization"] = c.raw["quantization"];
       if (c.arch == Arch::Mamba1) j["dt_rank"] = c.dt_rank;
       else {
         j["nheads"] = c.nheads;

@@ -76,7 +76,9 @@ void print_markdown(const std::vector<nlohmann::json>& recs, int first) {
                q ? str(at(r, {"quantization", "weight_granularity"})) : "-");
     for (const auto& c : cols) {
       const auto sp = c.rfind(' ');
-      const auto& v = at(r, {"results"})[c.substr(0, sp)];
+      const auto& res = at(r, {"results"});
+      const std::string task = c.substr(0, sp);
+      const nlohmann::json v = res.is_object() && res.contains(task) ? res[task] : nlohmann::json();
       const std::string m = c.substr(sp + 1);
       if (v.is_object() && v.contains(m))
         fmt::print(" {} |", m == "acc" ? fmt::format("{:.4f}", v[m].get<double>()) : fmt::format("{:.3f}", v[m].get<double>()));

@@ -37,6 +37,7 @@ Runner register_quantize(CLI::App& app) {
     int w_bits = 8, a_bits = 8, calib_num = 512, calib_seqlen = 512;
     double alpha = 0.9995;
     bool force = false, verbose = false, quiet = false, no_log = false;
+    std::string log_extra;
     Common c;
   };
   auto o = std::make_shared<Opts>();
@@ -48,8 +49,10 @@ Runner register_quantize(CLI::App& app) {
   sub->add_option("--a-bits", o->a_bits, "Activation bits")->capture_default_str();
   sub->add_option("--calib-data", o->calib_data,
                   "Calibration documents: JSONL with a \"text\" field, or raw text (default: <data-dir>/corpus/calib.jsonl)");
-  sub->add_option("--calib-num", o->calib_num, "Calibration samples")->capture_default_str();
-  sub->add_option("--calib-seqlen", o->calib_seqlen, "Tokens per calibration sample")->capture_default_str();
+  sub->add_option("--calib-num", o->calib_num, "Calibration samples")->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--calib-seqlen", o->calib_seqlen, "Tokens per calibration sample")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   sub->add_option("--percentile-alpha", o->alpha,
                   "Quantile of |x| the percentile observer clips at (SSM input and state); 1 = max")
       ->capture_default_str();
@@ -62,6 +65,7 @@ Runner register_quantize(CLI::App& app) {
                   "Write up to 10,000 sampled values of every observed tensor of layers 0-2 to FILE.npz");
   sub->add_option("--log", o->log, "Experiment log (JSONL, appended)")->capture_default_str();
   sub->add_flag("--no-log", o->no_log, "Do not append to the experiment log");
+  sub->add_option("--log-extra", o->log_extra, "JSON object merged into the log record (e.g. by sweeps)");
   sub->add_flag("--force", o->force, "Overwrite the files of an existing output folder");
   sub->add_flag("-v,--verbose", o->verbose, "Print alpha, max and scale of every quantization point");
   sub->add_flag("-q,--quiet", o->quiet, "No progress bar");
@@ -69,6 +73,7 @@ Runner register_quantize(CLI::App& app) {
   return [o] {
     const auto t0 = std::chrono::steady_clock::now();
     apply_common(o->c);
+    const nlohmann::json extra = parse_log_extra(o->log_extra);
     // Every flag is checked before the (long) calibration starts.
     if (o->recipe != "quamba1") fail("--recipe: unknown recipe '{}' (this build has: quamba1)", o->recipe);
     if (o->w_bits != 8) fail("--w-bits {}: not supported by the quamba1 recipe (W8A8)", o->w_bits);
@@ -142,6 +147,7 @@ Runner register_quantize(CLI::App& app) {
                       {"weight_mib_quantized", double(q->weight_bytes()) / (1 << 20)}};
       r["wall_s"] = wall;
       r["peak_rss_mib"] = peak_rss_mib();
+      r.update(extra);
       append_log(o->log, r);
     }
     return 0;

@@ -28,6 +28,8 @@ double peak_rss_mib();
 // --mode fp32|fake|int8 (default: int8 for a quantized model, fp32 otherwise)
 void add_mode(CLI::App* sub, std::string& mode);
 std::unique_ptr<Model> load_model(const std::string& dir, const std::string& mode);
+// --log-extra: a JSON object (empty string: {}); errors name the flag.
+nlohmann::json parse_log_extra(const std::string& s);
 // SHA-256 of a file, hex (OpenSSL).
 std::string sha256_file(const std::string& path);
 
@@ -38,5 +40,10 @@ Runner register_eval(CLI::App& app);
 Runner register_bench(CLI::App& app);
 Runner register_quantize(CLI::App& app);
 Runner register_logs(CLI::App& app);
+Runner register_verify_observer(CLI::App& app);
+Runner register_scales(CLI::App& app);
+Runner register_compare(CLI::App& app);
+Runner register_sweep(CLI::App& app);
+Runner register_report(CLI::App& app);
 
 }  // namespace mambaq::cli

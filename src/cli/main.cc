@@ -56,6 +56,18 @@ std::unique_ptr<Model> load_model(const std::string& dir, const std::string& mod
   return m;
 }
 
+nlohmann::json parse_log_extra(const std::string& s) {
+  if (s.empty()) return nlohmann::json::object();
+  nlohmann::json x;
+  try {
+    x = nlohmann::json::parse(s);
+  } catch (const nlohmann::json::exception& e) {
+    fail("--log-extra: not valid JSON: {}", e.what());
+  }
+  if (!x.is_object()) fail("--log-extra: must be a JSON object");
+  return x;
+}
+
 std::string sha256_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("{}: cannot open", path);
@@ -97,6 +109,11 @@ int main(int argc, char** argv) {
   reg(register_bench(app));
   reg(register_quantize(app));
   reg(register_logs(app));
+  reg(register_verify_observer(app));
+  reg(register_scales(app));
+  reg(register_compare(app));
+  reg(register_sweep(app));
+  reg(register_report(app));
   mambaq::set_command_line(argc, argv);
   try {
     app.parse(argc, argv);

@@ -7,8 +7,12 @@
 
 namespace mambaq {
 
-// The bytes of a version 1.0 .npy file holding a little-endian float32 vector.
-std::string npy_bytes(const std::vector<float>& v);
+// The bytes of a version 1.0 .npy file holding little-endian float32 data of `shape`
+// (default: 1-D of v.size()).
+std::string npy_bytes(const std::vector<float>& v, std::vector<size_t> shape = {});
+void save_npy(const std::string& path, const std::vector<float>& v, std::vector<size_t> shape = {});
+// Reads a .npy written by save_npy (or numpy: '<f4', C order); errors name the file.
+std::vector<float> load_npy(const std::string& path, std::vector<size_t>* shape = nullptr);
 // Writes arrays as FILE.npz (members "<key>.npy"); fails naming the file.
 void save_npz(const std::string& path, const std::map<std::string, std::vector<float>>& arrays);
 

@@ -11,16 +11,17 @@
 
 namespace mambaq {
 
-CalibSamples make_calib_samples(const Tokenizer& tok, const std::string& file, int seqlen, int num) {
-  if (seqlen < 1) fail("--calib-seqlen must be positive (got {})", seqlen);
-  if (num < 1) fail("--calib-num must be positive (got {})", num);
-  if (!std::filesystem::exists(file)) fail("--calib-data: {}: file not found", file);
+CalibSamples make_calib_samples(const Tokenizer& tok, const std::string& file, int seqlen, int num,
+                                const std::string& flag) {
+  if (seqlen < 1) fail("sequence length must be positive (got {})", seqlen);
+  if (num < 1) fail("sample count must be positive (got {})", num);
+  if (!std::filesystem::exists(file)) fail("{}: {}: file not found", flag, file);
   std::vector<std::string> docs;
   if (std::filesystem::path(file).extension() == ".jsonl") {
     docs = read_jsonl_texts(file);
   } else {
     docs.push_back(read_text_file(file));
-    if (docs.back().empty()) fail("--calib-data: {}: empty file", file);
+    if (docs.back().empty()) fail("{}: {}: empty file", flag, file);
   }
   CalibSamples cs;
   cs.documents = docs.size();
@@ -38,7 +39,7 @@ CalibSamples make_calib_samples(const Tokenizer& tok, const std::string& file, i
         cs.samples.emplace_back(ids.begin() + std::ptrdiff_t(o), ids.begin() + std::ptrdiff_t(o) + seqlen);
     }
   }
-  if (cs.samples.empty()) fail("--calib-data: {}: no calibration samples (no text)", file);
+  if (cs.samples.empty()) fail("{}: {}: no samples (no text)", flag, file);
   return cs;
 }
 

@@ -20,7 +20,9 @@ struct CalibSamples {
 // Consecutive `seqlen`-token windows over each document of `file` (JSONL with a "text" field, or
 // raw text = one document); a document shorter than a window is one sample; the partial tail of a
 // longer document is dropped. The first `num` samples are kept.
-CalibSamples make_calib_samples(const Tokenizer& tok, const std::string& file, int seqlen, int num);
+// `flag` names the option in errors.
+CalibSamples make_calib_samples(const Tokenizer& tok, const std::string& file, int seqlen, int num,
+                                const std::string& flag = "--calib-data");
 
 struct CalibOptions {
   double alpha = 0.9995;  // percentile observer (SSM input and state)

@@ -1,0 +1,138 @@
+#include "analysis/sweep.h"
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <toml++/toml.h>
+
+#include <fmt/format.h>
+
+#include "mambaq/error.h"
+
+namespace mambaq {
+
+namespace fs = std::filesystem;
+
+std::string stable_hash(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return fmt::format("{:016x}", h);
+}
+
+namespace {
+const std::set<std::string> kQuantizeKeys = {"recipe",          "w_bits",          "a_bits",
+                                             "percentile_alpha", "percentile_mode", "weight_granularity",
+                                             "calib_data",      "calib_num",       "calib_seqlen"};
+const std::set<std::string> kEvalKeys = {"mode", "ppl_seqlen"};
+
+std::string dashed(const std::string& k) {
+  std::string s = "--" + k;
+  for (auto& c : s)
+    if (c == '_') c = '-';
+  return s;
+}
+
+nlohmann::json read_spec(const std::string& path) {
+  if (!fs::exists(path)) fail("{}: sweep spec not found", path);
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string text = ss.str();
+  try {
+    if (fs::path(path).extension() == ".json") return nlohmann::json::parse(text);
+    toml::table t = toml::parse(text, path);
+    std::stringstream js;
+    js << toml::json_formatter{t};
+    return nlohmann::json::parse(js.str());
+  } catch (const toml::parse_error& e) {
+    fail("{}:{}:{}: bad TOML: {}", path, e.source().begin.line, e.source().begin.column, e.description());
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: bad JSON: {}", path, e.what());
+  }
+}
+}  // namespace
+
+void set_sweep_limit(SweepSpec& s, int limit) {
+  s.limit = limit;
+  for (auto& c : s.cells) {
+    nlohmann::json key = {{"model", c.model}, {"quantize", c.quantize}, {"eval", c.eval},
+                          {"tasks", s.tasks}, {"limit", s.limit}};
+    c.id = stable_hash(key.dump()).substr(0, 12);
+  }
+}
+
+SweepSpec load_sweep(const std::string& path) {
+  const nlohmann::json j = read_spec(path);
+  SweepSpec s;
+  s.source = path;
+  if (!j.is_object()) fail("{}: a sweep spec is a table with [sweep] and [matrix]", path);
+  for (auto& [k, v] : j.items())
+    if (k != "sweep" && k != "matrix") fail("{}: unknown section '{}' (expected sweep and matrix)", path, k);
+  const nlohmann::json sw = j.value("sweep", nlohmann::json::object());
+  try {
+    for (auto& [k, v] : sw.items())
+      if (k != "name" && k != "tasks" && k != "limit" && k != "out_dir" && k != "log")
+        fail("{}: [sweep] has unknown key '{}' (name, tasks, limit, out_dir, log)", path, k);
+    s.name = sw.value("name", fs::path(path).stem().string());
+    s.out_dir = sw.value("out_dir", "sweeps/" + s.name);
+    s.log = sw.value("log", "experiments.jsonl");
+    s.limit = sw.value("limit", 0);
+    if (!sw.contains("tasks")) fail("{}: [sweep] needs tasks = [...]", path);
+    s.tasks = sw["tasks"].get<std::vector<std::string>>();
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: [sweep]: {}", path, e.what());
+  }
+  if (s.tasks.empty()) fail("{}: [sweep] tasks is empty", path);
+  if (!j.contains("matrix") || !j["matrix"].is_object()) fail("{}: missing [matrix]", path);
+  const nlohmann::json& mx = j["matrix"];
+  if (!mx.contains("model")) fail("{}: [matrix] needs model = [...]", path);
+  std::vector<std::pair<std::string, std::vector<nlohmann::json>>> axes;
+  for (auto& [k, v] : mx.items()) {
+    if (k != "model" && !kQuantizeKeys.count(k) && !kEvalKeys.count(k))
+      fail("{}: [matrix] key '{}' is not a quantize or eval flag (model, {}mode, ppl_seqlen)", path, k, [] {
+        std::string s2;
+        for (auto& q : kQuantizeKeys) s2 += q + ", ";
+        return s2;
+      }());
+    std::vector<nlohmann::json> vals = v.is_array() ? v.get<std::vector<nlohmann::json>>() : std::vector{v};
+    if (vals.empty()) fail("{}: [matrix] {} has no values", path, k);
+    if (vals.size() > 1) s.varying.push_back(k);
+    axes.emplace_back(k, vals);
+  }
+  // cartesian product, model outermost
+  std::stable_sort(axes.begin(), axes.end(), [](auto& a, auto& b) { return a.first == "model" && b.first != "model"; });
+  std::vector<size_t> idx(axes.size(), 0);
+  while (true) {
+    SweepCell c;
+    for (size_t a = 0; a < axes.size(); ++a) {
+      const auto& [k, vals] = axes[a];
+      const nlohmann::json& v = vals[idx[a]];
+      if (k == "model") {
+        if (!v.is_string()) fail("{}: [matrix] model values must be strings", path);
+        c.model = v.get<std::string>();
+      } else if (kEvalKeys.count(k)) {
+        c.eval[dashed(k)] = v;
+      } else {
+        c.quantize[dashed(k)] = v;
+      }
+    }
+    s.cells.push_back(std::move(c));
+    bool wrapped = true;  // odometer: advance the last axis, carry to the left
+    for (size_t a = axes.size(); a-- > 0;) {
+      if (++idx[a] < axes[a].second.size()) {
+        wrapped = false;
+        break;
+      }
+      idx[a] = 0;
+    }
+    if (wrapped) break;
+  }
+  set_sweep_limit(s, s.limit);
+  return s;
+}
+
+}  // namespace mambaq

@@ -1,0 +1,149 @@
+// mambaq scales MODEL [MODEL_B]: every scale of a quantized model (which observer made it), or
+// the same scales of two models side by side.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include "cli/common.h"
+#include "mambaq/error.h"
+#include "quant/quantized.h"
+
+namespace mambaq::cli {
+
+namespace {
+struct ScaleRow {
+  int layer;
+  std::string kind, observer, tensor;
+  double scale;
+};
+
+std::vector<ScaleRow> scale_rows(const Model& m, const std::string& path) {
+  const QuantizedModel* q = m.quantized();
+  if (!q) fail("{}: not a quantized model (its config.json has no \"quantization\" section)", path);
+  std::vector<ScaleRow> rows;
+  for (const auto& p : q->cal.points)
+    rows.push_back({p.layer, p.point, p.observer, scale_tensor_name(m.config().arch, p.layer, p.point), p.scale});
+  // weight scales: per tensor as is; per channel as the mean over the channels
+  for (size_t l = 0; l < q->layers.size(); ++l) {
+    const QLayer& Q = q->layers[l];
+    const std::pair<const char*, const QuantizedWeight*> ws[] = {
+        {"in_proj", &Q.in_proj}, {"conv1d", &Q.conv}, {"x_proj", &Q.x_proj}, {"dt_proj", &Q.dt_proj},
+        {"out_proj", &Q.out_proj}};
+    for (const auto& [n, w] : ws) {
+      if (w->scales.empty()) continue;
+      double s = 0;
+      for (float v : w->scales) s += v;
+      const bool per_ch = w->scales.size() > 1;
+      rows.push_back({int(l), std::string(n) + (per_ch ? ".weight(mean)" : ".weight"), "weight-absmax",
+                      "backbone.layers." + std::to_string(l) + ".mixer." + n + ".weight_scale",
+                      s / double(w->scales.size())});
+    }
+  }
+  std::sort(rows.begin(), rows.end(), [](const ScaleRow& a, const ScaleRow& b) {
+    return std::tie(a.layer, a.kind) < std::tie(b.layer, b.kind);
+  });
+  return rows;
+}
+
+struct Stat {
+  size_t n = 0;
+  double min = 0, median = 0, max = 0, mean = 0;
+};
+Stat stat(std::vector<double> v) {
+  Stat s;
+  if (v.empty()) return s;
+  std::sort(v.begin(), v.end());
+  s.n = v.size();
+  s.min = v.front();
+  s.max = v.back();
+  s.median = v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+  for (double x : v) s.mean += x / double(v.size());
+  return s;
+}
+}  // namespace
+
+Runner register_scales(CLI::App& app) {
+  struct Opts {
+    std::string a, b, json;
+    double threshold = 0.01;
+  };
+  auto o = std::make_shared<Opts>();
+  auto* sub = app.add_subcommand("scales", "List the scales of a quantized model, or compare two models' scales");
+  sub->add_option("MODEL", o->a, "Quantized model folder")->required();
+  sub->add_option("MODEL_B", o->b, "Second quantized model: show both side by side");
+  sub->add_option("--threshold", o->threshold, "List scales whose relative difference exceeds this")
+      ->capture_default_str();
+  sub->add_option("--json", o->json, "Write the rows and the summary as JSON to FILE ('-' = stdout)");
+  return [o] {
+    auto ma = Model::load(o->a);
+    const auto ra = scale_rows(*ma, o->a);
+    if (o->b.empty()) {
+      fmt::print("{:>5}  {:<24} {:<14} {:>12}  {}\n", "layer", "kind", "observer", "scale", "tensor");
+      std::map<std::string, std::vector<double>> by;
+      nlohmann::json rows = nlohmann::json::array();
+      for (const auto& r : ra) {
+        fmt::print("{:>5}  {:<24} {:<14} {:>12.6g}  {}\n", r.layer, r.kind, r.observer, r.scale, r.tensor);
+        by[r.kind].push_back(r.scale);
+        rows.push_back({{"layer", r.layer}, {"kind", r.kind}, {"observer", r.observer}, {"tensor", r.tensor},
+                        {"scale", r.scale}});
+      }
+      fmt::print("\n{:<24} {:>6} {:>12} {:>12} {:>12}\n", "kind", "count", "min", "median", "max");
+      nlohmann::json summary = nlohmann::json::object();
+      for (const auto& [k, v] : by) {
+        const Stat s = stat(v);
+        fmt::print("{:<24} {:>6} {:>12.6g} {:>12.6g} {:>12.6g}\n", k, s.n, s.min, s.median, s.max);
+        summary[k] = {{"count", s.n}, {"min", s.min}, {"median", s.median}, {"max", s.max}};
+      }
+      if (!o->json.empty()) write_json(o->json, {{"model", o->a}, {"scales", rows}, {"summary", summary}});
+      return 0;
+    }
+    auto mb = Model::load(o->b);
+    const auto& ca = ma->config();
+    const auto& cb = mb->config();
+    if (ca.arch != cb.arch || ca.n_layer != cb.n_layer || ca.d_model != cb.d_model || ca.d_inner != cb.d_inner ||
+        ca.d_state != cb.d_state)
+      fail("{} and {} have different shapes ({} {} layers x d_model {} vs {} {} layers x d_model {}); their scales "
+           "do not correspond",
+           o->a, o->b, arch_name(ca.arch), ca.n_layer, ca.d_model, arch_name(cb.arch), cb.n_layer, cb.d_model);
+    const auto rb = scale_rows(*mb, o->b);
+    std::map<std::pair<int, std::string>, const ScaleRow*> idx;
+    for (const auto& r : rb) idx[{r.layer, r.kind}] = &r;
+    fmt::print("{:>5}  {:<24} {:<12} {:>12} {:>12} {:>10}\n", "layer", "kind", "observer", "A", "B", "rel diff");
+    std::map<std::string, std::vector<double>> diffs;
+    nlohmann::json rows = nlohmann::json::array(), big = nlohmann::json::array();
+    std::vector<std::string> over;
+    for (const auto& r : ra) {
+      auto it = idx.find({r.layer, r.kind});
+      if (it == idx.end()) continue;
+      const double d = (it->second->scale - r.scale) / r.scale;
+      fmt::print("{:>5}  {:<24} {:<12} {:>12.6g} {:>12.6g} {:>+9.3f}%\n", r.layer, r.kind, r.observer, r.scale,
+                 it->second->scale, 100 * d);
+      diffs[r.kind].push_back(std::fabs(d));
+      nlohmann::json row = {{"layer", r.layer}, {"kind", r.kind},  {"observer", r.observer}, {"tensor", r.tensor},
+                            {"a", r.scale},     {"b", it->second->scale}, {"rel_diff", d}};
+      rows.push_back(row);
+      if (std::fabs(d) > o->threshold) {
+        big.push_back(row);
+        over.push_back(fmt::format("  layer {:>3} {:<24} {:+.3f}%", r.layer, r.kind, 100 * d));
+      }
+    }
+    fmt::print("\n{:<24} {:>6} {:>12} {:>12} {:>12}   (|relative difference|)\n", "kind", "count", "mean", "median",
+               "max");
+    nlohmann::json summary = nlohmann::json::object();
+    for (const auto& [k, v] : diffs) {
+      const Stat s = stat(v);
+      fmt::print("{:<24} {:>6} {:>11.4f}% {:>11.4f}% {:>11.4f}%\n", k, s.n, 100 * s.mean, 100 * s.median, 100 * s.max);
+      summary[k] = {{"count", s.n}, {"mean", s.mean}, {"median", s.median}, {"max", s.max}};
+    }
+    fmt::print("\n{} scales differ by more than {}%\n", over.size(), 100 * o->threshold);
+    for (const auto& l : over) fmt::print("{}\n", l);
+    if (!o->json.empty())
+      write_json(o->json, {{"a", o->a}, {"b", o->b}, {"threshold", o->threshold}, {"scales", rows},
+                           {"summary", summary}, {"over_threshold", big}});
+    return 0;
+  };
+}
+
+}  // namespace mambaq::cli

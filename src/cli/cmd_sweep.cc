@@ -1,0 +1,195 @@
+// mambaq sweep SPEC: a matrix of quantize + eval runs, each logged, resumable.
+#include <fmt/format.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <iostream>
+
+#include "analysis/explog.h"
+#include "analysis/sweep.h"
+#include "cli/common.h"
+#include "mambaq/error.h"
+#include "mambaq/eval.h"
+
+namespace mambaq::cli {
+
+namespace fs = std::filesystem;
+
+namespace {
+// Runs this binary with `args` (no shell), output passed through; returns the exit code.
+int run_self(const std::vector<std::string>& args) {
+  const std::string self = fs::read_symlink("/proc/self/exe").string();
+  std::vector<char*> argv;
+  argv.push_back(const_cast<char*>(self.c_str()));
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  std::cout.flush();
+  const pid_t pid = fork();
+  if (pid < 0) fail("sweep: fork failed");
+  if (pid == 0) {
+    execv(self.c_str(), argv.data());
+    _exit(127);
+  }
+  int st = 0;
+  waitpid(pid, &st, 0);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+std::string value_str(const nlohmann::json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
+
+// Rough cost of a cell in tokens through the model: calibration plus evaluation.
+double cell_tokens(const SweepCell& c, const SweepSpec& s, const std::string& data_dir) {
+  auto num = [&](const char* k, double d) { return c.quantize.count(k) ? c.quantize.at(k).get<double>() : d; };
+  double t = std::min(num("--calib-num", 512), 300.0) * num("--calib-seqlen", 512);
+  for (const auto& task : s.tasks) {
+    std::string f = task.substr(task.find(':') + 1);
+    if (task == "lambada_openai") f = "lambada_openai/lambada_test.jsonl";
+    if (task == "wikitext2") f = "wikitext-2-raw/wiki.test.raw";
+    const fs::path p = fs::exists(f) ? fs::path(f) : fs::path(data_dir) / f;
+    const double bytes = fs::exists(p) ? double(fs::file_size(p)) : 1e6;
+    double tok = bytes / 4.5;  // about 4.5 bytes per GPT-NeoX token of English
+    if (s.limit > 0) tok = std::min(tok, double(s.limit) * (task.starts_with("ppl") || task == "wikitext2" ? 1024 : 90));
+    t += tok;
+  }
+  return t;
+}
+}  // namespace
+
+Runner register_sweep(CLI::App& app) {
+  struct Opts {
+    std::string spec;
+    int limit = -1;
+    bool yes = false, dry = false;
+    Common c;
+  };
+  auto o = std::make_shared<Opts>();
+  auto* sub = app.add_subcommand("sweep", "Run a matrix of quantize + eval experiments from a TOML/JSON spec");
+  sub->add_option("SPEC", o->spec, "Sweep spec (.toml or .json)")->required();
+  sub->add_option("--limit", o->limit, "Limit every eval to N documents/windows (overrides the spec)")
+      ->check(CLI::NonNegativeNumber);
+  sub->add_flag("-y,--yes", o->yes, "Do not ask for confirmation");
+  sub->add_flag("--dry-run", o->dry, "Print the plan and stop");
+  add_common(sub, o->c);
+  return [o] {
+    apply_common(o->c);
+    SweepSpec s = load_sweep(o->spec);
+    if (o->limit >= 0) set_sweep_limit(s, o->limit);
+    // cells already done: an eval record of this sweep cell in the log
+    std::map<std::string, nlohmann::json> done, quantized;
+    if (fs::exists(s.log))
+      for (const auto& r : read_log(s.log))
+        if (r.contains("sweep_cell")) {
+          const std::string id = r["sweep_cell"].get<std::string>();
+          if (r.value("kind", "") == "eval") done[id] = r;
+          if (r.value("kind", "") == "quantize") quantized[id] = r;
+        }
+    // plan
+    fmt::print("sweep '{}' ({}): {} cells, tasks {}{}, log {}, models in {}/\n", s.name, s.source, s.cells.size(),
+               fmt::join(s.tasks, ","), s.limit > 0 ? fmt::format(" (limit {})", s.limit) : "", s.log, s.out_dir);
+    fmt::print("{:>3}  {:<12}  {:<28}", "#", "cell", "model");
+    for (const auto& k : s.varying)
+      if (k != "model") fmt::print("  {:<18}", k);
+    fmt::print("  status\n");
+    // throughput probe: one 512-token forward per distinct model
+    std::map<std::string, double> tps;
+    double est = 0;
+    for (size_t i = 0; i < s.cells.size(); ++i) {
+      const auto& c = s.cells[i];
+      if (!done.count(c.id)) {
+        if (!tps.count(c.model)) {
+          auto m = Model::load(c.model);
+          std::vector<int32_t> toks(512, 100);
+          std::vector<float> h(512 * size_t(m->config().d_model));
+          const int lens[1] = {512};
+          const auto t0 = std::chrono::steady_clock::now();
+          m->forward(toks, lens, nullptr, h.data());
+          tps[c.model] = 512 / std::max(1e-3, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        }
+        est += cell_tokens(c, s, o->c.data_dir) / tps[c.model] * 1.5 + 2;  // + LM head, loading
+      }
+      fmt::print("{:>3}  {:<12}  {:<28}", i, c.id, c.model);
+      for (const auto& k : s.varying) {
+        if (k == "model") continue;
+        std::string dk = "--" + k;
+        for (auto& ch : dk)
+          if (ch == '_') ch = '-';
+        const auto& m = c.quantize.count(dk) ? c.quantize : c.eval;
+        fmt::print("  {:<18}", m.count(dk) ? value_str(m.at(dk)) : "-");
+      }
+      fmt::print("  {}\n", done.count(c.id) ? "done (skipped)" : "to run");
+    }
+    const size_t todo = s.cells.size() - std::min(s.cells.size(), done.size());
+    fmt::print("{} cells to run, estimated {:.0f} min\n", todo, est / 60);
+    if (o->dry) return 0;
+    if (todo > 0 && !o->yes) {
+      if (!isatty(STDIN_FILENO)) fail("sweep: confirmation needed and stdin is not a terminal: add --yes");
+      fmt::print("run them? [y/N] ");
+      std::cout.flush();
+      std::string ans;
+      std::getline(std::cin, ans);
+      if (ans != "y" && ans != "Y" && ans != "yes") {
+        fmt::print("nothing run\n");
+        return 0;
+      }
+    }
+    fs::create_directories(s.out_dir);
+    Progress bar("sweep", int64_t(s.cells.size()), true);
+    bar.add(int64_t(s.cells.size() - todo));
+    for (const auto& c : s.cells) {
+      if (done.count(c.id)) continue;
+      const std::string out = (fs::path(s.out_dir) / c.id).string();
+      const std::string extra = nlohmann::json{{"sweep", s.name}, {"sweep_cell", c.id}}.dump();
+      std::vector<std::string> q = {"quantize", c.model, "-o", out, "--force", "-q", "--log", s.log, "--log-extra",
+                                    extra, "--threads", std::to_string(o->c.threads), "--data-dir", o->c.data_dir};
+      for (const auto& [k, v] : c.quantize) q.insert(q.end(), {k, value_str(v)});
+      if (int rc = run_self(q)) fail("sweep: cell {} ({}): quantize failed (exit {})", c.id, c.model, rc);
+      std::string tasks;
+      for (const auto& t : s.tasks) tasks += (tasks.empty() ? "" : ",") + t;
+      std::vector<std::string> e = {"eval", out, "--tasks", tasks, "-q", "--log", s.log, "--log-extra", extra,
+                                    "--threads", std::to_string(o->c.threads), "--data-dir", o->c.data_dir};
+      if (s.limit > 0) e.insert(e.end(), {"--limit", std::to_string(s.limit)});
+      for (const auto& [k, v] : c.eval) e.insert(e.end(), {k, value_str(v)});
+      if (int rc = run_self(e)) fail("sweep: cell {} ({}): eval failed (exit {})", c.id, c.model, rc);
+      bar.add(1);
+    }
+    bar.finish();
+    // final table from the log
+    for (const auto& r : read_log(s.log))
+      if (r.contains("sweep_cell") && r.value("kind", "") == "eval") done[r["sweep_cell"].get<std::string>()] = r;
+    std::vector<std::string> cols;
+    for (const auto& c : s.cells)
+      for (auto& [task, v] : done.at(c.id)["results"].items())
+        for (const char* m : {"acc", "ppl"})
+          if (v.contains(m) && std::find(cols.begin(), cols.end(), task + " " + m) == cols.end())
+            cols.push_back(task + " " + m);
+    fmt::print("\n{:<12}  {:<24}", "cell", "model");
+    for (const auto& k : s.varying)
+      if (k != "model") fmt::print("  {:<18}", k);
+    for (const auto& c : cols) fmt::print("  {:>18}", c);
+    fmt::print("\n");
+    for (const auto& c : s.cells) {
+      const auto& r = done.at(c.id);
+      fmt::print("{:<12}  {:<24}", c.id, fs::path(c.model).filename().string());
+      for (const auto& k : s.varying) {
+        if (k == "model") continue;
+        std::string dk = "--" + k;
+        for (auto& ch : dk)
+          if (ch == '_') ch = '-';
+        const auto& m = c.quantize.count(dk) ? c.quantize : c.eval;
+        fmt::print("  {:<18}", m.count(dk) ? value_str(m.at(dk)) : "-");
+      }
+      for (const auto& col : cols) {
+        const auto sp = col.rfind(' ');
+        const auto& v = r["results"].value(col.substr(0, sp), nlohmann::json::object());
+        const std::string m = col.substr(sp + 1);
+        fmt::print("  {:>18}", v.contains(m) ? fmt::format("{:.4f}", v[m].get<double>()) : "-");
+      }
+      fmt::print("\n");
+    }
+    return 0;
+  };
+}
+
+}  // namespace mambaq::cli

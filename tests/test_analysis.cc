@@ -1,0 +1,351 @@
+// Analysis tools: compare (statistics checked against hand-computed cases, self-compare, FP32 vs
+// int8), scales (listing, diff, errors).
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "analysis/compare.h"
+#include "analysis/explog.h"
+#include "analysis/sweep.h"
+#include "io/json_file.h"
+#include "io/npz.h"
+#include "util.h"
+
+using namespace mambaq;
+using mqtest::run_cli;
+
+namespace {
+std::string model(const char* m) { return mqtest::repo(std::string("models/") + m); }
+void expect_one_line_error(const mqtest::CliResult& r, const std::string& frag) {
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find(frag), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+}
+// One quantized mamba-tiny for the tests of this file.
+const std::string& quantized_tiny(const std::string& extra = "") {
+  static std::map<std::string, std::string> made;
+  auto it = made.find(extra);
+  if (it != made.end()) return it->second;
+  const std::string out = mqtest::temp_dir("analysis_q" + std::to_string(made.size())) + "/q";
+  auto r = run_cli("quantize " + model("mamba-tiny") + " -o " + out + " -q --no-log --calib-num 8 " + extra);
+  EXPECT_EQ(r.code, 0) << r.err;
+  return made[extra] = out;
+}
+}  // namespace
+
+TEST(CompareStats, HandComputed) {
+  // ref = 1, 2, 3, 4; cand = 1, 2, 3, 6: diff = 0, 0, 0, 2
+  const float ref[] = {1, 2, 3, 4}, cand[] = {1, 2, 3, 6};
+  const TensorStats s = compare_tensors(ref, cand, 4);
+  EXPECT_DOUBLE_EQ(s.mse, 1.0);                 // 4 / 4
+  EXPECT_DOUBLE_EQ(s.rmse, 1.0);
+  EXPECT_DOUBLE_EQ(s.mae, 0.5);                 // 2 / 4
+  EXPECT_DOUBLE_EQ(s.max_abs, 2.0);
+  EXPECT_DOUBLE_EQ(s.rel_mse, 1.0 / 7.5);       // mean(ref^2) = 30 / 4
+  EXPECT_DOUBLE_EQ(s.rel_mae, 0.5 / 2.5);       // mean|ref| = 2.5
+  EXPECT_DOUBLE_EQ(s.ref_mean, 2.5);
+  EXPECT_DOUBLE_EQ(s.cand_mean, 3.0);
+  EXPECT_DOUBLE_EQ(s.diff_mean, 0.5);
+  EXPECT_NEAR(s.ref_std, std::sqrt(1.25), 1e-12);
+  // Pearson: x - mean = -1.5 -0.5 0.5 1.5; y - mean = -2 -1 0 3: sxy = 3+0.5+0+4.5 = 8, sxx = 5, syy = 14
+  EXPECT_NEAR(s.corr, 8.0 / std::sqrt(5.0 * 14.0), 1e-12);
+  // |diff| sorted 0 0 0 2: numpy percentile (linear): p50 = 0, p90 = pos 2.7 -> 0 + 0.7 * 2 = 1.4
+  EXPECT_DOUBLE_EQ(s.p50, 0.0);
+  EXPECT_NEAR(s.p90, 1.4, 1e-6);
+  EXPECT_NEAR(s.p99, 0.0 + 0.97 * 2, 1e-6);
+  EXPECT_EQ(mse_band(5e-6), "excellent");
+  EXPECT_EQ(mse_band(0.5), "poor");
+  EXPECT_EQ(corr_band(0.99995), "near-identical");
+  EXPECT_EQ(corr_band(0.995), "good");
+  EXPECT_EQ(rel_mae_band(0.03), "good");
+}
+
+TEST(CompareStats, KlAndTop1) {
+  // two rows, V = 2: identical row -> KL 0; second row: p = (0.5, 0.5) vs q = softmax(0, ln 3) = (0.25, 0.75)
+  const float ref[] = {0.f, 1.f, 0.f, 0.f};
+  const float cand[] = {0.f, 1.f, 0.f, std::log(3.f)};
+  LogitStats ls;
+  ls.add(ref, cand, 2, 2);
+  const double kl2 = 0.5 * std::log(0.5 / 0.25) + 0.5 * std::log(0.5 / 0.75);
+  EXPECT_NEAR(ls.kl(), kl2 / 2, 1e-7);
+  EXPECT_DOUBLE_EQ(ls.top1(), 0.5);  // row 2: the tie resolves to index 0 in ref, cand picks 1
+}
+
+TEST(CompareCli, ModelAgainstItselfIsExact) {
+  const std::string d = mqtest::temp_dir("compare_self");
+  auto r = run_cli("compare --ref " + model("mamba-tiny") + " --cand " + model("mamba-tiny") +
+                   " --samples 2 --seqlen 64 --layers all -q --json " + d + "/c.json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto j = read_json_file(d + "/c.json");
+  ASSERT_EQ(j["layers"].size(), 16u);  // 8 layers x 2 tensors
+  for (const auto& l : j["layers"]) {
+    EXPECT_EQ(l["mse"].get<double>(), 0.0);
+    EXPECT_EQ(l["corr"].get<double>(), 1.0);
+    EXPECT_EQ(l["max_abs"].get<double>(), 0.0);
+  }
+  EXPECT_EQ(j["logits"]["kl"].get<double>(), 0.0);
+  EXPECT_EQ(j["logits"]["top1"].get<double>(), 1.0);
+}
+
+TEST(CompareCli, Fp32AgainstInt8) {
+  const std::string d = mqtest::temp_dir("compare_q");
+  const std::string q = quantized_tiny();
+  auto r = run_cli("compare --ref " + model("mamba-tiny") + " --cand " + q + " --cand-modes int8,fake --samples 2 "
+                   "--seqlen 128 -q --json " + d + "/c.json --save-dir " + d + "/npy");
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto j = read_json_file(d + "/c.json");
+  EXPECT_EQ(j["cand_mode"], "int8");
+  EXPECT_FALSE(j["reference_reused"].get<bool>());
+  const auto& l0 = j["layers"][0];
+  EXPECT_EQ(l0["layer"], 0);
+  EXPECT_EQ(l0["tensor"], "block_out");
+  EXPECT_GT(l0["corr"].get<double>(), 0.99);
+  EXPECT_GT(l0["mse"].get<double>(), 0.0);
+  EXPECT_GT(j["logits"]["kl"].get<double>(), 0.0);
+  for (const char* k : {"mse", "rmse", "mae", "rel_mse", "rel_mae", "corr", "p50", "p90", "p95", "p99", "max_abs"})
+    EXPECT_TRUE(l0.contains(k)) << k;
+  ASSERT_EQ(j["modes"].size(), 2u);
+  EXPECT_NE(r.out.find("avg corr"), std::string::npos) << r.out;  // the summary across modes
+  // the saved arrays: the reference's layer 0 block output is {positions, d_model}
+  std::vector<size_t> shape;
+  auto v = load_npy(d + "/npy/ref_fp32_layer_0_block_out.npy", &shape);
+  EXPECT_EQ(shape, (std::vector<size_t>{256, 256}));
+  EXPECT_TRUE(std::filesystem::exists(d + "/npy/cand_int8_layer_7_mixer_out.npy"));
+  // a second run reuses the saved reference and gets the same numbers
+  r = run_cli("compare --ref " + model("mamba-tiny") + " --cand " + q + " --samples 2 --seqlen 128 -q --json " + d +
+              "/c2.json --save-dir " + d + "/npy");
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto j2 = read_json_file(d + "/c2.json");
+  EXPECT_TRUE(j2["reference_reused"].get<bool>());
+  EXPECT_EQ(j2["layers"], j["layers"]);
+  EXPECT_EQ(j2["logits"]["kl"], j["logits"]["kl"]);
+  // other inputs: not reused
+  r = run_cli("compare --ref " + model("mamba-tiny") + " --cand " + q + " --samples 1 --seqlen 128 -q --json " + d +
+              "/c3.json --save-dir " + d + "/npy");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(read_json_file(d + "/c3.json")["reference_reused"].get<bool>());
+}
+
+TEST(CompareCli, BadInput) {
+  expect_one_line_error(run_cli("compare --ref " + model("mamba-tiny") + " --cand " + model("mamba2-tiny-hf")),
+                        "different shapes");
+  expect_one_line_error(run_cli("compare --ref " + model("mamba-tiny") + " --cand " + model("mamba-tiny") +
+                                " --layers 0,9"),
+                        "--layers: layer 9");
+  expect_one_line_error(run_cli("compare --ref " + model("mamba-tiny") + " --cand " + model("mamba-tiny") +
+                                " --cand-mode int8"),
+                        "not quantized");
+  expect_one_line_error(run_cli("compare --ref " + model("mamba-tiny") + " --cand " + model("mamba-tiny") +
+                                " --data /nonexistent.txt"),
+                        "--data");
+}
+
+TEST(ScalesCli, ListMarksObserversAndSummarises) {
+  const std::string d = mqtest::temp_dir("scales");
+  auto r = run_cli("scales " + quantized_tiny() + " --json " + d + "/s.json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto j = read_json_file(d + "/s.json");
+  int pct = 0, mm = 0;
+  for (const auto& s : j["scales"]) {
+    const std::string k = s["kind"], ob = s["observer"];
+    if (k == "x_proj:input" || k == "ssm_state_act:input") {
+      EXPECT_EQ(ob, "percentile") << k;
+    }
+    if (k == "in_proj:input" || k == "out_proj:input") {
+      EXPECT_EQ(ob, "minmax") << k;
+    }
+    pct += ob == "percentile";
+    mm += ob == "minmax";
+    EXPECT_GT(s["scale"].get<double>(), 0.0);
+  }
+  EXPECT_EQ(pct, 16);           // 8 layers x (SSM input, SSM state)
+  EXPECT_EQ(mm, 8 * 5 + 1);     // 5 min-max points per layer + lm_head:input
+  EXPECT_EQ(j["summary"]["x_proj:input"]["count"], 8);
+  EXPECT_NE(r.out.find("backbone.layers.3.mixer.conv1d.output_scale"), std::string::npos);
+}
+
+TEST(ScalesCli, DiffOfAlphaSettings) {
+  const std::string d = mqtest::temp_dir("scales_diff");
+  const std::string a = quantized_tiny(), b = quantized_tiny("--percentile-alpha 1.0");
+  auto r = run_cli("scales " + a + " " + b + " --json " + d + "/s.json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto j = read_json_file(d + "/s.json");
+  // alpha only changes the percentile points: min-max scales are identical, percentile ones grow
+  EXPECT_EQ(j["summary"]["in_proj:input"]["max"].get<double>(), 0.0);
+  EXPECT_GT(j["summary"]["x_proj:input"]["median"].get<double>(), 0.0);
+  for (const auto& s : j["over_threshold"]) {
+    EXPECT_EQ(s["observer"], "percentile") << s.dump();
+    EXPECT_GT(s["rel_diff"].get<double>(), 0.0);  // alpha 1 clips at the max: larger scales
+  }
+  EXPECT_GT(j["over_threshold"].size(), 0u);
+  // self-diff: nothing differs
+  r = run_cli("scales " + a + " " + a + " --json " + d + "/self.json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(read_json_file(d + "/self.json")["over_threshold"].size(), 0u);
+  // errors: an FP model, two models of different shapes
+  expect_one_line_error(run_cli("scales " + model("mamba-tiny")), "not a quantized model");
+  const std::string m2 = mqtest::temp_dir("scales_m2") + "/q2";
+  ASSERT_EQ(run_cli("quantize " + model("mamba2-tiny-hf") + " -o " + m2 + " -q --no-log --calib-num 2").code, 0);
+  expect_one_line_error(run_cli("scales " + a + " " + m2), "different shapes");
+}
+
+// ---- sweeps ----
+
+namespace {
+std::string sweep_spec(const std::string& dir, int ncells_alpha = 2) {
+  const std::string p = dir + "/s.toml";
+  std::string alphas = ncells_alpha == 2 ? "[0.9995, 1.0]" : "[0.9995]";
+  mqtest::write_file(p, "[sweep]\nname = \"t\"\ntasks = [\"ppl:corpus/heldout.txt\"]\nlimit = 2\nout_dir = \"" + dir +
+                            "/models\"\nlog = \"" + dir + "/log.jsonl\"\n[matrix]\nmodel = [\"" + model("mamba-tiny") +
+                            "\"]\npercentile_alpha = " + alphas + "\ncalib_num = [4]\ncalib_seqlen = [128]\n");
+  return p;
+}
+}  // namespace
+
+TEST(Sweep, SpecExpandsToStableCells) {
+  const std::string d = mqtest::temp_dir("sweep_spec");
+  auto s = load_sweep(mqtest::repo("examples/sweeps/percentile.toml"));
+  ASSERT_EQ(s.cells.size(), 4u);  // 2 models x 2 alphas
+  EXPECT_EQ(s.varying, (std::vector<std::string>{"model", "percentile_alpha"}));
+  std::set<std::string> ids;
+  for (const auto& c : s.cells) ids.insert(c.id);
+  EXPECT_EQ(ids.size(), 4u);
+  EXPECT_EQ(s.cells[0].model, "models/mamba-tiny");
+  EXPECT_EQ(s.cells[0].quantize.at("--percentile-alpha"), 0.9995);
+  EXPECT_EQ(s.cells[1].quantize.at("--percentile-alpha"), 1.0);
+  EXPECT_EQ(s.cells[2].model, "models/mamba2-tiny-hf");
+  EXPECT_EQ(s.cells[0].eval.at("--mode"), "int8");
+  EXPECT_EQ(load_sweep(mqtest::repo("examples/sweeps/percentile.toml")).cells[3].id, s.cells[3].id);  // stable
+  const std::string id0 = s.cells[0].id;
+  set_sweep_limit(s, 200);
+  EXPECT_NE(s.cells[0].id, id0);  // a limited run is another experiment
+  // the same spec as JSON
+  mqtest::write_file(d + "/s.json", R"({"sweep": {"tasks": ["wikitext2"]}, "matrix": {"model": ["m"], "calib_num": [8, 16]}})");
+  EXPECT_EQ(load_sweep(d + "/s.json").cells.size(), 2u);
+  // errors name the file and the key or line
+  mqtest::write_file(d + "/bad1.toml", "[sweep]\ntasks = [\"wikitext2\"]\n[matrix]\nmodel = [\"m\"]\nalpha = [1.0]\n");
+  EXPECT_ERROR(load_sweep(d + "/bad1.toml"), "bad1.toml", "'alpha'");
+  mqtest::write_file(d + "/bad2.toml", "[sweep]\ntasks = [\"wikitext2\"\n");
+  EXPECT_ERROR(load_sweep(d + "/bad2.toml"), "bad2.toml:", "bad TOML");
+  mqtest::write_file(d + "/bad3.toml", "[sweep]\ntasks = [\"wikitext2\"]\n[matrix]\nmodel = []\n");
+  EXPECT_ERROR(load_sweep(d + "/bad3.toml"), "bad3.toml", "no values");
+  mqtest::write_file(d + "/bad4.toml", "[matrix]\nmodel = [\"m\"]\n");
+  EXPECT_ERROR(load_sweep(d + "/bad4.toml"), "bad4.toml", "tasks");
+  EXPECT_ERROR(load_sweep(d + "/none.toml"), "none.toml", "not found");
+}
+
+TEST(Sweep, ResumesAfterBeingKilled) {
+  const std::string d = mqtest::temp_dir("sweep_kill");
+  const std::string spec = sweep_spec(d), log = d + "/log.jsonl";
+  // Start it in its own process group, kill the whole group once the first cell is logged.
+  const pid_t pid = fork();
+  if (pid == 0) {
+    setpgid(0, 0);
+    const std::string out = d + "/run1.out";
+    freopen(out.c_str(), "w", stdout);
+    freopen((d + "/run1.err").c_str(), "w", stderr);
+    execl(MAMBAQ_CLI, MAMBAQ_CLI, "sweep", spec.c_str(), "--yes", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  setpgid(pid, pid);
+  bool first_done = false;
+  for (int i = 0; i < 1200 && !first_done; ++i) {  // up to 2 minutes
+    usleep(100000);
+    if (std::filesystem::exists(log))
+      for (const auto& r : mambaq::read_log(log)) first_done = first_done || r.value("kind", "") == "eval";
+  }
+  ASSERT_TRUE(first_done) << mqtest::read_file(d + "/run1.err");
+  kill(-pid, SIGKILL);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  size_t evals = 0;
+  for (const auto& r : mambaq::read_log(log)) evals += r.value("kind", "") == "eval";
+  ASSERT_EQ(evals, 1u) << "killed after the first cell";
+  // Run again: the done cell is skipped, the other runs, the table has both.
+  auto r = run_cli("sweep " + spec + " --yes");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("done (skipped)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("1 cells to run"), std::string::npos) << r.out;
+  evals = 0;
+  for (const auto& rec : mambaq::read_log(log)) evals += rec.value("kind", "") == "eval";
+  EXPECT_EQ(evals, 2u);
+  EXPECT_NE(r.out.find("heldout ppl"), std::string::npos) << r.out;
+  // And once more: nothing left to do.
+  r = run_cli("sweep " + spec + " --yes");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("0 cells to run"), std::string::npos) << r.out;
+  // Without --yes and without a terminal it refuses rather than guess.
+  const std::string spec2 = sweep_spec(mqtest::temp_dir("sweep_ask"), 1);
+  r = run_cli("sweep " + spec2 + " < /dev/null");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--yes"), std::string::npos) << r.err;
+}
+
+// ---- report ----
+namespace {
+// Well-formedness: every element closed in order (void elements written as <x/>), attributes
+// quoted, no stray '<' or '&'. Returns "" or the first problem.
+std::string check_well_formed(const std::string& s) {
+  std::vector<std::string> stack;
+  size_t i = s.find("<html");
+  if (i == std::string::npos) return "no <html>";
+  while (i < s.size()) {
+    const size_t lt = s.find('<', i);
+    const size_t amp = s.find('&', i);
+    if (amp < lt) {
+      const size_t semi = s.find(';', amp);
+      if (semi == std::string::npos || semi - amp > 6) return "bare & at " + std::to_string(amp);
+    }
+    if (lt == std::string::npos) break;
+    const size_t gt = s.find('>', lt);
+    if (gt == std::string::npos) return "unterminated tag at " + std::to_string(lt);
+    std::string tag = s.substr(lt + 1, gt - lt - 1);
+    if (tag.find('<') != std::string::npos) return "'<' inside tag at " + std::to_string(lt);
+    if (std::count(tag.begin(), tag.end(), '"') % 2) return "unbalanced quotes in <" + tag + ">";
+    if (tag[0] == '/') {
+      const std::string name = tag.substr(1);
+      if (stack.empty() || stack.back() != name) return "</" + name + "> closes <" + (stack.empty() ? "" : stack.back()) + ">";
+      stack.pop_back();
+    } else if (tag.back() != '/') {
+      stack.push_back(tag.substr(0, tag.find_first_of(" \n")));
+    }
+    i = gt + 1;
+  }
+  return stack.empty() ? "" : "unclosed <" + stack.back() + ">";
+}
+size_t count(const std::string& s, const std::string& what) {
+  size_t n = 0;
+  for (size_t p = s.find(what); p != std::string::npos; p = s.find(what, p + 1)) ++n;
+  return n;
+}
+}  // namespace
+
+TEST(Report, WellFormedWithTheExpectedCharts) {
+  EXPECT_EQ(check_well_formed("<html><body><p>a &amp; b</p><br/></body></html>"), "");
+  EXPECT_NE(check_well_formed("<html><body><p>a</body></html>"), "");  // the checker can fail
+  const std::string d = mqtest::temp_dir("report");
+  const std::string a = quantized_tiny(), b = quantized_tiny("--percentile-alpha 1.0");
+  ASSERT_EQ(run_cli("compare --ref " + model("mamba-tiny") + " --cand " + a + " --cand-modes int8,fake --layers all "
+                    "--samples 1 --seqlen 64 -q --json " + d + "/c.json").code, 0);
+  ASSERT_EQ(run_cli("scales " + a + " " + b + " --json " + d + "/s.json").code, 0);
+  ASSERT_EQ(run_cli("quantize " + model("mamba-tiny") + " -o " + d + "/q -q --no-log --calib-num 2 "
+                    "--save-activations " + d + "/act.npz").code, 0);
+  auto r = run_cli("report --compare " + d + "/c.json --scales " + d + "/s.json --npz " + d + "/act.npz -o " + d +
+                   "/r.html --title 'W8A8 <mamba-tiny>'");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string html = mqtest::read_file(d + "/r.html");
+  EXPECT_EQ(check_well_formed(html), "");
+  EXPECT_NE(html.find("W8A8 &lt;mamba-tiny&gt;"), std::string::npos);   // escaped title
+  EXPECT_EQ(html.find("<script"), std::string::npos);                   // self-contained, static
+  EXPECT_EQ(html.find("http://"), html.find("http://www.w3.org"));       // no external resources
+  EXPECT_EQ(count(html, "<svg"), 4u + 2u + 21u);  // 4 error curves, 2 scale charts, 3 layers x 7 histograms
+  EXPECT_NE(html.find("id=\"compare-0-mse-block_out\""), std::string::npos);
+  EXPECT_NE(html.find("id=\"hist-2-layer_0.x_proj:input\""), std::string::npos);
+  EXPECT_EQ(count(html, "<polyline"), 8u);  // 4 charts x 2 modes
+  EXPECT_NE(html.find("alpha 0.9999"), std::string::npos);
+  // errors: nothing given, an existing file, a wrong JSON
+  EXPECT_NE(run_cli("report -o " + d + "/r.html --compare " + d + "/c.json").code, 0);  // exists, no --force
+  EXPECT_NE(run_cli("report -o " + d + "/r2.html --compare " + d + "/s.json").err.find("not a `mambaq compare"),
+            std::string::npos);
+  EXPECT_NE(run_cli("report -o " + d + "/r3.html").err.find("nothing to report"), std::string::npos);
+}
