@@ -234,6 +234,26 @@ TEST(Sweep, SpecExpandsToStableCells) {
   EXPECT_ERROR(load_sweep(d + "/none.toml"), "none.toml", "not found");
 }
 
+TEST(Sweep, ExamplePercentileSweepWithLimit) {
+  // The command, from the repository root, logging to a fresh file.
+  const std::string d = mqtest::temp_dir("sweep_example");
+  const std::string cmd = "cd " + mqtest::repo("") + " && " + MAMBAQ_CLI +
+                          " sweep examples/sweeps/percentile.toml --yes --limit 200 --log " + d + "/log.jsonl --out-dir " +
+                          d + "/models > " + d + "/out 2> " + d + "/err";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << mqtest::read_file(d + "/err");
+  const std::string out = mqtest::read_file(d + "/out");
+  EXPECT_NE(out.find("4 cells to run"), std::string::npos) << out;
+  size_t evals = 0;
+  for (const auto& r : mambaq::read_log(d + "/log.jsonl"))
+    if (r.value("kind", "") == "eval") {
+      ++evals;
+      EXPECT_EQ(r["flags"]["limit"], 200);
+      EXPECT_EQ(r["sweep"], "percentile");
+    }
+  EXPECT_EQ(evals, 4u);
+  EXPECT_NE(out.find("lastword acc"), std::string::npos) << out;  // the final table
+}
+
 TEST(Sweep, ResumesAfterBeingKilled) {
   const std::string d = mqtest::temp_dir("sweep_kill");
   const std::string spec = sweep_spec(d), log = d + "/log.jsonl";

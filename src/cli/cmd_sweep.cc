@@ -59,7 +59,7 @@ double cell_tokens(const SweepCell& c, const SweepSpec& s, const std::string& da
 
 Runner register_sweep(CLI::App& app) {
   struct Opts {
-    std::string spec;
+    std::string spec, log, out_dir;
     int limit = -1;
     bool yes = false, dry = false;
     Common c;
@@ -69,6 +69,8 @@ Runner register_sweep(CLI::App& app) {
   sub->add_option("SPEC", o->spec, "Sweep spec (.toml or .json)")->required();
   sub->add_option("--limit", o->limit, "Limit every eval to N documents/windows (overrides the spec)")
       ->check(CLI::NonNegativeNumber);
+  sub->add_option("--log", o->log, "Experiment log (overrides the spec's)");
+  sub->add_option("--out-dir", o->out_dir, "Folder of the quantized models (overrides the spec's)");
   sub->add_flag("-y,--yes", o->yes, "Do not ask for confirmation");
   sub->add_flag("--dry-run", o->dry, "Print the plan and stop");
   add_common(sub, o->c);
@@ -76,6 +78,8 @@ Runner register_sweep(CLI::App& app) {
     apply_common(o->c);
     SweepSpec s = load_sweep(o->spec);
     if (o->limit >= 0) set_sweep_limit(s, o->limit);
+    if (!o->log.empty()) s.log = o->log;
+    if (!o->out_dir.empty()) s.out_dir = o->out_dir;
     // cells already done: an eval record of this sweep cell in the log
     std::map<std::string, nlohmann::json> done, quantized;
     if (fs::exists(s.log))
