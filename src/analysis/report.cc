@@ -58,12 +58,15 @@ std::string line_chart(const std::string& id, const std::string& title, const st
   for (int k = 0; k <= 4; ++k) {
     const double v = y0 + (y1 - y0) * k / 4;
     o += fmt::format(R"~(<text x="{}" y="{:.1f}" font-size="10" text-anchor="end">{}</text>)~", L - 4, py(v) + 3,
-                     log_y ? fmt::format("1e{:.1f}", v) : fmt::format("{:.4g}", v));
+                     fmt::format("{:.3g}", log_y ? std::pow(10.0, v) : v));
   }
-  for (int k = 0; k <= 4; ++k) {
-    const double v = x0 + (x1 - x0) * k / 4;
+  // x ticks: every layer when the positions are whole numbers (thinned to at most ~12), else 5 ticks
+  bool whole = true;
+  for (const auto& s : ss)
+    for (double x : s.x) whole = whole && x == std::floor(x);
+  const double step = whole ? std::max(1.0, std::ceil((x1 - x0) / 12)) : (x1 - x0) / 4;
+  for (double v = x0; v <= x1 + 1e-9; v += step)
     o += fmt::format(R"~(<text x="{:.1f}" y="{}" font-size="10" text-anchor="middle">{:.3g}</text>)~", px(v), H - B + 14, v);
-  }
   o += fmt::format(R"~(<text x="{}" y="{}" font-size="11" text-anchor="middle">layer</text>)~", L + (W - L - R) / 2, H - 6);
   o += fmt::format(R"~(<text x="14" y="{}" font-size="11" transform="rotate(-90 14 {})" text-anchor="middle">{}</text>)~",
                    T + (H - T - B) / 2, T + (H - T - B) / 2, esc(ylabel));

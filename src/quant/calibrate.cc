@@ -13,8 +13,9 @@ namespace mambaq {
 
 CalibSamples make_calib_samples(const Tokenizer& tok, const std::string& file, int seqlen, int num,
                                 const std::string& flag) {
-  if (seqlen < 1) fail("sequence length must be positive (got {})", seqlen);
-  if (num < 1) fail("sample count must be positive (got {})", num);
+  const bool calib = flag == "--calib-data";  // else compare's --data / --seqlen / --samples
+  if (seqlen < 1) fail("{} must be positive (got {})", calib ? "--calib-seqlen" : "--seqlen", seqlen);
+  if (num < 1) fail("{} must be positive (got {})", calib ? "--calib-num" : "--samples", num);
   if (!std::filesystem::exists(file)) fail("{}: {}: file not found", flag, file);
   std::vector<std::string> docs;
   if (std::filesystem::path(file).extension() == ".jsonl") {
