@@ -126,6 +126,29 @@ TEST(CompareCli, Fp32AgainstInt8) {
   EXPECT_FALSE(read_json_file(d + "/c3.json")["reference_reused"].get<bool>());
 }
 
+TEST(CompareCli, FpOpsAttribution) {
+  const std::string d = mqtest::temp_dir("compare_fpops");
+  const std::string q = quantized_tiny();
+  auto kl = [&](const std::string& ops) {
+    auto r = run_cli("compare --ref " + model("mamba-tiny") + " --cand " + q + " --cand-mode fake --samples 1 "
+                     "--seqlen 128 -q --json " + d + "/c.json" + (ops.empty() ? "" : " --fp-ops " + ops));
+    EXPECT_EQ(r.code, 0) << r.err;
+    auto j = read_json_file(d + "/c.json");
+    EXPECT_EQ(j["modes"][0]["fp_ops"], ops);
+    return j["logits"]["kl"].get<double>();
+  };
+  const double all = kl("linear,conv,ssm,norm"), none = kl(""), lin = kl("linear");
+  EXPECT_LT(all, 1e-6);   // nothing quantized left: FP32 back
+  EXPECT_GT(none, 1e-4);  // plain fake quantization
+  EXPECT_LT(lin, none);   // keeping the projections in FP32 removes part of the error
+  expect_one_line_error(run_cli("compare --ref " + model("mamba-tiny") + " --cand " + q + " --fp-ops ssm"),
+                        "--cand-mode fake");
+  expect_one_line_error(run_cli("compare --ref " + q + " --cand " + q + " --cand-mode fake --fp-ops linear"),
+                        "FP model");
+  expect_one_line_error(run_cli("compare --ref " + model("mamba-tiny") + " --cand " + q + " --cand-mode fake --fp-ops x"),
+                        "unknown op kind 'x'");
+}
+
 TEST(CompareCli, BadInput) {
   expect_one_line_error(run_cli("compare --ref " + model("mamba-tiny") + " --cand " + model("mamba2-tiny-hf")),
                         "different shapes");

@@ -190,6 +190,62 @@ TEST_P(Quamba, SavedModelReloadsBitIdentical) {
   EXPECT_LT(r->weight_bytes(), Q.fp->weight_bytes());
 }
 
+// --fp-ops: attribution runs of the fake-quant simulation.
+TEST_P(Quamba, FpOpsAllKindsGiveBackFp32) {
+  const auto& Q = quantized(GetParam());
+  Model m(*Q.q);
+  m.set_mode(ExecMode::Fake);
+  m.set_fp_ops(parse_fp_ops("linear,conv,ssm,norm,hadamard,head"), Q.fp.get());
+  // Nothing quantized is left: FP32 up to the rounding of the (exactly cancelling) Hadamard pair.
+  EXPECT_LT(mqtest::rel_err(run(m, nullptr), run(*Q.fp, nullptr)), 1e-5);
+}
+
+struct GridCheck final : Tap {  // is each tapped tensor on its int8 grid (x / scale integral)?
+  const Calibration& cal;
+  std::map<std::string, bool> on_grid;
+  explicit GridCheck(const Calibration& c) : cal(c) {}
+  void on(int layer, std::string_view point, float* data, int rows, int cols, std::span<const int>) override {
+    if (layer != 1) return;
+    const std::string p(point);
+    const char* sp = p == "ssm:input" ? "x_proj:input" : p == "ssm_state" ? "ssm_state_act:input" : p.c_str();
+    const PointScale* s = cal.find(layer, sp);
+    if (!s) return;
+    bool grid = true;
+    for (size_t i = 0; i < size_t(rows) * cols && grid; ++i) {
+      const float q = data[i] / s->scale;
+      grid = std::fabs(q - std::nearbyint(q)) < 1e-3f;
+    }
+    on_grid[p] = grid;
+  }
+};
+
+TEST(QuambaFpOps, SsmKeepsOnlyTheScanInputsInFloat) {
+  const auto& Q = quantized("models/mamba-tiny");
+  Model m(*Q.q);
+  m.set_mode(ExecMode::Fake);
+  m.set_fp_ops(kFpSsm, nullptr);  // no weights needed for ssm
+  GridCheck g(Q.q->quantized()->cal);
+  run(m, &g);
+  EXPECT_TRUE(g.on_grid.at("x_proj:input"));   // x_proj still reads int8 u
+  EXPECT_FALSE(g.on_grid.at("ssm:input"));     // the scan reads float u
+  EXPECT_TRUE(g.on_grid.at("in_proj:input"));
+  EXPECT_TRUE(g.on_grid.at("out_proj:input"));
+  EXPECT_FALSE(g.on_grid.at("dt_proj:output"));  // delta is the scan's input
+  // and plain fake mode has both on the grid
+  Model f(*Q.q);
+  f.set_mode(ExecMode::Fake);
+  GridCheck g2(Q.q->quantized()->cal);
+  run(f, &g2);
+  EXPECT_TRUE(g2.on_grid.at("ssm:input"));
+  EXPECT_TRUE(g2.on_grid.at("dt_proj:output"));
+  // errors
+  Model i8(*Q.q);
+  EXPECT_ERROR(i8.set_fp_ops(kFpSsm, nullptr), "--fp-ops", "fake");
+  EXPECT_ERROR(m.set_fp_ops(kFpLinear, nullptr), "--fp-ops", "FP model");
+  EXPECT_ERROR(parse_fp_ops("linear,attention"), "--fp-ops", "attention");
+  EXPECT_EQ(parse_fp_ops("ssm,linear"), unsigned(kFpSsm | kFpLinear));
+}
+
 TEST(QuambaErrors, RecipeAndBits) {
   auto fp = Model::load(mqtest::repo("models/mamba-tiny"));
   Calibration cal;

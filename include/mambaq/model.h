@@ -51,6 +51,21 @@ ExecMode parse_mode(const std::string& s);  // "fp32" | "fake" | "int8"
 
 struct QuantizedModel;  // src/quant/quantized.h
 
+// Op kinds a fake-mode run can keep in FP32 to attribute quantization error (--fp-ops):
+// no activation quantization at the inputs this kind consumes and, for linear and conv, the FP
+// model's own weights instead of the dequantized int8 ones.
+enum FpOps : unsigned {
+  kFpLinear = 1,    // in_proj, x_proj, dt_proj, out_proj: their inputs and weights
+  kFpConv = 2,      // conv1d: its input (x / xBC) and weights
+  kFpSsm = 4,       // the scan: u / x, dt, B, C, the gate z (Mamba1) and the state kept between calls
+  kFpNorm = 8,      // Mamba2's gated RMSNorm: its gate z (Mamba1's norms are never quantized)
+  kFpHadamard = 16, // the rotation of out_proj's input: always computed in FP32 here
+  kFpHead = 32,     // the LM head: FP32 in quamba1 anyway
+};
+// "linear,ssm" -> mask; errors name --fp-ops.
+unsigned parse_fp_ops(const std::string& list);
+std::string fp_ops_str(unsigned mask);
+
 // A hook at a named point of the forward pass (see DESIGN.md: one forward, many uses).
 // `data` is {rows, cols} row-major and may be modified in place; sequence s of the packed batch
 // holds rows offs[s] .. offs[s+1]-1. Layer -1 is the model's head (e.g. "lm_head:input").
@@ -104,6 +119,10 @@ class Model {
   // fake and int8 need a quantized model (error otherwise); fp32 and fake on a quantized model
   // dequantize its projection weights on first use.
   void set_mode(ExecMode m);
+  // Fake mode only: keep the op kinds of `mask` in FP32 (see FpOps); linear and conv take their
+  // weights from `fp`, the FP model this one was quantized from (same shapes).
+  void set_fp_ops(unsigned mask, const Model* fp);
+  unsigned fp_ops() const { return fp_ops_; }
 
   const std::vector<TensorInfo>& tensor_info() const { return info_; }
   int64_t num_params() const;
@@ -131,6 +150,7 @@ class Model {
   std::shared_ptr<const QuantizedModel> q_;
   ExecMode mode_ = ExecMode::FP32;
   bool float_weights_ = true;  // projections present as float (false for a loaded int8 model)
+  unsigned fp_ops_ = 0;
   // x {T, d_model} -> out {T, d_model}; conv_st / ssm_st: this layer's state of each sequence (or null)
   void mixer_mamba1(int layer, float* x, float* out, int T, std::span<const int> offs, float* const* conv_st,
                     float* const* ssm_st, Tap* tap) const;

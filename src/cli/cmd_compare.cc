@@ -50,7 +50,7 @@ std::string npy_name(const std::string& who, const std::string& mode, int layer,
 
 Runner register_compare(CLI::App& app) {
   struct Opts {
-    std::string ref, ref_mode = "fp32", cand, cand_mode, cand_modes, data, layers = "0,-1", json, save_dir;
+    std::string ref, ref_mode = "fp32", cand, cand_mode, cand_modes, data, layers = "0,-1", json, save_dir, fp_ops;
     int samples = 4, seqlen = 256;
     bool quiet = false;
     Common c;
@@ -66,6 +66,9 @@ Runner register_compare(CLI::App& app) {
   sub->add_option("--samples", o->samples, "Samples")->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--seqlen", o->seqlen, "Tokens per sample")->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--layers", o->layers, "Layers to compare: 0,11,-1 or all")->capture_default_str();
+  sub->add_option("--fp-ops", o->fp_ops,
+                  "Keep these op kinds in FP32 in the fake-mode candidate (linear, conv, ssm, norm, hadamard, head; "
+                  "linear/conv take the --ref FP model's weights): how much error does the rest add?");
   sub->add_option("--json", o->json, "Write the statistics as JSON to FILE ('-' = stdout)");
   sub->add_option("--save-dir", o->save_dir,
                   "Write .npy per layer, tensor and mode; a reference saved there for the same inputs is reused");
@@ -86,6 +89,14 @@ Runner register_compare(CLI::App& app) {
     for (std::string t; std::getline(ss, t, ',');)
       if (!t.empty()) modes.push_back(mode_name(parse_mode(t)));
     if (modes.empty()) modes.push_back(mode_name(cand->mode()));
+    const unsigned fp_ops = parse_fp_ops(o->fp_ops);
+    if ((fp_ops & (kFpLinear | kFpConv)) && ref->is_quantized())
+      fail("--fp-ops {}: keeping linear/conv in FP32 needs the FP model's weights: --ref {} is quantized, give the "
+           "FP model it was made from",
+           fp_ops_str(fp_ops), o->ref);
+    if (fp_ops)
+      for (const auto& m : modes)
+        if (m != "fake") fail("--fp-ops runs in the fake-quant simulation: use --cand-mode fake (not {})", m);
     for (const auto& m : modes)
       if (m != "fp32" && !cand->is_quantized())
         fail("--cand-mode {}: {} is not quantized (make one with `mambaq quantize`, or use fp32)", m, o->cand);
@@ -152,11 +163,12 @@ Runner register_compare(CLI::App& app) {
     for (const auto& mode : modes) {
       Model m(*cand);
       m.set_mode(parse_mode(mode));
+      m.set_fp_ops(fp_ops, ref.get());
       const RunCapture C = run_capture(m, cs, layers, "cand " + mode, !o->quiet);
       LogitStats ls;
       ls.add(R.logits.data(), C.logits.data(), int(R.logits.size() / size_t(V)), V);
-      fmt::print("\n{} ({}) vs {} ({}), {} samples x {} tokens\n", o->cand, mode, o->ref, rmode, cs.samples.size(),
-                 o->seqlen);
+      fmt::print("\n{} ({}{}) vs {} ({}), {} samples x {} tokens\n", o->cand, mode,
+                 fp_ops ? ", FP32: " + fp_ops_str(fp_ops) : "", o->ref, rmode, cs.samples.size(), o->seqlen);
       fmt::print("{:>5} {:<9} {:>11} {:>10} {:>10} {:>9} {:>10} {:>10} {:>10}  {}\n", "layer", "tensor", "MSE", "RMSE",
                  "MAE", "relMAE", "corr", "p99|d|", "max|d|", "quality (MSE / corr / relMAE)");
       nlohmann::json jl = nlohmann::json::array();
@@ -186,7 +198,7 @@ Runner register_compare(CLI::App& app) {
       su.avg_corr = corr_n ? corr_sum / corr_n : 0;
       fmt::print("logits: mean KL(ref || cand) {:.6g}, top-1 agreement {:.4f} ({} positions)\n", ls.kl(), ls.top1(),
                  ls.rows);
-      jmodes.push_back({{"mode", mode}, {"layers", jl}, {"logits", {{"kl", ls.kl()}, {"top1", ls.top1()},
+      jmodes.push_back({{"mode", mode}, {"fp_ops", fp_ops_str(fp_ops)}, {"layers", jl}, {"logits", {{"kl", ls.kl()}, {"top1", ls.top1()},
                                                                    {"positions", ls.rows}}}});
       sums.push_back(su);
     }

@@ -1,5 +1,6 @@
 // Mamba1 mixer: in_proj -> causal conv1d + SiLU -> x_proj -> dt_proj + softplus -> selective scan
 // -> gate with SiLU(z) -> out_proj.
+#include <algorithm>
 #include <vector>
 
 #include "kernels/cpu/ops.h"
@@ -22,7 +23,15 @@ void Model::mixer_mamba1(int l, float* x, float* out, int T, std::span<const int
   float* u = scratch(kSlotConvOut, size_t(T) * di);
   cpu::conv1d_silu(nseq, offs.data(), xz, 2 * di, di, K, L.conv_w.data, L.conv_b.data, conv_st,
                    u, di);
-  if (tap) tap->on(l, "x_proj:input", u, T, di, offs);
+  // The scan reads its own copy of u when tapped, so x_proj's input and the SSM input can be
+  // quantized independently (--fp-ops); both taps see the same values.
+  float* u_ssm = u;
+  if (tap) {
+    u_ssm = scratch(kSlotUssm, size_t(T) * di);
+    std::copy_n(u, size_t(T) * di, u_ssm);
+    tap->on(l, "x_proj:input", u, T, di, offs);
+    tap->on(l, "ssm:input", u_ssm, T, di, offs);
+  }
   // dbc {T, R + 2N} = u x_proj^T: [dt_low {R}, B {N}, C {N}]
   float* dbc = scratch(kSlotXProj, size_t(T) * (R + 2 * N));
   cpu::gemm(T, R + 2 * N, di, u, di, L.x_proj.data, nullptr, dbc, R + 2 * N);
@@ -33,7 +42,7 @@ void Model::mixer_mamba1(int l, float* x, float* out, int T, std::span<const int
   if (tap) tap->on(l, "dt_proj:output", delta, T, di, offs);
   // y {T, d_inner} = selective_scan(u, delta, A, B, C, D) * SiLU(z)
   float* y = scratch(kSlotScanOut, size_t(T) * di);
-  cpu::selective_scan(nseq, offs.data(), di, N, u, di, delta, di, L.dt_proj_b.data, L.A.data(),
+  cpu::selective_scan(nseq, offs.data(), di, N, u_ssm, di, delta, di, L.dt_proj_b.data, L.A.data(),
                       dbc + R, R + 2 * N, dbc + R + N, R + 2 * N, L.D.data, xz + di, 2 * di,
                       ssm_st, y, di);
   if (hadamard_out_proj) hadamard_transform(y, T, di, di);

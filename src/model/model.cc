@@ -1,6 +1,7 @@
 // The backbone shared by both architectures: embedding -> n_layer x (RMSNorm -> mixer -> residual add)
 // -> final RMSNorm. Sequences are packed back to back ({T, d_model} with T = sum of lengths) so the
 // projections run as large matrix products; conv and scan respect the sequence boundaries.
+#include <algorithm>
 #include <cstring>
 #include <numeric>
 
@@ -8,6 +9,7 @@
 #include "mambaq/error.h"
 #include "mambaq/model.h"
 #include "quant/fake_quant.h"
+#include "quant/hadamard.h"
 #include "quant/quantized.h"
 
 namespace mambaq {
@@ -27,7 +29,7 @@ void Model::forward(std::span<const int32_t> tokens, std::span<const int> lens, 
   std::unique_ptr<FakeQuantTap> fake;
   std::unique_ptr<TapPair> chain;
   if (mode_ == ExecMode::Fake) {
-    fake = std::make_unique<FakeQuantTap>(cfg_, q_->cal, q_->meta.a_bits);
+    fake = std::make_unique<FakeQuantTap>(cfg_, q_->cal, q_->meta.a_bits, fp_ops_);
     chain = std::make_unique<TapPair>(fake.get(), tap);  // quantize first, then the caller sees it
     tap = chain.get();
   }
@@ -132,6 +134,65 @@ void Model::set_mode(ExecMode m) {
   }
   hadamard_out_proj = q_ != nullptr;
   mode_ = m;
+}
+
+unsigned parse_fp_ops(const std::string& list) {
+  static const std::pair<const char*, unsigned> kinds[] = {{"linear", kFpLinear}, {"conv", kFpConv},
+                                                           {"ssm", kFpSsm},       {"norm", kFpNorm},
+                                                           {"hadamard", kFpHadamard}, {"head", kFpHead}};
+  unsigned m = 0;
+  size_t i = 0;
+  while (i <= list.size()) {
+    const size_t j = std::min(list.find(',', i), list.size());
+    const std::string t = list.substr(i, j - i);
+    i = j + 1;
+    if (t.empty()) continue;
+    bool found = false;
+    for (const auto& [n, b] : kinds)
+      if (t == n) m |= b, found = true;
+    if (!found) fail("--fp-ops: unknown op kind '{}' (linear, conv, ssm, norm, hadamard, head)", t);
+  }
+  return m;
+}
+
+std::string fp_ops_str(unsigned m) {
+  std::string s;
+  for (const auto& [n, b] : {std::pair{"linear", kFpLinear}, {"conv", kFpConv}, {"ssm", kFpSsm}, {"norm", kFpNorm},
+                             {"hadamard", kFpHadamard}, {"head", kFpHead}})
+    if (m & b) {
+      if (!s.empty()) s.push_back(',');
+      s.append(n);
+    }
+  return s;
+}
+
+void Model::set_fp_ops(unsigned mask, const Model* fp) {
+  if (mask == 0) return;
+  if (mode_ != ExecMode::Fake) fail("--fp-ops runs in the fake-quant simulation (mode fake), not in mode {}", mode_name(mode_));
+  if (mask & (kFpLinear | kFpConv)) {
+    if (!fp || fp->is_quantized())
+      fail("--fp-ops {}: keeping linear/conv in FP32 needs the FP model's weights (an FP reference model)",
+           fp_ops_str(mask));
+    const auto& fc = fp->config();
+    if (fc.arch != cfg_.arch || fc.n_layer != cfg_.n_layer || fc.d_model != cfg_.d_model || fc.d_inner != cfg_.d_inner ||
+        fc.d_state != cfg_.d_state || fc.conv_dim() != cfg_.conv_dim())
+      fail("--fp-ops: the FP model has other shapes than the quantized one");
+    for (int l = 0; l < cfg_.n_layer; ++l) {
+      LayerWeights& L = w_.layers[size_t(l)];
+      const LayerWeights& F = fp->weights().layers[size_t(l)];
+      if (mask & kFpConv) L.conv_w = F.conv_w;
+      if (mask & kFpLinear) {
+        L.in_proj = F.in_proj, L.x_proj = F.x_proj, L.dt_proj_w = F.dt_proj_w;
+        // out_proj reads the rotated input H y: W H^T, in float
+        std::vector<float> w(F.out_proj.data, F.out_proj.data + F.out_proj.size());
+        hadamard_fuse_right(w.data(), int(F.out_proj.dim(0)), int(F.out_proj.dim(1)));
+        auto buf = std::make_shared<std::vector<float>>(std::move(w));
+        L.out_proj.data = buf->data();
+        L.out_proj.owner = buf;
+      }
+    }
+  }
+  fp_ops_ = mask;
 }
 
 std::vector<float> Model::last_logits(std::span<const int32_t> tokens) const {

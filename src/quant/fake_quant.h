@@ -18,13 +18,17 @@ std::unique_ptr<Model> fake_quant_weights(const Model& fp, Granularity g, int w_
 // Quantize-dequantizes activations at every point of `cal` (static per-tensor scales).
 class FakeQuantTap final : public Tap {
  public:
-  FakeQuantTap(const ModelConfig& cfg, const Calibration& cal, int a_bits = 8);
+  // fp_ops: op kinds (FpOps) whose inputs are left in FP32.
+  FakeQuantTap(const ModelConfig& cfg, const Calibration& cal, int a_bits = 8, unsigned fp_ops = 0);
   void on(int layer, std::string_view point, float* data, int rows, int cols, std::span<const int> offs) override;
 
  private:
   std::map<std::string, std::vector<QuantPoint>> points_;
   const Calibration& cal_;
   int bits_;
+  unsigned fp_ops_;
+  const ModelConfig& cfg_;
+  void apply(int layer, const char* scale_point, float* data, int rows, int cols, int c0, int c1, unsigned kind);
 };
 
 }  // namespace mambaq

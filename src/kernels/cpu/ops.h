@@ -122,7 +122,7 @@ enum ScratchSlot {
   kSlotResidual, kSlotNormed, kSlotMixerOut,                             // model.cc
   kSlotInProj, kSlotConvOut, kSlotXProj, kSlotDelta, kSlotScanOut,       // mamba1.cc / mamba2.cc
   kSlotQIn, kSlotQInProj, kSlotQConv, kSlotQXProj, kSlotQDelta, kSlotQOut, // int8 mixers
-  kSlotQState, kSlotQDeq0, kSlotQDeq1, kSlotQDeq2, kSlotQDeq3, kSlotQDeq4, kSlotQAcc, kSlotQGemmA, kSlotQGemmW,  // int8 kernels
+  kSlotQState, kSlotQDeq0, kSlotQDeq1, kSlotQDeq2, kSlotQDeq3, kSlotQDeq4, kSlotQAcc, kSlotQGemmA, kSlotQGemmW, kSlotUssm,  // int8 kernels
 };
 
 // Thread count for everything (OpenMP and oneDNN). 0 = all cores.
