@@ -15,19 +15,13 @@ using namespace mambaq;
 using mqtest::run_cli;
 
 namespace {
-std::string model(const char* m) { return mqtest::repo(std::string("models/") + m); }
-void expect_one_line_error(const mqtest::CliResult& r, const std::string& frag) {
-  EXPECT_NE(r.code, 0);
-  EXPECT_NE(r.err.find(frag), std::string::npos) << r.err;
-  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
-}
 // One quantized mamba-tiny for the tests of this file.
 const std::string& quantized_tiny(const std::string& extra = "") {
   static std::map<std::string, std::string> made;
   auto it = made.find(extra);
   if (it != made.end()) return it->second;
   const std::string out = mqtest::temp_dir("analysis_q" + std::to_string(made.size())) + "/q";
-  auto r = run_cli("quantize " + model("mamba-tiny") + " -o " + out + " -q --no-log --calib-num 8 " + extra);
+  auto r = run_cli("quantize " + mqtest::model_dir("mamba-tiny") + " -o " + out + " -q --no-log --calib-num 8 " + extra);
   EXPECT_EQ(r.code, 0) << r.err;
   return made[extra] = out;
 }
@@ -73,7 +67,7 @@ TEST(CompareStats, KlAndTop1) {
 
 TEST(CompareCli, ModelAgainstItselfIsExact) {
   const std::string d = mqtest::temp_dir("compare_self");
-  auto r = run_cli("compare --ref " + model("mamba-tiny") + " --cand " + model("mamba-tiny") +
+  auto r = run_cli("compare --ref " + mqtest::model_dir("mamba-tiny") + " --cand " + mqtest::model_dir("mamba-tiny") +
                    " --samples 2 --seqlen 64 --layers all -q --json " + d + "/c.json");
   ASSERT_EQ(r.code, 0) << r.err;
   auto j = read_json_file(d + "/c.json");
@@ -90,7 +84,7 @@ TEST(CompareCli, ModelAgainstItselfIsExact) {
 TEST(CompareCli, Fp32AgainstInt8) {
   const std::string d = mqtest::temp_dir("compare_q");
   const std::string q = quantized_tiny();
-  auto r = run_cli("compare --ref " + model("mamba-tiny") + " --cand " + q + " --cand-modes int8,fake --samples 2 "
+  auto r = run_cli("compare --ref " + mqtest::model_dir("mamba-tiny") + " --cand " + q + " --cand-modes int8,fake --samples 2 "
                    "--seqlen 128 -q --json " + d + "/c.json --save-dir " + d + "/npy");
   ASSERT_EQ(r.code, 0) << r.err;
   auto j = read_json_file(d + "/c.json");
@@ -112,7 +106,7 @@ TEST(CompareCli, Fp32AgainstInt8) {
   EXPECT_EQ(shape, (std::vector<size_t>{256, 256}));
   EXPECT_TRUE(std::filesystem::exists(d + "/npy/cand_int8_layer_7_mixer_out.npy"));
   // a second run reuses the saved reference and gets the same numbers
-  r = run_cli("compare --ref " + model("mamba-tiny") + " --cand " + q + " --samples 2 --seqlen 128 -q --json " + d +
+  r = run_cli("compare --ref " + mqtest::model_dir("mamba-tiny") + " --cand " + q + " --samples 2 --seqlen 128 -q --json " + d +
               "/c2.json --save-dir " + d + "/npy");
   ASSERT_EQ(r.code, 0) << r.err;
   auto j2 = read_json_file(d + "/c2.json");
@@ -120,7 +114,7 @@ TEST(CompareCli, Fp32AgainstInt8) {
   EXPECT_EQ(j2["layers"], j["layers"]);
   EXPECT_EQ(j2["logits"]["kl"], j["logits"]["kl"]);
   // other inputs: not reused
-  r = run_cli("compare --ref " + model("mamba-tiny") + " --cand " + q + " --samples 1 --seqlen 128 -q --json " + d +
+  r = run_cli("compare --ref " + mqtest::model_dir("mamba-tiny") + " --cand " + q + " --samples 1 --seqlen 128 -q --json " + d +
               "/c3.json --save-dir " + d + "/npy");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_FALSE(read_json_file(d + "/c3.json")["reference_reused"].get<bool>());
@@ -130,7 +124,7 @@ TEST(CompareCli, FpOpsAttribution) {
   const std::string d = mqtest::temp_dir("compare_fpops");
   const std::string q = quantized_tiny();
   auto kl = [&](const std::string& ops) {
-    auto r = run_cli("compare --ref " + model("mamba-tiny") + " --cand " + q + " --cand-mode fake --samples 1 "
+    auto r = run_cli("compare --ref " + mqtest::model_dir("mamba-tiny") + " --cand " + q + " --cand-mode fake --samples 1 "
                      "--seqlen 128 -q --json " + d + "/c.json" + (ops.empty() ? "" : " --fp-ops " + ops));
     EXPECT_EQ(r.code, 0) << r.err;
     auto j = read_json_file(d + "/c.json");
@@ -141,24 +135,24 @@ TEST(CompareCli, FpOpsAttribution) {
   EXPECT_LT(all, 1e-6);   // nothing quantized left: FP32 back
   EXPECT_GT(none, 1e-4);  // plain fake quantization
   EXPECT_LT(lin, none);   // keeping the projections in FP32 removes part of the error
-  expect_one_line_error(run_cli("compare --ref " + model("mamba-tiny") + " --cand " + q + " --fp-ops ssm"),
+  mqtest::expect_one_line_error(run_cli("compare --ref " + mqtest::model_dir("mamba-tiny") + " --cand " + q + " --fp-ops ssm"),
                         "--cand-mode fake");
-  expect_one_line_error(run_cli("compare --ref " + q + " --cand " + q + " --cand-mode fake --fp-ops linear"),
+  mqtest::expect_one_line_error(run_cli("compare --ref " + q + " --cand " + q + " --cand-mode fake --fp-ops linear"),
                         "FP model");
-  expect_one_line_error(run_cli("compare --ref " + model("mamba-tiny") + " --cand " + q + " --cand-mode fake --fp-ops x"),
+  mqtest::expect_one_line_error(run_cli("compare --ref " + mqtest::model_dir("mamba-tiny") + " --cand " + q + " --cand-mode fake --fp-ops x"),
                         "unknown op kind 'x'");
 }
 
 TEST(CompareCli, BadInput) {
-  expect_one_line_error(run_cli("compare --ref " + model("mamba-tiny") + " --cand " + model("mamba2-tiny-hf")),
+  mqtest::expect_one_line_error(run_cli("compare --ref " + mqtest::model_dir("mamba-tiny") + " --cand " + mqtest::model_dir("mamba2-tiny-hf")),
                         "different shapes");
-  expect_one_line_error(run_cli("compare --ref " + model("mamba-tiny") + " --cand " + model("mamba-tiny") +
+  mqtest::expect_one_line_error(run_cli("compare --ref " + mqtest::model_dir("mamba-tiny") + " --cand " + mqtest::model_dir("mamba-tiny") +
                                 " --layers 0,9"),
                         "--layers: layer 9");
-  expect_one_line_error(run_cli("compare --ref " + model("mamba-tiny") + " --cand " + model("mamba-tiny") +
+  mqtest::expect_one_line_error(run_cli("compare --ref " + mqtest::model_dir("mamba-tiny") + " --cand " + mqtest::model_dir("mamba-tiny") +
                                 " --cand-mode int8"),
                         "not quantized");
-  expect_one_line_error(run_cli("compare --ref " + model("mamba-tiny") + " --cand " + model("mamba-tiny") +
+  mqtest::expect_one_line_error(run_cli("compare --ref " + mqtest::model_dir("mamba-tiny") + " --cand " + mqtest::model_dir("mamba-tiny") +
                                 " --data /nonexistent.txt"),
                         "--data");
 }
@@ -206,10 +200,10 @@ TEST(ScalesCli, DiffOfAlphaSettings) {
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(read_json_file(d + "/self.json")["over_threshold"].size(), 0u);
   // errors: an FP model, two models of different shapes
-  expect_one_line_error(run_cli("scales " + model("mamba-tiny")), "not a quantized model");
+  mqtest::expect_one_line_error(run_cli("scales " + mqtest::model_dir("mamba-tiny")), "not a quantized model");
   const std::string m2 = mqtest::temp_dir("scales_m2") + "/q2";
-  ASSERT_EQ(run_cli("quantize " + model("mamba2-tiny-hf") + " -o " + m2 + " -q --no-log --calib-num 2").code, 0);
-  expect_one_line_error(run_cli("scales " + a + " " + m2), "different shapes");
+  ASSERT_EQ(run_cli("quantize " + mqtest::model_dir("mamba2-tiny-hf") + " -o " + m2 + " -q --no-log --calib-num 2").code, 0);
+  mqtest::expect_one_line_error(run_cli("scales " + a + " " + m2), "different shapes");
 }
 
 // ---- sweeps ----
@@ -219,7 +213,7 @@ std::string sweep_spec(const std::string& dir, int ncells_alpha = 2) {
   const std::string p = dir + "/s.toml";
   std::string alphas = ncells_alpha == 2 ? "[0.9995, 1.0]" : "[0.9995]";
   mqtest::write_file(p, "[sweep]\nname = \"t\"\ntasks = [\"ppl:corpus/heldout.txt\"]\nlimit = 2\nout_dir = \"" + dir +
-                            "/models\"\nlog = \"" + dir + "/log.jsonl\"\n[matrix]\nmodel = [\"" + model("mamba-tiny") +
+                            "/models\"\nlog = \"" + dir + "/log.jsonl\"\n[matrix]\nmodel = [\"" + mqtest::model_dir("mamba-tiny") +
                             "\"]\npercentile_alpha = " + alphas + "\ncalib_num = [4]\ncalib_seqlen = [128]\n");
   return p;
 }
@@ -368,10 +362,10 @@ TEST(Report, WellFormedWithTheExpectedCharts) {
   EXPECT_NE(check_well_formed("<html><body><p>a</body></html>"), "");  // the checker can fail
   const std::string d = mqtest::temp_dir("report");
   const std::string a = quantized_tiny(), b = quantized_tiny("--percentile-alpha 1.0");
-  ASSERT_EQ(run_cli("compare --ref " + model("mamba-tiny") + " --cand " + a + " --cand-modes int8,fake --layers all "
+  ASSERT_EQ(run_cli("compare --ref " + mqtest::model_dir("mamba-tiny") + " --cand " + a + " --cand-modes int8,fake --layers all "
                     "--samples 1 --seqlen 64 -q --json " + d + "/c.json").code, 0);
   ASSERT_EQ(run_cli("scales " + a + " " + b + " --json " + d + "/s.json").code, 0);
-  ASSERT_EQ(run_cli("quantize " + model("mamba-tiny") + " -o " + d + "/q -q --no-log --calib-num 2 "
+  ASSERT_EQ(run_cli("quantize " + mqtest::model_dir("mamba-tiny") + " -o " + d + "/q -q --no-log --calib-num 2 "
                     "--save-activations " + d + "/act.npz").code, 0);
   auto r = run_cli("report --compare " + d + "/c.json --scales " + d + "/s.json --npz " + d + "/act.npz -o " + d +
                    "/r.html --title 'W8A8 <mamba-tiny>'");

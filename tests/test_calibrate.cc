@@ -10,10 +10,6 @@
 using namespace mambaq;
 
 namespace {
-const Tokenizer& tok() {
-  static auto t = Tokenizer::load(mqtest::repo("data/tokenizer/gpt-neox-20b/tokenizer.json"));
-  return *t;
-}
 
 // Captures whole tapped tensors of a single-sequence forward.
 struct Capture : Tap {
@@ -37,23 +33,23 @@ TEST(Calibration, SampleWindows) {
   // 9 tokens ("a" repeated is one token each with spaces: " a" x 9 after the first)
   mqtest::write_file(d + "/c.jsonl", R"({"text": "one two three four five six seven eight nine"})" "\n"
                                      R"({"text": "short"})" "\n");
-  auto cs = make_calib_samples(tok(), d + "/c.jsonl", 4, 100);
+  auto cs = make_calib_samples(mqtest::tokenizer(), d + "/c.jsonl", 4, 100);
   EXPECT_EQ(cs.documents, 2u);
   ASSERT_EQ(cs.available, 3u);  // two full windows of 4 (tail of 1 dropped) + the short document
   EXPECT_EQ(cs.samples[0].size(), 4u);
   EXPECT_EQ(cs.samples[1].size(), 4u);
-  EXPECT_EQ(cs.samples[2], tok().encode("short"));
-  auto few = make_calib_samples(tok(), d + "/c.jsonl", 4, 2);
+  EXPECT_EQ(cs.samples[2], mqtest::tokenizer().encode("short"));
+  auto few = make_calib_samples(mqtest::tokenizer(), d + "/c.jsonl", 4, 2);
   EXPECT_EQ(few.samples.size(), 2u);
   EXPECT_EQ(few.available, 3u);
   mqtest::write_file(d + "/raw.txt", "one two three four five six seven eight nine");
-  EXPECT_EQ(make_calib_samples(tok(), d + "/raw.txt", 4, 100).samples.size(), 2u);
-  EXPECT_ERROR(make_calib_samples(tok(), d + "/none.jsonl", 4, 1), "none.jsonl", "not found");
+  EXPECT_EQ(make_calib_samples(mqtest::tokenizer(), d + "/raw.txt", 4, 100).samples.size(), 2u);
+  EXPECT_ERROR(make_calib_samples(mqtest::tokenizer(), d + "/none.jsonl", 4, 1), "none.jsonl", "not found");
   mqtest::write_file(d + "/empty.txt", "");
-  EXPECT_ERROR(make_calib_samples(tok(), d + "/empty.txt", 4, 1), "empty.txt", "empty");
+  EXPECT_ERROR(make_calib_samples(mqtest::tokenizer(), d + "/empty.txt", 4, 1), "empty.txt", "empty");
   mqtest::write_file(d + "/bad.jsonl", "{\"text\": 3}\n");
-  EXPECT_ERROR(make_calib_samples(tok(), d + "/bad.jsonl", 4, 1), "bad.jsonl:1");
-  EXPECT_ERROR(make_calib_samples(tok(), d + "/c.jsonl", 0, 1), "--calib-seqlen");
+  EXPECT_ERROR(make_calib_samples(mqtest::tokenizer(), d + "/bad.jsonl", 4, 1), "bad.jsonl:1");
+  EXPECT_ERROR(make_calib_samples(mqtest::tokenizer(), d + "/c.jsonl", 0, 1), "--calib-seqlen");
 }
 
 class CalibBoth : public ::testing::TestWithParam<const char*> {};
@@ -62,7 +58,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, CalibBoth, ::testing::Values("models/mamba-ti
 TEST_P(CalibBoth, ScalesEqualAnIndependentRecomputation) {
   auto m = Model::load(mqtest::repo(GetParam()));
   const auto& c = m->config();
-  auto cs = make_calib_samples(tok(), mqtest::repo("data/corpus/calib.jsonl"), 64, 5);
+  auto cs = make_calib_samples(mqtest::tokenizer(), mqtest::repo("data/corpus/calib.jsonl"), 64, 5);
   ASSERT_EQ(cs.samples.size(), 5u);
   CalibOptions ema;
   ema.progress = false;

@@ -7,15 +7,6 @@
 
 using mqtest::run_cli;
 
-namespace {
-std::string model(const char* m) { return mqtest::repo(std::string("models/") + m); }
-void expect_one_line_error(const mqtest::CliResult& r, const std::string& frag) {
-  EXPECT_NE(r.code, 0);
-  EXPECT_NE(r.err.find("error"), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find(frag), std::string::npos) << r.err;
-  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
-}
-}  // namespace
 
 TEST(Cli, HelpOnEveryCommand) {
   for (const char* c : {"", "info", "logits", "generate", "eval", "bench", "quantize"}) {
@@ -27,12 +18,12 @@ TEST(Cli, HelpOnEveryCommand) {
 }
 
 TEST(Cli, InfoBothLayouts) {
-  auto r = run_cli("info " + model("mamba-tiny"));
+  auto r = run_cli("info " + mqtest::model_dir("mamba-tiny"));
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("mamba"), std::string::npos);
   EXPECT_NE(r.out.find("state-spaces"), std::string::npos);
   const std::string j = mqtest::temp_dir("cli_info") + "/i.json";
-  r = run_cli("info " + model("mamba2-tiny-hf") + " --json " + j);
+  r = run_cli("info " + mqtest::model_dir("mamba2-tiny-hf") + " --json " + j);
   EXPECT_EQ(r.code, 0) << r.err;
   auto info = mambaq::read_json_file(j);
   EXPECT_EQ(info["architecture"], "mamba2");
@@ -42,8 +33,8 @@ TEST(Cli, InfoBothLayouts) {
 
 TEST(Cli, LogitsJsonMatchesReference) {
   const std::string j = mqtest::temp_dir("cli_logits") + "/l.json";
-  auto ref = mambaq::read_json_file(model("mamba2-tiny-hf") + "/reference.json")["reference_logits"][2];
-  auto r = run_cli("logits " + model("mamba2-tiny-hf") + " --prompt '" + ref["prompt"].get<std::string>() +
+  auto ref = mambaq::read_json_file(mqtest::model_dir("mamba2-tiny-hf") + "/reference.json")["reference_logits"][2];
+  auto r = run_cli("logits " + mqtest::model_dir("mamba2-tiny-hf") + " --prompt '" + ref["prompt"].get<std::string>() +
                    "' --top 10 --json " + j + " --threads 1");
   ASSERT_EQ(r.code, 0) << r.err;
   auto out = mambaq::read_json_file(j);
@@ -53,10 +44,10 @@ TEST(Cli, LogitsJsonMatchesReference) {
 }
 
 TEST(Cli, GenerateGreedyStreamsTheArgmaxContinuation) {
-  auto r = run_cli("generate " + model("mamba-tiny") + " --prompt 'The president said that' -n 8");
+  auto r = run_cli("generate " + mqtest::model_dir("mamba-tiny") + " --prompt 'The president said that' -n 8");
   ASSERT_EQ(r.code, 0) << r.err;
   // independent check: repeated full forward + argmax
-  auto m = mambaq::Model::load(model("mamba-tiny"));
+  auto m = mambaq::Model::load(mqtest::model_dir("mamba-tiny"));
   auto tok = mambaq::Tokenizer::load(mqtest::repo("data/tokenizer/gpt-neox-20b/tokenizer.json"));
   auto ids = tok->encode("The president said that");
   std::vector<int32_t> gen;
@@ -70,7 +61,7 @@ TEST(Cli, GenerateGreedyStreamsTheArgmaxContinuation) {
 }
 
 TEST(Cli, SamplingIsSeeded) {
-  const std::string args = "generate " + model("mamba-tiny") + " --prompt 'Once upon a time' -n 12 --temperature 0.9 --top-k 40 --top-p 0.95";
+  const std::string args = "generate " + mqtest::model_dir("mamba-tiny") + " --prompt 'Once upon a time' -n 12 --temperature 0.9 --top-k 40 --top-p 0.95";
   auto a = run_cli(args + " --seed 7"), b = run_cli(args + " --seed 7"), c = run_cli(args + " --seed 8");
   ASSERT_EQ(a.code, 0) << a.err;
   EXPECT_EQ(a.out, b.out);
@@ -79,7 +70,7 @@ TEST(Cli, SamplingIsSeeded) {
 
 TEST(Cli, EvalJsonShape) {
   const std::string j = mqtest::temp_dir("cli_eval") + "/e.json";
-  auto r = run_cli("eval " + model("mamba-tiny") + " --tasks lambada_openai,wikitext2,ppl:corpus/heldout.txt,lastword:corpus/lastword.jsonl --limit 3 --ppl-seqlen 256 --json " + j);
+  auto r = run_cli("eval " + mqtest::model_dir("mamba-tiny") + " --tasks lambada_openai,wikitext2,ppl:corpus/heldout.txt,lastword:corpus/lastword.jsonl --limit 3 --ppl-seqlen 256 --json " + j);
   ASSERT_EQ(r.code, 0) << r.err;
   auto e = mambaq::read_json_file(j);
   for (const char* k : {"acc", "correct", "n", "ppl"}) EXPECT_TRUE(e["results"]["lambada_openai"].contains(k)) << k;
@@ -92,18 +83,18 @@ TEST(Cli, EvalJsonShape) {
 }
 
 TEST(Cli, OneLineErrors) {
-  expect_one_line_error(run_cli("info /no/such/model"), "/no/such/model");
-  expect_one_line_error(run_cli("eval " + model("mamba-tiny") + " --tasks piqa"), "piqa");
-  expect_one_line_error(run_cli("eval " + model("mamba-tiny") + " --data-dir /no/data"), "--data-dir");
-  expect_one_line_error(run_cli("bench --synthetic mamba-9b"), "mamba-9b");
-  expect_one_line_error(run_cli("bench"), "--synthetic");
+  mqtest::expect_one_line_error(run_cli("info /no/such/model"), "/no/such/model");
+  mqtest::expect_one_line_error(run_cli("eval " + mqtest::model_dir("mamba-tiny") + " --tasks piqa"), "piqa");
+  mqtest::expect_one_line_error(run_cli("eval " + mqtest::model_dir("mamba-tiny") + " --data-dir /no/data"), "--data-dir");
+  mqtest::expect_one_line_error(run_cli("bench --synthetic mamba-9b"), "mamba-9b");
+  mqtest::expect_one_line_error(run_cli("bench"), "--synthetic");
   const std::string d = mqtest::temp_dir("cli_err");
   mqtest::write_file(d + "/config.json", "{\"model_type\": \"gpt2\"}");
-  expect_one_line_error(run_cli("info " + d), "gpt2");
-  auto r = run_cli("logits " + model("mamba-tiny"));  // --prompt missing: CLI11's usage error
+  mqtest::expect_one_line_error(run_cli("info " + d), "gpt2");
+  auto r = run_cli("logits " + mqtest::model_dir("mamba-tiny"));  // --prompt missing: CLI11's usage error
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("--prompt"), std::string::npos) << r.err;
-  r = run_cli("eval " + model("mamba-tiny") + " --ppl-seqlen 1");
+  r = run_cli("eval " + mqtest::model_dir("mamba-tiny") + " --ppl-seqlen 1");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("--ppl-seqlen"), std::string::npos) << r.err;
 }

@@ -12,10 +12,6 @@
 using namespace mambaq;
 
 namespace {
-const Tokenizer& tok() {
-  static auto t = Tokenizer::load(mqtest::repo("data/tokenizer/gpt-neox-20b/tokenizer.json"));
-  return *t;
-}
 EvalOptions opts(int seqlen = 1024) {
   EvalOptions o;
   o.data_dir = mqtest::repo("data");
@@ -30,14 +26,14 @@ void expect_rel(double got, double want, double tol, const std::string& what) {
 
 TEST(Protocol, LastwordSplitFollowsLmEval) {
   // context = up to the last space; continuation = " " + last word
-  auto d = lastword_split(tok(), "The cat sat on the mat");
-  EXPECT_EQ(tok().decode(d.context), "The cat sat on the");
-  EXPECT_EQ(tok().decode(d.continuation), " mat");
+  auto d = lastword_split(mqtest::tokenizer(), "The cat sat on the mat");
+  EXPECT_EQ(mqtest::tokenizer().decode(d.context), "The cat sat on the");
+  EXPECT_EQ(mqtest::tokenizer().decode(d.continuation), " mat");
   // trailing spaces of the context move into the continuation
-  auto d2 = lastword_split(tok(), "Hello there  world");
-  EXPECT_EQ(tok().decode(d2.context), "Hello there");
-  EXPECT_EQ(tok().decode(d2.continuation), "  world");
-  EXPECT_ERROR(lastword_split(tok(), "nospace"), "no space");
+  auto d2 = lastword_split(mqtest::tokenizer(), "Hello there  world");
+  EXPECT_EQ(mqtest::tokenizer().decode(d2.context), "Hello there");
+  EXPECT_EQ(mqtest::tokenizer().decode(d2.continuation), "  world");
+  EXPECT_ERROR(lastword_split(mqtest::tokenizer(), "nospace"), "no space");
 }
 
 TEST(Protocol, LastwordPerDocumentMatchesReference) {
@@ -45,7 +41,7 @@ TEST(Protocol, LastwordPerDocumentMatchesReference) {
   auto m = Model::load(mqtest::repo("models/mamba-tiny"));
   auto o = opts();
   o.limit = 300;
-  auto r = run_task(*m, tok(), "lambada_openai", o);
+  auto r = run_task(*m, mqtest::tokenizer(), "lambada_openai", o);
   auto per = read_json_file(mqtest::repo("models/mamba-tiny/lambada_openai_per_doc.json"));
   ASSERT_EQ(r.per_doc.size(), 300u);
   for (size_t i = 0; i < 300; ++i) {
@@ -62,17 +58,17 @@ TEST_P(BundledReference, LambadaHeldoutAndLastwordMatch) {
   const std::string dir = mqtest::repo(GetParam());
   auto m = Model::load(dir);
   auto ref = read_json_file(dir + "/reference.json");
-  auto lam = run_task(*m, tok(), "lambada_openai", opts());
+  auto lam = run_task(*m, mqtest::tokenizer(), "lambada_openai", opts());
   EXPECT_EQ(lam.json["correct"], ref["lambada_openai"]["correct"]);
   EXPECT_EQ(lam.json["n"], ref["lambada_openai"]["n"]);
   EXPECT_EQ(lam.json["target_tokens"], ref["lambada_openai"]["target_tokens"]);
   expect_rel(lam.json["ppl"], ref["lambada_openai"]["ppl"], 1e-3, "lambada ppl");
-  auto lw = run_task(*m, tok(), "lastword:corpus/lastword.jsonl", opts());
+  auto lw = run_task(*m, mqtest::tokenizer(), "lastword:corpus/lastword.jsonl", opts());
   EXPECT_EQ(lw.key, "lastword");
   EXPECT_EQ(lw.json["correct"], ref["heldout_lastword"]["correct"]);
   expect_rel(lw.json["ppl"], ref["heldout_lastword"]["ppl"], 1e-3, "lastword ppl");
   for (int S : {1024, 512}) {
-    auto h = run_task(*m, tok(), "ppl:corpus/heldout.txt", opts(S));
+    auto h = run_task(*m, mqtest::tokenizer(), "ppl:corpus/heldout.txt", opts(S));
     EXPECT_EQ(h.key, "heldout");
     EXPECT_EQ(h.json["tokens"], ref["heldout"]["tokens"]);
     EXPECT_EQ(h.json["scored"], ref["heldout"]["scored_" + std::to_string(S)]);
@@ -100,7 +96,7 @@ TEST_P(BundledWikitext, Full) {
   const std::string s = std::to_string(GetParam().seqlen);
   auto m = Model::load(dir);
   auto ref = read_json_file(dir + "/reference.json");
-  auto w = run_task(*m, tok(), "wikitext2", opts(GetParam().seqlen));
+  auto w = run_task(*m, mqtest::tokenizer(), "wikitext2", opts(GetParam().seqlen));
   EXPECT_EQ(w.json["tokens"], ref["wikitext2"]["tokens"]);
   EXPECT_EQ(w.json["scored"], ref["wikitext2"]["scored_" + s]);
   expect_rel(w.json["ppl"], ref["wikitext2"]["ppl_" + s], 1e-3, "wikitext2 ppl " + s);
@@ -121,20 +117,20 @@ TEST_P(SharedReference, MatchesReferenceJson) {
   const std::string dir = mqtest::shared("models/" + name);
   auto m = Model::load(dir);
   auto ref = read_json_file(dir + "/reference.json");
-  auto lam = run_task(*m, tok(), "lambada_openai", opts());
+  auto lam = run_task(*m, mqtest::tokenizer(), "lambada_openai", opts());
   EXPECT_EQ(lam.json["correct"], ref["lambada_openai"]["correct"]);
   expect_rel(lam.json["ppl"], ref["lambada_openai"]["ppl"], 1e-3, "lambada ppl");
-  auto lw = run_task(*m, tok(), "lastword:corpus/lastword.jsonl", opts());
+  auto lw = run_task(*m, mqtest::tokenizer(), "lastword:corpus/lastword.jsonl", opts());
   EXPECT_EQ(lw.json["correct"], ref["heldout_lastword"]["correct"]);
   expect_rel(lw.json["ppl"], ref["heldout_lastword"]["ppl"], 1e-3, "lastword ppl");
   for (int S : {1024, 512}) {
     if (!full && S == 512) continue;
     const std::string s = std::to_string(S);
-    auto h = run_task(*m, tok(), "ppl:corpus/heldout.txt", opts(S));
+    auto h = run_task(*m, mqtest::tokenizer(), "ppl:corpus/heldout.txt", opts(S));
     EXPECT_EQ(h.json["scored"], ref["heldout"]["scored_" + s]);
     expect_rel(h.json["ppl"], ref["heldout"]["ppl_" + s], 1e-3, "heldout ppl " + s);
     if (!full) continue;
-    auto w = run_task(*m, tok(), "wikitext2", opts(S));
+    auto w = run_task(*m, mqtest::tokenizer(), "wikitext2", opts(S));
     EXPECT_EQ(w.json["tokens"], ref["wikitext2"]["tokens"]);
     EXPECT_EQ(w.json["scored"], ref["wikitext2"]["scored_" + s]);
     expect_rel(w.json["ppl"], ref["wikitext2"]["ppl_" + s], 1e-3, "wikitext2 ppl " + s);
@@ -144,14 +140,14 @@ TEST_P(SharedReference, MatchesReferenceJson) {
 TEST(EvalErrors, BadTasksAndFiles) {
   auto m = Model::load(mqtest::repo("models/mamba-tiny"));
   const std::string d = mqtest::temp_dir("evalerr");
-  EXPECT_ERROR(run_task(*m, tok(), "hellaswag", opts()), "unknown task", "hellaswag");
-  EXPECT_ERROR(run_task(*m, tok(), "ppl:" + d + "/none.txt", opts()), "none.txt", "not found");
+  EXPECT_ERROR(run_task(*m, mqtest::tokenizer(), "hellaswag", opts()), "unknown task", "hellaswag");
+  EXPECT_ERROR(run_task(*m, mqtest::tokenizer(), "ppl:" + d + "/none.txt", opts()), "none.txt", "not found");
   mqtest::write_file(d + "/bad.jsonl", "{\"text\": \"a b\"}\n{not json}\n");
-  EXPECT_ERROR(run_task(*m, tok(), "lastword:" + d + "/bad.jsonl", opts()), "bad.jsonl:2", "malformed");
+  EXPECT_ERROR(run_task(*m, mqtest::tokenizer(), "lastword:" + d + "/bad.jsonl", opts()), "bad.jsonl:2", "malformed");
   mqtest::write_file(d + "/notext.jsonl", "{\"txt\": \"a b\"}\n");
-  EXPECT_ERROR(run_task(*m, tok(), "lastword:" + d + "/notext.jsonl", opts()), "notext.jsonl:1", "\"text\"");
+  EXPECT_ERROR(run_task(*m, mqtest::tokenizer(), "lastword:" + d + "/notext.jsonl", opts()), "notext.jsonl:1", "\"text\"");
   mqtest::write_file(d + "/empty.jsonl", "");
-  EXPECT_ERROR(run_task(*m, tok(), "lastword:" + d + "/empty.jsonl", opts()), "empty.jsonl", "empty");
+  EXPECT_ERROR(run_task(*m, mqtest::tokenizer(), "lastword:" + d + "/empty.jsonl", opts()), "empty.jsonl", "empty");
   mqtest::write_file(d + "/short.txt", "just a few words");
-  EXPECT_ERROR(run_task(*m, tok(), "ppl:" + d + "/short.txt", opts()), "short.txt", "fewer than one window");
+  EXPECT_ERROR(run_task(*m, mqtest::tokenizer(), "ppl:" + d + "/short.txt", opts()), "short.txt", "fewer than one window");
 }

@@ -6,19 +6,13 @@
 
 using namespace mambaq;
 
-namespace {
-const Tokenizer& tok() {
-  static auto t = Tokenizer::load(mqtest::repo("data/tokenizer/gpt-neox-20b/tokenizer.json"));
-  return *t;
-}
-}  // namespace
 
 class FakeQuantBoth : public ::testing::TestWithParam<const char*> {};
 INSTANTIATE_TEST_SUITE_P(Fixtures, FakeQuantBoth, ::testing::Values("models/mamba-tiny", "models/mamba2-tiny-hf"));
 
 TEST_P(FakeQuantBoth, HeldoutPerplexityStaysNearFp32) {
   auto fp = Model::load(mqtest::repo(GetParam()));
-  auto cs = make_calib_samples(tok(), mqtest::repo("data/corpus/calib.jsonl"), 512, 64);
+  auto cs = make_calib_samples(mqtest::tokenizer(), mqtest::repo("data/corpus/calib.jsonl"), 512, 64);
   CalibOptions co;
   co.progress = false;
   const Calibration cal = calibrate(*fp, cs, co);
@@ -28,9 +22,9 @@ TEST_P(FakeQuantBoth, HeldoutPerplexityStaysNearFp32) {
   eo.data_dir = mqtest::repo("data");
   eo.progress = false;
   eo.limit = 20;
-  const double ppl_fp = run_task(*fp, tok(), "ppl:corpus/heldout.txt", eo).json["ppl"];
+  const double ppl_fp = run_task(*fp, mqtest::tokenizer(), "ppl:corpus/heldout.txt", eo).json["ppl"];
   eo.tap = &tap;
-  const double ppl_fq = run_task(*fq, tok(), "ppl:corpus/heldout.txt", eo).json["ppl"];
+  const double ppl_fq = run_task(*fq, mqtest::tokenizer(), "ppl:corpus/heldout.txt", eo).json["ppl"];
   RecordProperty("ppl_fp32", std::to_string(ppl_fp));
   RecordProperty("ppl_w8a8_fake", std::to_string(ppl_fq));
   std::printf("%s held-out ppl (20 windows of 1024): fp32 %.3f, W8A8 fake %.3f (%+.2f%%)\n", GetParam(), ppl_fp, ppl_fq,
@@ -52,6 +46,6 @@ TEST(FakeQuant, HadamardFusionAloneChangesNothing) {
     L.out_proj.owner = buf;
   }
   fused.hadamard_out_proj = true;
-  auto ids = tok().encode("It is a truth universally acknowledged, that a single man");
+  auto ids = mqtest::tokenizer().encode("It is a truth universally acknowledged, that a single man");
   EXPECT_LT(mqtest::rel_err(fused.last_logits(ids), fp->last_logits(ids)), 1e-5);
 }

@@ -16,10 +16,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const Tokenizer& tok() {
-  static auto t = Tokenizer::load(mqtest::repo("data/tokenizer/gpt-neox-20b/tokenizer.json"));
-  return *t;
-}
 
 // Top-10 ids equal and logits within 1e-3 of reference.json, for every reference prompt.
 void check_reference_logits(const std::string& dir, const std::string& ref_dir) {
@@ -90,7 +86,7 @@ std::string to_hf(const std::string& n) {
   return n == "backbone.embedding.weight" ? "backbone.embeddings.weight" : n;
 }
 
-std::vector<float> prompt_logits(const Model& m) { return m.last_logits(tok().encode("It was the best of times, it was")); }
+std::vector<float> prompt_logits(const Model& m) { return m.last_logits(mqtest::tokenizer().encode("It was the best of times, it was")); }
 
 }  // namespace
 
@@ -109,7 +105,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, BothArchs, ::testing::Values("models/mamba-ti
 
 TEST_P(BothArchs, DecodeAfterPrefillEqualsFullForward) {
   auto m = Model::load(mqtest::repo(GetParam()));
-  const auto ids = tok().encode("Call me Ishmael. Some years ago, never mind how long precisely, having little money");
+  const auto ids = mqtest::tokenizer().encode("Call me Ishmael. Some years ago, never mind how long precisely, having little money");
   const int T = int(ids.size()), dm = m->config().d_model, pre = 5;
   std::vector<float> full(size_t(T) * dm);
   const int lens[1] = {T};
@@ -131,9 +127,9 @@ TEST_P(BothArchs, DecodeAfterPrefillEqualsFullForward) {
 TEST_P(BothArchs, PackedBatchEqualsSeparateRuns) {
   auto m = Model::load(mqtest::repo(GetParam()));
   const int dm = m->config().d_model;
-  std::vector<std::vector<int32_t>> seqs = {tok().encode("The president said that the nation"), tok().encode("She"),
-                                            tok().encode("In the beginning of the year, the committee met to decide"),
-                                            tok().encode("Call me Ishmael.")};
+  std::vector<std::vector<int32_t>> seqs = {mqtest::tokenizer().encode("The president said that the nation"), mqtest::tokenizer().encode("She"),
+                                            mqtest::tokenizer().encode("In the beginning of the year, the committee met to decide"),
+                                            mqtest::tokenizer().encode("Call me Ishmael.")};
   std::vector<int32_t> packed;
   std::vector<int> lens;
   for (auto& s : seqs) {

@@ -80,7 +80,9 @@ TEST(Observer, ScaleGrowsWithAlphaAndCoversAlpha) {
       size_t inside = 0;
       for (float x : v) inside += std::fabs(x) <= clip;
       EXPECT_GE(double(inside) / double(v.size()), a - 1.0 / double(v.size())) << a;  // interpolation: within one value
-      if (a == 1.0) EXPECT_EQ(inside, v.size());
+      if (a == 1.0) {
+        EXPECT_EQ(inside, v.size());
+      }
     }
   }
   EXPECT_ERROR(make_percentile_observer(1.5, PercentileMode::Ema), "--percentile-alpha");

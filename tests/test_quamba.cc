@@ -23,10 +23,6 @@ using namespace mambaq;
 namespace fs = std::filesystem;
 
 namespace {
-const Tokenizer& tok() {
-  static auto t = Tokenizer::load(mqtest::repo("data/tokenizer/gpt-neox-20b/tokenizer.json"));
-  return *t;
-}
 
 // FP model and its W8A8 quantization, made once per fixture (16 calibration samples x 512).
 struct Quantized {
@@ -38,7 +34,7 @@ const Quantized& quantized(const std::string& rel) {
   if (it != cache.end()) return it->second;
   Quantized r;
   r.fp = Model::load(mqtest::repo(rel));
-  auto cs = make_calib_samples(tok(), mqtest::repo("data/corpus/calib.jsonl"), 512, 16);
+  auto cs = make_calib_samples(mqtest::tokenizer(), mqtest::repo("data/corpus/calib.jsonl"), 512, 16);
   CalibOptions co;
   co.progress = false;
   QuantMeta meta;
@@ -56,9 +52,9 @@ struct Capture final : Tap {
 
 // Two packed sequences; returns the logits of every position and captures layer outputs.
 std::vector<float> run(const Model& m, Tap* cap) {
-  auto a = tok().encode("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+  auto a = mqtest::tokenizer().encode("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
                         "must be in want of a wife. However little known the feelings or views of such a man may be");
-  auto b = tok().encode("Call me Ishmael. Some years ago, never mind how long precisely, having little or no money "
+  auto b = mqtest::tokenizer().encode("Call me Ishmael. Some years ago, never mind how long precisely, having little or no money "
                         "in my purse, and nothing particular to interest me on shore, I thought I would sail about");
   std::vector<int32_t> toks(a);
   toks.insert(toks.end(), b.begin(), b.end());
@@ -135,7 +131,7 @@ TEST_P(Quamba, Int8StateBetweenDecodeStepsMatchesFake) {
   const auto& Q = quantized(GetParam());
   Model fake(*Q.q);
   fake.set_mode(ExecMode::Fake);
-  auto ids = tok().encode("The President of the United States shall, from time to time, give to the Congress "
+  auto ids = mqtest::tokenizer().encode("The President of the United States shall, from time to time, give to the Congress "
                           "information of the state of the union, and recommend to their consideration such "
                           "measures as he shall judge necessary and expedient");
   ASSERT_GE(ids.size(), 30u);

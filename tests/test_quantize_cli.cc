@@ -12,13 +12,6 @@
 using mqtest::run_cli;
 
 namespace {
-std::string model(const char* m) { return mqtest::repo(std::string("models/") + m); }
-void expect_one_line_error(const mqtest::CliResult& r, const std::string& frag) {
-  EXPECT_NE(r.code, 0);
-  EXPECT_NE(r.err.find("error"), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find(frag), std::string::npos) << r.err;
-  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
-}
 
 // A .npy reader written from numpy's format specification (version 1.0/2.0, '<f4', C order, 1-D).
 std::vector<float> parse_npy(const std::string& b) {
@@ -71,34 +64,34 @@ std::map<std::string, std::vector<float>> read_npz(const std::string& path) {
 
 TEST(QuantizeCli, BadInputGivesOneLineErrors) {
   const std::string d = mqtest::temp_dir("qcli_bad");
-  const std::string m = model("mamba-tiny"), q = " -q --no-log -o " + d + "/out ";
-  expect_one_line_error(run_cli("quantize " + m + q + "--recipe quamba9"), "--recipe");
-  expect_one_line_error(run_cli("quantize " + m + q + "--w-bits 4"), "--w-bits 4");
-  expect_one_line_error(run_cli("quantize " + m + q + "--a-bits 16"), "--a-bits 16");
-  expect_one_line_error(run_cli("quantize " + m + q + "--percentile-alpha 1.5"), "--percentile-alpha");
-  expect_one_line_error(run_cli("quantize " + m + q + "--percentile-mode median"), "--percentile-mode");
-  expect_one_line_error(run_cli("quantize " + m + q + "--weight-granularity row"), "--weight-granularity");
-  expect_one_line_error(run_cli("quantize " + m + q + "--calib-data " + d + "/nope.jsonl"), "nope.jsonl");
+  const std::string m = mqtest::model_dir("mamba-tiny"), q = " -q --no-log -o " + d + "/out ";
+  mqtest::expect_one_line_error(run_cli("quantize " + m + q + "--recipe quamba9"), "--recipe");
+  mqtest::expect_one_line_error(run_cli("quantize " + m + q + "--w-bits 4"), "--w-bits 4");
+  mqtest::expect_one_line_error(run_cli("quantize " + m + q + "--a-bits 16"), "--a-bits 16");
+  mqtest::expect_one_line_error(run_cli("quantize " + m + q + "--percentile-alpha 1.5"), "--percentile-alpha");
+  mqtest::expect_one_line_error(run_cli("quantize " + m + q + "--percentile-mode median"), "--percentile-mode");
+  mqtest::expect_one_line_error(run_cli("quantize " + m + q + "--weight-granularity row"), "--weight-granularity");
+  mqtest::expect_one_line_error(run_cli("quantize " + m + q + "--calib-data " + d + "/nope.jsonl"), "nope.jsonl");
   mqtest::write_file(d + "/empty.jsonl", "");
-  expect_one_line_error(run_cli("quantize " + m + q + "--calib-data " + d + "/empty.jsonl"), "empty.jsonl");
+  mqtest::expect_one_line_error(run_cli("quantize " + m + q + "--calib-data " + d + "/empty.jsonl"), "empty.jsonl");
   mqtest::write_file(d + "/bad.jsonl", "{\"text\": \"fine\"}\n{\"text\": oops}\n");
-  expect_one_line_error(run_cli("quantize " + m + q + "--calib-data " + d + "/bad.jsonl"), "bad.jsonl:2");
+  mqtest::expect_one_line_error(run_cli("quantize " + m + q + "--calib-data " + d + "/bad.jsonl"), "bad.jsonl:2");
   mqtest::write_file(d + "/notext.jsonl", "{\"title\": \"x\"}\n");
-  expect_one_line_error(run_cli("quantize " + m + q + "--calib-data " + d + "/notext.jsonl"), "notext.jsonl:1");
+  mqtest::expect_one_line_error(run_cli("quantize " + m + q + "--calib-data " + d + "/notext.jsonl"), "notext.jsonl:1");
   // an existing output folder is never touched without --force
   std::filesystem::create_directories(d + "/out");
   mqtest::write_file(d + "/out/keep.txt", "mine");
-  expect_one_line_error(run_cli("quantize " + m + q), "already exists");
+  mqtest::expect_one_line_error(run_cli("quantize " + m + q), "already exists");
   EXPECT_EQ(mqtest::read_file(d + "/out/keep.txt"), "mine");
-  expect_one_line_error(run_cli("quantize " + m + " -q --no-log --force -o " + m), "input model");
-  expect_one_line_error(run_cli("eval " + m + " --mode int8 --no-log --limit 1"), "not quantized");
-  expect_one_line_error(run_cli("eval " + m + " --mode int4 --no-log --limit 1"), "--mode");
+  mqtest::expect_one_line_error(run_cli("quantize " + m + " -q --no-log --force -o " + m), "input model");
+  mqtest::expect_one_line_error(run_cli("eval " + m + " --mode int8 --no-log --limit 1"), "not quantized");
+  mqtest::expect_one_line_error(run_cli("eval " + m + " --mode int4 --no-log --limit 1"), "--mode");
 }
 
 TEST(QuantizeCli, QuantizeEvalLogSnapshot) {
   const std::string d = mqtest::temp_dir("qcli_e2e");
   const std::string log = d + "/exp.jsonl", out = d + "/q";
-  auto r = run_cli("quantize " + model("mamba-tiny") + " -o " + out + " -q --calib-num 8 --calib-seqlen 256 --log " +
+  auto r = run_cli("quantize " + mqtest::model_dir("mamba-tiny") + " -o " + out + " -q --calib-num 8 --calib-seqlen 256 --log " +
                    log + " --save-activations " + d + "/act.npz --percentile-mode exact --weight-granularity channel");
   ASSERT_EQ(r.code, 0) << r.err;
   // config.json: the original config plus the quantization record
@@ -144,14 +137,14 @@ TEST(QuantizeCli, QuantizeEvalLogSnapshot) {
   EXPECT_NE(r.out.find("flags.mode"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("results.heldout.ppl"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("flags.tasks"), std::string::npos) << r.out;  // equal in both: not shown
-  expect_one_line_error(run_cli("logs " + log + " --compare 0 7"), "record 7");
+  mqtest::expect_one_line_error(run_cli("logs " + log + " --compare 0 7"), "record 7");
   r = run_cli("info " + out);
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("quamba1 W8A8, weights per channel, percentile alpha 0.9995 (exact)"), std::string::npos)
       << r.out;
   EXPECT_NE(r.out.find("I8"), std::string::npos) << r.out;
   // --force overwrites the folder's files; --verbose reports every point's alpha, max and scale
-  r = run_cli("quantize " + model("mamba-tiny") + " -o " + out + " -q --calib-num 2 --no-log --force --verbose");
+  r = run_cli("quantize " + mqtest::model_dir("mamba-tiny") + " -o " + out + " -q --calib-num 2 --no-log --force --verbose");
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.err.find("layer   7 ssm_state_act:input    percentile alpha 0.9995"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("layer   0 in_proj:input          minmax     alpha 1"), std::string::npos) << r.err;
@@ -224,7 +217,7 @@ TEST(ExperimentLog, MalformedLinesNameFileAndLine) {
   mqtest::write_file(d + "/b.jsonl", "[1, 2]\n");
   EXPECT_ERROR(mambaq::read_log(d + "/b.jsonl"), "b.jsonl:1", "not a JSON object");
   EXPECT_ERROR(mambaq::read_log(d + "/none.jsonl"), "none.jsonl");
-  expect_one_line_error(run_cli("logs " + d + "/a.jsonl"), "a.jsonl:2");
+  mqtest::expect_one_line_error(run_cli("logs " + d + "/a.jsonl"), "a.jsonl:2");
   // appending never rewrites what was there
   mambaq::append_log(d + "/b.jsonl", {{"k", 1}});
   EXPECT_EQ(mqtest::read_file(d + "/b.jsonl"), "[1, 2]\n{\"k\":1}\n");

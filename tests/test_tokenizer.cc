@@ -8,39 +8,35 @@
 
 using namespace mambaq;
 
-static const Tokenizer& tok() {
-  static auto t = Tokenizer::load(mqtest::repo("data/tokenizer/gpt-neox-20b/tokenizer.json"));
-  return *t;
-}
 
 TEST(Tokenizer, ReferenceIdsOfBothFixtures) {
   for (const char* m : {"models/mamba-tiny", "models/mamba2-tiny-hf"}) {
     auto ref = read_json_file(mqtest::repo(std::string(m) + "/reference.json"));
     for (const auto& r : ref["reference_logits"])
-      EXPECT_EQ(tok().encode(r["prompt"].get<std::string>()), r["ids"].get<std::vector<int32_t>>()) << r["prompt"];
+      EXPECT_EQ(mqtest::tokenizer().encode(r["prompt"].get<std::string>()), r["ids"].get<std::vector<int32_t>>()) << r["prompt"];
   }
 }
 
 TEST(Tokenizer, KnownEncodings) {
   // Independent expectations (GPT-NeoX tokenizer as published): " the" = 253, "," = 13, "." = 15,
   // "<|endoftext|>" = 0, a run of two spaces is the added token 50276.
-  EXPECT_EQ(tok().encode(" the"), (std::vector<int32_t>{253}));
-  EXPECT_EQ(tok().encode("a,b."), (std::vector<int32_t>{66, 13, 67, 15}));
-  EXPECT_EQ(tok().encode("<|endoftext|>"), (std::vector<int32_t>{0}));
-  EXPECT_EQ(tok().encode("x  y"), (std::vector<int32_t>{89, 50276, 90}));
-  EXPECT_EQ(tok().eos_id(), 0);
-  EXPECT_TRUE(tok().encode("").empty());
+  EXPECT_EQ(mqtest::tokenizer().encode(" the"), (std::vector<int32_t>{253}));
+  EXPECT_EQ(mqtest::tokenizer().encode("a,b."), (std::vector<int32_t>{66, 13, 67, 15}));
+  EXPECT_EQ(mqtest::tokenizer().encode("<|endoftext|>"), (std::vector<int32_t>{0}));
+  EXPECT_EQ(mqtest::tokenizer().encode("x  y"), (std::vector<int32_t>{89, 50276, 90}));
+  EXPECT_EQ(mqtest::tokenizer().eos_id(), 0);
+  EXPECT_TRUE(mqtest::tokenizer().encode("").empty());
 }
 
 TEST(Tokenizer, NfcNormalisation) {
   // "e" + combining acute (U+0301) normalises to U+00E9 before BPE
-  EXPECT_EQ(tok().encode("caf\x65\xcc\x81"), tok().encode("caf\xc3\xa9"));
+  EXPECT_EQ(mqtest::tokenizer().encode("caf\x65\xcc\x81"), mqtest::tokenizer().encode("caf\xc3\xa9"));
 }
 
 TEST(Tokenizer, RoundTripEdgeCases) {
   for (const std::string& s : std::vector<std::string>{"  leading", "trailing   ", "tabs\t\tand\nnewlines\n\n", "emoji \xf0\x9f\x98\x80!",
                               "'s 're 've 'll", "digits 12345 3.14", std::string(60, ' ') + "x", "<|padding|> x"})
-    EXPECT_EQ(tok().decode(tok().encode(s)), s);
+    EXPECT_EQ(mqtest::tokenizer().decode(mqtest::tokenizer().encode(s)), s);
 }
 
 static void round_trip_lines(const std::string& path, bool jsonl) {
@@ -50,7 +46,7 @@ static void round_trip_lines(const std::string& path, bool jsonl) {
   int n = 0, bad = 0;
   while (std::getline(in, line)) {
     std::string text = jsonl ? nlohmann::json::parse(line)["text"].get<std::string>() : line;
-    if (tok().decode(tok().encode(text)) != text && ++bad < 5) ADD_FAILURE() << "line " << n + 1 << ": " << text;
+    if (mqtest::tokenizer().decode(mqtest::tokenizer().encode(text)) != text && ++bad < 5) ADD_FAILURE() << "line " << n + 1 << ": " << text;
     ++n;
   }
   EXPECT_EQ(bad, 0);
@@ -63,9 +59,9 @@ TEST(Tokenizer, RoundTripEveryWikitextLine) { round_trip_lines(mqtest::repo("dat
 TEST(Tokenizer, WholeFileTokenCountsMatchReference) {
   auto ref = read_json_file(mqtest::repo("models/mamba-tiny/reference.json"));
   const std::string wiki = mqtest::read_file(mqtest::repo("data/wikitext-2-raw/wiki.test.raw"));
-  EXPECT_EQ(int64_t(tok().encode(wiki).size()), ref["wikitext2"]["tokens"].get<int64_t>());
+  EXPECT_EQ(int64_t(mqtest::tokenizer().encode(wiki).size()), ref["wikitext2"]["tokens"].get<int64_t>());
   const std::string held = mqtest::read_file(mqtest::repo("data/corpus/heldout.txt"));
-  EXPECT_EQ(int64_t(tok().encode(held).size()), ref["heldout"]["tokens"].get<int64_t>());
+  EXPECT_EQ(int64_t(mqtest::tokenizer().encode(held).size()), ref["heldout"]["tokens"].get<int64_t>());
 }
 
 TEST(Tokenizer, Errors) {
@@ -73,5 +69,5 @@ TEST(Tokenizer, Errors) {
   EXPECT_ERROR(Tokenizer::load(dir + "/none.json"), "none.json", "not found");
   mqtest::write_file(dir + "/bad.json", "{\"model\": {\"type\": \"BPE\"}}");
   EXPECT_ERROR(Tokenizer::load(dir + "/bad.json"), "bad.json", "malformed");
-  EXPECT_ERROR(tok().encode("bad \xff byte"), "UTF-8");
+  EXPECT_ERROR(mqtest::tokenizer().encode("bad \xff byte"), "UTF-8");
 }

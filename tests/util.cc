@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -41,6 +42,18 @@ CliResult run_cli(const std::string& args) {
   const std::string cmd = std::string(MAMBAQ_CLI) + " " + args + " > " + dir + "/out 2> " + dir + "/err";
   const int rc = std::system(cmd.c_str());
   return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, read_file(dir + "/out"), read_file(dir + "/err")};
+}
+
+void expect_one_line_error(const CliResult& r, const std::string& frag) {
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("error"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(frag), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+}
+
+const mambaq::Tokenizer& tokenizer() {
+  static auto t = mambaq::Tokenizer::load(repo("data/tokenizer/gpt-neox-20b/tokenizer.json"));
+  return *t;
 }
 
 }  // namespace mqtest

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "mambaq/error.h"
+#include "mambaq/tokenizer.h"
 
 #include <cmath>
 #include <filesystem>
@@ -62,6 +63,12 @@ struct CliResult {
   std::string out, err;
 };
 CliResult run_cli(const std::string& args);
+// A failed command: non-zero exit, one line on stderr that says "error" and contains `frag`.
+void expect_one_line_error(const CliResult& r, const std::string& frag);
+
+// The bundled GPT-NeoX tokenizer (loaded once) and bundled model folders.
+const mambaq::Tokenizer& tokenizer();
+inline std::string model_dir(const std::string& name) { return repo("models/" + name); }
 
 }  // namespace mqtest
 

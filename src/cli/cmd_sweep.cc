@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <iostream>
@@ -38,6 +39,14 @@ int run_self(const std::vector<std::string>& args) {
 }
 
 std::string value_str(const nlohmann::json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
+
+// A matrix key's value in a cell ("percentile_alpha" -> "1.0"), "-" if the cell has none.
+std::string cell_value(const SweepCell& c, const std::string& key) {
+  std::string flag = "--" + key;
+  std::replace(flag.begin(), flag.end(), '_', '-');
+  const auto& m = c.quantize.count(flag) ? c.quantize : c.eval;
+  return m.count(flag) ? value_str(m.at(flag)) : "-";
+}
 
 // Rough cost of a cell in tokens through the model: calibration plus evaluation.
 double cell_tokens(const SweepCell& c, const SweepSpec& s, const std::string& data_dir) {
@@ -114,14 +123,8 @@ Runner register_sweep(CLI::App& app) {
         est += cell_tokens(c, s, o->c.data_dir) / tps[c.model] * 1.5 + 2;  // + LM head, loading
       }
       fmt::print("{:>3}  {:<12}  {:<28}", i, c.id, c.model);
-      for (const auto& k : s.varying) {
-        if (k == "model") continue;
-        std::string dk = "--" + k;
-        for (auto& ch : dk)
-          if (ch == '_') ch = '-';
-        const auto& m = c.quantize.count(dk) ? c.quantize : c.eval;
-        fmt::print("  {:<18}", m.count(dk) ? value_str(m.at(dk)) : "-");
-      }
+      for (const auto& k : s.varying)
+        if (k != "model") fmt::print("  {:<18}", cell_value(c, k));
       fmt::print("  {}\n", done.count(c.id) ? "done (skipped)" : "to run");
     }
     const size_t todo = s.cells.size() - std::min(s.cells.size(), done.size());
@@ -176,14 +179,8 @@ Runner register_sweep(CLI::App& app) {
     for (const auto& c : s.cells) {
       const auto& r = done.at(c.id);
       fmt::print("{:<12}  {:<24}", c.id, fs::path(c.model).filename().string());
-      for (const auto& k : s.varying) {
-        if (k == "model") continue;
-        std::string dk = "--" + k;
-        for (auto& ch : dk)
-          if (ch == '_') ch = '-';
-        const auto& m = c.quantize.count(dk) ? c.quantize : c.eval;
-        fmt::print("  {:<18}", m.count(dk) ? value_str(m.at(dk)) : "-");
-      }
+      for (const auto& k : s.varying)
+        if (k != "model") fmt::print("  {:<18}", cell_value(c, k));
       for (const auto& col : cols) {
         const auto sp = col.rfind(' ');
         const auto& v = r["results"].value(col.substr(0, sp), nlohmann::json::object());

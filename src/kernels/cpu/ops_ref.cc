@@ -20,14 +20,20 @@ void rmsnorm(const float* x, const float* w, float* out, int T, int d, float eps
   }
 }
 
-void conv1d_silu(const float* x, int ldx, int T, int C, int K, const float* w, const float* b, float* state,
-                 float* out, int ldo) {
-  // window {K-1+T, C}: the carried state followed by the inputs
-  std::vector<float> win(size_t(K - 1 + T) * C, 0.f);
+// The causal conv's window {K-1+T, C}: the carried state (or zeros) followed by the inputs.
+template <class V>
+static std::vector<V> conv_window(const V* x, int ldx, int T, int C, int K, const V* state) {
+  std::vector<V> win(size_t(K - 1 + T) * C, V(0));
   if (state)
     for (int i = 0; i < (K - 1) * C; ++i) win[size_t(i)] = state[i];
   for (int t = 0; t < T; ++t)
     for (int c = 0; c < C; ++c) win[size_t(K - 1 + t) * C + c] = x[size_t(t) * ldx + c];
+  return win;
+}
+
+void conv1d_silu(const float* x, int ldx, int T, int C, int K, const float* w, const float* b, float* state,
+                 float* out, int ldo) {
+  const std::vector<float> win = conv_window(x, ldx, T, C, K, state);
   for (int t = 0; t < T; ++t)
     for (int c = 0; c < C; ++c) {
       double acc = b ? b[c] : 0.0;
@@ -153,11 +159,7 @@ void gemm_s8(int M, int N, int K, const int8_t* A, int lda, float a_scale, const
 
 void conv1d_s8_silu(const int8_t* x, int ldx, float x_scale, int T, int C, int K, const int8_t* w, float w_scale,
                     const float* b, int8_t* state, const float* out_scale, int8_t* out, int ldo) {
-  std::vector<int8_t> win(size_t(K - 1 + T) * C, 0);  // carried state followed by the inputs
-  if (state)
-    for (int i = 0; i < (K - 1) * C; ++i) win[size_t(i)] = state[i];
-  for (int t = 0; t < T; ++t)
-    for (int c = 0; c < C; ++c) win[size_t(K - 1 + t) * C + c] = x[size_t(t) * ldx + c];
+  const std::vector<int8_t> win = conv_window(x, ldx, T, C, K, static_cast<const int8_t*>(state));
   for (int t = 0; t < T; ++t)
     for (int c = 0; c < C; ++c) {
       int acc = 0;
