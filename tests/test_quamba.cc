@@ -183,7 +183,11 @@ TEST_P(Quamba, SavedModelReloadsBitIdentical) {
     EXPECT_EQ(s->scale, p.scale);
     EXPECT_EQ(s->observer, p.observer);
   }
+  // int8 mode reads (and holds) int8 projections: fewer bytes than the FP model; fake mode reads floats
+  EXPECT_EQ(r->weight_bytes(), Q.fp->weight_bytes());
+  r->set_mode(ExecMode::Int8);
   EXPECT_LT(r->weight_bytes(), Q.fp->weight_bytes());
+  EXPECT_EQ(r->weights().layers[0].in_proj.data, nullptr);  // the float copies were freed
 }
 
 // --fp-ops: attribution runs of the fake-quant simulation.

@@ -126,7 +126,7 @@ class Model {
 
   const std::vector<TensorInfo>& tensor_info() const { return info_; }
   int64_t num_params() const;
-  size_t weight_bytes() const;  // fp32 bytes held
+  size_t weight_bytes() const;  // bytes of weights held (read once per decoded token)
 
   SeqState new_state() const;
 

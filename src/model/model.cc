@@ -132,6 +132,10 @@ void Model::set_mode(ExecMode m) {
     for (int l = 0; l < cfg_.n_layer; ++l) dequantize_into(q_->layers[size_t(l)], cfg_, w_.layers[size_t(l)]);
     float_weights_ = true;
   }
+  if (m == ExecMode::Int8 && q_ && float_weights_) {  // int8 reads only the int8 projections: free the floats
+    for (auto& L : w_.layers) L.in_proj = L.conv_w = L.x_proj = L.dt_proj_w = L.out_proj = Weight{};
+    float_weights_ = false;
+  }
   hadamard_out_proj = q_ != nullptr;
   mode_ = m;
 }

@@ -119,26 +119,25 @@ int64_t Model::num_params() const {
 }
 
 size_t Model::weight_bytes() const {
-  if (q_ && mode_ == ExecMode::Int8) {  // int8 projections + fp32 everything else
-    size_t n = 0;
-    auto f = [&](const Weight& w) { n += size_t(w.size()) * 4; };
-    f(w_.embedding), f(w_.norm_f);
-    if (w_.lm_head.data != w_.embedding.data) f(w_.lm_head);
-    for (size_t l = 0; l < w_.layers.size(); ++l) {
-      const auto& L = w_.layers[l];
-      for (const Weight* x : {&L.norm, &L.in_proj_b, &L.conv_b, &L.dt_proj_b, &L.dt_bias, &L.A_log, &L.D, &L.gnorm,
-                              &L.out_proj_b})
-        f(*x);
+  // What a decoded token reads: fp32 weights (a float mode of a quantized model reads its
+  // dequantized projections), int8 projections in int8 mode; the embedding once (tied LM head).
+  size_t n = 0;
+  auto f = [&](const Weight& w) { n += w.data ? size_t(w.size()) * 4 : 0; };
+  f(w_.embedding), f(w_.norm_f);
+  if (w_.lm_head.data != w_.embedding.data) f(w_.lm_head);
+  for (size_t l = 0; l < w_.layers.size(); ++l) {
+    const auto& L = w_.layers[l];
+    for (const Weight* x : {&L.norm, &L.in_proj_b, &L.conv_b, &L.dt_proj_b, &L.dt_bias, &L.A_log, &L.D, &L.gnorm,
+                            &L.out_proj_b})
+      f(*x);
+    if (q_ && mode_ == ExecMode::Int8) {
       const auto& Q = q_->layers[l];
       for (const QuantizedWeight* x : {&Q.in_proj, &Q.conv, &Q.x_proj, &Q.dt_proj, &Q.out_proj})
         n += x->size() + x->scales.size() * 4;
+    } else {
+      for (const Weight* x : {&L.in_proj, &L.conv_w, &L.x_proj, &L.dt_proj_w, &L.out_proj}) f(*x);
     }
-    return n;
   }
-  size_t n = size_t(w_.embedding.size()) * 4;
-  for (const auto& t : info_)
-    if (t.name.find("embedding") == std::string::npos && t.dtype != "I8" && !t.name.ends_with("_scale"))
-      n += size_t(numel(t.shape)) * 4;
   return n;
 }
 
