@@ -94,14 +94,14 @@ class CalibTap final : public Tap {
       if (point == "lm_head:input") observe_rows(obs_.at({-1, "lm_head:input"}).get(), data, cols, 0, cols, false, offs);
       return;
     }
+    if (point == "ssm_state") {  // a sequence's SSM state after the forward pass: one sample each
+      obs_.at({layer, "ssm_state_act:input"})->observe(data, size_t(rows) * size_t(cols));
+      return;
+    }
     auto it = subs_.find(std::string(point));
     if (it == subs_.end()) return;
     for (const auto& s : it->second)
       observe_rows(obs_.at({layer, s.name}).get(), data, cols, s.c0, s.c1, s.hadamard, offs);
-  }
-
-  void observe_state(int layer, const std::vector<float>& st) {
-    obs_.at({layer, "ssm_state_act:input"})->observe(st.data(), st.size());
   }
 
   Calibration result() const {
@@ -156,14 +156,12 @@ Calibration calibrate(const Model& m, const CalibSamples& cs, const CalibOptions
       lens.push_back(int(cs.samples[s1].size()));
       ++s1;
     }
-    std::vector<SeqState> states;
+    std::vector<SeqState> states;  // with states, the forward pass taps each sample's final SSM state
     for (size_t i = s0; i < s1; ++i) states.push_back(m.new_state());
     std::vector<SeqState*> sp;
     for (auto& st : states) sp.push_back(&st);
     hidden.resize(toks.size() * size_t(c.d_model));
     m.forward(toks, lens, sp.data(), hidden.data(), &tap);
-    for (auto& st : states)  // the SSM state at the end of each sample
-      for (int l = 0; l < c.n_layer; ++l) calib_tap.observe_state(l, st.ssm[size_t(l)]);
     bar.add(int64_t(s1 - s0));
     s0 = s1;
   }
