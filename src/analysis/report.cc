@@ -1,7 +1,6 @@
 #include "analysis/report.h"
 
 #include <fmt/format.h>
-#include <zip.h>
 
 #include <algorithm>
 #include <cmath>
@@ -144,36 +143,6 @@ std::string bars(const std::string& id, const std::string& title, const std::vec
 }
 
 }  // namespace
-
-std::map<std::string, std::vector<float>> load_npz(const std::string& path) {
-  int err = 0;
-  zip_t* z = zip_open(path.c_str(), ZIP_RDONLY, &err);
-  if (!z) fail("{}: cannot open as .npz (zip error {})", path, err);
-  std::map<std::string, std::vector<float>> out;
-  for (zip_int64_t i = 0; i < zip_get_num_entries(z, 0); ++i) {
-    zip_stat_t st;
-    zip_stat_index(z, zip_uint64_t(i), 0, &st);
-    std::string name = st.name, buf(st.size, '\0');
-    zip_file_t* f = zip_fopen_index(z, zip_uint64_t(i), 0);
-    const bool ok = f && zip_fread(f, buf.data(), st.size) == zip_int64_t(st.size);
-    if (f) zip_fclose(f);
-    if (!ok || buf.size() < 10 || buf.compare(0, 6, "\x93NUMPY") != 0) {
-      zip_close(z);
-      fail("{}: member '{}' is not a .npy array", path, name);
-    }
-    const size_t hl = size_t(uint8_t(buf[8])) | (size_t(uint8_t(buf[9])) << 8);
-    if (buf.substr(10, hl).find("'<f4'") == std::string::npos) {
-      zip_close(z);
-      fail("{}: member '{}' is not float32", path, name);
-    }
-    std::vector<float> v((buf.size() - 10 - hl) / 4);
-    std::memcpy(v.data(), buf.data() + 10 + hl, v.size() * 4);
-    if (name.ends_with(".npy")) name.resize(name.size() - 4);
-    out[name] = std::move(v);
-  }
-  zip_close(z);
-  return out;
-}
 
 std::string render_report(const ReportInputs& in) {
   std::string h = "<!DOCTYPE html>\n<html xmlns=\"http://www.w3.org/1999/xhtml\" lang=\"en\"><head><meta charset=\"utf-8\"/><title>" +

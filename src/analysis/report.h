@@ -21,7 +21,4 @@ struct ReportInputs {
 
 std::string render_report(const ReportInputs& in);
 
-// Reads a .npz of float32 1-D arrays (as written by save_npz); errors name the file.
-std::map<std::string, std::vector<float>> load_npz(const std::string& path);
-
 }  // namespace mambaq

@@ -7,6 +7,7 @@
 #include "analysis/report.h"
 #include "cli/common.h"
 #include "io/json_file.h"
+#include "io/npz.h"
 #include "mambaq/error.h"
 
 namespace mambaq::cli {

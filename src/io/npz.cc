@@ -46,31 +46,64 @@ void save_npy(const std::string& path, const std::vector<float>& v, std::vector<
   if (!out) fail("{}: write failed", path);
 }
 
-std::vector<float> load_npy(const std::string& path, std::vector<size_t>* shape) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("{}: cannot open", path);
-  char pre[10];
-  if (!in.read(pre, 10) || std::string(pre, 6) != std::string("\x93NUMPY", 6) || pre[6] != 1)
-    fail("{}: not a version 1.0 .npy file", path);
-  const size_t hlen = size_t(uint8_t(pre[8])) | (size_t(uint8_t(pre[9])) << 8);
-  std::string h(hlen, '\0');
-  if (!in.read(h.data(), std::streamsize(hlen))) fail("{}: truncated .npy header", path);
+// Parses .npy bytes (version 1.0, '<f4', C order); `source` names the file or member in errors.
+static std::vector<float> parse_npy(const std::string& b, const std::string& source, std::vector<size_t>* shape) {
+  if (b.size() < 10 || b.compare(0, 6, "\x93NUMPY") != 0 || b[6] != 1)
+    fail("{}: not a version 1.0 .npy array", source);
+  const size_t hlen = size_t(uint8_t(b[8])) | (size_t(uint8_t(b[9])) << 8);
+  if (b.size() < 10 + hlen) fail("{}: truncated .npy header", source);
+  const std::string h = b.substr(10, hlen);
   if (h.find("'descr': '<f4'") == std::string::npos || h.find("'fortran_order': False") == std::string::npos)
-    fail("{}: only little-endian float32 C-order .npy files are read", path);
-  const size_t a = h.find("'shape': ("), b = h.find(')', a);
-  if (a == std::string::npos || b == std::string::npos) fail("{}: .npy header has no shape", path);
+    fail("{}: only little-endian float32 C-order .npy arrays are read", source);
+  const size_t a = h.find("'shape': ("), e = h.find(')', a);
+  if (a == std::string::npos || e == std::string::npos) fail("{}: .npy header has no shape", source);
   std::vector<size_t> dims;
   size_t count = 1;
-  std::stringstream ss(h.substr(a + 10, b - a - 10));
+  std::stringstream ss(h.substr(a + 10, e - a - 10));
   for (std::string t; std::getline(ss, t, ',');)
     if (t.find_first_not_of(' ') != std::string::npos) {
       dims.push_back(std::stoul(t));
       count *= dims.back();
     }
+  if (b.size() < 10 + hlen + count * 4) fail("{}: truncated .npy data", source);
   std::vector<float> v(count);
-  if (!in.read(reinterpret_cast<char*>(v.data()), std::streamsize(count * 4))) fail("{}: truncated .npy data", path);
+  std::memcpy(v.data(), b.data() + 10 + hlen, count * 4);
   if (shape) *shape = dims;
   return v;
+}
+
+std::vector<float> load_npy(const std::string& path, std::vector<size_t>* shape) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("{}: cannot open", path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse_npy(ss.str(), path, shape);
+}
+
+std::map<std::string, std::vector<float>> load_npz(const std::string& path) {
+  int err = 0;
+  zip_t* z = zip_open(path.c_str(), ZIP_RDONLY, &err);
+  if (!z) fail("{}: cannot open as .npz (zip error {})", path, err);
+  std::map<std::string, std::vector<float>> out;
+  try {
+    for (zip_int64_t i = 0; i < zip_get_num_entries(z, 0); ++i) {
+      zip_stat_t st;
+      zip_stat_index(z, zip_uint64_t(i), 0, &st);
+      std::string name = st.name, buf(st.size, '\0');
+      zip_file_t* f = zip_fopen_index(z, zip_uint64_t(i), 0);
+      const bool ok = f && zip_fread(f, buf.data(), st.size) == zip_int64_t(st.size);
+      if (f) zip_fclose(f);
+      if (!ok) fail("{}: cannot read member '{}'", path, name);
+      std::vector<float> v = parse_npy(buf, path + ": member '" + name + "'", nullptr);
+      if (name.ends_with(".npy")) name.resize(name.size() - 4);
+      out[name] = std::move(v);
+    }
+  } catch (...) {
+    zip_close(z);
+    throw;
+  }
+  zip_close(z);
+  return out;
 }
 
 void save_npz(const std::string& path, const std::map<std::string, std::vector<float>>& arrays) {

@@ -14,6 +14,8 @@ void save_npy(const std::string& path, const std::vector<float>& v, std::vector<
 // Reads a .npy written by save_npy (or numpy: '<f4', C order); errors name the file.
 std::vector<float> load_npy(const std::string& path, std::vector<size_t>* shape = nullptr);
 // Writes arrays as FILE.npz (members "<key>.npy"); fails naming the file.
+// Reads a .npz of float32 arrays (member name without ".npy" -> values); errors name the file.
+std::map<std::string, std::vector<float>> load_npz(const std::string& path);
 void save_npz(const std::string& path, const std::map<std::string, std::vector<float>>& arrays);
 
 }  // namespace mambaq
