@@ -142,6 +142,9 @@ Runner register_bench(CLI::App& app) {
     for (std::string t; std::getline(ss, t, ',');)
       if (!t.empty()) modes.push_back(parse_mode(t));
     if (modes.empty()) modes.push_back(m->mode());
+    for (ExecMode mode : modes)  // before measuring anything
+      if (mode != ExecMode::FP32 && !m->is_quantized() && o->synthetic.empty())
+        fail("--mode {}: {} is not quantized (run `mambaq quantize` first)", mode_name(mode), o->model);
     // FP modes first: the FP weights are freed before the quantized modes run, so each mode's
     // peak memory is its own.
     std::stable_sort(modes.begin(), modes.end(), [](ExecMode a, ExecMode b) { return (a == ExecMode::FP32) > (b == ExecMode::FP32); });
@@ -156,7 +159,6 @@ Runner register_bench(CLI::App& app) {
     double quantize_s = 0;
     for (ExecMode mode : modes) {
       if (mode != ExecMode::FP32 && !m->is_quantized()) {
-        if (o->synthetic.empty()) fail("--mode {}: {} is not quantized (run `mambaq quantize` first)", mode_name(mode), o->model);
         const double tq = now_s();
         CalibSamples cs;  // random tokens: the synthetic weights are random too
         for (int s = 0; s < 4; ++s) {
