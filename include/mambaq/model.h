@@ -122,7 +122,6 @@ class Model {
   // Fake mode only: keep the op kinds of `mask` in FP32 (see FpOps); linear and conv take their
   // weights from `fp`, the FP model this one was quantized from (same shapes).
   void set_fp_ops(unsigned mask, const Model* fp);
-  unsigned fp_ops() const { return fp_ops_; }
 
   const std::vector<TensorInfo>& tensor_info() const { return info_; }
   int64_t num_params() const;
@@ -149,7 +148,6 @@ class Model {
   std::vector<TensorInfo> info_;
   std::shared_ptr<const QuantizedModel> q_;
   ExecMode mode_ = ExecMode::FP32;
-  bool float_weights_ = true;  // projections present as float (false for a loaded int8 model)
   unsigned fp_ops_ = 0;
   // x {T, d_model} -> out {T, d_model}; conv_st / ssm_st: this layer's state of each sequence (or null)
   void mixer_mamba1(int layer, float* x, float* out, int T, std::span<const int> offs, float* const* conv_st,

@@ -41,6 +41,15 @@ struct Weight {
   std::shared_ptr<const void> owner;
   int64_t size() const { return numel(shape); }
   int64_t dim(int i) const { return shape.at(size_t(i)); }
+  // A weight owning its values.
+  static Weight from_vector(std::vector<float> v, std::vector<int64_t> shape) {
+    auto buf = std::make_shared<std::vector<float>>(std::move(v));
+    Weight w;
+    w.shape = std::move(shape);
+    w.data = buf->data();
+    w.owner = buf;
+    return w;
+  }
 };
 
 // Convert any float dtype to fp32 (fp16/bf16/f64 are converted, f32 is shared).

@@ -75,9 +75,7 @@ Runner register_quantize(CLI::App& app) {
     apply_common(o->c);
     const nlohmann::json extra = parse_log_extra(o->log_extra);
     // Every flag is checked before the (long) calibration starts.
-    if (o->recipe != "quamba1") fail("--recipe: unknown recipe '{}' (this build has: quamba1)", o->recipe);
-    if (o->w_bits != 8) fail("--w-bits {}: not supported by the quamba1 recipe (W8A8)", o->w_bits);
-    if (o->a_bits != 8) fail("--a-bits {}: not supported by the quamba1 recipe (W8A8)", o->a_bits);
+    check_recipe(o->recipe, o->w_bits, o->a_bits);
     if (!(o->alpha > 0 && o->alpha <= 1)) fail("--percentile-alpha {} must be in (0, 1]", o->alpha);
     if (o->pmode != "ema" && o->pmode != "exact") fail("--percentile-mode '{}': expected ema or exact", o->pmode);
     if (o->gran != "tensor" && o->gran != "channel")

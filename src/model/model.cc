@@ -14,7 +14,6 @@
 
 namespace mambaq {
 
-
 void Model::forward(std::span<const int32_t> tokens, std::span<const int> lens, SeqState* const* states,
                     float* hidden, Tap* tap) const {
   const int dm = cfg_.d_model;
@@ -119,22 +118,20 @@ ExecMode parse_mode(const std::string& s) {
 
 void Model::set_quantized(std::shared_ptr<const QuantizedModel> q) {
   q_ = std::move(q);
-  mode_ = ExecMode::Int8;
-  hadamard_out_proj = true;
-  float_weights_ = false;  // int8 mode needs only the int8 projections
-  for (auto& L : w_.layers) L.in_proj = L.conv_w = L.x_proj = L.dt_proj_w = L.out_proj = Weight{};
+  set_mode(ExecMode::Int8);
 }
 
+// Float projections are held exactly when a float mode needs them: int8 reads only the int8
+// codes, fp32 and fake a quantized model's dequantized weights.
 void Model::set_mode(ExecMode m) {
   if (m != ExecMode::FP32 && !q_)
     fail("--mode {}: the model is not quantized (make one with `mambaq quantize`, or use --mode fp32)", mode_name(m));
-  if (m != ExecMode::Int8 && !float_weights_) {
-    for (int l = 0; l < cfg_.n_layer; ++l) dequantize_into(q_->layers[size_t(l)], cfg_, w_.layers[size_t(l)]);
-    float_weights_ = true;
-  }
-  if (m == ExecMode::Int8 && q_ && float_weights_) {  // int8 reads only the int8 projections: free the floats
-    for (auto& L : w_.layers) L.in_proj = L.conv_w = L.x_proj = L.dt_proj_w = L.out_proj = Weight{};
-    float_weights_ = false;
+  if (q_) {
+    const bool held = !w_.layers.empty() && w_.layers[0].in_proj.data;
+    if (m == ExecMode::Int8)
+      for (auto& L : w_.layers) L.in_proj = L.conv_w = L.x_proj = L.dt_proj_w = L.out_proj = Weight{};
+    else if (!held)
+      for (int l = 0; l < cfg_.n_layer; ++l) dequantize_into(q_->layers[size_t(l)], cfg_, w_.layers[size_t(l)]);
   }
   hadamard_out_proj = q_ != nullptr;
   mode_ = m;
@@ -190,9 +187,7 @@ void Model::set_fp_ops(unsigned mask, const Model* fp) {
         // out_proj reads the rotated input H y: W H^T, in float
         std::vector<float> w(F.out_proj.data, F.out_proj.data + F.out_proj.size());
         hadamard_fuse_right(w.data(), int(F.out_proj.dim(0)), int(F.out_proj.dim(1)));
-        auto buf = std::make_shared<std::vector<float>>(std::move(w));
-        L.out_proj.data = buf->data();
-        L.out_proj.owner = buf;
+        L.out_proj = Weight::from_vector(std::move(w), F.out_proj.shape);
       }
     }
   }

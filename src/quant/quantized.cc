@@ -15,15 +15,6 @@ QuantizedWeight qw(const Weight& w, Granularity g, int bits, bool fuse_hadamard 
   return quantize_weight(v.data(), rows, cols, g, bits);
 }
 
-Weight owned(std::vector<float> v, std::vector<int64_t> shape) {
-  auto buf = std::make_shared<std::vector<float>>(std::move(v));
-  Weight w;
-  w.shape = std::move(shape);
-  w.data = buf->data();
-  w.owner = buf;
-  return w;
-}
-
 float scale_of(const Calibration& cal, int layer, const std::string& point) {
   const PointScale* p = cal.find(layer, point);
   if (!p) fail("quantization: no scale for layer {} point '{}'", layer, point);
@@ -69,19 +60,23 @@ void set_layer_scales(const ModelConfig& cfg, const Calibration& cal, int l, QLa
 }
 
 void dequantize_into(const QLayer& q, const ModelConfig& cfg, LayerWeights& L) {
-  L.in_proj = owned(dequantize_weight(q.in_proj), {q.in_proj.rows, q.in_proj.cols});
-  L.conv_w = owned(dequantize_weight(q.conv), {q.conv.rows, q.conv.cols});
+  L.in_proj = Weight::from_vector(dequantize_weight(q.in_proj), {q.in_proj.rows, q.in_proj.cols});
+  L.conv_w = Weight::from_vector(dequantize_weight(q.conv), {q.conv.rows, q.conv.cols});
   if (cfg.arch == Arch::Mamba1) {
-    L.x_proj = owned(dequantize_weight(q.x_proj), {q.x_proj.rows, q.x_proj.cols});
-    L.dt_proj_w = owned(dequantize_weight(q.dt_proj), {q.dt_proj.rows, q.dt_proj.cols});
+    L.x_proj = Weight::from_vector(dequantize_weight(q.x_proj), {q.x_proj.rows, q.x_proj.cols});
+    L.dt_proj_w = Weight::from_vector(dequantize_weight(q.dt_proj), {q.dt_proj.rows, q.dt_proj.cols});
   }
-  L.out_proj = owned(dequantize_weight(q.out_proj), {q.out_proj.rows, q.out_proj.cols});
+  L.out_proj = Weight::from_vector(dequantize_weight(q.out_proj), {q.out_proj.rows, q.out_proj.cols});
+}
+
+void check_recipe(const std::string& recipe, int w_bits, int a_bits) {
+  if (recipe != "quamba1") fail("--recipe: unknown recipe '{}' (this build has: quamba1)", recipe);
+  if (w_bits != 8) fail("--w-bits {}: the quamba1 recipe quantizes weights to 8 bits", w_bits);
+  if (a_bits != 8) fail("--a-bits {}: the quamba1 recipe quantizes activations to 8 bits", a_bits);
 }
 
 std::unique_ptr<Model> quantize_model(const Model& fp, const Calibration& cal, const QuantMeta& meta) {
-  if (meta.recipe != "quamba1") fail("--recipe: unknown recipe '{}' (this build has: quamba1)", meta.recipe);
-  if (meta.w_bits != 8) fail("--w-bits {}: the quamba1 recipe quantizes weights to 8 bits", meta.w_bits);
-  if (meta.a_bits != 8) fail("--a-bits {}: the quamba1 recipe quantizes activations to 8 bits", meta.a_bits);
+  check_recipe(meta.recipe, meta.w_bits, meta.a_bits);
   if (fp.is_quantized()) fail("the model is already quantized");
   const auto& cfg = fp.config();
   if (cfg.arch == Arch::Mamba2 && cfg.ngroups != 1)

@@ -55,6 +55,9 @@ struct QuantizedModel {
   std::vector<QLayer> layers;
 };
 
+// The recipe and bits this build supports (quamba1, W8A8); errors name the flag.
+void check_recipe(const std::string& recipe, int w_bits, int a_bits);
+
 // Weight quantization of one layer per the recipe (in_proj, conv1d per tensor, x_proj, dt_proj,
 // out_proj with H^T fused); activation scales are filled by quantize_model.
 QLayer quantize_layer_weights(const ModelConfig& cfg, const LayerWeights& L, Granularity g, int w_bits);
