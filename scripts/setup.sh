@@ -5,6 +5,6 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   g++ cmake make pkg-config git ca-certificates \
-  libdnnl-dev nlohmann-json3-dev libcli11-dev libfmt-dev \
+  libdnnl-dev ocl-icd-opencl-dev nlohmann-json3-dev libcli11-dev libfmt-dev \
   libzip-dev libpcre2-dev libutf8proc-dev libssl-dev libtomlplusplus-dev \
   libgtest-dev libbenchmark-dev
