@@ -13,7 +13,7 @@
 namespace mambaq {
 
 struct LayerWeights {
-  Weight norm;                  // {d_model}
+  Weight norm, norm_b;          // {d_model}; the bias only for LayerNorm (state-spaces "rms_norm": false)
   Weight in_proj, in_proj_b;    // {in_proj_dim, d_model}, {in_proj_dim} or empty
   Weight conv_w, conv_b;        // {conv_dim, d_conv} (published as {conv_dim, 1, d_conv}), {conv_dim} or empty
   Weight x_proj;                // Mamba1: {dt_rank + 2*d_state, d_inner}
@@ -29,7 +29,7 @@ struct LayerWeights {
 struct ModelWeights {
   Weight embedding;  // {padded_vocab, d_model}
   std::vector<LayerWeights> layers;
-  Weight norm_f;     // {d_model}
+  Weight norm_f, norm_f_b;  // {d_model}; the bias only for LayerNorm
   Weight lm_head;    // {padded_vocab, d_model} (the embedding when tied)
 };
 
@@ -149,6 +149,8 @@ class Model {
   std::shared_ptr<const QuantizedModel> q_;
   ExecMode mode_ = ExecMode::FP32;
   unsigned fp_ops_ = 0;
+  void block_norm(const float* x, const Weight& w, const Weight& b, float* out, int T) const;
+  void check_finite(const float* x, int T, int layer, const char* what) const;
   // x {T, d_model} -> out {T, d_model}; conv_st / ssm_st: this layer's state of each sequence (or null)
   void mixer_mamba1(int layer, float* x, float* out, int T, std::span<const int> offs, float* const* conv_st,
                     float* const* ssm_st, Tap* tap) const;

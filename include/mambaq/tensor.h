@@ -52,7 +52,10 @@ struct Weight {
   }
 };
 
-// Convert any float dtype to fp32 (fp16/bf16/f64 are converted, f32 is shared).
+// Index of the first NaN or Inf in x[0..n), or -1.
+int64_t first_non_finite(const float* x, int64_t n);
+
+// Convert any float dtype to fp32 (a NaN or Inf is an error naming the tensor) (fp16/bf16/f64 are converted, f32 is shared).
 Weight to_f32(const RawTensor& t, const std::string& name_for_errors);
 
 }  // namespace mambaq

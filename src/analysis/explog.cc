@@ -1,5 +1,9 @@
 #include "analysis/explog.h"
 
+#include <sstream>
+#include "io/json_file.h"
+#include "io/mmap_file.h"
+
 #include <fcntl.h>
 #include <sys/file.h>
 #include <unistd.h>
@@ -39,18 +43,13 @@ void append_log(const std::string& path, const nlohmann::json& record) {
 }
 
 std::vector<nlohmann::json> read_log(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) fail("{}: cannot open experiment log (file not found?)", path);
+  if (!file_exists(path)) fail("{}: cannot open experiment log (file not found)", path);
+  std::istringstream in(read_text_file(path));
   std::vector<nlohmann::json> out;
   std::string line;
   for (int no = 1; std::getline(in, line); ++no) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
-      fail("{}:{}: malformed JSONL line (not valid JSON): {}", path, no, e.what());
-    }
+    nlohmann::json j = parse_json(line, path + ":" + std::to_string(no) + ": malformed JSONL line");
     if (!j.is_object()) fail("{}:{}: malformed JSONL line (not a JSON object)", path, no);
     out.push_back(std::move(j));
   }

@@ -21,6 +21,7 @@ std::string esc(const std::string& s) {
       case '<': o += "&lt;"; break;
       case '>': o += "&gt;"; break;
       case '"': o += "&quot;"; break;
+      case '\'': o += "&#39;"; break;
       default: o += c;
     }
   }
@@ -42,11 +43,11 @@ std::string line_chart(const std::string& id, const std::string& title, const st
   auto ty = [&](double v) { return log_y ? std::log10(v) : v; };
   for (const auto& s : ss)
     for (size_t i = 0; i < s.x.size(); ++i) {
-      if (log_y && !(s.y[i] > 0)) continue;
+      if ((log_y && !(s.y[i] > 0)) || !std::isfinite(s.x[i]) || !std::isfinite(s.y[i])) continue;
       x0 = std::min(x0, s.x[i]), x1 = std::max(x1, s.x[i]);
       y0 = std::min(y0, ty(s.y[i])), y1 = std::max(y1, ty(s.y[i]));
     }
-  std::string o = fmt::format(R"~(<svg id="{}" xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" viewBox="0 0 {} {}">)~", id, W, H, W, H);
+  std::string o = fmt::format(R"~(<svg id="{}" xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" viewBox="0 0 {} {}">)~", esc(id), W, H, W, H);
   o += fmt::format(R"~(<text x="{}" y="18" font-size="14" font-weight="bold">{}</text>)~", L, esc(title));
   if (x0 > x1) return o + R"~(<text x="80" y="150">no data</text></svg>)~";
   if (x1 == x0) x1 = x0 + 1;
@@ -62,7 +63,7 @@ std::string line_chart(const std::string& id, const std::string& title, const st
   // x ticks: every layer when the positions are whole numbers (thinned to at most ~12), else 5 ticks
   bool whole = true;
   for (const auto& s : ss)
-    for (double x : s.x) whole = whole && x == std::floor(x);
+    for (double x : s.x) whole = whole && (!std::isfinite(x) || x == std::floor(x));
   const double step = whole ? std::max(1.0, std::ceil((x1 - x0) / 12)) : (x1 - x0) / 4;
   for (double v = x0; v <= x1 + 1e-9; v += step)
     o += fmt::format(R"~(<text x="{:.1f}" y="{}" font-size="10" text-anchor="middle">{:.3g}</text>)~", px(v), H - B + 14, v);
@@ -73,7 +74,7 @@ std::string line_chart(const std::string& id, const std::string& title, const st
     const char* col = kColors[si % 8];
     std::string pts;
     for (size_t i = 0; i < ss[si].x.size(); ++i) {
-      if (log_y && !(ss[si].y[i] > 0)) continue;
+      if ((log_y && !(ss[si].y[i] > 0)) || !std::isfinite(ss[si].x[i]) || !std::isfinite(ss[si].y[i])) continue;
       pts += fmt::format("{:.1f},{:.1f} ", px(ss[si].x[i]), py(ty(ss[si].y[i])));
       o += fmt::format(R"~(<circle cx="{:.1f}" cy="{:.1f}" r="2.5" fill="{}"/>)~", px(ss[si].x[i]), py(ty(ss[si].y[i])), col);
     }
@@ -88,15 +89,24 @@ std::string line_chart(const std::string& id, const std::string& title, const st
 std::string histogram(const std::string& id, const std::string& title, const std::vector<float>& v,
                       const std::vector<double>& alphas) {
   const double W = 640, H = 240, L = 50, R = 150, T = 30, B = 36;
-  std::vector<float> a(v.size());
-  for (size_t i = 0; i < v.size(); ++i) a[i] = std::fabs(v[i]);
+  // NaN and Inf cannot be binned: they are counted and named in the chart instead.
+  std::vector<float> a;
+  a.reserve(v.size());
+  size_t bad = 0;
+  for (float x : v) {
+    if (std::isfinite(x)) a.push_back(std::fabs(x));
+    else ++bad;
+  }
   const float mx = a.empty() ? 1.f : std::max(*std::max_element(a.begin(), a.end()), 1e-30f);
   const int nb = 60;
   std::vector<int> cnt(nb, 0);
   for (float x : a) cnt[size_t(std::min(nb - 1, int(x / mx * nb)))]++;
   const double cmax = std::log10(1.0 + *std::max_element(cnt.begin(), cnt.end()));
-  std::string o = fmt::format(R"~(<svg id="{}" xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" viewBox="0 0 {} {}">)~", id, W, H, W, H);
+  std::string o = fmt::format(R"~(<svg id="{}" xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" viewBox="0 0 {} {}">)~", esc(id), W, H, W, H);
   o += fmt::format(R"~(<text x="{}" y="18" font-size="13" font-weight="bold">{}</text>)~", L, esc(title));
+  if (bad)
+    o += fmt::format(R"~(<text x="{}" y="{}" font-size="12" fill="#d62728">{} non-finite values (NaN or Inf) not drawn</text>)~",
+                     L + 8, T + 14, bad);
   const double pw = W - L - R, ph = H - T - B;
   for (int b = 0; b < nb; ++b) {
     const double h = cmax > 0 ? std::log10(1.0 + cnt[size_t(b)]) / cmax * ph : 0;
@@ -125,13 +135,14 @@ std::string bars(const std::string& id, const std::string& title, const std::vec
   const double W = 640, L = 220, R = 80, T = 30, rowh = 16;
   const double H = T + rowh * double(rows.size()) + 20;
   double m = 1e-12;
-  for (const auto& r : rows) m = std::max(m, std::fabs(r.second));
-  std::string o = fmt::format(R"~(<svg id="{}" xmlns="http://www.w3.org/2000/svg" width="{}" height="{:.0f}" viewBox="0 0 {} {:.0f}">)~", id, W, H, W, H);
+  for (const auto& r : rows)
+    if (std::isfinite(r.second)) m = std::max(m, std::fabs(r.second));
+  std::string o = fmt::format(R"~(<svg id="{}" xmlns="http://www.w3.org/2000/svg" width="{}" height="{:.0f}" viewBox="0 0 {} {:.0f}">)~", esc(id), W, H, W, H);
   o += fmt::format(R"~(<text x="10" y="18" font-size="13" font-weight="bold">{}</text>)~", esc(title));
   const double mid = L + (W - L - R) / 2, half = (W - L - R) / 2;
   o += fmt::format(R"~(<line x1="{}" y1="{}" x2="{}" y2="{:.0f}" stroke="#999"/>)~", mid, T - 4, mid, H - 16);
   for (size_t i = 0; i < rows.size(); ++i) {
-    const double y = T + rowh * double(i), w = std::fabs(rows[i].second) / m * half;
+    const double y = T + rowh * double(i), w = std::isfinite(rows[i].second) ? std::fabs(rows[i].second) / m * half : 0;
     const double x = rows[i].second >= 0 ? mid : mid - w;
     o += fmt::format(R"~(<text x="{}" y="{:.1f}" font-size="10" text-anchor="end">{}</text>)~", L - 6, y + 11,
                      esc(rows[i].first));
@@ -144,7 +155,18 @@ std::string bars(const std::string& id, const std::string& title, const std::vec
 
 }  // namespace
 
+static std::string render_impl(const ReportInputs& in, std::string& current);
+
 std::string render_report(const ReportInputs& in) {
+  std::string current;  // the input being drawn, for errors
+  try {
+    return render_impl(in, current);
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: not a file `mambaq compare --json` or `mambaq scales --json` wrote: {}", current, e.what());
+  }
+}
+
+static std::string render_impl(const ReportInputs& in, std::string& current) {
   std::string h = "<!DOCTYPE html>\n<html xmlns=\"http://www.w3.org/1999/xhtml\" lang=\"en\"><head><meta charset=\"utf-8\"/><title>" +
                   esc(in.title) +
                   "</title><style>body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}"
@@ -153,6 +175,7 @@ std::string render_report(const ReportInputs& in) {
                   "</style></head><body>\n<h1>" + esc(in.title) + "</h1>\n";
   int n = 0;
   for (const auto& [file, j] : in.compares) {
+    current = file;
     h += "<h2>Layer errors: " + esc(file) + "</h2>\n<p>" +
          esc(fmt::format("{} vs {} ({}), {} samples x {} tokens", j.value("cand", "?"), j.value("ref", "?"),
                          j.value("ref_mode", "?"), j.value("samples", 0), j.value("seqlen", 0))) + "</p>\n";
@@ -184,6 +207,7 @@ std::string render_report(const ReportInputs& in) {
     ++n;
   }
   for (const auto& [file, j] : in.scales) {
+    current = file;
     h += "<h2>Scale differences: " + esc(file) + "</h2>\n<p>" +
          esc(fmt::format("{} vs {}", j.value("a", "?"), j.value("b", "?"))) + "</p>\n";
     std::vector<std::pair<std::string, double>> kinds;

@@ -1,5 +1,8 @@
 #include "analysis/sweep.h"
 
+#include "io/json_file.h"
+#include "io/mmap_file.h"
+
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -38,16 +41,13 @@ std::string dashed(const std::string& k) {
 
 nlohmann::json read_spec(const std::string& path) {
   if (!fs::exists(path)) fail("{}: sweep spec not found", path);
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  const std::string text = ss.str();
+  const std::string text = read_text_file(path);
   try {
-    if (fs::path(path).extension() == ".json") return nlohmann::json::parse(text);
+    if (fs::path(path).extension() == ".json") return parse_json(text, path);
     toml::table t = toml::parse(text, path);
     std::stringstream js;
     js << toml::json_formatter{t};
-    return nlohmann::json::parse(js.str());
+    return parse_json(js.str(), path);
   } catch (const toml::parse_error& e) {
     fail("{}:{}:{}: bad TOML: {}", path, e.source().begin.line, e.source().begin.column, e.description());
   } catch (const nlohmann::json::exception& e) {
@@ -80,7 +80,7 @@ SweepSpec load_sweep(const std::string& path) {
     s.name = sw.value("name", fs::path(path).stem().string());
     s.out_dir = sw.value("out_dir", "sweeps/" + s.name);
     s.log = sw.value("log", "experiments.jsonl");
-    s.limit = sw.value("limit", 0);
+    s.limit = int(json_int(sw, "limit", 0, path + ": [sweep]", 0, INT32_MAX));
     if (!sw.contains("tasks")) fail("{}: [sweep] needs tasks = [...]", path);
     s.tasks = sw["tasks"].get<std::vector<std::string>>();
   } catch (const nlohmann::json::exception& e) {
@@ -102,6 +102,14 @@ SweepSpec load_sweep(const std::string& path) {
     if (vals.empty()) fail("{}: [matrix] {} has no values", path, k);
     if (vals.size() > 1) s.varying.push_back(k);
     axes.emplace_back(k, vals);
+  }
+  // The matrix size, checked before expanding it: each cell is a quantize + eval run of minutes,
+  // so a matrix beyond kMaxSweepCells is a typo, and expanding 10^8 cells would exhaust memory.
+  size_t total = 1;
+  for (const auto& [k, vals] : axes) {
+    if (vals.size() > kMaxSweepCells || total * vals.size() > kMaxSweepCells)
+      fail("{}: [matrix] has more than {} cells (the product of its value counts); split the sweep", path, kMaxSweepCells);
+    total *= vals.size();
   }
   // cartesian product, model outermost
   std::stable_sort(axes.begin(), axes.end(), [](auto& a, auto& b) { return a.first == "model" && b.first != "model"; });

@@ -35,6 +35,7 @@ struct SweepSpec {
   std::vector<SweepCell> cells;
 };
 
+constexpr size_t kMaxSweepCells = 10000;
 // Reads and expands a spec; unknown keys, empty axes and bad types are errors naming the file.
 SweepSpec load_sweep(const std::string& path);
 // --limit from the command line replaces the spec's (and is part of each cell's id).

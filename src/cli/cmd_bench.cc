@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "cli/common.h"
+#include "io/mmap_file.h"
 #include "quant/quantized.h"
 #include "kernels/cpu/ops.h"
 #include "mambaq/error.h"
@@ -131,6 +132,7 @@ Runner register_bench(CLI::App& app) {
   add_common(sub, o->c);
   return [o] {
     apply_common(o->c);
+    check_output_file(o->json, "--json");
     if (o->model.empty() == o->synthetic.empty()) fail("bench: give either MODEL or --synthetic NAME");
     const double t_load = now_s();
     std::unique_ptr<Model> m =

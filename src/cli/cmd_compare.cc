@@ -7,6 +7,7 @@
 
 #include "analysis/compare.h"
 #include "cli/common.h"
+#include "io/mmap_file.h"
 #include "io/npz.h"
 #include "mambaq/error.h"
 #include "mambaq/eval.h"
@@ -76,6 +77,8 @@ Runner register_compare(CLI::App& app) {
   add_common(sub, o->c);
   return [o] {
     apply_common(o->c);
+    check_output_file(o->json, "--json");
+    if (!o->save_dir.empty()) check_output_dir(o->save_dir, "--save-dir");
     if (o->data.empty()) o->data = (fs::path(o->c.data_dir) / "corpus" / "heldout.txt").string();
     auto ref = load_model(o->ref, o->ref_mode);
     auto cand = Model::load(o->cand);

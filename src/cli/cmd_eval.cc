@@ -7,6 +7,7 @@
 #include "kernels/cpu/ops.h"
 
 #include "cli/common.h"
+#include "io/mmap_file.h"
 #include "mambaq/error.h"
 #include "mambaq/eval.h"
 
@@ -45,6 +46,8 @@ Runner register_eval(CLI::App& app) {
   return [o] {
     const auto t0 = std::chrono::steady_clock::now();
     apply_common(o->c);
+    check_output_file(o->json, "--json");
+    check_output_file(o->log, "--log");
     const nlohmann::json extra = parse_log_extra(o->log_extra);
     o->e.data_dir = o->c.data_dir;
     o->e.progress = !o->quiet;

@@ -3,6 +3,7 @@
 #include <map>
 
 #include "cli/common.h"
+#include "io/mmap_file.h"
 #include "mambaq/checkpoint.h"
 
 namespace mambaq::cli {
@@ -19,6 +20,7 @@ Runner register_info(CLI::App& app) {
   add_common(sub, o->c);
   return [o] {
     apply_common(o->c);
+    check_output_file(o->json, "--json");
     auto m = Model::load(o->model);
     const auto& c = m->config();
     std::map<std::string, int64_t> dtypes;

@@ -4,6 +4,7 @@
 #include <numeric>
 
 #include "cli/common.h"
+#include "io/mmap_file.h"
 
 namespace mambaq::cli {
 
@@ -24,6 +25,7 @@ Runner register_logits(CLI::App& app) {
   add_common(sub, o->c);
   return [o] {
     apply_common(o->c);
+    check_output_file(o->json, "--json");
     auto m = load_model(o->model, o->mode);
     auto tok = load_tokenizer(o->model, o->c);
     const auto ids = tok->encode(o->prompt);

@@ -7,6 +7,7 @@
 
 #include "analysis/explog.h"
 #include "cli/common.h"
+#include "io/mmap_file.h"
 #include "mambaq/error.h"
 
 namespace mambaq::cli {
@@ -17,6 +18,12 @@ std::string str(const nlohmann::json& j) {
   if (j.is_string()) return j.get<std::string>();
   if (j.is_number_float()) return fmt::format("{:.6g}", j.get<double>());
   return j.dump();
+}
+// A metric of a log record as text: records are read from a file that may hold anything, so a
+// value that is not a number shows as "?" instead of failing the listing.
+std::string num(const nlohmann::json& v, const char* spec) {
+  if (!v.is_number()) return "?";
+  return fmt::format(fmt::runtime(spec), v.get<double>());
 }
 const nlohmann::json& at(const nlohmann::json& j, std::initializer_list<const char*> path) {
   static const nlohmann::json null;
@@ -34,8 +41,8 @@ std::string summary(const nlohmann::json& r) {
   if (str(at(r, {"kind"})) == "eval" && res.is_object()) {
     for (auto& [task, v] : res.items()) {
       s += task;
-      if (v.contains("acc")) s += fmt::format(" acc={:.4f}", v["acc"].get<double>());
-      if (v.contains("ppl")) s += fmt::format(" ppl={:.4f}", v["ppl"].get<double>());
+      if (v.is_object() && v.contains("acc")) s += " acc=" + num(v["acc"], "{:.4f}");
+      if (v.is_object() && v.contains("ppl")) s += " ppl=" + num(v["ppl"], "{:.4f}");
       s += "  ";
     }
   } else if (res.is_object()) {
@@ -81,7 +88,7 @@ void print_markdown(const std::vector<nlohmann::json>& recs, int first) {
       const nlohmann::json v = res.is_object() && res.contains(task) ? res[task] : nlohmann::json();
       const std::string m = c.substr(sp + 1);
       if (v.is_object() && v.contains(m))
-        fmt::print(" {} |", m == "acc" ? fmt::format("{:.4f}", v[m].get<double>()) : fmt::format("{:.3f}", v[m].get<double>()));
+        fmt::print(" {} |", num(v[m], m == "acc" ? "{:.4f}" : "{:.3f}"));
       else
         fmt::print(" - |");
     }
@@ -111,6 +118,7 @@ Runner register_logs(CLI::App& app) {
   sub->add_flag("--markdown", o->markdown,
                 "Print the selected eval records as a Markdown results table (one column per task metric)");
   return [o] {
+    check_output_file(o->json, "--json");
     const auto recs = read_log(o->file);
     const int n = int(recs.size());
     if (o->markdown) {

@@ -8,6 +8,7 @@
 #include "analysis/explog.h"
 #include "analysis/snapshot.h"
 #include "cli/common.h"
+#include "io/mmap_file.h"
 #include "io/npz.h"
 #include "kernels/cpu/ops.h"
 #include "mambaq/error.h"
@@ -73,6 +74,9 @@ Runner register_quantize(CLI::App& app) {
   return [o] {
     const auto t0 = std::chrono::steady_clock::now();
     apply_common(o->c);
+    check_output_dir(o->out, "-o");
+    check_output_file(o->npz, "--save-activations");
+    check_output_file(o->log, "--log");
     const nlohmann::json extra = parse_log_extra(o->log_extra);
     // Every flag is checked before the (long) calibration starts.
     check_recipe(o->recipe, o->w_bits, o->a_bits);

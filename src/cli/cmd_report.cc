@@ -6,6 +6,7 @@
 
 #include "analysis/report.h"
 #include "cli/common.h"
+#include "io/mmap_file.h"
 #include "io/json_file.h"
 #include "io/npz.h"
 #include "mambaq/error.h"
@@ -28,6 +29,7 @@ Runner register_report(CLI::App& app) {
   sub->add_flag("--force", o->force, "Overwrite an existing output file");
   return [o] {
     if (std::filesystem::exists(o->out) && !o->force) fail("-o {}: already exists (use --force to overwrite)", o->out);
+    check_output_file(o->out, "-o");
     if (o->compares.empty() && o->scales.empty() && o->npz.empty())
       fail("report: nothing to report (give --compare, --scales and/or --npz)");
     ReportInputs in;

@@ -7,6 +7,7 @@
 #include <map>
 
 #include "cli/common.h"
+#include "io/mmap_file.h"
 #include "mambaq/error.h"
 #include "quant/quantized.h"
 
@@ -77,6 +78,7 @@ Runner register_scales(CLI::App& app) {
       ->capture_default_str();
   sub->add_option("--json", o->json, "Write the rows and the summary as JSON to FILE ('-' = stdout)");
   return [o] {
+    check_output_file(o->json, "--json");
     auto ma = Model::load(o->a);
     const auto ra = scale_rows(*ma, o->a);
     if (o->b.empty()) {

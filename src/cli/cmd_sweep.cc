@@ -11,6 +11,7 @@
 #include "analysis/explog.h"
 #include "analysis/sweep.h"
 #include "cli/common.h"
+#include "io/mmap_file.h"
 #include "mambaq/error.h"
 #include "mambaq/eval.h"
 
@@ -50,7 +51,9 @@ std::string cell_value(const SweepCell& c, const std::string& key) {
 
 // Rough cost of a cell in tokens through the model: calibration plus evaluation.
 double cell_tokens(const SweepCell& c, const SweepSpec& s, const std::string& data_dir) {
-  auto num = [&](const char* k, double d) { return c.quantize.count(k) ? c.quantize.at(k).get<double>() : d; };
+  auto num = [&](const char* k, double d) {
+    return c.quantize.count(k) && c.quantize.at(k).is_number() ? c.quantize.at(k).get<double>() : d;
+  };
   double t = std::min(num("--calib-num", 512), 300.0) * num("--calib-seqlen", 512);
   for (const auto& task : s.tasks) {
     std::string f = task.substr(task.find(':') + 1);
@@ -89,11 +92,13 @@ Runner register_sweep(CLI::App& app) {
     if (o->limit >= 0) set_sweep_limit(s, o->limit);
     if (!o->log.empty()) s.log = o->log;
     if (!o->out_dir.empty()) s.out_dir = o->out_dir;
+    check_output_file(s.log, "--log");
+    check_output_dir(s.out_dir, "--out-dir");
     // cells already done: an eval record of this sweep cell in the log
     std::map<std::string, nlohmann::json> done, quantized;
     if (fs::exists(s.log))
       for (const auto& r : read_log(s.log))
-        if (r.contains("sweep_cell")) {
+        if (r.contains("sweep_cell") && r["sweep_cell"].is_string()) {
           const std::string id = r["sweep_cell"].get<std::string>();
           if (r.value("kind", "") == "eval") done[id] = r;
           if (r.value("kind", "") == "quantize") quantized[id] = r;
@@ -164,13 +169,17 @@ Runner register_sweep(CLI::App& app) {
     bar.finish();
     // final table from the log
     for (const auto& r : read_log(s.log))
-      if (r.contains("sweep_cell") && r.value("kind", "") == "eval") done[r["sweep_cell"].get<std::string>()] = r;
+      if (r.contains("sweep_cell") && r["sweep_cell"].is_string() && r.value("kind", "") == "eval")
+        done[r["sweep_cell"].get<std::string>()] = r;
     std::vector<std::string> cols;
-    for (const auto& c : s.cells)
-      for (auto& [task, v] : done.at(c.id)["results"].items())
+    for (const auto& c : s.cells) {
+      const nlohmann::json res = done.at(c.id).value("results", nlohmann::json::object());
+      if (!res.is_object()) continue;
+      for (auto& [task, v] : res.items())
         for (const char* m : {"acc", "ppl"})
-          if (v.contains(m) && std::find(cols.begin(), cols.end(), task + " " + m) == cols.end())
+          if (v.is_object() && v.contains(m) && std::find(cols.begin(), cols.end(), task + " " + m) == cols.end())
             cols.push_back(task + " " + m);
+    }
     fmt::print("\n{:<12}  {:<24}", "cell", "model");
     for (const auto& k : s.varying)
       if (k != "model") fmt::print("  {:<18}", k);
@@ -183,9 +192,10 @@ Runner register_sweep(CLI::App& app) {
         if (k != "model") fmt::print("  {:<18}", cell_value(c, k));
       for (const auto& col : cols) {
         const auto sp = col.rfind(' ');
-        const auto& v = r["results"].value(col.substr(0, sp), nlohmann::json::object());
+        const auto res = r.value("results", nlohmann::json::object());
+        const auto v = res.is_object() ? res.value(col.substr(0, sp), nlohmann::json::object()) : nlohmann::json();
         const std::string m = col.substr(sp + 1);
-        fmt::print("  {:>18}", v.contains(m) ? fmt::format("{:.4f}", v[m].get<double>()) : "-");
+        fmt::print("  {:>18}", v.is_object() && v.contains(m) && v[m].is_number() ? fmt::format("{:.4f}", v[m].get<double>()) : "-");
       }
       fmt::print("\n");
     }

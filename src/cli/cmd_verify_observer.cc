@@ -3,6 +3,7 @@
 
 #include "analysis/verify_observer.h"
 #include "cli/common.h"
+#include "io/mmap_file.h"
 
 namespace mambaq::cli {
 
@@ -25,6 +26,7 @@ Runner register_verify_observer(CLI::App& app) {
   sub->add_option("--seed", o->v.seed, "Seed of the activations")->capture_default_str();
   sub->add_option("--json", o->json, "Write the rows as JSON to FILE ('-' = stdout)");
   return [o] {
+    check_output_file(o->json, "--json");
     const auto rows = verify_observer(o->v);
     fmt::print("{:<6} {:>8} {:>12} {:>12} {:>12} {:>12}  {}\n", "mode", "alpha", "clip", "scale", "inside",
                "clipped", "check");

@@ -12,6 +12,7 @@
 #include "mambaq/eval.h"
 #include "mambaq/version.h"
 #include "analysis/explog.h"
+#include "io/json_file.h"
 
 namespace mambaq::cli {
 
@@ -58,12 +59,7 @@ std::unique_ptr<Model> load_model(const std::string& dir, const std::string& mod
 
 nlohmann::json parse_log_extra(const std::string& s) {
   if (s.empty()) return nlohmann::json::object();
-  nlohmann::json x;
-  try {
-    x = nlohmann::json::parse(s);
-  } catch (const nlohmann::json::exception& e) {
-    fail("--log-extra: not valid JSON: {}", e.what());
-  }
+  const nlohmann::json x = parse_json(s, "--log-extra");
   if (!x.is_object()) fail("--log-extra: must be a JSON object");
   return x;
 }
@@ -126,8 +122,14 @@ int main(int argc, char** argv) {
   } catch (const mambaq::Error& e) {
     std::cerr << "mambaq: error: " << e.what() << "\n";
     return 1;
+  } catch (const std::bad_alloc&) {
+    std::cerr << "mambaq: error: out of memory\n";
+    return 1;
   } catch (const std::exception& e) {
-    std::cerr << "mambaq: error: " << e.what() << "\n";
+    // Not expected: every input error is a mambaq::Error naming its file or field. Say which
+    // command met it, so that a report can be acted on.
+    std::cerr << "mambaq: error: " << e.what() << " (an unexpected library error in `mambaq "
+              << (argc > 1 ? argv[1] : "") << "`; please report it)\n";
     return 1;
   }
   return 0;

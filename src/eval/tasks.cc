@@ -46,6 +46,10 @@ void score_rows(const Model& m, const float* hidden, const std::vector<int>& row
   constexpr int kChunk = 256;
   std::vector<float> h(size_t(kChunk) * dm), logits(size_t(kChunk) * V);
   out.resize(rows.size());
+  for (int32_t tgt : targets)  // a tokenizer larger than the model's vocabulary
+    if (tgt < 0 || tgt >= V)
+      fail("scored token id {} is outside the model's vocabulary [0, {}): the tokenizer does not belong to this model",
+           tgt, V);
   for (size_t r0 = 0; r0 < rows.size(); r0 += kChunk) {
     const int n = int(std::min<size_t>(kChunk, rows.size() - r0));
     for (int i = 0; i < n; ++i)
@@ -59,6 +63,10 @@ void score_rows(const Model& m, const float* hidden, const std::vector<int>& row
       cpu::log_softmax_at(logits.data() + size_t(i) * V, V, tgt, &lp, &arg);
       out[r0 + size_t(i)] = {lp, arg == tgt};
     }
+    for (int i = 0; i < n; ++i)
+      if (!std::isfinite(out[r0 + size_t(i)].logprob))
+        fail("the log-likelihood of a scored token is {} (the LM head's logits overflow): refusing to report it",
+             out[r0 + size_t(i)].logprob);
   }
 }
 

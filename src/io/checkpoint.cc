@@ -49,7 +49,13 @@ TensorStore load_checkpoint(const std::string& dir) {
     std::set<std::string> shards;
     for (auto& [name, shard] : idx["weight_map"].items()) {
       if (!shard.is_string()) fail("{}: weight_map entry '{}' is not a file name", file, name);
-      shards.insert(shard.get<std::string>());
+      const std::string sh = shard.get<std::string>();
+      // Shards are files of the model folder itself: a path elsewhere ("../x", "/etc/x",
+      // "sub/x") would let a downloaded index read any file of the machine.
+      if (sh.empty() || sh == "." || sh == ".." || sh.find('/') != std::string::npos || sh.find('\\') != std::string::npos ||
+          sh.find('\0') != std::string::npos)
+        fail("{}: weight_map entry '{}' names '{}', which is not a file in the model folder", file, name, sh);
+      shards.insert(sh);
     }
     const fs::path base = fs::path(file).parent_path();
     for (const auto& s : shards) {

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <fmt/format.h>
 
 #include "io/half.h"
@@ -37,9 +38,35 @@ std::string shape_str(const std::vector<int64_t>& shape) {
 }
 
 int64_t numel(const std::vector<int64_t>& shape) {
+  // Shapes come from files: refuse what cannot be a tensor instead of overflowing.
   int64_t n = 1;
-  for (int64_t s : shape) n *= s;
+  for (int64_t s : shape)
+    if (s < 0 || __builtin_mul_overflow(n, s, &n) || n > (int64_t(1) << 48))
+      fail("shape {} is not a valid tensor shape (negative or over 2^48 elements)", shape_str(shape));
   return n;
+}
+
+int64_t first_non_finite(const float* x, int64_t n) {
+  // Exponent bits all ones = Inf or NaN; branch-free so that it vectorises (one pass over the
+  // weights at load costs a fraction of reading them).
+  const uint32_t* u = reinterpret_cast<const uint32_t*>(x);
+  constexpr int64_t kBlock = 4096;
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t e = std::min(n, b + kBlock);
+    uint32_t bad = 0;
+    for (int64_t i = b; i < e; ++i) bad |= uint32_t((u[i] & 0x7f800000u) == 0x7f800000u);
+    if (bad)
+      for (int64_t i = b; i < e; ++i)
+        if ((u[i] & 0x7f800000u) == 0x7f800000u) return i;
+  }
+  return -1;
+}
+
+static Weight checked(Weight w, const std::string& name) {
+  const int64_t i = first_non_finite(w.data, w.size());
+  if (i >= 0)
+    fail("tensor '{}' holds a non-finite value ({}) at element {}: corrupt or diverged weights", name, w.data[i], i);
+  return w;
 }
 
 Weight to_f32(const RawTensor& t, const std::string& name) {
@@ -49,7 +76,7 @@ Weight to_f32(const RawTensor& t, const std::string& name) {
   if (t.dtype == DType::F32 && reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0) {
     w.data = reinterpret_cast<const float*>(t.data);
     w.owner = t.owner;
-    return w;
+    return checked(std::move(w), name);
   }
   auto buf = std::make_shared<std::vector<float>>(size_t(n));
   float* out = buf->data();
@@ -85,7 +112,7 @@ Weight to_f32(const RawTensor& t, const std::string& name) {
   }
   w.data = out;
   w.owner = buf;
-  return w;
+  return checked(std::move(w), name);
 }
 
 }  // namespace mambaq

@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -14,8 +15,17 @@
 
 namespace mambaq {
 
+void check_regular_file(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) fail("{}: cannot open: {}", path, std::strerror(errno));
+  // A FIFO or a device would block or never end; a folder cannot be read as a file.
+  if (!S_ISREG(st.st_mode))
+    fail("{}: not a regular file ({})", path, S_ISDIR(st.st_mode) ? "a folder" : S_ISFIFO(st.st_mode) ? "a FIFO" : "a device or socket");
+}
+
 std::shared_ptr<const MappedFile> MappedFile::open(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY);
+  check_regular_file(path);
+  int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK);
   if (fd < 0) fail("{}: cannot open: {}", path, std::strerror(errno));
   struct stat st {};
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -42,16 +52,68 @@ MappedFile::~MappedFile() {
 }
 
 std::string read_text_file(const std::string& path) {
+  if (!file_exists(path)) fail("{}: file not found", path);
+  check_regular_file(path);
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("{}: cannot open: {}", path, std::strerror(errno));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  in.seekg(0, std::ios::end);
+  const auto size = in.tellg();
+  if (size < 0) fail("{}: cannot read", path);
+  if (uint64_t(size) > kMaxTextFile) fail("{}: {} bytes is larger than any text input mambaq reads ({} bytes at most)", path, uint64_t(size), kMaxTextFile);
+  in.seekg(0);
+  std::string s(size_t(size), '\0');
+  in.read(s.data(), size);
+  if (in.gcount() != size) fail("{}: read failed (file changed while reading?)", path);
+  return s;
 }
 
 bool file_exists(const std::string& path) {
   struct stat st {};
   return ::stat(path.c_str(), &st) == 0;
+}
+
+}  // namespace mambaq
+
+namespace mambaq {
+
+namespace {
+std::string parent_of(const std::string& path) {
+  const std::string p = std::filesystem::path(path).parent_path().string();
+  return p.empty() ? "." : p;
+}
+}  // namespace
+
+void check_output_file(const std::string& path, const std::string& flag) {
+  if (path.empty() || path == "-") return;
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0) {
+    if (S_ISDIR(st.st_mode)) fail("{}: '{}' is a folder, not a file", flag, path);
+    if (::access(path.c_str(), W_OK) != 0) fail("{}: cannot write '{}': {}", flag, path, std::strerror(errno));
+    return;
+  }
+  const std::string dir = parent_of(path);
+  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+    fail("{}: cannot write '{}': folder '{}' does not exist", flag, path, dir);
+  if (::access(dir.c_str(), W_OK | X_OK) != 0) fail("{}: cannot write '{}' in '{}': {}", flag, path, dir, std::strerror(errno));
+}
+
+void check_output_dir(const std::string& path, const std::string& flag) {
+  if (path.empty()) fail("{}: empty folder name", flag);
+  std::string p = path;
+  struct stat st {};
+  if (::stat(p.c_str(), &st) == 0) {
+    if (!S_ISDIR(st.st_mode)) fail("{}: '{}' exists and is not a folder", flag, path);
+    if (::access(p.c_str(), W_OK | X_OK) != 0) fail("{}: cannot write into '{}': {}", flag, path, std::strerror(errno));
+    return;
+  }
+  // The nearest existing ancestor must be a writable folder (the rest is created).
+  while (true) {
+    p = parent_of(p);
+    if (::stat(p.c_str(), &st) == 0) break;
+    if (p == "." || p == "/") fail("{}: cannot create '{}'", flag, path);
+  }
+  if (!S_ISDIR(st.st_mode)) fail("{}: cannot create '{}': '{}' is not a folder", flag, path, p);
+  if (::access(p.c_str(), W_OK | X_OK) != 0) fail("{}: cannot create '{}' under '{}': {}", flag, path, p, std::strerror(errno));
 }
 
 }  // namespace mambaq

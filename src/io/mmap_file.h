@@ -22,7 +22,18 @@ class MappedFile {
   size_t size_ = 0;
 };
 
+// Refuses what is not a regular file (a FIFO would hang the reader, a device never end).
+void check_regular_file(const std::string& path);
+// A whole text file (regular, at most kMaxTextFile bytes); errors name the file.
+constexpr uint64_t kMaxTextFile = uint64_t(4) << 30;
 std::string read_text_file(const std::string& path);
 bool file_exists(const std::string& path);
+
+// Output paths are checked before long work starts, so a typo does not cost an hour of
+// calibration: `flag` names the option in errors. A file ("-" is stdout) must be creatable or
+// writable and not a folder; a folder must exist and be writable, or be creatable under a
+// writable existing ancestor.
+void check_output_file(const std::string& path, const std::string& flag);
+void check_output_dir(const std::string& path, const std::string& flag);
 
 }  // namespace mambaq

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "io/mmap_file.h"
 #include "mambaq/error.h"
 
 namespace mambaq {
@@ -60,14 +61,19 @@ static std::vector<float> parse_npy(const std::string& b, const std::string& sou
   std::vector<size_t> dims;
   size_t count = 1;
   std::stringstream ss(h.substr(a + 10, e - a - 10));
-  for (std::string t; std::getline(ss, t, ',');)
-    if (t.find_first_not_of(' ') != std::string::npos) {
-      dims.push_back(std::stoul(t));
-      count *= dims.back();
-    }
-  if (b.size() < 10 + hlen + count * 4) fail("{}: truncated .npy data", source);
+  for (std::string t; std::getline(ss, t, ',');) {
+    const size_t f = t.find_first_not_of(' '), l = t.find_last_not_of(' ');
+    if (f == std::string::npos) continue;
+    const std::string num = t.substr(f, l - f + 1);
+    if (num.empty() || num.size() > 15 || num.find_first_not_of("0123456789") != std::string::npos)
+      fail("{}: .npy shape entry '{}' is not a dimension", source, num);
+    dims.push_back(std::stoul(num));
+    if (__builtin_mul_overflow(count, dims.back(), &count) || count > (size_t(1) << 40))
+      fail("{}: .npy shape is too large", source);
+  }
+  if ((b.size() - 10 - hlen) / 4 < count) fail("{}: truncated .npy data", source);
   std::vector<float> v(count);
-  std::memcpy(v.data(), b.data() + 10 + hlen, count * 4);
+  if (count) std::memcpy(v.data(), b.data() + 10 + hlen, count * 4);
   if (shape) *shape = dims;
   return v;
 }
@@ -81,6 +87,9 @@ std::vector<float> load_npy(const std::string& path, std::vector<size_t>* shape)
 }
 
 std::map<std::string, std::vector<float>> load_npz(const std::string& path) {
+  if (!file_exists(path)) fail("{}: file not found", path);
+  check_regular_file(path);
+  const uint64_t file_size = std::filesystem::file_size(path);
   int err = 0;
   zip_t* z = zip_open(path.c_str(), ZIP_RDONLY, &err);
   if (!z) fail("{}: cannot open as .npz (zip error {})", path, err);
@@ -88,7 +97,10 @@ std::map<std::string, std::vector<float>> load_npz(const std::string& path) {
   try {
     for (zip_int64_t i = 0; i < zip_get_num_entries(z, 0); ++i) {
       zip_stat_t st;
-      zip_stat_index(z, zip_uint64_t(i), 0, &st);
+      if (zip_stat_index(z, zip_uint64_t(i), 0, &st) != 0 || !(st.valid & ZIP_STAT_NAME) || !(st.valid & ZIP_STAT_SIZE))
+        fail("{}: corrupt .npz (member {} unreadable)", path, i);
+      // The declared size is allocated before reading: bound it (deflate expands at most 1032:1).
+      if (st.size / 1032 > file_size) fail("{}: member '{}' declares {} bytes: corrupt archive or a zip bomb", path, st.name, st.size);
       std::string name = st.name, buf(st.size, '\0');
       zip_file_t* f = zip_fopen_index(z, zip_uint64_t(i), 0);
       const bool ok = f && zip_fread(f, buf.data(), st.size) == zip_int64_t(st.size);

@@ -8,15 +8,16 @@
 namespace mambaq::pickle {
 namespace {
 
-Value make(Kind k) {
-  auto v = std::make_shared<Object>();
-  v->kind = k;
-  return v;
-}
-
 class Machine {
  public:
-  Machine(const uint8_t* d, size_t n, const std::string& w) : start_(d), p_(d), end_(d + n), where_(w) {}
+  Machine(const uint8_t* d, size_t n, const std::string& w, Pickle& out)
+      : start_(d), p_(d), end_(d + n), where_(w), out_(out) {}
+
+  Value make(Kind k) {
+    out_.arena.push_back(std::make_unique<Object>());
+    out_.arena.back()->kind = k;
+    return out_.arena.back().get();
+  }
 
   Value run() {
     for (;;) {
@@ -34,11 +35,12 @@ class Machine {
         case 'J': push_int(int32_t(uint32_t(le(4)))); break;  // BININT
         case 0x8a: {                                  // LONG1
           const int n = u8();
+          if (n > 8) fail("{}: pickle integer of {} bytes does not fit 64 bits", where_, n);
           const uint8_t* b = bytes(size_t(n));
-          int64_t v = 0;
-          for (int i = n - 1; i >= 0; --i) v = (v << 8) | b[i];
-          if (n > 0 && n < 8 && (b[n - 1] & 0x80)) v -= int64_t(1) << (8 * n);
-          push_int(v);
+          uint64_t u = 0;
+          for (int i = n - 1; i >= 0; --i) u = (u << 8) | b[i];
+          if (n > 0 && n < 8 && (b[n - 1] & 0x80)) u -= uint64_t(1) << (8 * n);  // sign-extend
+          push_int(int64_t(u));
           break;
         }
         case 'G': {                                   // BINFLOAT (big-endian double)
@@ -115,6 +117,7 @@ class Machine {
         }
         case 0x93: {                                             // STACK_GLOBAL
           Value name = pop(), mod = pop();
+          if (name->kind != Kind::Str || mod->kind != Kind::Str) fail("{}: corrupt pickle (STACK_GLOBAL on non-strings)", where_);
           auto v = make(Kind::Global);
           v->s = mod->s + "." + name->s;
           push(v);
@@ -151,6 +154,7 @@ class Machine {
   const uint8_t* p_;
   const uint8_t* end_;
   std::string where_;
+  Pickle& out_;
   std::vector<Value> stack_;
   std::unordered_map<uint64_t, Value> memo_;
 
@@ -234,19 +238,32 @@ class Machine {
     // ('storage', <class torch.HalfStorage>, key, location, numel)
     if (pid->kind != Kind::Tuple || pid->items.size() < 5 || pid->items[0]->s != "storage")
       fail("{}: unsupported persistent id (not a torch storage)", where_);
+    if (pid->items[1]->kind != Kind::Global || pid->items[2]->kind != Kind::Str || pid->items[4]->kind != Kind::Int)
+      fail("{}: corrupt storage record (expected a storage class, a key and an element count)", where_);
     auto v = make(Kind::Storage);
     const std::string& cls = pid->items[1]->s;
     v->s = cls.substr(cls.rfind('.') + 1);
     v->key = pid->items[2]->s;
+    // The key names a member data/<key> of the archive: torch writes decimal numbers. Anything
+    // else (a NUL, a '/', "..") could make the lookup read another member.
+    if (v->key.empty() || v->key.size() > 64 ||
+        v->key.find_first_not_of("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-") != std::string::npos)
+      fail("{}: corrupt storage record: key '{}' is not a storage file name", where_, printable(v->key));
     v->i = pid->items[4]->i;
     return v;
+  }
+  static std::string printable(const std::string& s) {
+    std::string o;
+    for (unsigned char c : s.substr(0, 64)) o += (c >= 0x20 && c < 0x7f) ? std::string(1, char(c)) : fmt::format("\\x{:02x}", c);
+    return o;
   }
   Value reduce(const Value& fn, const Value& args) {
     if (fn->kind != Kind::Global) fail("{}: corrupt pickle (REDUCE on a non-callable)", where_);
     const std::string& g = fn->s;
     if (g == "collections.OrderedDict" || g == "builtins.dict") return make(Kind::Dict);
     if (g == "torch._utils._rebuild_tensor_v2" || g == "torch._utils._rebuild_tensor") {
-      if (args->items.size() < 4 || args->items[0]->kind != Kind::Storage)
+      if (args->kind != Kind::Tuple || args->items.size() < 4 || args->items[0]->kind != Kind::Storage ||
+          args->items[1]->kind != Kind::Int)
         fail("{}: corrupt tensor record in {}", where_, g);
       auto t = make(Kind::Tensor);
       t->items = {args->items[0]};
@@ -256,7 +273,8 @@ class Machine {
       return t;
     }
     if (g == "torch._utils._rebuild_parameter" || g == "torch._utils._rebuild_parameter_with_state") {
-      if (args->items.empty() || args->items[0]->kind != Kind::Tensor) fail("{}: corrupt parameter record", where_);
+      if (args->kind != Kind::Tuple || args->items.empty() || args->items[0]->kind != Kind::Tensor)
+        fail("{}: corrupt parameter record", where_);
       return args->items[0];
     }
     fail("{}: unsupported pickle global '{}' (mambaq reads plain state_dicts of tensors)", where_, g);
@@ -265,9 +283,12 @@ class Machine {
 
 }  // namespace
 
-Value load(const uint8_t* data, size_t size, const std::string& where) {
-  Machine m(data, size, where);
-  return m.run();
+Pickle load(const uint8_t* data, size_t size, const std::string& where) {
+  if (size > kMaxPickle) fail("{}: {} bytes is not a state_dict pickle (those are kilobytes)", where, size);
+  Pickle p;
+  Machine m(data, size, where, p);
+  p.root = m.run();
+  return p;
 }
 
 }  // namespace mambaq::pickle

@@ -11,7 +11,10 @@
 namespace mambaq::pickle {
 
 struct Object;
-using Value = std::shared_ptr<Object>;
+// Objects live in the Pickle's arena and point at each other with plain pointers: no recursive
+// destruction (a hostile stream can nest lists a million deep) and no leaks through cycles
+// (the memo lets a list contain itself).
+using Value = Object*;
 
 enum class Kind { None, Bool, Int, Float, Str, Bytes, Tuple, List, Dict, Global, Storage, Tensor, Mark };
 
@@ -29,7 +32,14 @@ struct Object {
   std::vector<int64_t> shape, stride;
 };
 
-// Parse `data` (the bytes of data.pkl); `where` names the file for errors.
-Value load(const uint8_t* data, size_t size, const std::string& where);
+struct Pickle {
+  std::vector<std::unique_ptr<Object>> arena;
+  Value root = nullptr;
+};
+
+// Parse `data` (the bytes of data.pkl); `where` names the file for errors. Streams larger than
+// kMaxPickle are refused: a state_dict's pickle holds names and shapes only (kilobytes).
+constexpr size_t kMaxPickle = size_t(256) << 20;
+Pickle load(const uint8_t* data, size_t size, const std::string& where);
 
 }  // namespace mambaq::pickle

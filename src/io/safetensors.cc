@@ -3,9 +3,11 @@
 #include "io/safetensors.h"
 
 #include <algorithm>
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "io/json_file.h"
 #include "io/mmap_file.h"
 #include "mambaq/error.h"
 
@@ -34,12 +36,8 @@ void load_safetensors(const std::string& path, TensorStore& store) {
   uint64_t hlen = 0;
   for (int i = 7; i >= 0; --i) hlen = (hlen << 8) | base[i];
   if (hlen > size - 8) fail("{}: bad safetensors header: header length {} exceeds file size {}", path, hlen, size);
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(base + 8, base + 8 + hlen);
-  } catch (const nlohmann::json::parse_error& e) {
-    fail("{}: bad safetensors header: not valid JSON: {}", path, e.what());
-  }
+  const nlohmann::json header =
+      parse_json(std::string_view(reinterpret_cast<const char*>(base + 8), size_t(hlen)), path + ": safetensors header");
   if (!header.is_object()) fail("{}: bad safetensors header: not a JSON object", path);
   const uint8_t* data = base + 8 + hlen;
   const size_t data_size = size - 8 - hlen;
@@ -59,27 +57,52 @@ void load_safetensors(const std::string& path, TensorStore& store) {
       t.shape = info["shape"].get<std::vector<int64_t>>();
       auto off = info["data_offsets"].get<std::vector<uint64_t>>();
       if (off.size() != 2) fail("{}: bad safetensors header: tensor '{}' data_offsets must have 2 entries", path, name);
+      int64_t count = 1;
       for (int64_t d : t.shape)
-        if (d < 0) fail("{}: bad safetensors header: tensor '{}' has a negative dimension", path, name);
+        if (d < 0 || __builtin_mul_overflow(count, d, &count) || count > (int64_t(1) << 48))
+          fail("{}: bad safetensors header: tensor '{}' has shape {}, negative or impossibly large", path, name,
+               shape_str(t.shape));
       if (off[0] > off[1] || off[1] > data_size)
         fail("{}: tensor '{}' data_offsets [{}, {}] lie outside the data section ({} bytes): file truncated or header corrupt",
              path, name, off[0], off[1], data_size);
       if (off[1] - off[0] != t.nbytes())
         fail("{}: tensor '{}' occupies {} bytes but dtype {} x shape {} needs {}", path, name, off[1] - off[0],
              dtype_name(t.dtype), shape_str(t.shape), t.nbytes());
-      t.data = data + off[0];
       ranges.push_back({off[0], {off[1], name}});
+      const uint8_t* at = data + off[0];
+      if (reinterpret_cast<uintptr_t>(at) % dtype_size(t.dtype) != 0) {
+        // Valid per the format (a header not padded to 8 bytes, or an odd-sized U8 tensor
+        // before this one), but a misaligned float can't be read in place: copy it once.
+        auto copy = std::make_shared<std::vector<uint64_t>>((t.nbytes() + 7) / 8);
+        std::memcpy(copy->data(), at, t.nbytes());
+        t.data = reinterpret_cast<const uint8_t*>(copy->data());
+        t.owner = copy;
+      } else {
+        t.data = at;
+      }
     } catch (const nlohmann::json::exception& e) {
       fail("{}: bad safetensors header for tensor '{}': {}", path, name, e.what());
     }
-    t.owner = file;
+    if (!t.owner) t.owner = file;
     if (!store.tensors.emplace(name, std::move(t)).second) fail("{}: tensor '{}' appears twice", path, name);
   }
+  // As the format requires (and the reference reader checks): the tensors tile the data section
+  // exactly, in offset order, with no gap, overlap or trailing bytes. A shifted offset or a
+  // hole means the header does not describe the data.
   std::sort(ranges.begin(), ranges.end());
-  for (size_t i = 1; i < ranges.size(); ++i)
-    if (ranges[i].first < ranges[i - 1].second.first && ranges[i].first != ranges[i].second.first)
-      fail("{}: tensors '{}' and '{}' overlap in the data section", path, ranges[i - 1].second.second,
-           ranges[i].second.second);
+  uint64_t pos = 0;
+  std::string prev;
+  for (const auto& [b, e_name] : ranges) {
+    if (b < pos) fail("{}: tensors '{}' and '{}' overlap in the data section", path, prev, e_name.second);
+    if (b > pos)
+      fail("{}: tensor '{}' starts at byte {} of the data section but the previous tensor ends at {}: offsets shifted "
+           "or a gap (corrupt header)", path, e_name.second, b, pos);
+    pos = e_name.first;
+    prev = e_name.second;
+  }
+  if (pos != data_size)
+    fail("{}: the tensors cover {} bytes of the {}-byte data section: offsets shifted or trailing data (corrupt header)",
+         path, pos, data_size);
 }
 
 void save_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,

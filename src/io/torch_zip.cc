@@ -1,10 +1,12 @@
 #include "io/torch_zip.h"
 
 #include <zip.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <map>
 
 #include "io/mmap_file.h"
@@ -25,6 +27,14 @@ std::shared_ptr<std::vector<uint8_t>> read_entry(zip_t* z, const std::string& na
   zip_stat_t st;
   zip_stat_init(&st);
   if (zip_stat(z, name.c_str(), 0, &st) != 0) fail("{}: missing archive entry '{}'", path, name);
+  const zip_uint64_t need = ZIP_STAT_SIZE | ZIP_STAT_COMP_SIZE | ZIP_STAT_COMP_METHOD | ZIP_STAT_CRC;
+  if ((st.valid & need) != need) fail("{}: archive entry '{}' lacks its size or checksum", path, name);
+  // The declared size is allocated before reading: bound it by what the archive can hold, so a
+  // corrupt or hostile header (a "zip bomb") cannot ask for more memory than its content needs.
+  // torch.save stores members uncompressed; deflate cannot expand more than 1032:1.
+  if (st.comp_method == ZIP_CM_STORE ? st.size != st.comp_size : st.size / 1032 > st.comp_size)
+    fail("{}: archive entry '{}' declares {} bytes from {} compressed: corrupt archive or a zip bomb", path, name,
+         st.size, st.comp_size);
   auto buf = std::make_shared<std::vector<uint8_t>>(size_t(st.size));
   zip_file_t* f = zip_fopen(z, name.c_str(), 0);
   if (!f) fail("{}: cannot open archive entry '{}': {}", path, name, zip_strerror(z));
@@ -32,6 +42,12 @@ std::shared_ptr<std::vector<uint8_t>> read_entry(zip_t* z, const std::string& na
   zip_fclose(f);
   if (got < 0 || zip_uint64_t(got) != st.size)
     fail("{}: archive entry '{}' is truncated or corrupt (read {} of {} bytes)", path, name, got, st.size);
+  // libzip checks the CRC only on some paths; check it here so that flipped bits in a weights
+  // file are an error, not silently different weights.
+  const uLong crc = crc32_z(crc32_z(0L, Z_NULL, 0), buf->data(), buf->size());
+  if (uint32_t(crc) != st.crc)
+    fail("{}: archive entry '{}' fails its CRC-32 check (stored {:08x}, computed {:08x}): the file is corrupt", path,
+         name, st.crc, uint32_t(crc));
   return buf;
 }
 
@@ -50,6 +66,7 @@ DType storage_dtype(const std::string& cls, const std::string& path, const std::
 
 void load_torch_zip(const std::string& path, TensorStore& store) {
   if (!file_exists(path)) fail("{}: file not found", path);
+  check_regular_file(path);
   {
     std::ifstream in(path, std::ios::binary);
     char magic[4] = {0, 0, 0, 0};
@@ -86,7 +103,15 @@ void load_torch_zip(const std::string& path, TensorStore& store) {
   if (root.empty() && zip_name_locate(zip.z, "data.pkl", 0) < 0)
     fail("{}: zip archive has no data.pkl (not a torch.save checkpoint)", path);
   auto pkl = read_entry(zip.z, root + "data.pkl", path);
-  pickle::Value obj = pickle::load(pkl->data(), pkl->size(), path + ":" + root + "data.pkl");
+  torch_state_dict(pkl->data(), pkl->size(), path, path + ":" + root + "data.pkl",
+                   [&](const std::string& key) { return read_entry(zip.z, root + "data/" + key, path); }, store);
+}
+
+void torch_state_dict(const uint8_t* pkl_data, size_t pkl_size, const std::string& path, const std::string& pkl_name,
+                      const std::function<std::shared_ptr<std::vector<uint8_t>>(const std::string&)>& read_storage,
+                      TensorStore& store) {
+  const pickle::Pickle pk = pickle::load(pkl_data, pkl_size, pkl_name);
+  pickle::Value obj = pk.root;
   // Some trainers wrap the state_dict: {"model": sd} or {"state_dict": sd}.
   if (obj->kind == pickle::Kind::Dict) {
     bool has_tensor = false;
@@ -110,24 +135,36 @@ void load_torch_zip(const std::string& path, TensorStore& store) {
     t.shape = v->shape;
     const size_t es = dtype_size(t.dtype);
     auto& buf = storages[st->key];
-    if (!buf) buf = read_entry(zip.z, root + "data/" + st->key, path);
+    if (!buf) buf = read_storage(st->key);
     const int64_t storage_numel = int64_t(buf->size() / es);
     if (v->stride.size() != v->shape.size()) fail("{}: tensor '{}' has mismatched size and stride", path, name);
-    // Extent of the view inside its storage.
-    int64_t last = v->offset;
+    // Extent of the view inside its storage, in overflow-checked arithmetic: sizes, strides and
+    // the offset come from the file and may be anything.
+    if (v->offset < 0) fail("{}: tensor '{}' has a negative storage offset {}", path, name, v->offset);
+    int64_t count = 1, last = v->offset;
     bool contiguous = true;
     int64_t expect = 1;
     for (int i = int(v->shape.size()) - 1; i >= 0; --i) {
-      if (v->shape[size_t(i)] == 0) last = v->offset - 1;
-      if (v->shape[size_t(i)] > 0) last += (v->shape[size_t(i)] - 1) * v->stride[size_t(i)];
-      if (v->shape[size_t(i)] != 1 && v->stride[size_t(i)] != expect) contiguous = false;
-      expect *= v->shape[size_t(i)];
+      const int64_t d = v->shape[size_t(i)], str = v->stride[size_t(i)];
+      if (d < 0 || str < 0) fail("{}: tensor '{}' has a negative size or stride ({} / {})", path, name, d, str);
+      int64_t span = 0;
+      if (__builtin_mul_overflow(count, d, &count) || (d > 0 && (__builtin_mul_overflow(d - 1, str, &span) ||
+                                                                 __builtin_add_overflow(last, span, &last))))
+        fail("{}: tensor '{}' size {} / stride {} overflow 64-bit arithmetic", path, name, shape_str(v->shape),
+             shape_str(v->stride));
+      if (d != 1 && str != expect) contiguous = false;
+      if (d > 0 && __builtin_mul_overflow(expect, d, &expect)) expect = INT64_MAX;
     }
-    if (v->offset < 0 || (numel(t.shape) > 0 && last >= storage_numel))
+    if (count > 0 && last >= storage_numel)
       fail("{}: tensor '{}' {} reaches element {} of its storage '{}', which holds only {} (truncated?)", path, name,
            shape_str(t.shape), last, st->key, storage_numel);
+    // A view with more elements than its storage repeats elements (stride 0 or overlapping
+    // strides): never in a state_dict, and materialising it could take unbounded memory.
+    if (count > storage_numel)
+      fail("{}: tensor '{}' {} has more elements than its storage '{}' ({}): overlapping strides", path, name,
+           shape_str(t.shape), st->key, storage_numel);
     if (contiguous) {
-      t.data = buf->data() + size_t(v->offset) * es;
+      t.data = buf->data() + (count ? size_t(v->offset) * es : 0);
       t.owner = buf;
     } else {  // materialise a strided view
       auto out = std::make_shared<std::vector<uint8_t>>(t.nbytes());

@@ -14,6 +14,24 @@
 
 namespace mambaq {
 
+// The block and final norms: RMSNorm, or LayerNorm with bias (state-spaces "rms_norm": false).
+void Model::block_norm(const float* x, const Weight& w, const Weight& b, float* out, int T) const {
+  if (cfg_.rms_norm)
+    cpu::rmsnorm(x, w.data, out, T, cfg_.d_model, cfg_.norm_eps);
+  else
+    cpu::layernorm(x, w.data, b.data, out, T, cfg_.d_model, cfg_.norm_eps);
+}
+
+// NaN or Inf never leaves the forward pass as a result: the first layer whose output holds one
+// is named (a cheap pass over {T, d_model}, next to the layer's own work).
+void Model::check_finite(const float* x, int T, int layer, const char* what) const {
+  const int64_t i = first_non_finite(x, int64_t(T) * cfg_.d_model);
+  if (i < 0) return;
+  const std::string where = layer < 0 ? std::string(what) : fmt::format("layer {} {}", layer, what);
+  fail("non-finite value ({}) first appears in the {} ({} mode, token {} of the batch): the weights{} overflow on "
+       "this input", x[i], where, mode_name(mode_), i / cfg_.d_model, q_ ? " or quantization scales" : "");
+}
+
 void Model::forward(std::span<const int32_t> tokens, std::span<const int> lens, SeqState* const* states,
                     float* hidden, Tap* tap) const {
   const int dm = cfg_.d_model;
@@ -63,7 +81,7 @@ void Model::forward(std::span<const int32_t> tokens, std::span<const int> lens, 
             ssm_st[s] = states[s]->ssm[size_t(l)].data();
           }
         }
-    cpu::rmsnorm(r, L.norm.data, x, T, dm, cfg_.norm_eps);
+    block_norm(r, L.norm, L.norm_b, x, T);
     if (int8) {
       if (cfg_.arch == Arch::Mamba1)
         mixer_mamba1_int8(l, x, mix, T, offs, conv_q.data(), ssm_q.data());
@@ -87,8 +105,10 @@ void Model::forward(std::span<const int32_t> tokens, std::span<const int> lens, 
 #pragma omp simd
       for (int i = 0; i < dm; ++i) r[size_t(t) * dm + i] += mix[size_t(t) * dm + i];
     if (tap) tap->on(l, "block_out", r, T, dm, offs);
+    check_finite(r, T, l, "block output");
   }
-  cpu::rmsnorm(r, w_.norm_f.data, hidden, T, dm, cfg_.norm_eps);
+  block_norm(r, w_.norm_f, w_.norm_f_b, hidden, T);
+  check_finite(hidden, T, -1, "final norm output");
   if (tap) tap->on(-1, "lm_head:input", hidden, T, dm, offs);
   if (states)
     for (size_t s = 0; s < lens.size(); ++s)
@@ -98,6 +118,13 @@ void Model::forward(std::span<const int32_t> tokens, std::span<const int> lens, 
 void Model::lm_head(const float* hidden, int rows, float* logits) const {
   cpu::gemm(rows, cfg_.padded_vocab, cfg_.d_model, hidden, cfg_.d_model, w_.lm_head.data, nullptr, logits,
             cfg_.padded_vocab);
+  // The inputs are finite (checked in forward) and so are the weights (checked at load); only an
+  // overflow of the dot products is left. Checked for the few rows of decoding and `logits`;
+  // scoring checks its log-likelihoods instead of a second pass over {rows, vocab}.
+  if (rows <= 16) {
+    const int64_t i = first_non_finite(logits, int64_t(rows) * cfg_.padded_vocab);
+    if (i >= 0) fail("non-finite logit ({}) for token id {}: the LM head overflows on this input", logits[i], i % cfg_.padded_vocab);
+  }
 }
 
 const char* mode_name(ExecMode m) {

@@ -82,6 +82,7 @@ std::unique_ptr<Model> Model::random(const ModelConfig& cfg, uint64_t seed) {
   for (int i = 0; i < cfg.n_layer; ++i) {
     const std::string p = "backbone.layers." + std::to_string(i) + ".";
     add(p + "norm.weight", {dm}, one);
+    if (!cfg.rms_norm) add(p + "norm.bias", {dm}, normal);
     add(p + "mixer.in_proj.weight", {cfg.in_proj_dim(), dm}, normal);
     add(p + "mixer.conv1d.weight", {cfg.conv_dim(), 1, cfg.d_conv}, [&] { return nd(rng) * 10.f; });
     add(p + "mixer.conv1d.bias", {cfg.conv_dim()}, normal);
@@ -101,6 +102,7 @@ std::unique_ptr<Model> Model::random(const ModelConfig& cfg, uint64_t seed) {
     add(p + "mixer.out_proj.weight", {dm, di}, normal);
   }
   add("backbone.norm_f.weight", {dm}, one);
+  if (!cfg.rms_norm) add("backbone.norm_f.bias", {dm}, normal);
   return from_store(cfg, store);
 }
 

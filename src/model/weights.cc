@@ -57,6 +57,7 @@ std::unique_ptr<Model> Model::from_store(const ModelConfig& cfg, const TensorSto
     const std::string p = "backbone.layers." + std::to_string(i) + ".";
     LayerWeights L;
     L.norm = b.take(p + "norm.weight", {dm});
+    if (!cfg.rms_norm) L.norm_b = b.take(p + "norm.bias", {dm});
     if (!quant) L.in_proj = b.take(p + "mixer.in_proj.weight", {cfg.in_proj_dim(), dm});
     if (cfg.proj_bias) L.in_proj_b = b.take(p + "mixer.in_proj.bias", {cfg.in_proj_dim()});
     if (!quant) {
@@ -86,6 +87,7 @@ std::unique_ptr<Model> Model::from_store(const ModelConfig& cfg, const TensorSto
     m->w_.layers.push_back(std::move(L));
   }
   m->w_.norm_f = b.take("backbone.norm_f.weight", {dm});
+  if (!cfg.rms_norm) m->w_.norm_f_b = b.take("backbone.norm_f.bias", {dm});
   if (b.has("lm_head.weight")) {
     m->w_.lm_head = b.take("lm_head.weight", {V, dm});
   } else if (cfg.tie_embeddings) {
@@ -123,11 +125,11 @@ size_t Model::weight_bytes() const {
   // dequantized projections), int8 projections in int8 mode; the embedding once (tied LM head).
   size_t n = 0;
   auto f = [&](const Weight& w) { n += w.data ? size_t(w.size()) * 4 : 0; };
-  f(w_.embedding), f(w_.norm_f);
+  f(w_.embedding), f(w_.norm_f), f(w_.norm_f_b);
   if (w_.lm_head.data != w_.embedding.data) f(w_.lm_head);
   for (size_t l = 0; l < w_.layers.size(); ++l) {
     const auto& L = w_.layers[l];
-    for (const Weight* x : {&L.norm, &L.in_proj_b, &L.conv_b, &L.dt_proj_b, &L.dt_bias, &L.A_log, &L.D, &L.gnorm,
+    for (const Weight* x : {&L.norm, &L.norm_b, &L.in_proj_b, &L.conv_b, &L.dt_proj_b, &L.dt_bias, &L.A_log, &L.D, &L.gnorm,
                             &L.out_proj_b})
       f(*x);
     if (q_ && mode_ == ExecMode::Int8) {

@@ -88,6 +88,7 @@ void save_quantized(const Model& m, const std::string& dir, const std::string& t
     const QLayer& Q = q->layers[size_t(l)];
     const std::string p = mixer(l);
     f32("backbone.layers." + std::to_string(l) + ".norm.weight", L.norm);
+    f32("backbone.layers." + std::to_string(l) + ".norm.bias", L.norm_b);
     for (const auto& pr : projections(cfg.arch)) {
       const QuantizedWeight& qw = Q.*(pr.w);
       std::vector<int64_t> shape{qw.rows, qw.cols};
@@ -108,6 +109,7 @@ void save_quantized(const Model& m, const std::string& dir, const std::string& t
     f32(p + "D", L.D);
   }
   f32("backbone.norm_f.weight", w.norm_f);
+  f32("backbone.norm_f.bias", w.norm_f_b);
   if (w.lm_head.data != w.embedding.data) f32("lm_head.weight", w.lm_head);
   for (const auto& ps : q->cal.points) {
     const std::string name = scale_tensor_name(cfg.arch, ps.layer, ps.point);

@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <mutex>
+#include <queue>
 #include <nlohmann/json.hpp>
 #include <unordered_map>
 
@@ -83,39 +84,51 @@ struct Tokenizer::Impl {
         return;
       }
     }
-    std::vector<int32_t> sym;
-    sym.reserve(word.size());
-    for (unsigned char c : word) {
+    // Symbols in a linked list, candidate merges in a min-heap by (rank, position): O(n log n)
+    // per word, as in Hugging Face tokenizers (rescanning the word for the best pair after each
+    // merge is quadratic, and one unbroken 1 MB "word" would take hours). A merge's result only
+    // takes part in merges of higher rank, so this gives the same tokens as merging the
+    // lowest-ranked pair everywhere, then the next.
+    const size_t n = word.size();
+    std::vector<int32_t> sym(n);
+    std::vector<int> prev(n), next(n);
+    for (size_t i = 0; i < n; ++i) {
+      const unsigned char c = uint8_t(word[i]);
       if (byte_id[c] < 0) fail("text holds byte 0x{:02x}, which the tokenizer cannot encode (invalid UTF-8?)", c);
-      sym.push_back(byte_id[c]);
+      sym[i] = byte_id[c];
+      prev[i] = int(i) - 1;
+      next[i] = i + 1 < n ? int(i) + 1 : -1;
     }
-    while (sym.size() > 1) {
-      int32_t best_rank = INT32_MAX, best_id = -1;
-      size_t best_i = 0;
-      for (size_t i = 0; i + 1 < sym.size(); ++i) {
-        auto it = merges.find((uint64_t(uint32_t(sym[i])) << 32) | uint32_t(sym[i + 1]));
-        if (it != merges.end() && it->second.first < best_rank) {
-          best_rank = it->second.first;
-          best_id = it->second.second;
-          best_i = i;
-        }
-      }
-      if (best_id < 0) break;
-      const int32_t a = sym[best_i], b = sym[best_i + 1];
-      std::vector<int32_t> next;
-      next.reserve(sym.size());
-      for (size_t i = 0; i < sym.size();) {
-        if (i + 1 < sym.size() && sym[i] == a && sym[i + 1] == b) {
-          next.push_back(best_id);
-          i += 2;
-        } else {
-          next.push_back(sym[i++]);
-        }
-      }
-      sym.swap(next);
+    struct Cand {
+      int32_t rank;
+      int pos;
+      int32_t left, right;
+      bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+    };
+    std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap;
+    const auto consider = [&](int i) {
+      if (i < 0 || next[size_t(i)] < 0) return;
+      const int j = next[size_t(i)];
+      auto it = merges.find((uint64_t(uint32_t(sym[size_t(i)])) << 32) | uint32_t(sym[size_t(j)]));
+      if (it != merges.end()) heap.push({it->second.first, i, sym[size_t(i)], sym[size_t(j)]});
+    };
+    for (size_t i = 0; i + 1 < n; ++i) consider(int(i));
+    while (!heap.empty()) {
+      const Cand c = heap.top();
+      heap.pop();
+      const int i = c.pos, j = next[size_t(i)];
+      if (sym[size_t(i)] != c.left || j < 0 || sym[size_t(j)] != c.right) continue;  // stale
+      sym[size_t(i)] = merges.find((uint64_t(uint32_t(c.left)) << 32) | uint32_t(c.right))->second.second;
+      sym[size_t(j)] = -1;
+      next[size_t(i)] = next[size_t(j)];
+      if (next[size_t(j)] >= 0) prev[size_t(next[size_t(j)])] = i;
+      consider(prev[size_t(i)]);
+      consider(i);
     }
-    out.insert(out.end(), sym.begin(), sym.end());
-    if (cache.size() < 500000) cache.emplace(word, std::move(sym));
+    std::vector<int32_t> res;
+    for (int i = n ? 0 : -1; i >= 0; i = next[size_t(i)]) res.push_back(sym[size_t(i)]);
+    out.insert(out.end(), res.begin(), res.end());
+    if (cache.size() < 500000 && word.size() <= 64) cache.emplace(word, std::move(res));
   }
 
   // ByteLevel pre-tokenizer regex, then BPE on each piece.
@@ -151,10 +164,15 @@ struct Tokenizer::Impl {
   void split_added(std::string_view text, const std::vector<AddedToken>& toks, std::vector<int32_t>& out,
                    F&& plain) const {
     if (toks.empty()) return plain(text);
+    // Only positions whose byte starts some added token are tried (a tokenizer.json may list
+    // many added tokens; trying each at every byte would be slow on long texts).
+    bool starts[256] = {};
+    for (const auto& t : toks) starts[uint8_t(t.content[0])] = true;
     size_t start = 0, i = 0;
     while (i < text.size()) {
       const AddedToken* best = nullptr;
-      for (const auto& t : toks)
+      if (starts[uint8_t(text[i])])
+        for (const auto& t : toks)
         if (t.content.size() > 0 && text.compare(i, t.content.size(), t.content) == 0 &&
             (!best || t.content.size() > best->content.size()))
           best = &t;
@@ -189,13 +207,20 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& path_in) {
       if (pt.value("type", "") != "ByteLevel" || pt.value("add_prefix_space", false))
         fail("{}: only the ByteLevel pre-tokenizer without add_prefix_space is supported", path);
     }
+    // Ids index the id table: out-of-range ids would write outside it.
+    constexpr int64_t kMaxId = (1 << 24) - 1;
     int32_t max_id = -1;
+    if (!model.at("vocab").is_object()) fail("{}: model.vocab is not an object", path);
     for (auto& [s, id] : model.at("vocab").items()) {
-      m.vocab[s] = id.get<int32_t>();
-      max_id = std::max(max_id, id.get<int32_t>());
+      const int32_t v = int32_t(json_as_int(id, path + ": model.vocab['" + s.substr(0, 40) + "']", 0, kMaxId));
+      m.vocab[s] = v;
+      max_id = std::max(max_id, v);
     }
-    if (j.contains("added_tokens"))
-      for (const auto& a : j["added_tokens"]) max_id = std::max(max_id, a.at("id").get<int32_t>());
+    if (j.contains("added_tokens")) {
+      if (!j["added_tokens"].is_array()) fail("{}: added_tokens is not a list", path);
+      for (const auto& a : j["added_tokens"])
+        max_id = std::max(max_id, int32_t(json_as_int(a.at("id"), path + ": added_tokens id", 0, kMaxId)));
+    }
     m.id_to_token.assign(size_t(max_id + 1), "");
     m.is_added.assign(size_t(max_id + 1), false);
     for (auto& [s, id] : m.vocab) m.id_to_token[size_t(id)] = s;
@@ -229,8 +254,11 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& path_in) {
     }
     if (j.contains("added_tokens"))
       for (const auto& a : j["added_tokens"]) {
-        AddedToken t{a.at("id").get<int32_t>(), a.at("content").get<std::string>(), a.value("special", false),
-                     a.value("normalized", !a.value("special", false))};
+        const std::string aw = path + ": added_tokens";
+        const bool special = json_bool(a, "special", false, aw);
+        AddedToken t{int32_t(a.at("id").get<int64_t>()), a.at("content").get<std::string>(), special,
+                     json_bool(a, "normalized", !special, aw)};
+        if (t.content.empty()) fail("{}: added token {} has empty content", path, t.id);
         m.id_to_token[size_t(t.id)] = t.content;
         m.is_added[size_t(t.id)] = true;
         (t.normalized ? m.norm_added : m.raw_added).push_back(t);

@@ -12,6 +12,8 @@ namespace ref {
 
 // out {T, d} = x {T, d} * rsqrt(mean(x^2) + eps) * w {d}
 void rmsnorm(const float* x, const float* w, float* out, int T, int d, float eps);
+// out {T, d} = (x - mean(x)) * rsqrt(var(x) + eps) * w {d} + b {d} (biased variance, as torch)
+void layernorm(const float* x, const float* w, const float* b, float* out, int T, int d, float eps);
 
 // Causal depthwise conv1d + SiLU over one sequence.
 // x {T, C} (row stride ldx), w {C, K}, b {C} or null, state {K-1, C} or null (= zeros; updated when given),
@@ -79,6 +81,7 @@ namespace cpu {
 
 // Packed sequences: sequence s holds rows offs[s] .. offs[s+1]-1; states[s] may be null.
 void rmsnorm(const float* x, const float* w, float* out, int T, int d, float eps);
+void layernorm(const float* x, const float* w, const float* b, float* out, int T, int d, float eps);
 void conv1d_silu(int nseq, const int* offs, const float* x, int ldx, int C, int K, const float* w, const float* b,
                  float* const* states, float* out, int ldo);
 void selective_scan(int nseq, const int* offs, int D, int N, const float* u, int ldu, const float* delta, int ldd,

@@ -27,6 +27,23 @@ void rmsnorm(const float* x, const float* w, float* out, int T, int d, float eps
   }
 }
 
+void layernorm(const float* x, const float* w, const float* b, float* out, int T, int d, float eps) {
+#pragma omp parallel for schedule(static) if (T > 4)
+  for (int t = 0; t < T; ++t) {
+    const float* xr = x + size_t(t) * d;
+    float* o = out + size_t(t) * d;
+    float sum = 0, ss = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int i = 0; i < d; ++i) sum += xr[i];
+    const float mean = sum / float(d);
+#pragma omp simd reduction(+ : ss)
+    for (int i = 0; i < d; ++i) ss += (xr[i] - mean) * (xr[i] - mean);  // two passes: no cancellation
+    const float r = 1.0f / std::sqrt(ss / float(d) + eps);
+#pragma omp simd
+    for (int i = 0; i < d; ++i) o[i] = (xr[i] - mean) * r * w[i] + b[i];
+  }
+}
+
 namespace {
 constexpr int kBlock = 64;  // channels per work item
 }

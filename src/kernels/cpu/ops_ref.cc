@@ -20,6 +20,18 @@ void rmsnorm(const float* x, const float* w, float* out, int T, int d, float eps
   }
 }
 
+void layernorm(const float* x, const float* w, const float* b, float* out, int T, int d, float eps) {
+  for (int t = 0; t < T; ++t) {
+    const float* xr = x + size_t(t) * d;
+    double mean = 0, var = 0;
+    for (int i = 0; i < d; ++i) mean += xr[i];
+    mean /= d;
+    for (int i = 0; i < d; ++i) var += (xr[i] - mean) * (xr[i] - mean);
+    const double r = 1.0 / std::sqrt(var / d + eps);
+    for (int i = 0; i < d; ++i) out[size_t(t) * d + i] = float((xr[i] - mean) * r * w[i] + b[i]);
+  }
+}
+
 // The causal conv's window {K-1+T, C}: the carried state (or zeros) followed by the inputs.
 template <class V>
 static std::vector<V> conv_window(const V* x, int ldx, int T, int C, int K, const V* state) {

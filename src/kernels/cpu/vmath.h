@@ -20,10 +20,13 @@ inline float fast_exp(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const int32_t bits = (int32_t(n) + 127) << 23;
+  // A NaN input stays NaN (the comparisons above let it through) without converting NaN to an
+  // integer, which is undefined behaviour.
+  const bool nan = x != x;
+  const int32_t bits = ((nan ? 0 : int32_t(n)) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, 4);
-  return p * scale;
+  return nan ? x : p * scale;
 }
 
 inline float fast_silu(float x) { return x / (1.0f + fast_exp(-x)); }

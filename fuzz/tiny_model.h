@@ -1,0 +1,24 @@
+// Tiny Mamba1 / Mamba2 models (d_model 16, vocabulary 64, seeded random weights, never zeros)
+// in the published layouts: seeds for the fuzzers, and folders that tests corrupt on purpose.
+#pragma once
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace mambaq::fuzz {
+
+struct TinyModel {
+  nlohmann::json config;  // Mamba1: state-spaces layout; Mamba2: Hugging Face layout
+  std::vector<std::string> names;
+  std::vector<std::vector<int64_t>> shapes;
+  std::vector<std::vector<float>> values;
+  std::vector<float>& at(const std::string& name);  // the values of a tensor (error if absent)
+  void add(const std::string& name, std::vector<int64_t> shape, uint32_t seed, float scale, float mean = 0);
+  void remove(const std::string& name);
+  // dir/config.json and dir/model.safetensors (fp32); the folder is created.
+  void save(const std::string& dir) const;
+};
+
+TinyModel tiny_model(bool mamba2, int layers);
+
+}  // namespace mambaq::fuzz
