@@ -9,6 +9,7 @@
 #include "mambaq/error.h"
 #include "mambaq/model.h"
 #include "mambaq/tokenizer.h"
+#include "tiny_model.h"
 #include "util.h"
 
 using namespace mambaq;
@@ -253,4 +254,26 @@ TEST(BadCheckpoints, MissingUnexpectedMisshapenAndUnsupported) {
   auto m = Model::load(src);
   std::vector<int32_t> bad = {1, 2, 99999};
   EXPECT_ERROR(m->last_logits(bad), "99999", "vocabulary");
+}
+
+// A tied head stored under its own name (state-spaces checkpoints) is one tensor: held once, so
+// quantized folders save it once, and counted once, so both layouts report the same size.
+TEST(TiedHead, StoredOnceAndCountedOnceInEveryLayout) {
+  auto ss = Model::load(mqtest::model_dir("mamba-tiny"));
+  EXPECT_EQ(ss->weights().lm_head.data, ss->weights().embedding.data);
+  // d_model 256, 8 layers, vocabulary 50,280: embedding 12.87 M + 8 layers of 0.44 M + norm
+  const int64_t V = 50280, D = 256, E = 512, N = 16, R = 16;
+  const int64_t layer = D + 2 * E * D + E * 4 + E + (R + 2 * N) * E + E * R + E + E * N + E + D * E;
+  EXPECT_EQ(ss->num_params(), V * D + 8 * layer + D);
+  if (mqtest::have_shared()) {
+    auto hf = Model::load(mqtest::shared("models/mamba-tiny-hf"));
+    EXPECT_EQ(hf->num_params(), ss->num_params());
+  }
+  // a separate head with different values stays separate
+  auto t = mambaq::fuzz::tiny_model(false, 1);
+  t.config["tie_embeddings"] = false;
+  t.add("lm_head.weight", {64, 16}, 77, 1.f);
+  auto m = Model::load([&] { const std::string d = mqtest::temp_dir("untied"); t.save(d); return d; }());
+  EXPECT_NE(m->weights().lm_head.data, m->weights().embedding.data);
+  EXPECT_EQ(m->weights().lm_head.data[3], t.at("lm_head.weight")[3]);
 }

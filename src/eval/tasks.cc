@@ -70,6 +70,17 @@ void score_rows(const Model& m, const float* hidden, const std::vector<int>& row
   }
 }
 
+// exp(mean NLL), refused when it overflows a double: "inf" is not a perplexity to report.
+double finite_ppl(double mean_nll, const std::string& task) {
+  // Every log-likelihood was checked finite, so a NaN mean is 0/0.
+  if (std::isnan(mean_nll)) fail("{}: nothing was scored (no document or window long enough)", task);
+  const double p = std::exp(mean_nll);
+  if (!std::isfinite(p))
+    fail("{}: perplexity overflows (mean negative log-likelihood {:.1f} nats per token): the model is broken on this "
+         "task", task, mean_nll);
+  return p;
+}
+
 double elapsed(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -144,7 +155,7 @@ TaskResult run_lastword(const Model& m, const Tokenizer& tok, const std::string&
   }
   const double n = double(res.per_doc.size());
   res.json = {{"acc", correct / n},  {"correct", correct}, {"n", res.per_doc.size()},
-              {"ppl", std::exp(-sum_ll / n)}, {"target_tokens", target_tokens}};
+              {"ppl", finite_ppl(-sum_ll / n, key)}, {"target_tokens", target_tokens}};
   res.seconds = elapsed(t0);
   return res;
 }
@@ -188,7 +199,7 @@ TaskResult run_ppl(const Model& m, const Tokenizer& tok, const std::string& key,
   TaskResult res;
   res.key = key;
   res.kind = "ppl";
-  res.json = {{"ppl", std::exp(nll / double(scored))}, {"tokens", ids.size()}, {"scored", scored}, {"seqlen", S},
+  res.json = {{"ppl", finite_ppl(nll / double(scored), key)}, {"tokens", ids.size()}, {"scored", scored}, {"seqlen", S},
               {"windows", nwin}};
   res.seconds = elapsed(t0);
   return res;

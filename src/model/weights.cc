@@ -1,5 +1,6 @@
 // Map a checkpoint's tensors onto ModelWeights, checking every name and shape against the config.
 #include <cmath>
+#include <cstring>
 #include <set>
 
 #include "mambaq/checkpoint.h"
@@ -88,7 +89,17 @@ std::unique_ptr<Model> Model::from_store(const ModelConfig& cfg, const TensorSto
   }
   m->w_.norm_f = b.take("backbone.norm_f.weight", {dm});
   if (!cfg.rms_norm) m->w_.norm_f_b = b.take("backbone.norm_f.bias", {dm});
-  if (b.has("lm_head.weight")) {
+  // A tied head saved beside the embedding (state-spaces checkpoints store both names over one
+  // storage) is the same tensor: held, counted and saved once.
+  const auto same_as_embedding = [&](const std::string& n) {
+    const RawTensor& a = store.tensors.at(n);
+    const RawTensor& e = store.tensors.at(emb);
+    return a.dtype == e.dtype && a.shape == e.shape && (a.data == e.data || std::memcmp(a.data, e.data, a.nbytes()) == 0);
+  };
+  if (b.has("lm_head.weight") && cfg.tie_embeddings && same_as_embedding("lm_head.weight")) {
+    b.used.insert("lm_head.weight");
+    m->w_.lm_head = m->w_.embedding;
+  } else if (b.has("lm_head.weight")) {
     m->w_.lm_head = b.take("lm_head.weight", {V, dm});
   } else if (cfg.tie_embeddings) {
     m->w_.lm_head = m->w_.embedding;

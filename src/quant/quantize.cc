@@ -10,6 +10,7 @@ namespace mambaq {
 namespace {
 inline int8_t code(float x, float inv, int qmax) {
   const float r = std::nearbyint(x * inv);  // round half to even, as torch.round
+  if (r != r) return 0;  // NaN (from an upstream overflow): no undefined float-to-int conversion
   return int8_t(std::clamp(r, float(-qmax), float(qmax)));
 }
 }  // namespace

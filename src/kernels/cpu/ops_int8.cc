@@ -16,7 +16,9 @@
 namespace mambaq::cpu {
 
 namespace {
-inline int8_t code(float v) { return int8_t(std::clamp(std::nearbyint(v), -127.0f, 127.0f)); }
+// Saturating; NaN (possible only from an overflow upstream) becomes 0 instead of an undefined
+// float-to-int conversion. The forward pass's finiteness check reports overflows of the float parts.
+inline int8_t code(float v) { return v == v ? int8_t(std::clamp(std::nearbyint(v), -127.0f, 127.0f)) : int8_t(0); }
 
 // Exact int8 dot product of length K with int32 accumulation.
 inline int32_t dot_s8(const int8_t* a, const int8_t* w, int K) {

@@ -150,6 +150,7 @@ void log_softmax_at(const float* logits, int V, int target, double* logprob, int
 // ---- int8 ----
 
 static int8_t code(double v) {
+  if (v != v) return 0;  // NaN: as the fast kernel (no undefined float-to-int conversion)
   return int8_t(std::clamp(std::nearbyint(v), -127.0, 127.0));  // round half to even, as torch.round
 }
 
