@@ -123,9 +123,9 @@ Runner register_bench(CLI::App& app) {
   sub->add_option("--mode,--modes", o->modes,
                   "Execution modes to measure side by side, e.g. fp32,int8 (default: the model's own). A synthetic "
                   "model is quantized (Quamba W8A8, calibrated on random tokens) for fake/int8");
-  sub->add_option("--prompt-len", o->prompt, "Prefill length")->capture_default_str()->check(CLI::PositiveNumber);
-  sub->add_option("--decode", o->decode, "Tokens to decode")->capture_default_str()->check(CLI::PositiveNumber);
-  sub->add_option("--repeats", o->repeats, "Runs; the median is reported")->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--prompt-len", o->prompt, "Prefill length")->capture_default_str()->check(at_least(1));
+  sub->add_option("--decode", o->decode, "Tokens to decode")->capture_default_str()->check(at_least(1));
+  sub->add_option("--repeats", o->repeats, "Runs; the median is reported")->capture_default_str()->check(at_least(1));
   sub->add_option("--seed", o->seed, "Seed of synthetic weights and prompt")->capture_default_str();
   sub->add_flag("--no-bandwidth", o->no_bw, "Skip the memory bandwidth measurement");
   sub->add_option("--json", o->json, "Write the results as JSON to FILE ('-' = stdout)");

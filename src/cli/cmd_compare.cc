@@ -64,8 +64,8 @@ Runner register_compare(CLI::App& app) {
   sub->add_option("--cand-mode", o->cand_mode, "Execution mode of the candidate (default: its own)");
   sub->add_option("--cand-modes", o->cand_modes, "Several candidate modes against one reference, e.g. int8,fake,fp32");
   sub->add_option("--data", o->data, "Text to run (JSONL with \"text\" or raw; default <data-dir>/corpus/heldout.txt)");
-  sub->add_option("--samples", o->samples, "Samples")->capture_default_str()->check(CLI::PositiveNumber);
-  sub->add_option("--seqlen", o->seqlen, "Tokens per sample")->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--samples", o->samples, "Samples")->capture_default_str()->check(at_least(1));
+  sub->add_option("--seqlen", o->seqlen, "Tokens per sample")->capture_default_str()->check(at_least(1));
   sub->add_option("--layers", o->layers, "Layers to compare: 0,11,-1 or all")->capture_default_str();
   sub->add_option("--fp-ops", o->fp_ops,
                   "Keep these op kinds in FP32 in the fake-mode candidate (linear, conv, ssm, norm, hadamard, head; "

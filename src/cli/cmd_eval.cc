@@ -20,23 +20,27 @@ Runner register_eval(CLI::App& app) {
     std::string log_extra;
     EvalOptions e;
     bool quiet = false;
+    int batch_size = 0;
     Common c;
   };
   auto o = std::make_shared<Opts>();
   auto* sub = app.add_subcommand("eval", "Evaluate a model on lm-evaluation-harness style tasks");
   sub->add_option("MODEL", o->model, "Model folder")->required();
-  sub->add_option("--tasks", o->tasks,
+  sub->add_option("--tasks,--task_list", o->tasks,
                   "Comma-separated: lambada_openai, wikitext2, lastword:FILE.jsonl, ppl:FILE.txt")
       ->capture_default_str();
   sub->add_option("--json", o->json, "Write results as JSON to FILE ('-' = stdout)");
   sub->add_option("--ppl-seqlen", o->e.ppl_seqlen, "Window length of perplexity tasks")
       ->capture_default_str()
-      ->check(CLI::Range(2, 1 << 20));
-  sub->add_option("--limit", o->e.limit, "Only the first N documents (lastword) or windows (ppl)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(between(2, 1 << 20));
+  sub->add_option("--limit", o->e.limit, "Only the first N documents (lastword) or windows (ppl); leave out for all")
+      ->check(at_least(1));
+  sub->add_option("--batch_size", o->batch_size,
+                  "Accepted for lm-eval/Quamba habits and ignored: mambaq packs documents by tokens "
+                  "(--batch-tokens), and results never depend on the batching");
   sub->add_option("--batch-tokens", o->e.batch_tokens, "Tokens packed into one forward pass")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(at_least(1));
   sub->add_flag("-q,--quiet", o->quiet, "No progress bar");
   sub->add_option("--log", o->log, "Experiment log (JSONL, appended)")->capture_default_str();
   sub->add_flag("--no-log", o->no_log, "Do not append to the experiment log");

@@ -20,11 +20,11 @@ Runner register_generate(CLI::App& app) {
   auto* sub = app.add_subcommand("generate", "Generate text from a prompt, streaming tokens as they come");
   sub->add_option("MODEL", o->model, "Model folder")->required();
   sub->add_option("--prompt", o->prompt, "Prompt text")->required();
-  sub->add_option("-n,--max-tokens", o->n, "Tokens to generate")->check(CLI::PositiveNumber);
+  sub->add_option("-n,--max-tokens", o->n, "Tokens to generate")->check(at_least(1));
   sub->add_option("--temperature", o->s.temperature, "Sampling temperature (0 = greedy, the default)")
-      ->check(CLI::NonNegativeNumber);
-  sub->add_option("--top-k", o->s.top_k, "Sample among the K most likely tokens (0 = all)")->check(CLI::NonNegativeNumber);
-  sub->add_option("--top-p", o->s.top_p, "Nucleus sampling mass (1 = off)")->check(CLI::Range(0.0f, 1.0f));
+      ->check(at_least(0));
+  sub->add_option("--top-k", o->s.top_k, "Sample among the K most likely tokens (0 = all)")->check(at_least(0));
+  sub->add_option("--top-p", o->s.top_p, "Nucleus sampling mass (1 = off)")->check(between(0.0f, 1.0f));
   sub->add_option("--seed", o->s.seed, "Random seed for sampling");
   sub->add_flag("--stop-at-eos", o->stop_eos, "Stop after <|endoftext|>");
   sub->add_flag("--stats", o->stats, "Print timing to stderr");

@@ -19,7 +19,7 @@ Runner register_logits(CLI::App& app) {
   auto* sub = app.add_subcommand("logits", "Top-K logits at the last position of a prompt");
   sub->add_option("MODEL", o->model, "Model folder")->required();
   sub->add_option("--prompt", o->prompt, "Prompt text")->required();
-  sub->add_option("--top", o->top, "How many logits to report")->check(CLI::PositiveNumber);
+  sub->add_option("--top", o->top, "How many logits to report")->check(at_least(1));
   sub->add_option("--json", o->json, "Write {ids, top_ids, top_logits} to FILE ('-' = stdout)");
   add_mode(sub, o->mode);
   add_common(sub, o->c);

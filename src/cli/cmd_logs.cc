@@ -110,7 +110,7 @@ Runner register_logs(CLI::App& app) {
   auto o = std::make_shared<Opts>();
   auto* sub = app.add_subcommand("logs", "Show the experiment log: the last runs, or what differs between two");
   sub->add_option("FILE", o->file, "Experiment log")->capture_default_str();
-  sub->add_option("--last", o->last, "Show the last N records")->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--last", o->last, "Show the last N records")->capture_default_str()->check(at_least(1));
   sub->add_option("--compare", o->compare, "Show the flags and results that differ between records I and J "
                                            "(0-based; negative counts from the end)")
       ->expected(2);

@@ -46,15 +46,15 @@ Runner register_quantize(CLI::App& app) {
   sub->add_option("MODEL", o->model, "FP model folder")->required();
   sub->add_option("-o,--output", o->out, "Output folder (never overwritten without --force)")->required();
   sub->add_option("--recipe", o->recipe, "Quantization recipe (quamba1)")->capture_default_str();
-  sub->add_option("--w-bits", o->w_bits, "Weight bits")->capture_default_str();
-  sub->add_option("--a-bits", o->a_bits, "Activation bits")->capture_default_str();
+  sub->add_option("--w-bits,--w_bits", o->w_bits, "Weight bits")->capture_default_str();
+  sub->add_option("--a-bits,--a_bits", o->a_bits, "Activation bits")->capture_default_str();
   sub->add_option("--calib-data", o->calib_data,
                   "Calibration documents: JSONL with a \"text\" field, or raw text (default: <data-dir>/corpus/calib.jsonl)");
-  sub->add_option("--calib-num", o->calib_num, "Calibration samples")->capture_default_str()->check(CLI::PositiveNumber);
-  sub->add_option("--calib-seqlen", o->calib_seqlen, "Tokens per calibration sample")
+  sub->add_option("--calib-num,--calib_data_num", o->calib_num, "Calibration samples")->capture_default_str()->check(at_least(1));
+  sub->add_option("--calib-seqlen,--calib_seqlen", o->calib_seqlen, "Tokens per calibration sample")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  sub->add_option("--percentile-alpha", o->alpha,
+      ->check(at_least(1));
+  sub->add_option("--percentile-alpha,--percentile_alpha", o->alpha,
                   "Quantile of |x| the percentile observer clips at (SSM input and state); 1 = max")
       ->capture_default_str();
   sub->add_option("--percentile-mode", o->pmode,
@@ -93,6 +93,9 @@ Runner register_quantize(CLI::App& app) {
     if (o->calib_data.empty()) o->calib_data = (fs::path(o->c.data_dir) / "corpus" / "calib.jsonl").string();
     auto fp = Model::load(o->model);
     if (fp->is_quantized()) fail("{}: the model is already quantized", o->model);
+    if (fp->config().arch == Arch::Mamba2 && o->recipe == "quamba1")
+      fmt::print(stderr, "note: the reference implementation quantizes Mamba2 with the Quamba2 recipe; quamba1 applies "
+                         "Quamba's W8A8 scheme to Mamba2's points (docs/quantize.md)\n");
     auto tok = load_tokenizer(o->model, o->c);
     const auto cs = make_calib_samples(*tok, o->calib_data, o->calib_seqlen, o->calib_num);
     fmt::print(stderr, "calibration: {} samples of up to {} tokens from {} ({} available in {} documents)\n",

@@ -80,7 +80,7 @@ Runner register_sweep(CLI::App& app) {
   auto* sub = app.add_subcommand("sweep", "Run a matrix of quantize + eval experiments from a TOML/JSON spec");
   sub->add_option("SPEC", o->spec, "Sweep spec (.toml or .json)")->required();
   sub->add_option("--limit", o->limit, "Limit every eval to N documents/windows (overrides the spec)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(at_least(1));
   sub->add_option("--log", o->log, "Experiment log (overrides the spec's)");
   sub->add_option("--out-dir", o->out_dir, "Folder of the quantized models (overrides the spec's)");
   sub->add_flag("-y,--yes", o->yes, "Do not ask for confirmation");

@@ -20,8 +20,8 @@ Runner register_verify_observer(CLI::App& app) {
   sub->add_option("--alphas", o->v.alphas, "Alphas to check")->capture_default_str();
   sub->add_option("--samples", o->v.samples, "Calibration samples (exact mode; ema sees the first)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  sub->add_option("--values", o->v.values, "Values per sample")->capture_default_str()->check(CLI::Range(2, 1 << 28));
+      ->check(at_least(1));
+  sub->add_option("--values", o->v.values, "Values per sample")->capture_default_str()->check(between(2, 1 << 28));
   sub->add_option("--outliers", o->v.outlier_share, "Share of planted outliers")->capture_default_str();
   sub->add_option("--seed", o->v.seed, "Seed of the activations")->capture_default_str();
   sub->add_option("--json", o->json, "Write the rows as JSON to FILE ('-' = stdout)");

@@ -17,6 +17,15 @@ struct Common {
 
 using Runner = std::function<int()>;
 
+// Numeric flag checks whose messages read as a person would write the range ("must be at least
+// 1"), not as CLI11's (which prints the numeric limits of the type).
+CLI::Validator at_least(double lo);
+CLI::Validator between(double lo, double hi);
+// Levenshtein distance ('_' and '-' equal): for "did you mean".
+size_t edit_distance(const std::string& a, const std::string& b);
+// The closest of `candidates` to `word`, or "" when none is close.
+std::string closest(const std::string& word, const std::vector<std::string>& candidates);
+
 // Adds --threads and --data-dir to a subcommand.
 void add_common(CLI::App* sub, Common& c);
 // Applies --threads; resolves the data folder.

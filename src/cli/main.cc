@@ -2,9 +2,12 @@
 #include <openssl/evp.h>
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+
+#include <fmt/ranges.h>
 
 #include "cli/common.h"
 #include "kernels/cpu/ops.h"
@@ -16,8 +19,53 @@
 
 namespace mambaq::cli {
 
+CLI::Validator at_least(double lo) {
+  return CLI::Validator(
+      [lo](std::string& s) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(s.c_str(), &end);
+        if (end == s.c_str() || *end) return "";  // not a number: CLI11's conversion says so
+        return v >= lo ? "" : fmt::format("must be at least {} (got {})", lo, s);
+      },
+      fmt::format(">= {}", lo));
+}
+
+CLI::Validator between(double lo, double hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& s) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(s.c_str(), &end);
+        if (end == s.c_str() || *end) return "";
+        return v >= lo && v <= hi ? "" : fmt::format("must be between {} and {} (got {})", lo, hi, s);
+      },
+      fmt::format("{} to {}", lo, hi));
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  const auto norm = [](char c) { return c == '_' ? '-' : c; };
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j)
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (norm(a[i - 1]) == norm(b[j - 1]) ? 0 : 1)});
+    prev.swap(cur);
+  }
+  return prev[b.size()];
+}
+
+std::string closest(const std::string& word, const std::vector<std::string>& candidates) {
+  std::string best;
+  size_t bd = SIZE_MAX;
+  for (const auto& c : candidates) {
+    const size_t d = edit_distance(word, c);
+    if (d < bd) bd = d, best = c;
+  }
+  return bd <= std::max<size_t>(2, word.size() / 3) ? best : "";
+}
+
 void add_common(CLI::App* sub, Common& c) {
-  sub->add_option("--threads", c.threads, "Threads for all kernels (default: all cores)")->check(CLI::NonNegativeNumber);
+  sub->add_option("--threads", c.threads, "Threads for all kernels (default: all cores)")->check(at_least(0));
   sub->add_option("--data-dir", c.data_dir, "Data folder laid out like shared/data (default: the bundled data/)");
 }
 
@@ -111,10 +159,48 @@ int main(int argc, char** argv) {
   reg(register_sweep(app));
   reg(register_report(app));
   mambaq::set_command_line(argc, argv);
+  std::vector<std::string> names;
+  for (auto& [sub, run] : cmds) names.push_back(sub->get_name());
+  // An unknown command: say so, with the nearest one (CLI11 would say "a subcommand is required").
+  if (argc > 1 && argv[1][0] != '-' && std::find(names.begin(), names.end(), argv[1]) == names.end()) {
+    const std::string near = closest(argv[1], names);
+    std::cerr << "mambaq: error: unknown command '" << argv[1] << "'"
+              << (near.empty() ? "" : " (did you mean '" + near + "'?)") << "; commands: " << fmt::format("{}", fmt::join(names, ", "))
+              << "\n";
+    return 2;
+  }
   try {
     app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
+  } catch (const CLI::ExtrasError& e) {
+    // An unknown option: name it and the nearest option of that command.
+    CLI::App* sub = nullptr;
+    for (auto& [s2, run] : cmds)
+      if (s2->parsed()) sub = s2;
+    std::vector<std::string> opts;
+    if (sub)
+      for (const CLI::Option* op : sub->get_options())
+        for (const auto& ln : op->get_lnames()) opts.push_back("--" + ln);
+    std::string bad;
+    for (int i = 2; i < argc; ++i) {
+      const std::string a = argv[i];
+      const std::string key = a.substr(0, a.find('='));
+      if (a.rfind("--", 0) == 0 && std::find(opts.begin(), opts.end(), key) == opts.end()) {
+        bad = key;
+        break;
+      }
+    }
+    if (!bad.empty()) {
+      const std::string near = closest(bad, opts);
+      std::cerr << "mambaq: error: " << (sub ? sub->get_name() + ": " : "") << "unknown option '" << bad << "'"
+                << (near.empty() ? "" : " (did you mean '" + near + "'?)") << "\n";
+      return 2;
+    }
     return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    // One line, like every other error (CLI11 adds a second "Run with --help" line).
+    std::cerr << "mambaq: error: " << e.what() << "\n";
+    return e.get_exit_code();
   }
   try {
     for (auto& [sub, run] : cmds)

@@ -1,6 +1,7 @@
 // Map a checkpoint's tensors onto ModelWeights, checking every name and shape against the config.
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <set>
 
 #include "mambaq/checkpoint.h"
@@ -120,6 +121,10 @@ std::unique_ptr<Model> Model::from_store(const ModelConfig& cfg, const TensorSto
 }
 
 std::unique_ptr<Model> Model::load(const std::string& dir) {
+  namespace fs = std::filesystem;
+  if (fs::is_regular_file(dir))
+    fail("{}: is a file; a model is the folder holding config.json and the weights (here: '{}')", dir,
+         fs::path(dir).parent_path().empty() ? "." : fs::path(dir).parent_path().string());
   ModelConfig cfg = load_config(dir);
   TensorStore store = load_checkpoint(dir);
   return from_store(cfg, store);
