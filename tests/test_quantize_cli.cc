@@ -7,6 +7,7 @@
 
 #include "analysis/explog.h"
 #include "io/json_file.h"
+#include "io/safetensors.h"
 #include "util.h"
 
 using mqtest::run_cli;
@@ -106,6 +107,11 @@ TEST(QuantizeCli, QuantizeEvalLogSnapshot) {
   EXPECT_EQ(qj["calibration"]["seqlen"], 256);
   EXPECT_EQ(qj["calibration"]["sha256"].get<std::string>().size(), 64u);
   EXPECT_TRUE(std::filesystem::exists(out + "/tokenizer.json"));
+  // the state-spaces checkpoint's tied lm_head (stored under its own name) is saved once
+  mambaq::TensorStore saved;
+  mambaq::load_safetensors(out + "/model.safetensors", saved);
+  EXPECT_TRUE(saved.has("backbone.embedding.weight"));
+  EXPECT_FALSE(saved.has("lm_head.weight"));
   // eval, logits, generate load it directly (int8 by default)
   r = run_cli("eval " + out + " --tasks ppl:corpus/heldout.txt --limit 2 -q --log " + log + " --json " + d + "/e.json");
   ASSERT_EQ(r.code, 0) << r.err;
