@@ -134,7 +134,10 @@ struct Tokenizer::Impl {
   // ByteLevel pre-tokenizer regex, then BPE on each piece.
   void encode_plain(std::string_view text, std::vector<int32_t>& out) const {
     if (text.empty()) return;
-    pcre2_match_data* md = pcre2_match_data_create_from_pattern(re, nullptr);
+    // Owned: bpe_word may throw (a byte the vocabulary lacks) in the middle of the loop.
+    std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> md_owner(
+        pcre2_match_data_create_from_pattern(re, nullptr), &pcre2_match_data_free);
+    pcre2_match_data* md = md_owner.get();
     size_t pos = 0;
     // The first call validates the UTF-8 of the whole text; later calls skip that check
     // (re-validating on every call made tokenizing a long file quadratic).
@@ -142,10 +145,7 @@ struct Tokenizer::Impl {
     while (pos < text.size()) {
       const int rc = pcre2_match(re, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), pos, flags, md, nullptr);
       if (rc == PCRE2_ERROR_NOMATCH) break;  // cannot happen: the final alternative \s+ and the others cover every character
-      if (rc < 0) {
-        pcre2_match_data_free(md);
-        fail("text is not valid UTF-8 (PCRE2 error {})", rc);
-      }
+      if (rc < 0) fail("text is not valid UTF-8 (PCRE2 error {})", rc);
       flags = PCRE2_NO_UTF_CHECK;
       const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
       if (ov[1] == ov[0]) {
@@ -156,7 +156,6 @@ struct Tokenizer::Impl {
       bpe_word(std::string(text.substr(ov[0], ov[1] - ov[0])), out);
       pos = ov[1];
     }
-    pcre2_match_data_free(md);
   }
 
   // Leftmost-longest split on added tokens; calls `plain` on the text between matches.
