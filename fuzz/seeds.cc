@@ -20,6 +20,7 @@
 #include "quant/quantized.h"
 #include "targets.h"
 #include "tiny_model.h"
+#include "torch_writer.h"
 
 namespace fs = std::filesystem;
 
@@ -60,55 +61,7 @@ void quantized_folder(const fs::path& fp_dir, const fs::path& out) {
   save_quantized(*q, out.string(), "");
 }
 
-// ---- a torch.save-like zip: hand-written pickle (protocol 2) + stored members ----
-struct Pk {
-  std::string b;
-  void g(const std::string& m, const std::string& n) { b += "c" + m + "\n" + n + "\n"; }
-  void s(const std::string& x) {
-    b.push_back('X');
-    for (int i = 0; i < 4; ++i) b.push_back(char((x.size() >> (8 * i)) & 0xff));
-    b += x;
-  }
-  void i(int64_t v) {
-    b.push_back('J');
-    for (int k = 0; k < 4; ++k) b.push_back(char((uint64_t(v) >> (8 * k)) & 0xff));
-  }
-  void tup(const std::vector<int64_t>& xs) {
-    b += '(';
-    for (auto x : xs) i(x);
-    b += 't';
-  }
-};
-struct PT {
-  std::string name, cls, key;
-  int64_t numel, offset;
-  std::vector<int64_t> shape, stride;
-};
-std::string torch_pickle(const std::vector<PT>& ts) {
-  Pk w;
-  w.b = "\x80\x02";
-  w.g("collections", "OrderedDict");
-  w.b += ")R(";
-  for (const auto& t : ts) {
-    w.s(t.name);
-    w.g("torch._utils", "_rebuild_tensor_v2");
-    w.b += "((";
-    w.s("storage");
-    w.g("torch", t.cls);
-    w.s(t.key);
-    w.s("cpu");
-    w.i(t.numel);
-    w.b += "tQ";
-    w.i(t.offset);
-    w.tup(t.shape);
-    w.tup(t.stride);
-    w.b += '\x89';
-    w.g("collections", "OrderedDict");
-    w.b += ")RtR";
-  }
-  w.b += "u.";
-  return w.b;
-}
+// ---- a torch.save-like zip: the hand-written pickle (torch_writer.h) + stored members ----
 std::string zip_bytes(const fs::path& tmp, const std::vector<std::pair<std::string, std::string>>& entries) {
   int err = 0;
   fs::remove(tmp);
@@ -200,7 +153,7 @@ void write_seeds(const std::string& out_dir, const std::string& src) {
     write(out / "config" / (std::string(m) + ".json"), slurp(repo / "models" / m / "config.json"));
   // torch zips: contiguous, shared storage with an offset, a strided (transposed) view
   {
-    const std::string pkl = torch_pickle({{"a", "FloatStorage", "0", 12, 0, {3, 4}, {4, 1}},
+    const std::string pkl = torch_state_pickle({{"a", "FloatStorage", "0", 12, 0, {3, 4}, {4, 1}},
                                           {"b", "FloatStorage", "0", 12, 4, {2, 2}, {1, 2}},
                                           {"c", "HalfStorage", "1", 3, 0, {3}, {1}}});
     std::vector<uint16_t> hv = {f32_to_f16(1.f), f32_to_f16(2.f), f32_to_f16(3.f)};
@@ -212,7 +165,7 @@ void write_seeds(const std::string& out_dir, const std::string& src) {
                                     {"archive/data/1", hb},
                                     {"archive/version", "3\n"}}));
     write(out / "torch_zip" / "other-root.bin",
-          zip_bytes(tmp / "b.bin", {{"model/data.pkl", torch_pickle({{"w", "BFloat16Storage", "0", 2, 0, {2}, {1}}})},
+          zip_bytes(tmp / "b.bin", {{"model/data.pkl", torch_state_pickle({{"w", "BFloat16Storage", "0", 2, 0, {2}, {1}}})},
                                     {"model/data/0", std::string("\x80\x3f\x00\x40", 4)}}));
   }
   // tokenizers and text

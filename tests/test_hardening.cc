@@ -23,6 +23,7 @@
 #include "mambaq/eval.h"
 #include "mambaq/model.h"
 #include "tiny_model.h"
+#include "torch_writer.h"
 #include "util.h"
 
 using namespace mambaq;
@@ -38,45 +39,9 @@ std::string save_tiny(const fuzz::TinyModel& t, const std::string& name) {
 }
 
 // ---- pickle / zip builders (what torch.save writes, with fields under our control) ----
-struct Pk {
-  std::string b = "\x80\x02";
-  void g(const std::string& m, const std::string& n) { b += "c" + m + "\n" + n + "\n"; }
-  void s(const std::string& x) {
-    b.push_back('X');
-    for (int i = 0; i < 4; ++i) b.push_back(char((x.size() >> (8 * i)) & 0xff));
-    b += x;
-  }
-  void i(int64_t v) {  // LONG1 with 8 bytes: any int64
-    b += "\x8a\x08";
-    for (int k = 0; k < 8; ++k) b.push_back(char((uint64_t(v) >> (8 * k)) & 0xff));
-  }
-  void tup(const std::vector<int64_t>& xs) {
-    b += '(';
-    for (auto x : xs) i(x);
-    b += 't';
-  }
-};
 std::string one_tensor_pickle(const std::string& key, int64_t offset, const std::vector<int64_t>& shape,
                               const std::vector<int64_t>& stride) {
-  Pk w;
-  w.g("collections", "OrderedDict");
-  w.b += ")R(";
-  w.s("w");
-  w.g("torch._utils", "_rebuild_tensor_v2");
-  w.b += "((";
-  w.s("storage");
-  w.g("torch", "FloatStorage");
-  w.s(key);
-  w.s("cpu");
-  w.i(16);
-  w.b += "tQ";
-  w.i(offset);
-  w.tup(shape);
-  w.tup(stride);
-  w.b += '\x89';
-  w.g("collections", "OrderedDict");
-  w.b += ")RtRu.";
-  return w.b;
+  return fuzz::torch_state_pickle({{"w", "FloatStorage", key, 16, offset, shape, stride}});
 }
 TensorStore from_pickle(const std::string& pkl, size_t storage_bytes = 64) {
   TensorStore st;

@@ -9,72 +9,15 @@
 #include "io/torch_zip.h"
 #include "mambaq/checkpoint.h"
 #include "mambaq/error.h"
+#include "torch_writer.h"
 #include "util.h"
 
 using namespace mambaq;
 
 namespace {
 
-// ---- a minimal pickle writer, enough to emit what torch.save writes for a state_dict ----
-struct PickleWriter {
-  std::string b;
-  void op(char c) { b.push_back(c); }
-  void global(const std::string& mod, const std::string& name) { b += "c" + mod + "\n" + name + "\n"; }
-  void str(const std::string& s) {
-    b.push_back('X');
-    for (int i = 0; i < 4; ++i) b.push_back(char((s.size() >> (8 * i)) & 0xff));
-    b += s;
-  }
-  void int32(int64_t v) {
-    b.push_back('J');
-    for (int i = 0; i < 4; ++i) b.push_back(char((uint64_t(v) >> (8 * i)) & 0xff));
-  }
-  void tuple(const std::vector<int64_t>& xs) {
-    op('(');
-    for (auto x : xs) int32(x);
-    op('t');
-  }
-};
-
-struct TensorSpec {
-  std::string name, storage_type, key;
-  int64_t storage_numel, offset;
-  std::vector<int64_t> shape, stride;
-};
-
-std::string torch_pickle(const std::vector<TensorSpec>& ts) {
-  PickleWriter w;
-  w.b = "\x80\x02";
-  w.global("collections", "OrderedDict");
-  w.op(')');
-  w.op('R');
-  w.op('(');
-  for (const auto& t : ts) {
-    w.str(t.name);
-    w.global("torch._utils", "_rebuild_tensor_v2");
-    w.op('(');
-    w.op('(');
-    w.str("storage");
-    w.global("torch", t.storage_type);
-    w.str(t.key);
-    w.str("cpu");
-    w.int32(t.storage_numel);
-    w.op('t');
-    w.op('Q');
-    w.int32(t.offset);
-    w.tuple(t.shape);
-    w.tuple(t.stride);
-    w.op('\x89');
-    w.global("collections", "OrderedDict");
-    w.op(')');
-    w.op('R');
-    w.op('t');
-    w.op('R');
-  }
-  w.op('u');
-  w.op('.');
-  return w.b;
-}
+using mambaq::fuzz::PickleWriter;
+std::string torch_pickle(const std::vector<mambaq::fuzz::TorchTensorRecord>& ts) { return mambaq::fuzz::torch_state_pickle(ts); }
 
 void write_zip(const std::string& path, const std::vector<std::pair<std::string, std::string>>& entries) {
   int err = 0;

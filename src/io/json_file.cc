@@ -66,15 +66,9 @@ std::vector<std::string> read_jsonl_texts(const std::string& path) {
 namespace mambaq {
 
 int64_t json_as_int(const nlohmann::json& v, const std::string& what, int64_t lo, int64_t hi) {
-  int64_t x = 0;
-  if (v.is_number_integer()) {
-    if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX)) fail("{} = {} is out of range", what, v.dump());
-    x = v.get<int64_t>();
-  } else if (v.is_number_float()) {
-    fail("{} must be an integer (got {})", what, v.dump());
-  } else {
-    fail("{} must be an integer (got {})", what, v.dump());
-  }
+  if (!v.is_number_integer()) fail("{} must be an integer (got {})", what, v.dump());
+  if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX)) fail("{} = {} is out of range", what, v.dump());
+  const int64_t x = v.get<int64_t>();
   if (x < lo || x > hi) {
     if (hi == INT32_MAX) fail("{} = {} is out of range (must be at least {})", what, x, lo);
     fail("{} = {} is out of range ({} to {})", what, x, lo, hi);
