@@ -5,6 +5,7 @@
 #include <random>
 #include <vector>
 
+#include "core/threads.h"
 #include "kernels/cpu/ops.h"
 
 using namespace mambaq;

@@ -4,7 +4,7 @@
 
 #include "mambaq/error.h"
 #include "quant/calibrate.h"
-#include "quant/hadamard.h"
+#include "kernels/hadamard.h"
 #include "util.h"
 
 using namespace mambaq;

@@ -1,7 +1,7 @@
 // Fake quantization (W8A8 simulation) on the fixtures: close to FP32, and every point applied.
 #include "mambaq/eval.h"
-#include "quant/fake_quant.h"
-#include "quant/hadamard.h"
+#include "quant/quantized.h"
+#include "kernels/hadamard.h"
 #include "util.h"
 
 using namespace mambaq;
@@ -16,14 +16,13 @@ TEST_P(FakeQuantBoth, HeldoutPerplexityStaysNearFp32) {
   CalibOptions co;
   co.progress = false;
   const Calibration cal = calibrate(*fp, cs, co);
-  auto fq = fake_quant_weights(*fp, Granularity::Tensor);
-  FakeQuantTap tap(fp->config(), cal);
+  auto fq = quantize_model(*fp, cal, QuantMeta{});
+  fq->set_mode(ExecMode::Fake);
   EvalOptions eo;
   eo.data_dir = mqtest::repo("data");
   eo.progress = false;
   eo.limit = 20;
   const double ppl_fp = run_task(*fp, mqtest::tokenizer(), "ppl:corpus/heldout.txt", eo).json["ppl"];
-  eo.tap = &tap;
   const double ppl_fq = run_task(*fq, mqtest::tokenizer(), "ppl:corpus/heldout.txt", eo).json["ppl"];
   RecordProperty("ppl_fp32", std::to_string(ppl_fp));
   RecordProperty("ppl_w8a8_fake", std::to_string(ppl_fq));
@@ -39,13 +38,12 @@ TEST(FakeQuant, HadamardFusionAloneChangesNothing) {
   auto fp = Model::load(mqtest::repo("models/mamba-tiny"));
   Model fused(*fp);
   for (auto& L : fused.weights_mut().layers) {
-    std::vector<float> w(L.out_proj.data, L.out_proj.data + L.out_proj.size());
-    hadamard_fuse_right(w.data(), int(L.out_proj.dim(0)), int(L.out_proj.dim(1)));
-    auto buf = std::make_shared<std::vector<float>>(std::move(w));
-    L.out_proj.data = buf->data();
-    L.out_proj.owner = buf;
+    std::vector<float> w(L.out_proj.f32(), L.out_proj.f32() + L.out_proj.size());
+    hadamard_fuse_right(w.data(), L.out_proj.rows(), L.out_proj.cols());
+    L.out_proj = QTensor::from_weight(Weight::from_vector(std::move(w), L.out_proj.shape));
+    L.out_proj_rotated = true;
   }
-  fused.hadamard_out_proj = true;
+  fused.set_mode(ExecMode::FP32);
   auto ids = mqtest::tokenizer().encode("It is a truth universally acknowledged, that a single man");
   EXPECT_LT(mqtest::rel_err(fused.last_logits(ids), fp->last_logits(ids)), 1e-5);
 }

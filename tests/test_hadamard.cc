@@ -1,7 +1,7 @@
 // Hadamard transforms: the base matrices are Hadamard (H H^T = m I, entries +-1), the fast
 // transform equals the dense orthonormal matrix, round trips are exact to fp32 rounding, and
 // fusing into weights preserves W x.
-#include "quant/hadamard.h"
+#include "kernels/hadamard.h"
 #include "util.h"
 
 using namespace mambaq;

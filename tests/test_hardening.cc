@@ -18,7 +18,8 @@
 #include "io/npz.h"
 #include "io/safetensors.h"
 #include "io/torch_zip.h"
-#include "kernels/cpu/ops.h"
+#include "kernels/backend.h"
+#include "kernels/ref/ops.h"
 #include "mambaq/checkpoint.h"
 #include "mambaq/eval.h"
 #include "mambaq/model.h"
@@ -319,7 +320,7 @@ TEST(Hardening, LayerNormKernelMatchesHandComputedValues) {
   const double expect[4] = {-2 * r * 1 + 0.1, -1 * r * 2, 0 * r * 0.5 - 0.2, 3 * r * -1 + 1};
   float o_ref[4], o_cpu[4];
   ref::layernorm(x, w, b, o_ref, 1, 4, 1e-5f);
-  cpu::layernorm(x, w, b, o_cpu, 1, 4, 1e-5f);
+  backend("cpu").layernorm(x, w, b, o_cpu, 1, 4, 1e-5f);
   for (int i = 0; i < 4; ++i) {
     EXPECT_NEAR(o_ref[i], expect[i], 1e-6);
     EXPECT_NEAR(o_cpu[i], expect[i], 1e-6);
@@ -330,7 +331,7 @@ TEST(Hardening, LayerNormKernelMatchesHandComputedValues) {
   auto xs = mqtest::randn(size_t(T) * D, 5, 3.f, 100.f), ws = mqtest::randn(D, 6), bs = mqtest::randn(D, 7);
   std::vector<float> a(xs.size()), c(xs.size());
   ref::layernorm(xs.data(), ws.data(), bs.data(), a.data(), T, D, 1e-5f);
-  cpu::layernorm(xs.data(), ws.data(), bs.data(), c.data(), T, D, 1e-5f);
+  backend("cpu").layernorm(xs.data(), ws.data(), bs.data(), c.data(), T, D, 1e-5f);
   EXPECT_LT(mqtest::rel_err(c, a), 1e-5);
 }
 

@@ -2,12 +2,23 @@
 // Bounds: fast kernels compute in fp32 with vectorised exp/log (relative error < 3e-7 each)
 // and a different summation order than the double-precision references, so outputs agree to
 // ~1e-6 relative; we allow 1e-5 (2e-5 for scans, whose state compounds rounding over T steps).
-#include "kernels/cpu/ops.h"
+#include "core/threads.h"
+#include "kernels/backend.h"
+#include "kernels/hadamard.h"
+#include "kernels/ref/ops.h"
 #include "kernels/cpu/vmath.h"
 #include "util.h"
 
 using namespace mambaq;
 using mqtest::rel_err;
+
+// Every test runs on every backend (the reference backend included: its packed wrappers are
+// checked against the one-sequence reference kernels).
+class Kernels : public ::testing::TestWithParam<std::string> {
+ protected:
+  std::string bparam() const { return GetParam(); }
+};
+INSTANTIATE_TEST_SUITE_P(Backends, Kernels, ::testing::ValuesIn(backend_names()));
 
 TEST(VMath, ExpLogSoftplusMatchLibm) {
   double worst_exp = 0, worst_log = 0, worst_sp = 0;
@@ -22,21 +33,23 @@ TEST(VMath, ExpLogSoftplusMatchLibm) {
   EXPECT_EQ(softplus(30.f), 30.f);  // torch's threshold
 }
 
-TEST(Kernels, RmsNorm) {
+TEST_P(Kernels, RmsNorm) {
+  const Backend& B = backend(bparam());
   const int T = 37, d = 200;
   auto x = mqtest::randn(size_t(T) * d, 1, 2.f), w = mqtest::randn(size_t(d), 2, 1.f, 1.f);
   std::vector<float> a(x.size()), b(x.size());
   ref::rmsnorm(x.data(), w.data(), a.data(), T, d, 1e-5f);
-  cpu::rmsnorm(x.data(), w.data(), b.data(), T, d, 1e-5f);
+  B.rmsnorm(x.data(), w.data(), b.data(), T, d, 1e-5f);
   EXPECT_LT(rel_err(b, a), 1e-6);
 }
 
-TEST(Kernels, Gemm) {
+TEST_P(Kernels, Gemm) {
+  const Backend& B = backend(bparam());
   const int M = 19, N = 70, K = 33, lda = 40, ldc = 75;
   auto A = mqtest::randn(size_t(M) * lda, 3), W = mqtest::randn(size_t(N) * K, 4), bias = mqtest::randn(size_t(N), 5);
   std::vector<float> a(size_t(M) * ldc, 0.f), b(size_t(M) * ldc, 0.f);
   ref::gemm(M, N, K, A.data(), lda, W.data(), bias.data(), a.data(), ldc);
-  cpu::gemm(M, N, K, A.data(), lda, W.data(), bias.data(), b.data(), ldc);
+  B.gemm(M, N, K, A.data(), lda, W.data(), bias.data(), b.data(), ldc);
   EXPECT_LT(rel_err(b, a), 1e-6);
 }
 
@@ -52,7 +65,8 @@ struct Packed {
   int n() const { return int(lens.size()); }
 };
 
-TEST(Kernels, Conv1dSiluPackedWithState) {
+TEST_P(Kernels, Conv1dSiluPackedWithState) {
+  const Backend& B = backend(bparam());
   Packed p;
   const int C = 150, K = 4, ldx = 170, ldo = 160;
   auto x = mqtest::randn(size_t(p.T) * ldx, 6), w = mqtest::randn(size_t(C) * K, 7, 0.5f), b = mqtest::randn(size_t(C), 8);
@@ -67,12 +81,13 @@ TEST(Kernels, Conv1dSiluPackedWithState) {
   for (int s = 0; s < p.n(); ++s)
     ref::conv1d_silu(x.data() + size_t(p.offs[size_t(s)]) * ldx, ldx, p.lens[size_t(s)], C, K, w.data(), b.data(),
                      s == 1 ? nullptr : st_ref[size_t(s)].data(), a.data() + size_t(p.offs[size_t(s)]) * ldo, ldo);
-  cpu::conv1d_silu(p.n(), p.offs.data(), x.data(), ldx, C, K, w.data(), b.data(), sp.data(), o.data(), ldo);
+  B.conv1d_silu(p.n(), p.offs.data(), x.data(), ldx, C, K, w.data(), b.data(), sp.data(), o.data(), ldo);
   EXPECT_LT(rel_err(o, a), 1e-5);
   for (int s = 0; s < p.n(); ++s) EXPECT_EQ(st_fast[size_t(s)], st_ref[size_t(s)]) << "state of sequence " << s;
 }
 
-TEST(Kernels, SelectiveScanPackedWithState) {
+TEST_P(Kernels, SelectiveScanPackedWithState) {
+  const Backend& B = backend(bparam());
   Packed p;
   const int D = 64, N = 16, ld = 3 * D, ldbc = 2 * N + 5;
   auto u = mqtest::randn(size_t(p.T) * ld, 10), delta = mqtest::randn(size_t(p.T) * ld, 11, 1.f, -3.f);
@@ -93,7 +108,7 @@ TEST(Kernels, SelectiveScanPackedWithState) {
                         bc.data() + o0 * ldbc, ldbc, bc.data() + o0 * ldbc + N, ldbc, Dk.data(), z.data() + o0 * ld, ld,
                         s == 3 ? nullptr : st_ref[size_t(s)].data(), a.data() + o0 * D, D);
   }
-  cpu::selective_scan(p.n(), p.offs.data(), D, N, u.data(), ld, delta.data(), ld, bias.data(), A.data(), bc.data(), ldbc,
+  B.selective_scan(p.n(), p.offs.data(), D, N, u.data(), ld, delta.data(), ld, bias.data(), A.data(), bc.data(), ldbc,
                       bc.data() + N, ldbc, Dk.data(), z.data(), ld, sp.data(), o.data(), D);
   EXPECT_LT(rel_err(o, a), 2e-5);
   for (int s = 0; s < p.n(); ++s)
@@ -102,11 +117,15 @@ TEST(Kernels, SelectiveScanPackedWithState) {
     }
 }
 
-class SsdScan : public ::testing::TestWithParam<int> {};  // ngroups
+class SsdScan : public ::testing::TestWithParam<std::tuple<std::string, int>> {  // backend, ngroups
+ protected:
+  std::string bparam() const { return std::get<0>(GetParam()); }
+};
 
 TEST_P(SsdScan, PackedWithState) {
+  const Backend& B = backend(bparam());
   Packed p;
-  const int G = GetParam(), H = 8, P = 16, N = 32, ldx = H * P + 7, ldbc = 2 * G * N + 3, lddt = H + 2;
+  const int G = std::get<1>(GetParam()), H = 8, P = 16, N = 32, ldx = H * P + 7, ldbc = 2 * G * N + 3, lddt = H + 2;
   auto x = mqtest::randn(size_t(p.T) * ldx, 20), bc = mqtest::randn(size_t(p.T) * ldbc, 21);
   auto dt = mqtest::randn(size_t(p.T) * lddt, 22, 1.f, -2.f), A = mqtest::uniform(size_t(H), 23, -8.f, -1.f);
   auto dtb = mqtest::randn(size_t(H), 24, 0.5f), Dk = mqtest::randn(size_t(H), 25);
@@ -124,42 +143,45 @@ TEST_P(SsdScan, PackedWithState) {
                   bc.data() + o0 * ldbc, ldbc, bc.data() + o0 * ldbc + G * N, ldbc, Dk.data(),
                   s == 0 ? nullptr : st_ref[size_t(s)].data(), a.data() + o0 * H * P, H * P);
   }
-  cpu::ssd_scan(p.n(), p.offs.data(), H, P, G, N, x.data(), ldx, dt.data(), lddt, dtb.data(), A.data(), bc.data(), ldbc,
+  B.ssd_scan(p.n(), p.offs.data(), H, P, G, N, x.data(), ldx, dt.data(), lddt, dtb.data(), A.data(), bc.data(), ldbc,
                 bc.data() + G * N, ldbc, Dk.data(), sp.data(), o.data(), H * P);
   EXPECT_LT(rel_err(o, a), 2e-5);
   for (int s = 1; s < p.n(); ++s) EXPECT_LT(rel_err(st_fast[size_t(s)], st_ref[size_t(s)]), 2e-5);
 }
-INSTANTIATE_TEST_SUITE_P(Groups, SsdScan, ::testing::Values(1, 2, 4));
+INSTANTIATE_TEST_SUITE_P(Groups, SsdScan, ::testing::Combine(::testing::ValuesIn(backend_names()), ::testing::Values(1, 2, 4)));
 
-TEST(Kernels, GatedRmsNormBothOrders) {
+TEST_P(Kernels, GatedRmsNormBothOrders) {
+  const Backend& B = backend(bparam());
   const int T = 9, D = 96, ldz = 110;
   for (int group : {96, 24})
     for (bool nbg : {false, true}) {
       auto y = mqtest::randn(size_t(T) * D, 30), z = mqtest::randn(size_t(T) * ldz, 31), w = mqtest::randn(size_t(D), 32, 0.2f, 1.f);
       auto a = y, b = y;
       ref::gated_rmsnorm(a.data(), z.data(), ldz, w.data(), T, D, group, 1e-5f, nbg);
-      cpu::gated_rmsnorm(b.data(), z.data(), ldz, w.data(), T, D, group, 1e-5f, nbg);
+      B.gated_rmsnorm(b.data(), z.data(), ldz, w.data(), T, D, group, 1e-5f, nbg);
       EXPECT_LT(rel_err(b, a), 1e-6) << "group " << group << " norm_before_gate " << nbg;
     }
 }
 
-TEST(Kernels, ResultsDoNotDependOnThreadCount) {
+TEST_P(Kernels, ResultsDoNotDependOnThreadCount) {
+  const Backend& B = backend(bparam());
   Packed p;
   const int D = 128, N = 16;
   auto u = mqtest::randn(size_t(p.T) * D, 40), delta = mqtest::randn(size_t(p.T) * D, 41, 1.f, -3.f);
   auto bc = mqtest::randn(size_t(p.T) * 2 * N, 42), A = mqtest::uniform(size_t(D) * N, 43, -4.f, -1.f);
   std::vector<float> y1(size_t(p.T) * D), y2(y1.size());
   set_num_threads(1);
-  cpu::selective_scan(p.n(), p.offs.data(), D, N, u.data(), D, delta.data(), D, nullptr, A.data(), bc.data(), 2 * N,
+  B.selective_scan(p.n(), p.offs.data(), D, N, u.data(), D, delta.data(), D, nullptr, A.data(), bc.data(), 2 * N,
                       bc.data() + N, 2 * N, nullptr, nullptr, 0, nullptr, y1.data(), D);
   set_num_threads(2);
-  cpu::selective_scan(p.n(), p.offs.data(), D, N, u.data(), D, delta.data(), D, nullptr, A.data(), bc.data(), 2 * N,
+  B.selective_scan(p.n(), p.offs.data(), D, N, u.data(), D, delta.data(), D, nullptr, A.data(), bc.data(), 2 * N,
                       bc.data() + N, 2 * N, nullptr, nullptr, 0, nullptr, y2.data(), D);
   set_num_threads(0);
   EXPECT_EQ(y1, y2);
 }
 
-TEST(Kernels, LogSoftmaxAt) {
+TEST_P(Kernels, LogSoftmaxAt) {
+  const Backend& B = backend(bparam());
   const int V = 50280;
   auto l = mqtest::randn(size_t(V), 50, 3.f);
   l[777] = 25.f;  // a clear maximum
@@ -167,9 +189,30 @@ TEST(Kernels, LogSoftmaxAt) {
     double a, b;
     int aa, ba;
     ref::log_softmax_at(l.data(), V, target, &a, &aa);
-    cpu::log_softmax_at(l.data(), V, target, &b, &ba);
+    B.log_softmax_at(l.data(), V, target, &b, &ba);
     EXPECT_NEAR(b, a, 1e-5 * std::max(1.0, std::abs(a)));
     EXPECT_EQ(ba, aa);
     EXPECT_EQ(ba, 777);
+  }
+}
+
+TEST_P(Kernels, HadamardMatchesDenseMatrix) {
+  const Backend& B = backend(bparam());
+  for (int n : {64, 96, 160, 224, 320}) {  // 2^k and 12, 20, 28 (x 8), 40 (x 8) bases
+    const int rows = 5, ld = n + 3;
+    auto x = mqtest::randn(size_t(rows) * ld, uint32_t(n));
+    for (bool tr : {false, true}) {
+      auto y = x;
+      B.hadamard(y.data(), rows, n, ld, tr);
+      const auto H = ref::hadamard_dense(n);
+      std::vector<float> want(x);
+      for (int r = 0; r < rows; ++r)
+        for (int i = 0; i < n; ++i) {
+          double acc = 0;
+          for (int j = 0; j < n; ++j) acc += (tr ? H[size_t(j) * n + i] : H[size_t(i) * n + j]) * x[size_t(r) * ld + j];
+          want[size_t(r) * ld + i] = float(acc);
+        }
+      EXPECT_LT(rel_err(y, want), 1e-6) << n << (tr ? " transposed" : "");  // fp32 butterflies, log2(n) levels
+    }
   }
 }

@@ -4,11 +4,21 @@
 // (conv) may differ by one code where the float and double paths land on opposite sides of a
 // rounding boundary: at most 1 code, in under 1 % of the elements. Scans on int8 inputs inherit
 // the float scans' bound (2e-5).
-#include "kernels/cpu/ops.h"
+#include "core/threads.h"
+#include "kernels/backend.h"
+#include "kernels/ref/ops.h"
 #include "util.h"
 
 using namespace mambaq;
 using mqtest::rel_err;
+
+// Every test runs on every backend (the reference backend included: its packed wrappers are
+// checked against the one-sequence reference kernels).
+class KernelsInt8 : public ::testing::TestWithParam<std::string> {
+ protected:
+  std::string bparam() const { return GetParam(); }
+};
+INSTANTIATE_TEST_SUITE_P(Backends, KernelsInt8, ::testing::ValuesIn(backend_names()));
 
 namespace {
 std::vector<int8_t> rand_codes(size_t n, uint32_t seed) {
@@ -20,11 +30,12 @@ std::vector<int8_t> rand_codes(size_t n, uint32_t seed) {
 }
 }  // namespace
 
-TEST(KernelsInt8, QuantizeRoundsHalfToEvenAndClamps) {
+TEST_P(KernelsInt8, QuantizeRoundsHalfToEvenAndClamps) {
+  const Backend& B = backend(bparam());
   const float x[] = {0.5f, 1.5f, 2.5f, -0.5f, -2.5f, 126.6f, 300.f, -300.f, 0.49f, 3.2f};
   int8_t a[10], b[10];
   ref::quantize(x, 1, 10, 10, 1.0f, a, 10);
-  cpu::quantize(x, 1, 10, 10, 1.0f, b, 10);
+  B.quantize(x, 1, 10, 10, 1.0f, b, 10);
   const int8_t want[] = {0, 2, 2, 0, -2, 127, 127, -127, 0, 3};  // by hand
   for (int i = 0; i < 10; ++i) {
     EXPECT_EQ(a[i], want[i]) << i;
@@ -32,41 +43,47 @@ TEST(KernelsInt8, QuantizeRoundsHalfToEvenAndClamps) {
   }
 }
 
-TEST(KernelsInt8, QuantizeMatchesReference) {
+TEST_P(KernelsInt8, QuantizeMatchesReference) {
+  const Backend& B = backend(bparam());
   const int rows = 33, cols = 300, ldx = 310, ldq = 305;
   auto x = mqtest::randn(size_t(rows) * ldx, 1, 3.f);
   std::vector<int8_t> a(size_t(rows) * ldq), b(size_t(rows) * ldq);
   ref::quantize(x.data(), rows, cols, ldx, 0.05f, a.data(), ldq);
-  cpu::quantize(x.data(), rows, cols, ldx, 0.05f, b.data(), ldq);
+  B.quantize(x.data(), rows, cols, ldx, 0.05f, b.data(), ldq);
   for (int r = 0; r < rows; ++r)
     for (int c = 0; c < cols; ++c) ASSERT_EQ(a[size_t(r) * ldq + c], b[size_t(r) * ldq + c]) << r << "," << c;
 }
 
 // M = 1 and 3 take the GEMV path (K = 77: the vector tail), M = 37 a GEMM;
 // K = 77 takes the exact-fp32 path for M > 4, K = 16 and 600 oneDNN's int8 GEMM.
-class GemmS8 : public ::testing::TestWithParam<std::tuple<int, bool, int>> {};
+class GemmS8 : public ::testing::TestWithParam<std::tuple<std::string, int, bool, int>> {  // backend, M, per row, K
+ protected:
+  std::string bparam() const { return std::get<0>(GetParam()); }
+};
 TEST_P(GemmS8, MatchesReference) {
-  const auto [M, per_row, K] = GetParam();
+  const Backend& B = backend(bparam());
+  const auto [name, M, per_row, K] = GetParam();
   const int N = 70, lda = 610, ldc = 75;
   auto A = rand_codes(size_t(M) * lda, 2), W = rand_codes(size_t(N) * K, 3);
   auto ws = mqtest::uniform(per_row ? size_t(N) : 1, 4, 1e-3f, 2e-2f);
   auto bias = mqtest::randn(size_t(N), 5);
   std::vector<float> a(size_t(M) * ldc, 0.f), b(size_t(M) * ldc, 0.f);
   ref::gemm_s8(M, N, K, A.data(), lda, 0.03f, W.data(), ws.data(), per_row, bias.data(), a.data(), ldc);
-  cpu::gemm_s8(M, N, K, A.data(), lda, 0.03f, W.data(), ws.data(), per_row, bias.data(), b.data(), ldc);
+  B.gemm_s8(M, N, K, A.data(), lda, 0.03f, W.data(), ws.data(), per_row, bias.data(), b.data(), ldc);
   EXPECT_LT(rel_err(b, a), 1e-6);
   // Without bias, exact integer products: compare the int32 sums recovered from the outputs.
   ref::gemm_s8(M, N, K, A.data(), lda, 1.f, W.data(), std::vector<float>(size_t(N), 1.f).data(), per_row, nullptr,
                a.data(), ldc);
-  cpu::gemm_s8(M, N, K, A.data(), lda, 1.f, W.data(), std::vector<float>(size_t(N), 1.f).data(), per_row, nullptr,
+  B.gemm_s8(M, N, K, A.data(), lda, 1.f, W.data(), std::vector<float>(size_t(N), 1.f).data(), per_row, nullptr,
                b.data(), ldc);
   EXPECT_EQ(a, b);
 }
 INSTANTIATE_TEST_SUITE_P(Shapes, GemmS8,
-                         ::testing::Combine(::testing::Values(1, 3, 37), ::testing::Values(false, true),
+                         ::testing::Combine(::testing::ValuesIn(backend_names()), ::testing::Values(1, 3, 37), ::testing::Values(false, true),
                                             ::testing::Values(16, 77, 600)));
 
-TEST(KernelsInt8, Conv1dS8SiluPackedWithState) {
+TEST_P(KernelsInt8, Conv1dS8SiluPackedWithState) {
+  const Backend& B = backend(bparam());
   const std::vector<int> lens{5, 1, 17, 3, 64};
   std::vector<int> offs{0};
   for (int l : lens) offs.push_back(offs.back() + l);
@@ -84,7 +101,7 @@ TEST(KernelsInt8, Conv1dS8SiluPackedWithState) {
     ref::conv1d_s8_silu(x.data() + size_t(offs[size_t(s)]) * ldx, ldx, sx, lens[size_t(s)], C, K, w.data(), sw,
                         b.data(), s == 1 ? nullptr : st_ref[size_t(s)].data(), os.data(),
                         a.data() + size_t(offs[size_t(s)]) * ldo, ldo);
-  cpu::conv1d_s8_silu(nseq, offs.data(), x.data(), ldx, sx, C, K, w.data(), sw, b.data(), sp.data(), os.data(),
+  B.conv1d_s8_silu(nseq, offs.data(), x.data(), ldx, sx, C, K, w.data(), sw, b.data(), sp.data(), os.data(),
                       o.data(), ldo);
   int off_by_one = 0, nonzero = 0;
   for (int t = 0; t < T; ++t)
@@ -99,7 +116,8 @@ TEST(KernelsInt8, Conv1dS8SiluPackedWithState) {
   EXPECT_EQ(st_fast, st_ref);
 }
 
-TEST(KernelsInt8, SelectiveScanS8PackedWithState) {
+TEST_P(KernelsInt8, SelectiveScanS8PackedWithState) {
+  const Backend& B = backend(bparam());
   const std::vector<int> lens{5, 1, 17, 3, 64};
   std::vector<int> offs{0};
   for (int l : lens) offs.push_back(offs.back() + l);
@@ -121,14 +139,15 @@ TEST(KernelsInt8, SelectiveScanS8PackedWithState) {
                            0.03f, Dsk.data(), z.data() + o0 * ld, ld, 0.04f, st_ref[size_t(s)].data(),
                            a.data() + o0 * D, D);
   }
-  cpu::selective_scan_s8(nseq, offs.data(), D, N, u.data(), ld, 0.02f, delta.data(), ld, 0.01f, bias.data(), A.data(),
+  B.selective_scan_s8(nseq, offs.data(), D, N, u.data(), ld, 0.02f, delta.data(), ld, 0.01f, bias.data(), A.data(),
                          bc.data(), ldbc, 0.03f, bc.data() + N, ldbc, 0.03f, Dsk.data(), z.data(), ld, 0.04f,
                          sp.data(), o.data(), D);
   EXPECT_LT(rel_err(o, a), 2e-5);
   for (int s = 0; s < nseq; ++s) EXPECT_LT(rel_err(st_fast[size_t(s)], st_ref[size_t(s)]), 2e-5);
 }
 
-TEST(KernelsInt8, SsdScanS8PackedWithState) {
+TEST_P(KernelsInt8, SsdScanS8PackedWithState) {
+  const Backend& B = backend(bparam());
   const std::vector<int> lens{5, 1, 17, 3, 64};
   std::vector<int> offs{0};
   for (int l : lens) offs.push_back(offs.back() + l);
@@ -149,8 +168,31 @@ TEST(KernelsInt8, SsdScanS8PackedWithState) {
                      0.01f, bias.data(), A.data(), bc.data() + o0 * ldbc, ldbc, 0.03f, bc.data() + o0 * ldbc + G * N,
                      ldbc, 0.03f, Dsk.data(), st_ref[size_t(s)].data(), a.data() + o0 * H * P, H * P);
   }
-  cpu::ssd_scan_s8(nseq, offs.data(), H, P, G, N, x.data(), ldx, 0.02f, dt.data(), lddt, 0.01f, bias.data(), A.data(),
+  B.ssd_scan_s8(nseq, offs.data(), H, P, G, N, x.data(), ldx, 0.02f, dt.data(), lddt, 0.01f, bias.data(), A.data(),
                    bc.data(), ldbc, 0.03f, bc.data() + G * N, ldbc, 0.03f, Dsk.data(), sp.data(), o.data(), H * P);
   EXPECT_LT(rel_err(o, a), 2e-5);
   for (int s = 0; s < nseq; ++s) EXPECT_LT(rel_err(st_fast[size_t(s)], st_ref[size_t(s)]), 2e-5);
+}
+
+TEST_P(KernelsInt8, DequantizeAndFakeQuantizeMatchReference) {
+  const Backend& B = backend(bparam());
+  const int rows = 21, cols = 130, ld = 140;
+  auto codes = rand_codes(size_t(rows) * ld, 40);
+  std::vector<float> a(size_t(rows) * ld, 7.f), b(a);
+  ref::dequantize(codes.data(), rows, cols, ld, 0.037f, a.data(), ld);
+  B.dequantize(codes.data(), rows, cols, ld, 0.037f, b.data(), ld);
+  EXPECT_EQ(a, b);  // one float multiply each: exact
+  // fake quantization: round half to even and clamp, by hand, then against the reference
+  float x[] = {0.5f, 1.5f, -2.5f, 200.f, -200.f, 0.26f};
+  B.fake_quantize(x, 1, 6, 6, 1.0f, 8);
+  const float want[] = {0.f, 2.f, -2.f, 127.f, -127.f, 0.f};
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(x[i], want[i]) << i;
+  auto v = mqtest::randn(size_t(rows) * ld, 41, 3.f), w = v;
+  ref::fake_quantize(v.data(), rows, cols, ld, 0.05f, 8);
+  B.fake_quantize(w.data(), rows, cols, ld, 0.05f, 8);
+  EXPECT_EQ(v, w);  // the same float division and rounding; the stride leaves the gap untouched
+  auto y = mqtest::randn(size_t(rows) * ld, 42), r1 = mqtest::randn(size_t(rows) * ld, 43), r2 = r1;
+  ref::add(r1.data(), y.data(), y.size());
+  B.add(r2.data(), y.data(), y.size());
+  EXPECT_EQ(r1, r2);
 }

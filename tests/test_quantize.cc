@@ -1,5 +1,5 @@
 // Symmetric int8 quantizers against hand-computed cases and their error bounds.
-#include "quant/quantize.h"
+#include "kernels/wquant.h"
 #include "util.h"
 
 using namespace mambaq;
@@ -10,13 +10,13 @@ TEST(Quantize, HandComputedPerTensorAndPerChannel) {
   auto t = quantize_weight(W.data(), 2, 3, Granularity::Tensor);
   ASSERT_EQ(t.scales.size(), 1u);
   EXPECT_FLOAT_EQ(t.scales[0], 0.02f);
-  EXPECT_EQ(t.q, (std::vector<int8_t>{127, -50, 0, 1, -64, 25}));  // 0.015/0.02 = 0.75 -> 1; -1.27/0.02 = -63.5 -> -64 (half to even)
+  EXPECT_EQ(std::vector<int8_t>(t.s8(), t.s8() + 6), (std::vector<int8_t>{127, -50, 0, 1, -64, 25}));  // 0.015/0.02 = 0.75 -> 1; -1.27/0.02 = -63.5 -> -64 (half to even)
   auto c = quantize_weight(W.data(), 2, 3, Granularity::Channel);
   ASSERT_EQ(c.scales.size(), 2u);
   EXPECT_FLOAT_EQ(c.scales[1], 0.01f);
-  EXPECT_EQ(c.q[3], 2);     // 0.015 / 0.01 = 1.5 -> 2 (half to even)
-  EXPECT_EQ(c.q[4], -127);
-  EXPECT_EQ(c.q[5], 50);
+  EXPECT_EQ(c.s8()[3], 2);     // 0.015 / 0.01 = 1.5 -> 2 (half to even)
+  EXPECT_EQ(c.s8()[4], -127);
+  EXPECT_EQ(c.s8()[5], 50);
 }
 
 TEST(Quantize, ErrorWithinHalfAStep) {
@@ -33,7 +33,7 @@ TEST(Quantize, ErrorWithinHalfAStep) {
   auto t = dequantize_weight(quantize_weight(W.data(), rows, cols, Granularity::Tensor));
   auto c = dequantize_weight(quantize_weight(W.data(), rows, cols, Granularity::Channel));
   EXPECT_LT(mqtest::rel_err(c, W), mqtest::rel_err(t, W));
-  EXPECT_ERROR(quantize_weight(W.data(), rows, cols, Granularity::Tensor, 9), "--w-bits");
+  EXPECT_ERROR(quantize_weight(W.data(), rows, cols, Granularity::Tensor, 9), "weight bits 9");
 }
 
 TEST(Quantize, FakeQuantizeClampsAndRounds) {

@@ -13,6 +13,22 @@ class Error : public std::runtime_error {
   explicit Error(const std::string& msg) : std::runtime_error(msg) {}
 };
 
+// An error about one option of a library call; the message starts with the option's name (e.g.
+// "w_bits 4: ..."), which front ends may replace with their own spelling (the CLI's --w-bits).
+class OptionError : public Error {
+ public:
+  OptionError(std::string option, const std::string& msg) : Error(msg), option_(std::move(option)) {}
+  const std::string& option() const { return option_; }
+
+ private:
+  std::string option_;
+};
+
+template <typename... Args>
+[[noreturn]] void fail_option(const std::string& option, fmt::format_string<Args...> f, Args&&... args) {
+  throw OptionError(option, fmt::format(f, std::forward<Args>(args)...));
+}
+
 template <typename... Args>
 [[noreturn]] void fail(fmt::format_string<Args...> f, Args&&... args) {
   throw Error(fmt::format(f, std::forward<Args>(args)...));

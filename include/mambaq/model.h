@@ -1,4 +1,5 @@
-// Mamba1 / Mamba2 language models in FP32: weights, recurrent state, forward pass.
+// Mamba1 / Mamba2 language models: weights in their stored formats, recurrent state, and one
+// forward pass per architecture that runs any execution plan (fp32, fake quantization, int8).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -12,18 +13,27 @@
 
 namespace mambaq {
 
+// The projections of a layer, in the order of LayerWeights::proj().
+enum Proj { kInProj, kConv, kXProj, kDtProj, kOutProj, kProjs };
+const char* proj_name(Proj p);  // "in_proj", "conv1d", "x_proj", "dt_proj", "out_proj"
+
 struct LayerWeights {
-  Weight norm, norm_b;          // {d_model}; the bias only for LayerNorm (state-spaces "rms_norm": false)
-  Weight in_proj, in_proj_b;    // {in_proj_dim, d_model}, {in_proj_dim} or empty
-  Weight conv_w, conv_b;        // {conv_dim, d_conv} (published as {conv_dim, 1, d_conv}), {conv_dim} or empty
-  Weight x_proj;                // Mamba1: {dt_rank + 2*d_state, d_inner}
-  Weight dt_proj_w, dt_proj_b;  // Mamba1: {d_inner, dt_rank}, {d_inner}
-  Weight dt_bias;               // Mamba2: {nheads}
-  Weight A_log;                 // Mamba1: {d_inner, d_state}; Mamba2: {nheads}
-  Weight D;                     // Mamba1: {d_inner}; Mamba2: {nheads}
-  Weight gnorm;                 // Mamba2 gated RMSNorm: {d_inner}
-  Weight out_proj, out_proj_b;  // {d_model, d_inner}, {d_model} or empty
-  std::vector<float> A;         // -exp(A_log), same shape as A_log
+  Weight norm, norm_b;           // {d_model}; the bias only for LayerNorm (state-spaces "rms_norm": false)
+  QTensor in_proj;  Weight in_proj_b;  // {in_proj_dim, d_model}, {in_proj_dim} or empty
+  QTensor conv_w;   Weight conv_b;     // {conv_dim, d_conv} (published as {conv_dim, 1, d_conv}), {conv_dim} or empty
+  QTensor x_proj;                      // Mamba1: {dt_rank + 2*d_state, d_inner}
+  QTensor dt_proj_w; Weight dt_proj_b; // Mamba1: {d_inner, dt_rank}, {d_inner}
+  Weight dt_bias;                // Mamba2: {nheads}
+  Weight A_log;                  // Mamba1: {d_inner, d_state}; Mamba2: {nheads}
+  Weight D;                      // Mamba1: {d_inner}; Mamba2: {nheads}
+  Weight gnorm;                  // Mamba2 gated RMSNorm: {d_inner}
+  QTensor out_proj; Weight out_proj_b; // {d_model, d_inner}, {d_model} or empty
+  // out_proj holds W H^T (Quamba's Hadamard fusion): its input is rotated online (H y).
+  bool out_proj_rotated = false;
+  std::vector<float> A;          // -exp(A_log), same shape as A_log
+
+  QTensor& proj(Proj p);
+  const QTensor& proj(Proj p) const { return const_cast<LayerWeights*>(this)->proj(p); }
 };
 
 struct ModelWeights {
@@ -33,23 +43,24 @@ struct ModelWeights {
   Weight lm_head;    // {padded_vocab, d_model} (the embedding when tied)
 };
 
-// Recurrent state of one sequence: per layer the last d_conv-1 conv inputs and the SSM state.
-// In int8 mode both are int8 codes (conv: the in_proj output scale; SSM: the state scale).
+// Recurrent state of one sequence: per layer the last d_conv-1 conv inputs and the SSM state,
+// as float or as int8 codes (when the plan runs that layer's conv / scan in int8: the codes of
+// the in_proj output scale and of the state scale). Make states with Model::new_state after
+// choosing the plan.
 struct SeqState {
-  std::vector<std::vector<float>> conv;  // per layer {d_conv-1, conv_dim}
+  std::vector<std::vector<float>> conv;  // per layer {d_conv-1, conv_dim} (empty when int8)
   std::vector<std::vector<float>> ssm;   // per layer Mamba1 {d_inner, d_state}; Mamba2 {nheads, d_state, headdim}
-  std::vector<std::vector<int8_t>> conv_q, ssm_q;  // int8 mode: the same shapes, int8
+  std::vector<std::vector<int8_t>> conv_q, ssm_q;  // the same shapes, int8 (empty when float)
   int64_t pos = 0;                       // tokens consumed
 };
 
 // How a model computes: fp32 ignores quantization (a quantized model runs its dequantized
 // weights on float activations); fake quantize-dequantizes activations at every calibrated
-// point in float arithmetic (the simulation); int8 runs the integer kernels.
+// point in float arithmetic (the simulation); int8 runs the integer kernels. Each builds an
+// execution plan (src/model/plan.h).
 enum class ExecMode { FP32, Fake, Int8 };
 const char* mode_name(ExecMode m);
 ExecMode parse_mode(const std::string& s);  // "fp32" | "fake" | "int8"
-
-struct QuantizedModel;  // src/quant/quantized.h
 
 // Op kinds a fake-mode run can keep in FP32 to attribute quantization error (--fp-ops):
 // no activation quantization at the inputs this kind consumes and, for linear and conv, the FP
@@ -58,26 +69,34 @@ enum FpOps : unsigned {
   kFpLinear = 1,    // in_proj, x_proj, dt_proj, out_proj: their inputs and weights
   kFpConv = 2,      // conv1d: its input (x / xBC) and weights
   kFpSsm = 4,       // the scan: u / x, dt, B, C, the gate z (Mamba1) and the state kept between calls
-  kFpNorm = 8,      // Mamba2's gated RMSNorm: its gate z (Mamba1's norms are never quantized)
-  kFpHadamard = 16, // the rotation of out_proj's input: always computed in FP32 here
-  kFpHead = 32,     // the LM head: FP32 in quamba1 anyway
+  kFpNorm = 8,      // Mamba2's gated RMSNorm: its gate z (Mamba1 has no quantized norm input: an error)
+  kFpHadamard = 16, // no online rotation: out_proj reads y as is, with unfused weights (W, quantized
+                    // as the recipe does unless linear is kept too); its input stays float, since
+                    // its calibrated scale belongs to the rotated values
+  kFpHead = 32,     // the LM head and its input (an error for models whose head is not quantized)
 };
 // "linear,ssm" -> mask; errors name --fp-ops.
 unsigned parse_fp_ops(const std::string& list);
 std::string fp_ops_str(unsigned mask);
 
+struct QuantState;   // src/model/quant_state.h: how it was quantized, its activation scales
+struct ExecPlan;     // src/model/plan.h
+struct PreparedPlan; // src/model/exec.h: the plan resolved against this model's weights and scales
+
 // A hook at a named point of the forward pass (see DESIGN.md: one forward, many uses).
-// `data` is {rows, cols} row-major and may be modified in place; sequence s of the packed batch
-// holds rows offs[s] .. offs[s+1]-1. Layer -1 is the model's head (e.g. "lm_head:input").
-// Mamba1 points: in_proj:input, in_proj:output, x_proj:input, x_proj:output, dt_proj:output,
-// out_proj:input; Mamba2: in_proj:input, in_proj:output, xBC_conv_out, out_proj:input; both:
-// mixer_out, block_out, and lm_head:input (layer -1).
+// `data` is {rows, cols} row-major and may be modified in place in float plans (in int8 plans
+// the hook sees the dequantized codes, and changes are not read back); sequence s of the packed
+// batch holds rows offs[s] .. offs[s+1]-1. Layer -1 is the model's head (e.g. "lm_head:input").
+// Mamba1 points: in_proj:input, in_proj:output, x_proj:input, ssm:input, x_proj:output,
+// dt_proj:output, out_proj:input; Mamba2: in_proj:input, in_proj:output, xBC_conv_out,
+// out_proj:input; both: ssm_state (each sequence's state after the call, rows = 1), mixer_out,
+// block_out, and lm_head:input (layer -1). The points are tabled in src/model/points.h.
 struct Tap {
   virtual ~Tap() = default;
   virtual void on(int layer, std::string_view point, float* data, int rows, int cols, std::span<const int> offs) = 0;
 };
 
-// Two taps in order (either may be null): e.g. fake quantization, then the caller's capture.
+// Two taps in order (either may be null).
 struct TapPair final : Tap {
   Tap* first;
   Tap* second;
@@ -96,36 +115,38 @@ struct TensorInfo {
 
 class Model {
  public:
-  // Load a checkpoint folder (either layout); every missing, unexpected or misshapen
-  // tensor is an error naming the file and tensor.
+  // Load a checkpoint folder (either layout, or a `mambaq quantize` folder); every missing,
+  // unexpected or misshapen tensor is an error naming the file and tensor.
   static std::unique_ptr<Model> load(const std::string& dir);
   // Build a model from a config and a tensor store (used by load and by tests).
   static std::unique_ptr<Model> from_store(const ModelConfig& cfg, const TensorStore& store);
   // Random weights (seeded) with the exact shapes of a config.
   static std::unique_ptr<Model> random(const ModelConfig& cfg, uint64_t seed);
+  // A model from weights in any formats, plus the quantization record when some are quantized
+  // (used by the recipes). Runs fp32, or int8 when quantized.
+  static std::unique_ptr<Model> from_weights(const ModelConfig& cfg, ModelWeights w, std::vector<TensorInfo> info,
+                                             std::shared_ptr<const QuantState> q);
 
   const ModelConfig& config() const { return cfg_; }
   const ModelWeights& weights() const { return w_; }
-  // For building derived models (fake quantization): copies share weight buffers until replaced.
-  ModelWeights& weights_mut() { return w_; }
-  // Execution plan: apply the Hadamard transform to the out_proj input online (the weights then
-  // hold W H^T, fused offline), as Quamba's quantized models do.
-  bool hadamard_out_proj = false;
-  // Quantized models (built by quantize_model or loaded from a `mambaq quantize` folder).
+  // For building derived models: copies share weight buffers until replaced. Call set_mode
+  // afterwards (the plan is resolved against the weights).
+  ModelWeights& weights_mut();
   bool is_quantized() const { return bool(q_); }
-  const QuantizedModel* quantized() const { return q_.get(); }
-  void set_quantized(std::shared_ptr<const QuantizedModel> q);  // and switch to int8 mode
-  ExecMode mode() const { return mode_; }
-  // fake and int8 need a quantized model (error otherwise); fp32 and fake on a quantized model
-  // dequantize its projection weights on first use.
+  const QuantState* quantized() const { return q_.get(); }
+
+  // The execution plan. fake and int8 need a quantized model (error otherwise).
+  ExecMode mode() const;
   void set_mode(ExecMode m);
-  // Fake mode only: keep the op kinds of `mask` in FP32 (see FpOps); linear and conv take their
-  // weights from `fp`, the FP model this one was quantized from (same shapes).
+  // Fake mode only: keep the op kinds of `mask` in FP32 (see FpOps); linear and conv (and
+  // hadamard) take their weights from `fp`, the FP model this one was quantized from.
   void set_fp_ops(unsigned mask, const Model* fp);
+  unsigned fp_ops() const;
+  const ExecPlan& plan() const;
 
   const std::vector<TensorInfo>& tensor_info() const { return info_; }
   int64_t num_params() const;
-  size_t weight_bytes() const;  // bytes of weights held (read once per decoded token)
+  size_t weight_bytes() const;  // bytes of weights the plan reads per decoded token
 
   SeqState new_state() const;
 
@@ -146,20 +167,11 @@ class Model {
   ModelConfig cfg_;
   ModelWeights w_;
   std::vector<TensorInfo> info_;
-  std::shared_ptr<const QuantizedModel> q_;
-  ExecMode mode_ = ExecMode::FP32;
-  unsigned fp_ops_ = 0;
+  std::shared_ptr<const QuantState> q_;
+  std::shared_ptr<const PreparedPlan> plan_;
+  void set_plan(ExecPlan plan, const Model* fp);
   void block_norm(const float* x, const Weight& w, const Weight& b, float* out, int T) const;
   void check_finite(const float* x, int T, int layer, const char* what) const;
-  // x {T, d_model} -> out {T, d_model}; conv_st / ssm_st: this layer's state of each sequence (or null)
-  void mixer_mamba1(int layer, float* x, float* out, int T, std::span<const int> offs, float* const* conv_st,
-                    float* const* ssm_st, Tap* tap) const;
-  void mixer_mamba2(int layer, float* x, float* out, int T, std::span<const int> offs, float* const* conv_st,
-                    float* const* ssm_st, Tap* tap) const;
-  void mixer_mamba1_int8(int layer, const float* x, float* out, int T, std::span<const int> offs,
-                         int8_t* const* conv_st, int8_t* const* ssm_st) const;
-  void mixer_mamba2_int8(int layer, const float* x, float* out, int T, std::span<const int> offs,
-                         int8_t* const* conv_st, int8_t* const* ssm_st) const;
 };
 
 // Parameter-count-exact configs of published checkpoints, for synthetic benchmarks:

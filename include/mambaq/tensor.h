@@ -52,6 +52,47 @@ struct Weight {
   }
 };
 
+// How a weight is stored. F32: the values (fp16/bf16 checkpoints are converted once at load);
+// S8: int8 codes; S4: two 4-bit codes per byte (the format is reserved for Quamba2's W4 weights).
+enum class WFormat : uint8_t { F32, S8, S4 };
+const char* wformat_name(WFormat f);
+
+// Granularity of a quantized weight's scales: one for the tensor, one per output row (channel),
+// or one per group of `group` input columns of each row.
+enum class Granularity : uint8_t { Tensor, Channel, Group };
+
+// A weight in its stored format: the precision is a property of the tensor, not a global mode.
+// Codes are symmetric: value ~ code * scale.
+struct QTensor {
+  WFormat format = WFormat::F32;
+  std::vector<int64_t> shape;         // {rows, cols}; a conv1d weight {channels, d_conv}
+  const void* data = nullptr;         // F32: floats; S8: codes {rows, cols}; owned by `owner`
+  std::shared_ptr<const void> owner;
+  int bits = 32;                      // 32 for F32; the code width otherwise
+  Granularity granularity = Granularity::Tensor;
+  int group = 0;                      // Group: input columns per scale
+  std::vector<float> scales;          // Tensor {1}; Channel {rows}; Group {rows, cols / group}
+
+  bool empty() const { return data == nullptr; }
+  int rows() const { return shape.empty() ? 0 : int(shape[0]); }
+  int cols() const { return shape.size() < 2 ? 0 : int(shape.back()); }
+  int64_t size() const { return numel(shape); }
+  const float* f32() const { return format == WFormat::F32 ? static_cast<const float*>(data) : nullptr; }
+  const int8_t* s8() const { return format == WFormat::S8 ? static_cast<const int8_t*>(data) : nullptr; }
+  float scale_of(int row, int col = 0) const {
+    switch (granularity) {
+      case Granularity::Tensor: return scales[0];
+      case Granularity::Channel: return scales[size_t(row)];
+      case Granularity::Group: return scales[size_t(row) * size_t(cols() / group) + size_t(col / group)];
+    }
+    return 0;
+  }
+  size_t bytes() const;  // codes or values plus scales
+  // An F32 tensor sharing the weight's buffer.
+  static QTensor from_weight(const Weight& w);
+  Weight as_weight() const;  // F32 only: a view sharing the buffer
+};
+
 // Index of the first NaN or Inf in x[0..n), or -1.
 int64_t first_non_finite(const float* x, int64_t n);
 

@@ -1,11 +1,11 @@
 #include "analysis/snapshot.h"
 
-#include "quant/hadamard.h"
+#include "kernels/hadamard.h"
 
 namespace mambaq {
 
 SnapshotTap::SnapshotTap(const ModelConfig& cfg, int layers, size_t max_values, uint64_t seed)
-    : points_(quant_points(cfg)), layers_(layers), max_(max_values), rng_(seed) {}
+    : cfg_(cfg), layers_(layers), max_(max_values), rng_(seed) {}
 
 void SnapshotTap::add(const std::string& key, const float* x, size_t n) {
   Reservoir& r = res_[key];
@@ -23,18 +23,14 @@ void SnapshotTap::add(const std::string& key, const float* x, size_t n) {
 void SnapshotTap::on(int layer, std::string_view point, float* data, int rows, int cols, std::span<const int>) {
   if (layer < 0 || layer >= layers_) return;
   const std::string pre = "layer_" + std::to_string(layer) + ".";
-  if (point == "ssm_state") {
-    add(pre + "ssm_state_act:input", data, size_t(rows) * cols);
-    return;
-  }
-  auto it = points_.find(std::string(point));
-  if (it == points_.end()) return;
-  for (const auto& p : it->second) {
-    const int w = p.c1 - p.c0;
+  for (const auto& sp : scale_points(cfg_.arch)) {
+    if (point != sp.tap || sp.head) continue;
+    const auto [c0, c1] = col_range(cfg_, sp.cols, cols);
+    const int w = c1 - c0;
     buf_.resize(size_t(rows) * w);
-    for (int r = 0; r < rows; ++r) std::copy_n(data + size_t(r) * cols + p.c0, w, buf_.data() + size_t(r) * w);
-    if (p.hadamard) hadamard_transform(buf_.data(), rows, w, w);
-    add(pre + p.name, buf_.data(), buf_.size());
+    for (int r = 0; r < rows; ++r) std::copy_n(data + size_t(r) * cols + c0, w, buf_.data() + size_t(r) * w);
+    if (sp.hadamard) hadamard_transform(buf_.data(), rows, w, w);
+    add(pre + sp.name, buf_.data(), buf_.size());
   }
 }
 

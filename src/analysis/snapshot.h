@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "mambaq/model.h"
-#include "quant/calibrate.h"
+#include "model/points.h"
 
 namespace mambaq {
 
@@ -26,7 +26,7 @@ class SnapshotTap final : public Tap {
     uint64_t seen = 0;
   };
   void add(const std::string& key, const float* x, size_t n);
-  std::map<std::string, std::vector<QuantPoint>> points_;
+  const ModelConfig cfg_;
   std::map<std::string, Reservoir> res_;
   std::map<std::string, std::vector<float>> arrays_;
   int layers_;

@@ -13,7 +13,7 @@
 #include "cli/common.h"
 #include "io/mmap_file.h"
 #include "quant/quantized.h"
-#include "kernels/cpu/ops.h"
+#include "core/threads.h"
 #include "mambaq/error.h"
 
 namespace mambaq::cli {

@@ -4,7 +4,7 @@
 #include <sstream>
 
 #include "analysis/explog.h"
-#include "kernels/cpu/ops.h"
+#include "core/threads.h"
 
 #include "cli/common.h"
 #include "io/mmap_file.h"

@@ -10,7 +10,8 @@
 #include "cli/common.h"
 #include "io/mmap_file.h"
 #include "io/npz.h"
-#include "kernels/cpu/ops.h"
+#include "core/stats.h"
+#include "core/threads.h"
 #include "mambaq/error.h"
 #include "mambaq/version.h"
 #include "quant/quantized.h"
@@ -21,13 +22,14 @@ namespace fs = std::filesystem;
 
 // min / median / max of the scales of each kind of point (the log's calibration statistics)
 nlohmann::json scale_stats(const Calibration& cal) {
-  std::map<std::string, std::vector<float>> by;
+  std::map<std::string, std::vector<double>> by;
   for (const auto& p : cal.points) by[p.point].push_back(p.scale);
   nlohmann::json j = nlohmann::json::object();
-  for (auto& [k, v] : by) {
-    std::sort(v.begin(), v.end());
-    j[k] = {{"count", v.size()}, {"min", v.front()}, {"median", v[v.size() / 2]}, {"max", v.back()}};
-  }
+  for (auto& [k, v] : by)
+    j[k] = {{"count", v.size()},
+            {"min", *std::min_element(v.begin(), v.end())},
+            {"median", median(v)},
+            {"max", *std::max_element(v.begin(), v.end())}};
   return j;
 }
 
@@ -79,7 +81,6 @@ Runner register_quantize(CLI::App& app) {
     check_output_file(o->log, "--log");
     const nlohmann::json extra = parse_log_extra(o->log_extra);
     // Every flag is checked before the (long) calibration starts.
-    check_recipe(o->recipe, o->w_bits, o->a_bits);
     if (!(o->alpha > 0 && o->alpha <= 1)) fail("--percentile-alpha {} must be in (0, 1]", o->alpha);
     if (o->pmode != "ema" && o->pmode != "exact") fail("--percentile-mode '{}': expected ema or exact", o->pmode);
     if (o->gran != "tensor" && o->gran != "channel")
@@ -91,6 +92,14 @@ Runner register_quantize(CLI::App& app) {
       if (!o->force) fail("-o {}: already exists (use --force to overwrite its files)", o->out);
     }
     if (o->calib_data.empty()) o->calib_data = (fs::path(o->c.data_dir) / "corpus" / "calib.jsonl").string();
+    QuantMeta meta;
+    meta.recipe = o->recipe;
+    meta.w_bits = o->w_bits;
+    meta.a_bits = o->a_bits;
+    meta.granularity = o->gran == "tensor" ? Granularity::Tensor : Granularity::Channel;
+    meta.alpha = o->alpha;
+    meta.pmode = o->pmode == "ema" ? PercentileMode::Ema : PercentileMode::Exact;
+    if (!fs::is_regular_file(o->model)) recipe(meta.recipe).validate(load_config(o->model), meta);
     auto fp = Model::load(o->model);
     if (fp->is_quantized()) fail("{}: the model is already quantized", o->model);
     if (fp->config().arch == Arch::Mamba2 && o->recipe == "quamba1")
@@ -102,7 +111,8 @@ Runner register_quantize(CLI::App& app) {
                cs.samples.size(), o->calib_seqlen, o->calib_data, cs.available, cs.documents);
     CalibOptions co;
     co.alpha = o->alpha;
-    co.mode = o->pmode == "ema" ? PercentileMode::Ema : PercentileMode::Exact;
+    co.mode = meta.pmode;
+    co.recipe = meta.recipe;
     co.progress = !o->quiet;
     co.verbose = o->verbose;
     std::unique_ptr<SnapshotTap> snap;
@@ -113,13 +123,6 @@ Runner register_quantize(CLI::App& app) {
     const auto tc = std::chrono::steady_clock::now();
     const Calibration cal = calibrate(*fp, cs, co);
     const double calib_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - tc).count();
-    QuantMeta meta;
-    meta.recipe = o->recipe;
-    meta.w_bits = o->w_bits;
-    meta.a_bits = o->a_bits;
-    meta.granularity = o->gran == "tensor" ? Granularity::Tensor : Granularity::Channel;
-    meta.alpha = o->alpha;
-    meta.pmode = co.mode;
     meta.calib_file = o->calib_data;
     meta.calib_sha256 = sha256_file(o->calib_data);
     meta.calib_samples = cs.samples.size();

@@ -9,7 +9,9 @@
 #include "cli/common.h"
 #include "io/mmap_file.h"
 #include "mambaq/error.h"
-#include "quant/quantized.h"
+#include "core/stats.h"
+#include "model/points.h"
+#include "model/quant_state.h"
 
 namespace mambaq::cli {
 
@@ -21,18 +23,16 @@ struct ScaleRow {
 };
 
 std::vector<ScaleRow> scale_rows(const Model& m, const std::string& path) {
-  const QuantizedModel* q = m.quantized();
+  const QuantState* q = m.quantized();
   if (!q) fail("{}: not a quantized model (its config.json has no \"quantization\" section)", path);
   std::vector<ScaleRow> rows;
-  for (const auto& p : q->cal.points)
+  for (const auto& p : q->scales.points)
     rows.push_back({p.layer, p.point, p.observer, scale_tensor_name(m.config().arch, p.layer, p.point), p.scale});
   // weight scales: per tensor as is; per channel as the mean over the channels
-  for (size_t l = 0; l < q->layers.size(); ++l) {
-    const QLayer& Q = q->layers[l];
-    const std::pair<const char*, const QuantizedWeight*> ws[] = {
-        {"in_proj", &Q.in_proj}, {"conv1d", &Q.conv}, {"x_proj", &Q.x_proj}, {"dt_proj", &Q.dt_proj},
-        {"out_proj", &Q.out_proj}};
-    for (const auto& [n, w] : ws) {
+  for (size_t l = 0; l < m.weights().layers.size(); ++l) {
+    for (int p = 0; p < kProjs; ++p) {
+      const QTensor* w = &m.weights().layers[l].proj(Proj(p));
+      const char* n = proj_name(Proj(p));
       if (w->scales.empty()) continue;
       double s = 0;
       for (float v : w->scales) s += v;
@@ -59,7 +59,7 @@ Stat stat(std::vector<double> v) {
   s.n = v.size();
   s.min = v.front();
   s.max = v.back();
-  s.median = v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+  s.median = median(v);
   for (double x : v) s.mean += x / double(v.size());
   return s;
 }

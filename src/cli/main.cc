@@ -10,7 +10,7 @@
 #include <fmt/ranges.h>
 
 #include "cli/common.h"
-#include "kernels/cpu/ops.h"
+#include "core/threads.h"
 #include "mambaq/error.h"
 #include "mambaq/eval.h"
 #include "mambaq/version.h"
@@ -205,6 +205,15 @@ int main(int argc, char** argv) {
   try {
     for (auto& [sub, run] : cmds)
       if (sub->parsed()) return run();
+  } catch (const mambaq::OptionError& e) {
+    // The library names its options (w_bits); say it as the flag the user typed (--w-bits).
+    std::string msg = e.what();
+    const std::string flag = "--" + std::string(e.option());
+    std::string dashed = flag;
+    std::replace(dashed.begin(), dashed.end(), '_', '-');
+    if (msg.starts_with(e.option())) msg = dashed + msg.substr(e.option().size());
+    std::cerr << "mambaq: error: " << msg << "\n";
+    return 1;
   } catch (const mambaq::Error& e) {
     std::cerr << "mambaq: error: " << e.what() << "\n";
     return 1;

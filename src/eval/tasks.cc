@@ -8,7 +8,7 @@
 
 #include "io/json_file.h"
 #include "io/mmap_file.h"
-#include "kernels/cpu/ops.h"
+#include "kernels/backend.h"
 #include "mambaq/error.h"
 #include "mambaq/eval.h"
 
@@ -60,7 +60,7 @@ void score_rows(const Model& m, const float* hidden, const std::vector<int>& row
       double lp;
       int arg;
       const int32_t tgt = targets[r0 + size_t(i)];
-      cpu::log_softmax_at(logits.data() + size_t(i) * V, V, tgt, &lp, &arg);
+      default_backend().log_softmax_at(logits.data() + size_t(i) * V, V, tgt, &lp, &arg);
       out[r0 + size_t(i)] = {lp, arg == tgt};
     }
     for (int i = 0; i < n; ++i)

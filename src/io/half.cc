@@ -116,3 +116,40 @@ Weight to_f32(const RawTensor& t, const std::string& name) {
 }
 
 }  // namespace mambaq
+
+namespace mambaq {
+
+const char* wformat_name(WFormat f) {
+  switch (f) {
+    case WFormat::F32: return "f32";
+    case WFormat::S8: return "s8";
+    case WFormat::S4: return "s4";
+  }
+  return "?";
+}
+
+size_t QTensor::bytes() const {
+  if (!data) return 0;
+  const size_t n = size_t(size());
+  const size_t v = format == WFormat::F32 ? n * 4 : format == WFormat::S8 ? n : (n + 1) / 2;
+  return v + scales.size() * sizeof(float);
+}
+
+QTensor QTensor::from_weight(const Weight& w) {
+  QTensor t;
+  t.shape = w.shape;
+  t.data = w.data;
+  t.owner = w.owner;
+  return t;
+}
+
+Weight QTensor::as_weight() const {
+  Weight w;
+  if (format != WFormat::F32) return w;
+  w.shape = shape;
+  w.data = f32();
+  w.owner = owner;
+  return w;
+}
+
+}  // namespace mambaq

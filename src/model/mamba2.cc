@@ -1,39 +1,34 @@
 // Mamba2 mixer: in_proj -> [z, xBC, dt] -> causal conv1d + SiLU over xBC -> SSD scan over heads
-// (B, C shared by the heads of a group) -> gated RMSNorm with z -> out_proj.
-#include <vector>
-
-#include "kernels/cpu/ops.h"
-#include "mambaq/model.h"
-#include "quant/hadamard.h"
+// (B, C shared by the heads of a group) -> gated RMSNorm with z -> out_proj. The only Mamba2
+// forward: fp32, fake and int8 plans all run it.
+#include "core/workspace.h"
+#include "model/mixers.h"
 
 namespace mambaq {
 
-void Model::mixer_mamba2(int l, float* x, float* out, int T, std::span<const int> offs,
-                         float* const* conv_st, float* const* ssm_st, Tap* tap) const {
-  const LayerWeights& L = w_.layers[size_t(l)];
-  const int dm = cfg_.d_model, di = cfg_.d_inner, N = cfg_.d_state, G = cfg_.ngroups, H = cfg_.nheads,
-            P = cfg_.headdim, K = cfg_.d_conv;
-  const int nseq = int(offs.size()) - 1;
-  const int cd = cfg_.conv_dim(), pd = cfg_.in_proj_dim();
-  // zxbcdt {T, pd}: z = [:, 0:di], xBC = [:, di:di+cd], dt = [:, di+cd:di+cd+H]
-  float* zxbcdt = scratch(kSlotInProj, size_t(T) * pd);
-  if (tap) tap->on(l, "in_proj:input", x, T, dm, offs);
-  cpu::gemm(T, pd, dm, x, dm, L.in_proj.data, L.in_proj_b.data, zxbcdt, pd);
-  if (tap) tap->on(l, "in_proj:output", zxbcdt, T, pd, offs);
+void mixer_mamba2(Exec& X, const ModelConfig& c, const LayerWeights& L, float* x, float* out) {
+  const int T = X.T, dm = c.d_model, di = c.d_inner, H = c.nheads, GN = c.ngroups * c.d_state;
+  const int cd = c.conv_dim(), pd = c.in_proj_dim();
+  const size_t t = size_t(T);
+  // h {T, d_model}
+  const Act h = X.point("in_proj:input", Act::floats(x, T, dm, dm), kSlotQIn);
+  // zxbcdt {T, pd} = h in_proj^T: z = [:, 0:di], xBC = [:, di:di+cd], dt = [:, di+cd:di+cd+H]
+  Act zxbcdt = X.linear(kInProj, h, L.in_proj_b, scratch(kSlotInProj, t * pd));
+  zxbcdt = X.point("in_proj:output", zxbcdt, kSlotQInProj);
   // xbc {T, cd} = SiLU(conv1d(xBC)): x = [:, 0:di], B = [:, di:di+G*N], C = [:, di+G*N:cd]
-  float* xbc = scratch(kSlotConvOut, size_t(T) * cd);
-  cpu::conv1d_silu(nseq, offs.data(), zxbcdt + di, pd, cd, K, L.conv_w.data, L.conv_b.data, conv_st,
-                   xbc, cd);
-  if (tap) tap->on(l, "xBC_conv_out", xbc, T, cd, offs);
+  Act xbc = X.conv1d_silu(zxbcdt.slice(di, di + cd), L.conv_b, "xBC_conv_out", scratch(kSlotConvOut, t * cd),
+                          kSlotQConv);
+  xbc = X.point("xBC_conv_out", xbc, kSlotQConv);
   // y {T, di} = SSD(x, softplus(dt + dt_bias), A, B, C) + D x
-  float* y = scratch(kSlotScanOut, size_t(T) * di);
-  cpu::ssd_scan(nseq, offs.data(), H, P, G, N, xbc, cd, zxbcdt + di + cd, pd, L.dt_bias.data,
-                L.A.data(), xbc + di, cd, xbc + di + G * N, cd, L.D.data, ssm_st, y, di);
+  float* y = scratch(kSlotScanOut, t * di);
+  X.ssd_scan(xbc.slice(0, di), zxbcdt.slice(di + cd, di + cd + H), xbc.slice(di, di + GN), xbc.slice(di + GN, di + 2 * GN),
+             y);
   // y = RMSNorm_grouped(y * SiLU(z)) * w   (norm_before_gate = false)
-  cpu::gated_rmsnorm(y, zxbcdt, pd, L.gnorm.data, T, di, di / G, cfg_.norm_eps, cfg_.norm_before_gate);
-  if (hadamard_out_proj) hadamard_transform(y, T, di, di);
-  if (tap) tap->on(l, "out_proj:input", y, T, di, offs);
-  cpu::gemm(T, dm, di, y, di, L.out_proj.data, L.out_proj_b.data, out, dm);
+  X.gated_rmsnorm(y, zxbcdt.slice(0, di));
+  // out {T, d_model} = (H y) (W H^T)^T when the weights hold the Hadamard fusion
+  X.rotate(y, di);
+  const Act yo = X.point("out_proj:input", Act::floats(y, T, di, di), kSlotQOut);
+  X.linear(kOutProj, yo, L.out_proj_b, out);
 }
 
 }  // namespace mambaq

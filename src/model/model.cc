@@ -1,25 +1,73 @@
-// The backbone shared by both architectures: embedding -> n_layer x (RMSNorm -> mixer -> residual add)
-// -> final RMSNorm. Sequences are packed back to back ({T, d_model} with T = sum of lengths) so the
-// projections run as large matrix products; conv and scan respect the sequence boundaries.
+// The backbone shared by both architectures: embedding -> n_layer x (norm -> mixer -> residual add)
+// -> final norm. Sequences are packed back to back ({T, d_model} with T = sum of lengths) so the
+// projections run as large matrix products; conv and scan respect the sequence boundaries. How
+// each op computes is the execution plan's business (model/exec.h); nothing here names a device
+// or a precision.
 #include <algorithm>
 #include <cstring>
 #include <numeric>
 
-#include "kernels/cpu/ops.h"
+#include "core/workspace.h"
 #include "mambaq/error.h"
 #include "mambaq/model.h"
-#include "quant/fake_quant.h"
-#include "quant/hadamard.h"
-#include "quant/quantized.h"
+#include "model/exec.h"
+#include "model/mixers.h"
+#include "model/plan.h"
+#include "model/quant_state.h"
 
 namespace mambaq {
 
+std::unique_ptr<Model> Model::from_weights(const ModelConfig& cfg, ModelWeights w, std::vector<TensorInfo> info,
+                                           std::shared_ptr<const QuantState> q) {
+  auto m = std::unique_ptr<Model>(new Model());
+  m->cfg_ = cfg;
+  m->w_ = std::move(w);
+  m->info_ = std::move(info);
+  m->q_ = std::move(q);
+  m->set_mode(m->q_ ? ExecMode::Int8 : ExecMode::FP32);
+  return m;
+}
+
+ModelWeights& Model::weights_mut() {
+  plan_.reset();  // resolved against the old weights
+  return w_;
+}
+
+ExecMode Model::mode() const { return plan().mode; }
+unsigned Model::fp_ops() const { return plan().fp_ops; }
+const ExecPlan& Model::plan() const {
+  if (!plan_) fail("internal error: the model's weights changed after its plan was made (call set_mode)");
+  return *plan_->plan;
+}
+
+void Model::set_plan(ExecPlan plan, const Model* fp) { plan_ = prepare_plan(cfg_, w_, q_.get(), std::move(plan), fp); }
+
+void Model::set_mode(ExecMode m) {
+  if (m != ExecMode::FP32 && !q_)
+    fail("--mode {}: the model is not quantized (make one with `mambaq quantize`, or use --mode fp32)", mode_name(m));
+  set_plan(make_plan(m, 0, cfg_.n_layer, false), nullptr);
+}
+
+void Model::set_fp_ops(unsigned mask, const Model* fp) {
+  if (mask == 0) return;
+  if (mode() != ExecMode::Fake)
+    fail("--fp-ops runs in the fake-quant simulation (mode fake), not in mode {}", mode_name(mode()));
+  if ((mask & kFpNorm) && cfg_.arch == Arch::Mamba1)
+    fail("--fp-ops norm: a Mamba1 model has no quantized norm input (its norms always run in FP32); leave it out");
+  if (mask & kFpHead)
+    fail("--fp-ops head: this model's LM head is not quantized (the {} recipe keeps it in FP32), so there is "
+         "nothing to keep in float; leave it out",
+         q_ ? q_->meta.recipe : "fp");
+  set_plan(make_plan(ExecMode::Fake, mask, cfg_.n_layer, false), fp);
+}
+
 // The block and final norms: RMSNorm, or LayerNorm with bias (state-spaces "rms_norm": false).
 void Model::block_norm(const float* x, const Weight& w, const Weight& b, float* out, int T) const {
+  const Backend& k = default_backend();
   if (cfg_.rms_norm)
-    cpu::rmsnorm(x, w.data, out, T, cfg_.d_model, cfg_.norm_eps);
+    k.rmsnorm(x, w.data, out, T, cfg_.d_model, cfg_.norm_eps);
   else
-    cpu::layernorm(x, w.data, b.data, out, T, cfg_.d_model, cfg_.norm_eps);
+    k.layernorm(x, w.data, b.data, out, T, cfg_.d_model, cfg_.norm_eps);
 }
 
 // NaN or Inf never leaves the forward pass as a result: the first layer whose output holds one
@@ -29,11 +77,12 @@ void Model::check_finite(const float* x, int T, int layer, const char* what) con
   if (i < 0) return;
   const std::string where = layer < 0 ? std::string(what) : fmt::format("layer {} {}", layer, what);
   fail("non-finite value ({}) first appears in the {} ({} mode, token {} of the batch): the weights{} overflow on "
-       "this input", x[i], where, mode_name(mode_), i / cfg_.d_model, q_ ? " or quantization scales" : "");
+       "this input", x[i], where, mode_name(mode()), i / cfg_.d_model, q_ ? " or quantization scales" : "");
 }
 
 void Model::forward(std::span<const int32_t> tokens, std::span<const int> lens, SeqState* const* states,
                     float* hidden, Tap* tap) const {
+  const ExecPlan& plan = this->plan();
   const int dm = cfg_.d_model;
   std::vector<int> offs(lens.size() + 1, 0);
   for (size_t s = 0; s < lens.size(); ++s) {
@@ -43,14 +92,7 @@ void Model::forward(std::span<const int32_t> tokens, std::span<const int> lens, 
   const int T = offs.back();
   MQ_ASSERT(size_t(T) == tokens.size());
   if (T == 0) return;
-  std::unique_ptr<FakeQuantTap> fake;
-  std::unique_ptr<TapPair> chain;
-  if (mode_ == ExecMode::Fake) {
-    fake = std::make_unique<FakeQuantTap>(cfg_, q_->cal, q_->meta.a_bits, fp_ops_);
-    chain = std::make_unique<TapPair>(fake.get(), tap);  // quantize first, then the caller sees it
-    tap = chain.get();
-  }
-  const bool int8 = mode_ == ExecMode::Int8;
+  Exec X(cfg_, *plan_, default_backend(), tap, offs);
   // r: the residual stream {T, d_model}
   float* r = scratch(kSlotResidual, size_t(T) * dm);
   float* x = scratch(kSlotNormed, size_t(T) * dm);
@@ -62,62 +104,51 @@ void Model::forward(std::span<const int32_t> tokens, std::span<const int> lens, 
     std::memcpy(r + size_t(t) * dm, w_.embedding.data + size_t(id) * dm, sizeof(float) * size_t(dm));
   }
   const size_t nseq = lens.size();
-  std::vector<float*> conv_st(nseq, nullptr), ssm_st(nseq, nullptr);
+  std::vector<float*> conv_f(nseq, nullptr), ssm_f(nseq, nullptr);
   std::vector<int8_t*> conv_q(nseq, nullptr), ssm_q(nseq, nullptr);
-  if (states)
-    for (size_t s = 0; s < nseq; ++s)
-      if (states[s] && (int8 ? states[s]->ssm_q.size() : states[s]->ssm.size()) != size_t(cfg_.n_layer))
-        fail("internal error: sequence state made for another execution mode (make states after set_mode)");
   for (int l = 0; l < cfg_.n_layer; ++l) {
     const LayerWeights& L = w_.layers[size_t(l)];
-    if (states)
-      for (size_t s = 0; s < nseq; ++s)
-        if (states[s]) {
-          if (int8) {
-            conv_q[s] = states[s]->conv_q[size_t(l)].data();
-            ssm_q[s] = states[s]->ssm_q[size_t(l)].data();
-          } else {
-            conv_st[s] = states[s]->conv[size_t(l)].data();
-            ssm_st[s] = states[s]->ssm[size_t(l)].data();
-          }
-        }
-    block_norm(r, L.norm, L.norm_b, x, T);
-    if (int8) {
-      if (cfg_.arch == Arch::Mamba1)
-        mixer_mamba1_int8(l, x, mix, T, offs, conv_q.data(), ssm_q.data());
-      else
-        mixer_mamba2_int8(l, x, mix, T, offs, conv_q.data(), ssm_q.data());
-    } else if (cfg_.arch == Arch::Mamba1) {
-      mixer_mamba1(l, x, mix, T, offs, conv_st.data(), ssm_st.data(), tap);
-    } else {
-      mixer_mamba2(l, x, mix, T, offs, conv_st.data(), ssm_st.data(), tap);
+    // each sequence's state, in the format this layer's plan keeps it
+    const bool conv8 = plan.at(l, OpKind::Conv) == Prec::Int8, ssm8 = plan.at(l, OpKind::Ssm) == Prec::Int8;
+    std::fill(conv_f.begin(), conv_f.end(), nullptr), std::fill(ssm_f.begin(), ssm_f.end(), nullptr);
+    std::fill(conv_q.begin(), conv_q.end(), nullptr), std::fill(ssm_q.begin(), ssm_q.end(), nullptr);
+    for (size_t s = 0; s < nseq && states; ++s) {
+      SeqState* st = states[s];
+      if (!st) continue;
+      auto pick = [&](auto& f, auto& q, bool int8, auto& fp, auto& qp) {
+        const bool ok = int8 ? q.size() == size_t(cfg_.n_layer) && !q[size_t(l)].empty()
+                             : f.size() == size_t(cfg_.n_layer) && !f[size_t(l)].empty();
+        if (!ok)
+          fail("internal error: sequence state made for another execution plan (make states after set_mode)");
+        if (int8) qp[s] = q[size_t(l)].data(); else fp[s] = f[size_t(l)].data();
+      };
+      pick(st->conv, st->conv_q, conv8, conv_f, conv_q);
+      pick(st->ssm, st->ssm_q, ssm8, ssm_f, ssm_q);
     }
-    // The SSM state kept for the next call (fake mode quantizes it as int8 mode stores it).
-    if (tap && !int8)
-      for (size_t s = 0; s < nseq; ++s)
-        if (ssm_st[s]) {
-          const int one[2] = {0, 1};
-          tap->on(l, "ssm_state", ssm_st[s], 1, int(cfg_.ssm_state_size()), one);
-        }
-    if (tap) tap->on(l, "mixer_out", mix, T, dm, offs);
-#pragma omp parallel for schedule(static) if (T > 8)
-    for (int t = 0; t < T; ++t)
-#pragma omp simd
-      for (int i = 0; i < dm; ++i) r[size_t(t) * dm + i] += mix[size_t(t) * dm + i];
-    if (tap) tap->on(l, "block_out", r, T, dm, offs);
+    block_norm(r, L.norm, L.norm_b, x, T);
+    X.set_layer(l, &L, conv_f.data(), conv_q.data(), ssm_f.data(), ssm_q.data());
+    if (cfg_.arch == Arch::Mamba1)
+      mixer_mamba1(X, cfg_, L, x, mix);
+    else
+      mixer_mamba2(X, cfg_, L, x, mix);
+    if (tap) tap->on(l, kTapMixerOut, mix, T, dm, offs);
+    X.k.add(r, mix, size_t(T) * dm);
+    if (tap) tap->on(l, kTapBlockOut, r, T, dm, offs);
     check_finite(r, T, l, "block output");
   }
   block_norm(r, w_.norm_f, w_.norm_f_b, hidden, T);
   check_finite(hidden, T, -1, "final norm output");
-  if (tap) tap->on(-1, "lm_head:input", hidden, T, dm, offs);
+  X.set_layer(-1, nullptr, nullptr, nullptr, nullptr, nullptr);
+  X.point("lm_head:input", Act::floats(hidden, T, dm, dm), kSlotQIn);
   if (states)
     for (size_t s = 0; s < lens.size(); ++s)
       if (states[s]) states[s]->pos += lens[s];
 }
 
 void Model::lm_head(const float* hidden, int rows, float* logits) const {
-  cpu::gemm(rows, cfg_.padded_vocab, cfg_.d_model, hidden, cfg_.d_model, w_.lm_head.data, nullptr, logits,
-            cfg_.padded_vocab);
+  MQ_ASSERT(plan().at(-1, OpKind::Head) == Prec::F32);  // no recipe quantizes the head yet
+  default_backend().gemm(rows, cfg_.padded_vocab, cfg_.d_model, hidden, cfg_.d_model, w_.lm_head.data, nullptr, logits,
+                         cfg_.padded_vocab);
   // The inputs are finite (checked in forward) and so are the weights (checked at load); only an
   // overflow of the dot products is left. Checked for the few rows of decoding and `logits`;
   // scoring checks its log-likelihoods instead of a second pass over {rows, vocab}.
@@ -127,98 +158,36 @@ void Model::lm_head(const float* hidden, int rows, float* logits) const {
   }
 }
 
-const char* mode_name(ExecMode m) {
-  switch (m) {
-    case ExecMode::FP32: return "fp32";
-    case ExecMode::Fake: return "fake";
-    case ExecMode::Int8: return "int8";
-  }
-  return "?";
-}
-
-ExecMode parse_mode(const std::string& s) {
-  if (s == "fp32") return ExecMode::FP32;
-  if (s == "fake") return ExecMode::Fake;
-  if (s == "int8") return ExecMode::Int8;
-  fail("--mode: unknown execution mode '{}' (expected fp32, fake or int8)", s);
-}
-
-void Model::set_quantized(std::shared_ptr<const QuantizedModel> q) {
-  q_ = std::move(q);
-  set_mode(ExecMode::Int8);
-}
-
-// Float projections are held exactly when a float mode needs them: int8 reads only the int8
-// codes, fp32 and fake a quantized model's dequantized weights.
-void Model::set_mode(ExecMode m) {
-  if (m != ExecMode::FP32 && !q_)
-    fail("--mode {}: the model is not quantized (make one with `mambaq quantize`, or use --mode fp32)", mode_name(m));
-  if (q_) {
-    const bool held = !w_.layers.empty() && w_.layers[0].in_proj.data;
-    if (m == ExecMode::Int8)
-      for (auto& L : w_.layers) L.in_proj = L.conv_w = L.x_proj = L.dt_proj_w = L.out_proj = Weight{};
-    else if (!held)
-      for (int l = 0; l < cfg_.n_layer; ++l) dequantize_into(q_->layers[size_t(l)], cfg_, w_.layers[size_t(l)]);
-  }
-  hadamard_out_proj = q_ != nullptr;
-  mode_ = m;
-}
-
-unsigned parse_fp_ops(const std::string& list) {
-  static const std::pair<const char*, unsigned> kinds[] = {{"linear", kFpLinear}, {"conv", kFpConv},
-                                                           {"ssm", kFpSsm},       {"norm", kFpNorm},
-                                                           {"hadamard", kFpHadamard}, {"head", kFpHead}};
-  unsigned m = 0;
-  size_t i = 0;
-  while (i <= list.size()) {
-    const size_t j = std::min(list.find(',', i), list.size());
-    const std::string t = list.substr(i, j - i);
-    i = j + 1;
-    if (t.empty()) continue;
-    bool found = false;
-    for (const auto& [n, b] : kinds)
-      if (t == n) m |= b, found = true;
-    if (!found) fail("--fp-ops: unknown op kind '{}' (linear, conv, ssm, norm, hadamard, head)", t);
-  }
-  return m;
-}
-
-std::string fp_ops_str(unsigned m) {
-  std::string s;
-  for (const auto& [n, b] : {std::pair{"linear", kFpLinear}, {"conv", kFpConv}, {"ssm", kFpSsm}, {"norm", kFpNorm},
-                             {"hadamard", kFpHadamard}, {"head", kFpHead}})
-    if (m & b) {
-      if (!s.empty()) s.push_back(',');
-      s.append(n);
+size_t Model::weight_bytes() const {
+  // What a decoded token reads: each projection in the format its plan runs (int8 codes, or
+  // floats), the other tensors as float, the embedding once (tied LM head).
+  size_t n = 0;
+  auto f = [&](const Weight& w) { n += w.data ? size_t(w.size()) * 4 : 0; };
+  f(w_.embedding), f(w_.norm_f), f(w_.norm_f_b);
+  if (w_.lm_head.data != w_.embedding.data) f(w_.lm_head);
+  for (size_t l = 0; l < w_.layers.size(); ++l) {
+    const auto& L = w_.layers[l];
+    for (const Weight* x : {&L.norm, &L.norm_b, &L.in_proj_b, &L.conv_b, &L.dt_proj_b, &L.dt_bias, &L.A_log, &L.D, &L.gnorm,
+                            &L.out_proj_b})
+      f(*x);
+    for (int p = 0; p < kProjs; ++p) {
+      const Weight& fw = plan_->layers[l].fw[size_t(p)];
+      if (fw.data) f(fw); else n += L.proj(Proj(p)).bytes();
     }
+  }
+  return n;
+}
+
+SeqState Model::new_state() const {
+  const ExecPlan& plan = this->plan();
+  SeqState s;
+  const size_t L = size_t(cfg_.n_layer), conv = size_t(cfg_.d_conv - 1) * cfg_.conv_dim(), ssm = cfg_.ssm_state_size();
+  s.conv.resize(L), s.ssm.resize(L), s.conv_q.resize(L), s.ssm_q.resize(L);
+  for (size_t l = 0; l < L; ++l) {
+    if (plan.at(int(l), OpKind::Conv) == Prec::Int8) s.conv_q[l].assign(conv, 0); else s.conv[l].assign(conv, 0.f);
+    if (plan.at(int(l), OpKind::Ssm) == Prec::Int8) s.ssm_q[l].assign(ssm, 0); else s.ssm[l].assign(ssm, 0.f);
+  }
   return s;
-}
-
-void Model::set_fp_ops(unsigned mask, const Model* fp) {
-  if (mask == 0) return;
-  if (mode_ != ExecMode::Fake) fail("--fp-ops runs in the fake-quant simulation (mode fake), not in mode {}", mode_name(mode_));
-  if (mask & (kFpLinear | kFpConv)) {
-    if (!fp || fp->is_quantized())
-      fail("--fp-ops {}: keeping linear/conv in FP32 needs the FP model's weights (an FP reference model)",
-           fp_ops_str(mask));
-    const auto& fc = fp->config();
-    if (fc.arch != cfg_.arch || fc.n_layer != cfg_.n_layer || fc.d_model != cfg_.d_model || fc.d_inner != cfg_.d_inner ||
-        fc.d_state != cfg_.d_state || fc.conv_dim() != cfg_.conv_dim())
-      fail("--fp-ops: the FP model has other shapes than the quantized one");
-    for (int l = 0; l < cfg_.n_layer; ++l) {
-      LayerWeights& L = w_.layers[size_t(l)];
-      const LayerWeights& F = fp->weights().layers[size_t(l)];
-      if (mask & kFpConv) L.conv_w = F.conv_w;
-      if (mask & kFpLinear) {
-        L.in_proj = F.in_proj, L.x_proj = F.x_proj, L.dt_proj_w = F.dt_proj_w;
-        // out_proj reads the rotated input H y: W H^T, in float
-        std::vector<float> w(F.out_proj.data, F.out_proj.data + F.out_proj.size());
-        hadamard_fuse_right(w.data(), int(F.out_proj.dim(0)), int(F.out_proj.dim(1)));
-        L.out_proj = Weight::from_vector(std::move(w), F.out_proj.shape);
-      }
-    }
-  }
-  fp_ops_ = mask;
 }
 
 std::vector<float> Model::last_logits(std::span<const int32_t> tokens) const {

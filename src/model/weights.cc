@@ -1,4 +1,5 @@
-// Map a checkpoint's tensors onto ModelWeights, checking every name and shape against the config.
+// Map a checkpoint's tensors onto ModelWeights (model/names.h), checking every name and shape
+// against the config; a `mambaq quantize` folder adds int8 projections and scale tensors.
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -7,7 +8,10 @@
 #include "mambaq/checkpoint.h"
 #include "mambaq/error.h"
 #include "mambaq/model.h"
-#include "quant/quantized.h"
+#include "model/exec.h"
+#include "model/names.h"
+#include "model/points.h"
+#include "model/quant_state.h"
 
 namespace mambaq {
 
@@ -21,10 +25,12 @@ struct Binder {
 
   bool has(const std::string& n) const { return store.has(n); }
 
-  Weight take(const std::string& name, std::vector<int64_t> shape, bool optional = false) {
+  const RawTensor& raw(const std::string& name, const std::vector<int64_t>& shape, const char* expect = nullptr) {
     auto it = store.tensors.find(name);
     if (it == store.tensors.end()) {
-      if (optional) return {};
+      if (expect)
+        fail("{}: missing tensor '{}' (expected {} {} for this quantized model)", store.source, name, expect,
+             shape_str(shape));
       fail("{}: missing tensor '{}' (expected shape {} for this {} config)", store.source, name, shape_str(shape),
            arch_name(cfg.arch));
     }
@@ -34,62 +40,104 @@ struct Binder {
            cfg.source, shape_str(shape));
     used.insert(name);
     info.push_back({name, dtype_name(t.dtype), t.shape});
-    return to_f32(t, store.source + ": " + name);
+    return t;
+  }
+
+  Weight take(const std::string& name, const std::vector<int64_t>& shape) {
+    return to_f32(raw(name, shape), store.source + ": " + name);
+  }
+
+  const RawTensor& typed(const std::string& name, DType dt, const std::vector<int64_t>& shape) {
+    auto it = store.tensors.find(name);
+    if (it != store.tensors.end() && it->second.dtype != dt)
+      fail("{}: tensor '{}' has dtype {} but a quantized model stores it as {}", store.source, name,
+           dtype_name(it->second.dtype), dtype_name(dt));
+    return raw(name, shape, dtype_name(dt));
+  }
+
+  std::vector<float> scales(const std::string& name, int64_t n) {
+    const RawTensor& s = typed(name, DType::F32, {n});
+    std::vector<float> v(static_cast<size_t>(n));
+    std::memcpy(v.data(), s.data, v.size() * 4);
+    for (float x : v)
+      if (!(x > 0) || !std::isfinite(x))
+        fail("{}: scale '{}' {} {} (must be positive and finite)", store.source, name, n == 1 ? "is" : "holds", x);
+    return v;
+  }
+
+  // An int8 projection of a quantized folder: codes (zero-copy over the mapped file) + scales.
+  QTensor int8_proj(const TensorSpec& s, const QuantMeta& meta) {
+    const RawTensor& t = typed(s.name, DType::I8, s.shape);
+    QTensor q;
+    q.format = WFormat::S8;
+    q.shape = {s.shape.front(), s.shape.back()};
+    q.data = t.data;
+    q.owner = t.owner;
+    q.bits = meta.w_bits;
+    const bool per_row = s.proj != kConv && meta.granularity == Granularity::Channel;
+    q.granularity = per_row ? Granularity::Channel : Granularity::Tensor;
+    const std::string base = s.name.substr(0, s.name.size() - std::string(".weight").size());
+    q.scales = scales(base + ".weight_scale", per_row ? s.shape[0] : 1);
+    return q;
   }
 };
 
 }  // namespace
 
+QTensor& LayerWeights::proj(Proj p) {
+  switch (p) {
+    case kInProj: return in_proj;
+    case kConv: return conv_w;
+    case kXProj: return x_proj;
+    case kDtProj: return dt_proj_w;
+    case kOutProj: break;
+    case kProjs: MQ_ASSERT(false);
+  }
+  return out_proj;
+}
+
+const char* proj_name(Proj p) {
+  static const char* n[] = {"in_proj", "conv1d", "x_proj", "dt_proj", "out_proj"};
+  return n[p];
+}
+
 std::unique_ptr<Model> Model::from_store(const ModelConfig& cfg, const TensorStore& store) {
-  auto m = std::unique_ptr<Model>(new Model());
-  m->cfg_ = cfg;
-  Binder b{store, cfg, {}, m->info_};
-  // A `mambaq quantize` folder: the projections are int8 with scales (quant/quantized_io.cc).
-  const bool quant = cfg.raw.is_object() && cfg.raw.contains("quantization");
-  const int64_t V = cfg.padded_vocab, dm = cfg.d_model, di = cfg.d_inner, N = cfg.d_state, K = cfg.d_conv;
+  std::vector<TensorInfo> info;
+  Binder b{store, cfg, {}, info};
+  // A `mambaq quantize` folder: the projections are int8 with scales (docs/format.md).
+  std::shared_ptr<QuantState> q;
+  if (cfg.raw.is_object() && cfg.raw.contains("quantization")) {
+    q = std::make_shared<QuantState>();
+    q->meta = QuantMeta::from_json(cfg.raw.at("quantization"), cfg.source);
+  }
+  const int64_t V = cfg.padded_vocab, dm = cfg.d_model;
   // Embedding: state-spaces "backbone.embedding", HF "backbone.embeddings".
-  std::string emb = b.has("backbone.embeddings.weight") ? "backbone.embeddings.weight" : "backbone.embedding.weight";
+  const Layout layout = q ? Layout::Quantized : b.has("backbone.embeddings.weight") ? Layout::HF : Layout::StateSpaces;
+  const auto specs = tensor_specs(cfg, layout);
+  const std::string emb = specs.front().name;
   if (!b.has(emb)) fail("{}: missing tensor 'backbone.embedding.weight' (or 'backbone.embeddings.weight')", store.source);
   const auto& es = store.tensors.at(emb).shape;
   if (es.size() == 2 && es[1] == dm && es[0] != V)
     fail("{}: tensor '{}' has {} rows but the config ({}) implies a vocabulary of {} (vocab_size {} padded)",
          store.source, emb, es[0], cfg.source, V, cfg.vocab_size);
-  m->w_.embedding = b.take(emb, {V, dm});
-  for (int i = 0; i < cfg.n_layer; ++i) {
-    const std::string p = "backbone.layers." + std::to_string(i) + ".";
-    LayerWeights L;
-    L.norm = b.take(p + "norm.weight", {dm});
-    if (!cfg.rms_norm) L.norm_b = b.take(p + "norm.bias", {dm});
-    if (!quant) L.in_proj = b.take(p + "mixer.in_proj.weight", {cfg.in_proj_dim(), dm});
-    if (cfg.proj_bias) L.in_proj_b = b.take(p + "mixer.in_proj.bias", {cfg.in_proj_dim()});
-    if (!quant) {
-      Weight cw = b.take(p + "mixer.conv1d.weight", {cfg.conv_dim(), 1, K});
-      cw.shape = {cfg.conv_dim(), K};
-      L.conv_w = cw;
-    }
-    if (cfg.conv_bias) L.conv_b = b.take(p + "mixer.conv1d.bias", {cfg.conv_dim()});
-    if (cfg.arch == Arch::Mamba1) {
-      if (!quant) {
-        L.x_proj = b.take(p + "mixer.x_proj.weight", {cfg.dt_rank + 2 * N, di});
-        L.dt_proj_w = b.take(p + "mixer.dt_proj.weight", {di, cfg.dt_rank});
-      }
-      L.dt_proj_b = b.take(p + "mixer.dt_proj.bias", {di});
-      L.A_log = b.take(p + "mixer.A_log", {di, N});
-      L.D = b.take(p + "mixer.D", {di});
+  ModelWeights w;
+  w.layers.resize(size_t(cfg.n_layer));
+  for (const auto& s : specs) {
+    if (s.model) {
+      w.*(s.model) = b.take(s.name, s.shape);
+    } else if (s.field) {
+      w.layers[size_t(s.layer)].*(s.field) = b.take(s.name, s.shape);
     } else {
-      L.dt_bias = b.take(p + "mixer.dt_bias", {cfg.nheads});
-      L.A_log = b.take(p + "mixer.A_log", {cfg.nheads});
-      L.D = b.take(p + "mixer.D", {cfg.nheads});
-      L.gnorm = b.take(p + "mixer.norm.weight", {di});
+      QTensor t = q ? b.int8_proj(s, q->meta) : QTensor::from_weight(b.take(s.name, s.shape));
+      t.shape = {s.shape.front(), s.shape.back()};  // conv1d {conv_dim, 1, d_conv} -> {conv_dim, d_conv}
+      w.layers[size_t(s.layer)].proj(s.proj) = std::move(t);
     }
-    if (!quant) L.out_proj = b.take(p + "mixer.out_proj.weight", {dm, di});
-    if (cfg.proj_bias) L.out_proj_b = b.take(p + "mixer.out_proj.bias", {dm});
+  }
+  for (auto& L : w.layers) {
     L.A.resize(size_t(L.A_log.size()));
     for (size_t k = 0; k < L.A.size(); ++k) L.A[k] = -std::exp(L.A_log.data[k]);
-    m->w_.layers.push_back(std::move(L));
+    L.out_proj_rotated = bool(q);  // Quamba fuses H^T into out_proj
   }
-  m->w_.norm_f = b.take("backbone.norm_f.weight", {dm});
-  if (!cfg.rms_norm) m->w_.norm_f_b = b.take("backbone.norm_f.bias", {dm});
   // A tied head saved beside the embedding (state-spaces checkpoints store both names over one
   // storage) is the same tensor: held, counted and saved once.
   const auto same_as_embedding = [&](const std::string& n) {
@@ -99,25 +147,32 @@ std::unique_ptr<Model> Model::from_store(const ModelConfig& cfg, const TensorSto
   };
   if (b.has("lm_head.weight") && cfg.tie_embeddings && same_as_embedding("lm_head.weight")) {
     b.used.insert("lm_head.weight");
-    m->w_.lm_head = m->w_.embedding;
+    w.lm_head = w.embedding;
   } else if (b.has("lm_head.weight")) {
-    m->w_.lm_head = b.take("lm_head.weight", {V, dm});
+    w.lm_head = b.take("lm_head.weight", {V, dm});
   } else if (cfg.tie_embeddings) {
-    m->w_.lm_head = m->w_.embedding;
+    w.lm_head = w.embedding;
   } else {
     fail("{}: missing tensor 'lm_head.weight' (the config does not tie embeddings)", store.source);
   }
-  if (quant) {
-    m->set_quantized(load_quantized(cfg, store, b.used));
-    for (const auto& name : b.used)
-      if (store.tensors.at(name).dtype == DType::I8 || name.ends_with("_scale"))
-        m->info_.push_back({name, dtype_name(store.tensors.at(name).dtype), store.tensors.at(name).shape});
+  if (q) {  // every activation scale of the points table (the head's only if saved)
+    for (int i = 0; i <= cfg.n_layer; ++i)
+      for (const auto& sp : scale_points(cfg.arch)) {
+        const int l = i < cfg.n_layer ? i : -1;  // the head's last
+        if (sp.head != (l < 0)) continue;
+        const std::string name = scale_tensor_name(cfg.arch, l, sp.name);
+        if (l < 0 && !b.has(name)) continue;
+        const float v = b.scales(name, 1)[0];
+        auto mit = store.metadata.find("observer:" + name);
+        q->scales.points.push_back(
+            {l, sp.name, mit != store.metadata.end() ? mit->second : "unknown", v * float((1 << (q->meta.a_bits - 1)) - 1), v});
+      }
   }
   for (const auto& [name, t] : store.tensors)
     if (!b.used.count(name))
       fail("{}: unexpected tensor '{}' {} for a {} model with this config ({})", store.source, name,
            shape_str(t.shape), arch_name(cfg.arch), cfg.source);
-  return m;
+  return from_weights(cfg, std::move(w), std::move(info), std::move(q));
 }
 
 std::unique_ptr<Model> Model::load(const std::string& dir) {
@@ -134,41 +189,6 @@ int64_t Model::num_params() const {
   int64_t n = 0;
   for (const auto& t : info_) n += numel(t.shape);
   return n;
-}
-
-size_t Model::weight_bytes() const {
-  // What a decoded token reads: fp32 weights (a float mode of a quantized model reads its
-  // dequantized projections), int8 projections in int8 mode; the embedding once (tied LM head).
-  size_t n = 0;
-  auto f = [&](const Weight& w) { n += w.data ? size_t(w.size()) * 4 : 0; };
-  f(w_.embedding), f(w_.norm_f), f(w_.norm_f_b);
-  if (w_.lm_head.data != w_.embedding.data) f(w_.lm_head);
-  for (size_t l = 0; l < w_.layers.size(); ++l) {
-    const auto& L = w_.layers[l];
-    for (const Weight* x : {&L.norm, &L.norm_b, &L.in_proj_b, &L.conv_b, &L.dt_proj_b, &L.dt_bias, &L.A_log, &L.D, &L.gnorm,
-                            &L.out_proj_b})
-      f(*x);
-    if (q_ && mode_ == ExecMode::Int8) {
-      const auto& Q = q_->layers[l];
-      for (const QuantizedWeight* x : {&Q.in_proj, &Q.conv, &Q.x_proj, &Q.dt_proj, &Q.out_proj})
-        n += x->size() + x->scales.size() * 4;
-    } else {
-      for (const Weight* x : {&L.in_proj, &L.conv_w, &L.x_proj, &L.dt_proj_w, &L.out_proj}) f(*x);
-    }
-  }
-  return n;
-}
-
-SeqState Model::new_state() const {
-  SeqState s;
-  if (mode_ == ExecMode::Int8) {
-    s.conv_q.assign(size_t(cfg_.n_layer), std::vector<int8_t>(size_t(cfg_.d_conv - 1) * cfg_.conv_dim(), 0));
-    s.ssm_q.assign(size_t(cfg_.n_layer), std::vector<int8_t>(cfg_.ssm_state_size(), 0));
-    return s;
-  }
-  s.conv.assign(size_t(cfg_.n_layer), std::vector<float>(size_t(cfg_.d_conv - 1) * cfg_.conv_dim(), 0.f));
-  s.ssm.assign(size_t(cfg_.n_layer), std::vector<float>(cfg_.ssm_state_size(), 0.f));
-  return s;
 }
 
 }  // namespace mambaq

@@ -7,7 +7,9 @@
 #include "io/mmap_file.h"
 #include "mambaq/error.h"
 #include "mambaq/eval.h"
-#include "quant/hadamard.h"
+#include "kernels/hadamard.h"
+#include "model/points.h"
+#include "quant/recipe.h"
 
 namespace mambaq {
 
@@ -44,64 +46,34 @@ CalibSamples make_calib_samples(const Tokenizer& tok, const std::string& file, i
   return cs;
 }
 
-const PointScale* Calibration::find(int layer, const std::string& point) const {
-  for (const auto& p : points)
-    if (p.layer == layer && p.point == point) return &p;
-  return nullptr;
-}
-
-std::map<std::string, std::vector<QuantPoint>> quant_points(const ModelConfig& c) {
-  std::map<std::string, std::vector<QuantPoint>> m;
-  const int di = c.d_inner;
-  if (c.arch == Arch::Mamba1) {
-    const int R = c.dt_rank, N = c.d_state;
-    m["in_proj:input"] = {{"in_proj:input", 0, c.d_model, false, false}};
-    m["in_proj:output"] = {{"in_proj:output", 0, 2 * di, false, false}};
-    m["x_proj:input"] = {{"x_proj:input", 0, di, true, false}};
-    m["x_proj:output"] = {{"x_proj:output", 0, R + 2 * N, false, false}};
-    m["dt_proj:output"] = {{"dt_proj:output", 0, di, false, false}};
-    m["out_proj:input"] = {{"out_proj:input", 0, di, false, true}};
-  } else {
-    const int GN = c.ngroups * c.d_state, cd = c.conv_dim();
-    m["in_proj:input"] = {{"in_proj:input", 0, c.d_model, false, false}};
-    m["in_proj:output"] = {{"z", 0, di, false, false},
-                           {"xBC", di, di + cd, false, false},
-                           {"dt", di + cd, di + cd + c.nheads, false, false}};
-    m["xBC_conv_out"] = {{"x_conv_out", 0, di, true, false},
-                         {"B_conv_out", di, di + GN, false, false},
-                         {"C_conv_out", di + GN, di + 2 * GN, false, false}};
-    m["out_proj:input"] = {{"out_proj:input", 0, di, false, true}};
-  }
-  return m;
-}
-
 namespace {
 
 class CalibTap final : public Tap {
  public:
-  CalibTap(const ModelConfig& c, const CalibOptions& o, size_t total_tokens, size_t nsamples)
-      : opt_(o), subs_(quant_points(c)) {
-    for (int l = 0; l < c.n_layer; ++l) {
-      for (auto& [tp, subs] : subs_)
-        for (auto& s : subs) add(l, s.name, s.percentile, total_tokens * size_t(s.c1 - s.c0));
-      add(l, "ssm_state_act:input", true, nsamples * c.ssm_state_size());
-    }
-    add(-1, "lm_head:input", false, total_tokens * size_t(c.d_model));
+  CalibTap(const ModelConfig& c, const CalibOptions& o, size_t total_tokens, size_t nsamples) : cfg_(c), opt_(o) {
+    const Recipe& r = recipe(o.recipe);
+    for (int l = -1; l < c.n_layer; ++l)
+      for (const auto& sp : scale_points(c.arch)) {
+        if (sp.head != (l < 0)) continue;
+        const auto [c0, c1] = col_range(c, sp.cols, tap_width(c, sp.tap));
+        const size_t expected = std::string_view(sp.tap) == "ssm_state" ? nsamples * c.ssm_state_size()
+                                                                         : total_tokens * size_t(c1 - c0);
+        obs_[{l, sp.name}] = r.percentile(sp) ? make_percentile_observer(opt_.alpha, opt_.mode, expected)
+                                              : make_minmax_observer();
+      }
   }
 
   void on(int layer, std::string_view point, float* data, int rows, int cols, std::span<const int> offs) override {
-    if (layer < 0) {
-      if (point == "lm_head:input") observe_rows(obs_.at({-1, "lm_head:input"}).get(), data, cols, 0, cols, false, offs);
-      return;
+    for (const auto& sp : scale_points(cfg_.arch)) {
+      if (point != sp.tap || sp.head != (layer < 0)) continue;
+      Observer* o = obs_.at({layer, sp.name}).get();
+      if (point == "ssm_state") {  // a sequence's SSM state after the forward pass: one sample each
+        o->observe(data, size_t(rows) * size_t(cols));
+        continue;
+      }
+      const auto [c0, c1] = col_range(cfg_, sp.cols, cols);
+      observe_rows(o, data, cols, c0, c1, sp.hadamard, offs);
     }
-    if (point == "ssm_state") {  // a sequence's SSM state after the forward pass: one sample each
-      obs_.at({layer, "ssm_state_act:input"})->observe(data, size_t(rows) * size_t(cols));
-      return;
-    }
-    auto it = subs_.find(std::string(point));
-    if (it == subs_.end()) return;
-    for (const auto& s : it->second)
-      observe_rows(obs_.at({layer, s.name}).get(), data, cols, s.c0, s.c1, s.hadamard, offs);
   }
 
   Calibration result() const {
@@ -113,14 +85,11 @@ class CalibTap final : public Tap {
   }
 
  private:
+  const ModelConfig& cfg_;
   const CalibOptions& opt_;
-  std::map<std::string, std::vector<QuantPoint>> subs_;
   std::map<std::pair<int, std::string>, std::unique_ptr<Observer>> obs_;
   std::vector<float> buf_;
 
-  void add(int layer, const std::string& name, bool pct, size_t expected) {
-    obs_[{layer, name}] = pct ? make_percentile_observer(opt_.alpha, opt_.mode, expected) : make_minmax_observer();
-  }
   // Each sequence of the packed batch is one calibration sample.
   void observe_rows(Observer* o, const float* data, int ld, int c0, int c1, bool hadamard, std::span<const int> offs) {
     const int w = c1 - c0;

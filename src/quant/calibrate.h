@@ -1,5 +1,6 @@
 // Calibration: run the FP model over calibration samples and feed an observer at every
-// quantization point (Quamba: percentile on the SSM input and the SSM state, min-max elsewhere).
+// quantization point of the points table (model/points.h); the recipe chooses each observer
+// (Quamba: percentile on the SSM input and the SSM state, min-max elsewhere).
 #pragma once
 #include <map>
 #include <string>
@@ -7,6 +8,7 @@
 
 #include "mambaq/model.h"
 #include "mambaq/tokenizer.h"
+#include "model/quant_state.h"
 #include "quant/observer.h"
 
 namespace mambaq {
@@ -31,35 +33,16 @@ struct CalibOptions {
   bool progress = true;
   bool verbose = false;  // alpha, max and scale of every point on stderr
   Tap* extra = nullptr;  // also sees every tapped tensor (e.g. activation snapshots)
+  std::string recipe = "quamba1";  // chooses each point's observer
 };
 
-struct PointScale {
-  int layer;               // -1 for lm_head:input
-  std::string point;       // e.g. "x_proj:input", "ssm_state_act:input"
-  std::string observer;    // "minmax" or "percentile"
-  float amax;              // clip value
-  float scale;             // amax / 127
-};
-
-struct Calibration {
-  std::vector<PointScale> points;
+// The activation scales a calibration run found (a ScaleTable) and how it ran.
+struct Calibration : ScaleTable {
   size_t samples = 0;
   double alpha = 1.0;
   PercentileMode mode = PercentileMode::Ema;
-  const PointScale* find(int layer, const std::string& point) const;
 };
 
 Calibration calibrate(const Model& model, const CalibSamples& samples, const CalibOptions& opt);
-
-// The activation quantization points of one layer: a column range [c0, c1) of a tapped tensor
-// (Model's Tap points), under the point's name, with the observer Quamba uses for it.
-struct QuantPoint {
-  std::string name;  // e.g. "x_proj:input", "x_conv_out"
-  int c0, c1;
-  bool percentile;   // SSM input: percentile observer; everything else min-max
-  bool hadamard;     // observed after the Hadamard transform (out_proj:input)
-};
-// tap point -> the quantization points it carries (the SSM state is observed separately)
-std::map<std::string, std::vector<QuantPoint>> quant_points(const ModelConfig& c);
 
 }  // namespace mambaq

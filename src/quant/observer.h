@@ -16,9 +16,10 @@
 #include <string>
 #include <vector>
 
+#include "model/quant_state.h"  // PercentileMode
+
 namespace mambaq {
 
-enum class PercentileMode { Ema, Exact };
 
 class Observer {
  public:

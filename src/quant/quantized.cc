@@ -1,160 +1,129 @@
-// Building a quantized model from an FP model and a calibration (Quamba W8A8).
+// Building a quantized model from an FP model and a calibration, through a recipe; saving it.
 #include "quant/quantized.h"
 
-#include "io/json_file.h"
+#include <filesystem>
+#include <fstream>
+#include <set>
 
+#include "io/safetensors.h"
+#include "kernels/wquant.h"
 #include "mambaq/error.h"
-#include "quant/hadamard.h"
+#include "model/names.h"
+#include "model/points.h"
 
 namespace mambaq {
 
-namespace {
-QuantizedWeight qw(const Weight& w, Granularity g, int bits, bool fuse_hadamard = false) {
-  const int rows = int(w.dim(0)), cols = int(w.size() / w.dim(0));
-  if (!fuse_hadamard) return quantize_weight(w.data, rows, cols, g, bits);
-  std::vector<float> v(w.data, w.data + w.size());
-  hadamard_fuse_right(v.data(), rows, cols);  // W H^T: out_proj then reads H y
-  return quantize_weight(v.data(), rows, cols, g, bits);
-}
-
-float scale_of(const Calibration& cal, int layer, const std::string& point) {
-  const PointScale* p = cal.find(layer, point);
-  if (!p) fail("quantization: no scale for layer {} point '{}'", layer, point);
-  if (!(p->scale > 0)) fail("quantization: scale of layer {} point '{}' is {} (must be positive)", layer, point, p->scale);
-  return p->scale;
-}
-}  // namespace
-
-QLayer quantize_layer_weights(const ModelConfig& cfg, const LayerWeights& L, Granularity g, int w_bits) {
-  QLayer q;
-  q.in_proj = qw(L.in_proj, g, w_bits);
-  q.conv = qw(L.conv_w, Granularity::Tensor, w_bits);  // the reference: one scale for the conv
-  if (cfg.arch == Arch::Mamba1) {
-    q.x_proj = qw(L.x_proj, g, w_bits);
-    q.dt_proj = qw(L.dt_proj_w, g, w_bits);
-  }
-  q.out_proj = qw(L.out_proj, g, w_bits, /*fuse_hadamard=*/true);
-  return q;
-}
-
-void set_layer_scales(const ModelConfig& cfg, const Calibration& cal, int l, QLayer& q) {
-  q.s_in = scale_of(cal, l, "in_proj:input");
-  q.s_out_in = scale_of(cal, l, "out_proj:input");
-  q.s_state = scale_of(cal, l, "ssm_state_act:input");
-  if (cfg.arch == Arch::Mamba1) {
-    q.s_xz = scale_of(cal, l, "in_proj:output");
-    q.s_u = scale_of(cal, l, "x_proj:input");
-    q.s_dbc = scale_of(cal, l, "x_proj:output");
-    q.s_delta = scale_of(cal, l, "dt_proj:output");
-    q.conv_out_scale.assign(size_t(cfg.d_inner), q.s_u);
-  } else {
-    q.s_z = scale_of(cal, l, "z");
-    q.s_xbc = scale_of(cal, l, "xBC");
-    q.s_dt = scale_of(cal, l, "dt");
-    q.s_x = scale_of(cal, l, "x_conv_out");
-    q.s_B = scale_of(cal, l, "B_conv_out");
-    q.s_C = scale_of(cal, l, "C_conv_out");
-    const size_t di = size_t(cfg.d_inner), gn = size_t(cfg.ngroups) * cfg.d_state;
-    q.conv_out_scale.assign(di, q.s_x);
-    q.conv_out_scale.insert(q.conv_out_scale.end(), gn, q.s_B);
-    q.conv_out_scale.insert(q.conv_out_scale.end(), gn, q.s_C);
-  }
-}
-
-void dequantize_into(const QLayer& q, const ModelConfig& cfg, LayerWeights& L) {
-  L.in_proj = Weight::from_vector(dequantize_weight(q.in_proj), {q.in_proj.rows, q.in_proj.cols});
-  L.conv_w = Weight::from_vector(dequantize_weight(q.conv), {q.conv.rows, q.conv.cols});
-  if (cfg.arch == Arch::Mamba1) {
-    L.x_proj = Weight::from_vector(dequantize_weight(q.x_proj), {q.x_proj.rows, q.x_proj.cols});
-    L.dt_proj_w = Weight::from_vector(dequantize_weight(q.dt_proj), {q.dt_proj.rows, q.dt_proj.cols});
-  }
-  L.out_proj = Weight::from_vector(dequantize_weight(q.out_proj), {q.out_proj.rows, q.out_proj.cols});
-}
-
-void check_recipe(const std::string& recipe, int w_bits, int a_bits) {
-  if (recipe != "quamba1") fail("--recipe: unknown recipe '{}' (this build has: quamba1)", recipe);
-  if (w_bits != 8) fail("--w-bits {}: the quamba1 recipe quantizes weights to 8 bits", w_bits);
-  if (a_bits != 8) fail("--a-bits {}: the quamba1 recipe quantizes activations to 8 bits", a_bits);
-}
+namespace fs = std::filesystem;
 
 std::unique_ptr<Model> quantize_model(const Model& fp, const Calibration& cal, const QuantMeta& meta) {
-  check_recipe(meta.recipe, meta.w_bits, meta.a_bits);
+  const Recipe& r = recipe(meta.recipe);
   if (fp.is_quantized()) fail("the model is already quantized");
   const auto& cfg = fp.config();
-  if (cfg.arch == Arch::Mamba2 && cfg.ngroups != 1)
-    fail("the quamba1 recipe quantizes Mamba2 without head grouping (ngroups 1); this model has ngroups {}",
-         cfg.ngroups);
-  auto q = std::make_shared<QuantizedModel>();
+  r.validate(cfg, meta);
+  auto q = std::make_shared<QuantState>();
   q->meta = meta;
-  q->cal = cal;
+  for (int l = -1; l < cfg.n_layer; ++l)  // every point the recipe needs must be calibrated
+    for (const auto& sp : scale_points(cfg.arch)) {
+      if (sp.head != (l < 0)) continue;
+      const PointScale* p = cal.find(l, sp.name);
+      if (!p) {
+        if (l < 0) continue;  // the head's input scale is recorded when observed, never read by quamba1
+        fail("quantization: no scale for layer {} point '{}'", l, sp.name);
+      }
+      if (!(p->scale > 0)) fail("quantization: scale of layer {} point '{}' is {} (must be positive)", l, sp.name, p->scale);
+    }
+  q->scales = cal;
+  ModelWeights w = fp.weights();
+  for (int l = 0; l < cfg.n_layer; ++l) r.quantize_layer(cfg, meta, fp.weights().layers[size_t(l)], w.layers[size_t(l)]);
+  // what a quantized folder holds: the float tensors, the quantized projections and every scale
+  std::vector<TensorInfo> info;
+  for (const auto& t : fp.tensor_info())
+    if (t.name.find("_proj.weight") == std::string::npos && t.name.find("conv1d.weight") == std::string::npos)
+      info.push_back(t);
+  for (int l = 0; l < cfg.n_layer; ++l)
+    for (int p = 0; p < kProjs; ++p) {
+      const QTensor& t = w.layers[size_t(l)].proj(Proj(p));
+      if (t.empty()) continue;
+      const std::string n = layer_prefix(l) + "mixer." + proj_name(Proj(p));
+      info.push_back({n + ".weight", t.format == WFormat::S8 ? "I8" : "F32", t.shape});
+      info.push_back({n + ".weight_scale", "F32", {int64_t(t.scales.size())}});
+    }
+  for (const auto& ps : cal.points) info.push_back({scale_tensor_name(cfg.arch, ps.layer, ps.point), "F32", {1}});
+  auto m = Model::from_weights(cfg, std::move(w), std::move(info), std::move(q));
+  m->set_mode(r.default_mode());
+  return m;
+}
+
+std::unique_ptr<Model> fake_quant_weights(const Model& fp, Granularity g, int w_bits) {
+  QuantMeta meta;
+  meta.granularity = g;
+  meta.w_bits = w_bits;
+  const Recipe& r = recipe(meta.recipe);
   auto m = std::make_unique<Model>(fp);
-  for (int l = 0; l < cfg.n_layer; ++l) {
-    QLayer ql = quantize_layer_weights(cfg, fp.weights().layers[size_t(l)], meta.granularity, meta.w_bits);
-    set_layer_scales(cfg, cal, l, ql);
-    q->layers.push_back(std::move(ql));
+  for (int l = 0; l < fp.config().n_layer; ++l) {
+    LayerWeights& L = m->weights_mut().layers[size_t(l)];
+    r.quantize_layer(fp.config(), meta, fp.weights().layers[size_t(l)], L);
+    for (int p = 0; p < kProjs; ++p) {
+      QTensor& t = L.proj(Proj(p));
+      if (t.format == WFormat::S8) t = QTensor::from_weight(Weight::from_vector(dequantize_weight(t), t.shape));
+    }
   }
-  m->set_quantized(q);  // int8 mode; fp32/fake dequantize the projections on first use
+  m->set_mode(ExecMode::FP32);
   return m;
 }
 
-nlohmann::json QuantMeta::to_json() const {
-  return {{"recipe", recipe},
-          {"w_bits", w_bits},
-          {"a_bits", a_bits},
-          {"weight_granularity", granularity == Granularity::Tensor ? "tensor" : "channel"},
-          {"observers",
-           {{"default", "minmax"},
-            {"percentile_alpha", alpha},
-            {"percentile_mode", pmode == PercentileMode::Ema ? "ema" : "exact"}}},
-          {"hadamard", "out_proj:input"},
-          {"calibration",
-           {{"file", calib_file},
-            {"sha256", calib_sha256},
-            {"samples", calib_samples},
-            {"available", calib_available},
-            {"seqlen", calib_seqlen}}},
-          {"source_model", source_model},
-          {"mambaq_version", version}};
-}
+void save_quantized(const Model& m, const std::string& dir, const std::string& tokenizer_file) {
+  const QuantState* q = m.quantized();
+  if (!q) fail("internal error: save_quantized on an FP model");
+  const ModelConfig& cfg = m.config();
+  const ModelWeights& w = m.weights();
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) fail("{}: cannot create folder: {}", dir, ec.message());
 
-QuantMeta QuantMeta::from_json(const nlohmann::json& j, const std::string& src) {
-  QuantMeta m;
-  const std::string w = src + ": quantization";
-  if (!j.is_object()) fail("{} is not an object", w);
-  const auto need = [&](const nlohmann::json& o, const char* key, const std::string& where) -> const nlohmann::json& {
-    if (!o.is_object() || !o.contains(key)) fail("{}: missing field '{}'", where, key);
-    return o[key];
+  std::vector<NamedTensor> ts;
+  std::map<std::string, std::string> meta{{"format", "mambaq-quantized"}, {"recipe", q->meta.recipe}};
+  auto f32 = [&](const std::string& name, const Weight& t) {
+    if (t.data) ts.push_back({name, DType::F32, t.shape, t.data});
   };
-  need(j, "recipe", w);
-  m.recipe = json_string(j, "recipe", "", w);
-  need(j, "w_bits", w);
-  m.w_bits = int(json_int(j, "w_bits", 0, w, 1, 16));
-  need(j, "a_bits", w);
-  m.a_bits = int(json_int(j, "a_bits", 0, w, 1, 16));
-  need(j, "weight_granularity", w);
-  const auto g = json_string(j, "weight_granularity", "", w);
-  if (g != "tensor" && g != "channel") fail("{}.weight_granularity '{}' is not tensor or channel", w, g);
-  m.granularity = g == "tensor" ? Granularity::Tensor : Granularity::Channel;
-  const auto& o = need(j, "observers", w);
-  need(o, "percentile_alpha", w + ".observers");
-  m.alpha = json_number(o, "percentile_alpha", 0, w + ".observers");
-  if (!(m.alpha > 0 && m.alpha <= 1)) fail("{}.observers: field 'percentile_alpha' = {} is outside (0, 1]", w, m.alpha);
-  const auto pm = json_string(o, "percentile_mode", "ema", w + ".observers");
-  if (pm != "ema" && pm != "exact") fail("{}.observers: field 'percentile_mode' '{}' is not ema or exact", w, pm);
-  m.pmode = pm == "exact" ? PercentileMode::Exact : PercentileMode::Ema;
-  const auto& c = need(j, "calibration", w);
-  const std::string cw = w + ".calibration";
-  m.calib_file = json_string(c, "file", "", cw);
-  m.calib_sha256 = json_string(c, "sha256", "", cw);
-  m.calib_samples = size_t(json_int(c, "samples", 0, cw, 0, INT64_MAX));
-  m.calib_available = size_t(json_int(c, "available", 0, cw, 0, INT64_MAX));
-  m.calib_seqlen = int(json_int(c, "seqlen", 0, cw, 0, INT32_MAX));
-  m.version = json_string(j, "mambaq_version", "", w);
-  m.source_model = json_string(j, "source_model", "", w);
-  if (m.recipe != "quamba1") fail("{}: quantization.recipe '{}' is not supported (this build has: quamba1)", src, m.recipe);
-  if (m.w_bits != 8 || m.a_bits != 8)
-    fail("{}: quantization W{}A{} is not supported by the quamba1 recipe (W8A8)", src, m.w_bits, m.a_bits);
-  return m;
+  for (const auto& s : tensor_specs(cfg, Layout::Quantized)) {
+    if (s.model) {
+      f32(s.name, w.*(s.model));
+    } else if (s.field) {
+      f32(s.name, w.layers[size_t(s.layer)].*(s.field));
+    } else {
+      const QTensor& t = w.layers[size_t(s.layer)].proj(s.proj);
+      if (t.format != WFormat::S8) fail("internal error: {} is not quantized", s.name);
+      ts.push_back({s.name, DType::I8, s.shape, t.data});
+      const std::string base = s.name.substr(0, s.name.size() - std::string(".weight").size());
+      ts.push_back({base + ".weight_scale", DType::F32, {int64_t(t.scales.size())}, t.scales.data()});
+    }
+  }
+  if (w.lm_head.data != w.embedding.data) f32("lm_head.weight", w.lm_head);
+  for (const auto& ps : q->scales.points) {
+    const std::string name = scale_tensor_name(cfg.arch, ps.layer, ps.point);
+    if (name.empty()) fail("internal error: calibration point '{}' has no tensor name", ps.point);
+    ts.push_back({name, DType::F32, {1}, &ps.scale});
+    meta["observer:" + name] = ps.observer;
+  }
+  save_safetensors((fs::path(dir) / "model.safetensors").string(), ts, meta);
+
+  nlohmann::json c = cfg.raw;
+  nlohmann::json qj = q->meta.to_json();
+  std::set<std::string> pct;
+  for (const auto& ps : q->scales.points)
+    if (ps.observer == "percentile") pct.insert(ps.point);
+  qj["observers"]["percentile_points"] = pct;
+  c["quantization"] = qj;
+  const std::string cp = (fs::path(dir) / "config.json").string();
+  std::ofstream out(cp, std::ios::trunc);
+  if (!out) fail("{}: cannot write", cp);
+  out << c.dump(2) << "\n";
+  if (!out) fail("{}: write failed", cp);
+  if (!tokenizer_file.empty()) {
+    fs::copy_file(tokenizer_file, fs::path(dir) / "tokenizer.json", fs::copy_options::overwrite_existing, ec);
+    if (ec) fail("{}: cannot copy the tokenizer into {}: {}", tokenizer_file, dir, ec.message());
+  }
 }
 
 }  // namespace mambaq

@@ -1,8 +1,5 @@
 // FP32 projections through oneDNN's sgemm: C = A W^T (+ bias).
 #include <oneapi/dnnl/dnnl.h>
-#include <omp.h>
-
-#include <vector>
 
 #include "kernels/cpu/ops.h"
 #include "mambaq/error.h"
@@ -21,28 +18,6 @@ void cpu::gemm(int M, int N, int K, const float* A, int lda, const float* W, con
       for (int n = 0; n < N; ++n) c[n] += bias[n];
     }
   }
-}
-
-static int g_threads = 0;
-
-void set_num_threads(int n) {
-  if (n <= 0) n = omp_get_num_procs();
-  g_threads = n;
-  omp_set_num_threads(n);
-}
-
-int num_threads() { return g_threads > 0 ? g_threads : omp_get_max_threads(); }
-
-float* scratch(int slot, size_t n) {
-  thread_local std::vector<std::vector<float>> pool;
-  if (size_t(slot) >= pool.size()) pool.resize(size_t(slot) + 1);
-  auto& v = pool[size_t(slot)];
-  if (v.size() < n) {
-    v.clear();
-    v.shrink_to_fit();
-    v.resize(n);
-  }
-  return v.data();
 }
 
 }  // namespace mambaq

@@ -1,81 +1,13 @@
-// CPU kernels. Every op has a plain reference in `ref::` (scalar, obviously right, one
-// sequence) and a fast version in `cpu::` (vectorised, threaded, packed sequences).
-// tests/test_kernels.cc compares them on random data. Activations are row-major {T, C}
-// with an explicit row stride (ld) so that slices of a wider projection can be used in place.
+// CPU kernels: the fast versions (vectorised, threaded, packed sequences) of the op contracts
+// stated in kernels/ref/ops.h. Reached through the backend table (kernels/backend.h); the tests
+// compare each with the reference on random data.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 
+#include "core/workspace.h"
+
 namespace mambaq {
-
-namespace ref {
-
-// out {T, d} = x {T, d} * rsqrt(mean(x^2) + eps) * w {d}
-void rmsnorm(const float* x, const float* w, float* out, int T, int d, float eps);
-// out {T, d} = (x - mean(x)) * rsqrt(var(x) + eps) * w {d} + b {d} (biased variance, as torch)
-void layernorm(const float* x, const float* w, const float* b, float* out, int T, int d, float eps);
-
-// Causal depthwise conv1d + SiLU over one sequence.
-// x {T, C} (row stride ldx), w {C, K}, b {C} or null, state {K-1, C} or null (= zeros; updated when given),
-// out {T, C} (row stride ldo)
-void conv1d_silu(const float* x, int ldx, int T, int C, int K, const float* w, const float* b, float* state,
-                 float* out, int ldo);
-
-// Mamba1 selective scan over one sequence.
-// u, delta, z {T, D}; B, C {T, N}; A {D, N}; delta_bias, Dskip {D}; state {D, N} (in/out, null = zeros)
-// dt = softplus(delta + delta_bias); h = exp(dt*A) h + dt*B*u; y = (C.h + Dskip*u) * silu(z)
-void selective_scan(int T, int D, int N, const float* u, int ldu, const float* delta, int ldd,
-                    const float* delta_bias, const float* A, const float* B, int ldb, const float* C, int ldc,
-                    const float* Dskip, const float* z, int ldz, float* state, float* y, int ldy);
-
-// Mamba2 SSD scan over one sequence, recurrent form (exactly equal to the chunked form).
-// x {T, H*P}; dt {T, H} (raw, before dt_bias and softplus); B, C {T, G*N}; A, dt_bias, Dskip {H};
-// state {H, N, P} (in/out, null = zeros; headdim innermost so the update is contiguous);
-// y {T, H*P}. Head h uses group h / (H/G).
-void ssd_scan(int T, int H, int P, int G, int N, const float* x, int ldx, const float* dt, int lddt,
-              const float* dt_bias, const float* A, const float* B, int ldb, const float* C, int ldc,
-              const float* Dskip, float* state, float* y, int ldy);
-
-// Gated RMSNorm (Mamba2), in place on y {T, D}; z {T, D} (row stride ldz); w {D}; RMS over groups
-// of `group` channels. norm_before_gate: y = norm(y)*w*silu(z), else y = norm(y*silu(z))*w.
-void gated_rmsnorm(float* y, const float* z, int ldz, const float* w, int T, int D, int group, float eps,
-                   bool norm_before_gate);
-
-// C {M, N} (row stride ldc) = A {M, K} (row stride lda) x W^T, W {N, K}; + bias {N} if given.
-void gemm(int M, int N, int K, const float* A, int lda, const float* W, const float* bias, float* C, int ldc);
-
-// For one row of logits {V}: log-softmax at `target`, and the first index of the maximum.
-void log_softmax_at(const float* logits, int V, int target, double* logprob, int* argmax);
-
-// ---- int8 kernels (Quamba W8A8). Codes q ~ x / scale, symmetric, [-127, 127]. ----
-
-// q {rows, cols} (row stride ldq) = clamp(round_half_even(x / scale)) of x {rows, cols} (row stride ldx)
-void quantize(const float* x, int rows, int cols, int ldx, float scale, int8_t* q, int ldq);
-
-// C {M, N} (row stride ldc) = (A {M, K} x W^T) * a_scale * w_scale[n or 0] (+ bias {N});
-// A, W int8 ({N, K}), products accumulated exactly in int32.
-void gemm_s8(int M, int N, int K, const int8_t* A, int lda, float a_scale, const int8_t* W, const float* w_scale,
-             bool w_per_row, const float* bias, float* C, int ldc);
-
-// Causal depthwise conv1d over int8 inputs x {T, C} (scale x_scale) with int8 weights w {C, K}
-// (scale w_scale) and float bias, SiLU, requantized per channel: out = q(silu(acc*sx*sw + b), out_scale[c]).
-// state {K-1, C} int8 codes of the carried inputs (null = zeros; updated when given).
-void conv1d_s8_silu(const int8_t* x, int ldx, float x_scale, int T, int C, int K, const int8_t* w, float w_scale,
-                    const float* b, int8_t* state, const float* out_scale, int8_t* out, int ldo);
-
-// Selective scan reading int8 u, delta, B, C, z with their scales (dequantized, then FP32 math as
-// the reference kernel does); state in float.
-void selective_scan_s8(int T, int D, int N, const int8_t* u, int ldu, float su, const int8_t* delta, int ldd,
-                       float sd, const float* delta_bias, const float* A, const int8_t* B, int ldb, float sB,
-                       const int8_t* C, int ldc, float sC, const float* Dskip, const int8_t* z, int ldz, float sz,
-                       float* state, float* y, int ldy);
-
-// SSD scan reading int8 x, dt, B, C with their scales; state in float {H, N, P}.
-void ssd_scan_s8(int T, int H, int P, int G, int N, const int8_t* x, int ldx, float sx, const int8_t* dt, int lddt,
-                 float sdt, const float* dt_bias, const float* A, const int8_t* B, int ldb, float sB, const int8_t* C,
-                 int ldc, float sC, const float* Dskip, float* state, float* y, int ldy);
-
-}  // namespace ref
 
 namespace cpu {
 
@@ -98,6 +30,12 @@ void gemm(int M, int N, int K, const float* A, int lda, const float* W, const fl
 
 // int8 kernels: same contracts as ref:: (packed sequences for conv and scans).
 void quantize(const float* x, int rows, int cols, int ldx, float scale, int8_t* q, int ldq);
+void dequantize(const int8_t* q, int rows, int cols, int ldq, float scale, float* x, int ldx);
+void fake_quantize(float* x, int rows, int cols, int ldx, float scale, int bits);
+void add(float* x, const float* y, size_t n);
+// The instruction set of the hand-written int8 dot products, chosen once from the CPU's
+// feature bits: "avx512-bw" or "portable" (oneDNN chooses its own for the GEMMs, AMX included).
+const char* isa();
 // oneDNN s8s8s32 GEMM (VNNI/AMX chosen by oneDNN at run time); for M <= 4 an AVX-512 GEMV;
 // for 32 <= K < 512 (dt_proj, small in_proj) oneDNN's int8 kernels were 1.2-3x slower than its
 // sgemm (BENCHMARKS.md), so those run as an fp32 GEMM over the int8 codes, which is exact: every
@@ -116,20 +54,5 @@ void ssd_scan_s8(int nseq, const int* offs, int H, int P, int G, int N, const in
                  int ldy);
 
 }  // namespace cpu
-
-// Per-thread scratch buffers reused across calls (no page faults or zeroing in the hot path).
-// The contents are undefined; slot numbers are owned by the caller (see model/*.cc).
-float* scratch(int slot, size_t n);
-inline int8_t* scratch_i8(int slot, size_t n) { return reinterpret_cast<int8_t*>(scratch(slot, (n + 3) / 4)); }
-enum ScratchSlot {
-  kSlotResidual, kSlotNormed, kSlotMixerOut,                             // model.cc
-  kSlotInProj, kSlotConvOut, kSlotXProj, kSlotDelta, kSlotScanOut,       // mamba1.cc / mamba2.cc
-  kSlotQIn, kSlotQInProj, kSlotQConv, kSlotQXProj, kSlotQDelta, kSlotQOut, // int8 mixers
-  kSlotQState, kSlotQDeq0, kSlotQDeq1, kSlotQDeq2, kSlotQDeq3, kSlotQDeq4, kSlotQAcc, kSlotQGemmA, kSlotQGemmW, kSlotUssm,  // int8 kernels
-};
-
-// Thread count for everything (OpenMP and oneDNN). 0 = all cores.
-void set_num_threads(int n);
-int num_threads();
 
 }  // namespace mambaq

@@ -20,9 +20,11 @@ namespace {
 // float-to-int conversion. The forward pass's finiteness check reports overflows of the float parts.
 inline int8_t code(float v) { return v == v ? int8_t(std::clamp(std::nearbyint(v), -127.0f, 127.0f)) : int8_t(0); }
 
-// Exact int8 dot product of length K with int32 accumulation.
-inline int32_t dot_s8(const int8_t* a, const int8_t* w, int K) {
-#if defined(__AVX512BW__) && defined(__AVX512VL__)
+// Exact int8 dot product of length K with int32 accumulation. Two versions, one chosen at run
+// time from the CPU's feature bits (Intel with or without AMX, AMD Zen 4: all have AVX-512 BW
+// here, but a binary must not assume it).
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline int32_t dot_s8_avx512(const int8_t* a, const int8_t* w,
+                                                                                   int K) {
   __m512i acc = _mm512_setzero_si512();
   int k = 0;
   for (; k + 32 <= K; k += 32) {
@@ -42,13 +44,35 @@ inline int32_t dot_s8(const int8_t* a, const int8_t* w, int K) {
   int32_t sum = 0;
   for (int32_t v : lanes) sum += v;
   return sum;
-#else
+}
+
+inline int32_t dot_s8_portable(const int8_t* a, const int8_t* w, int K) {
   int32_t acc = 0;
 #pragma omp simd reduction(+ : acc)
   for (int k = 0; k < K; ++k) acc += int32_t(a[k]) * int32_t(w[k]);
   return acc;
-#endif
 }
+
+// Decode-sized products (M <= 4): stream W once, rows split over threads.
+template <int32_t (*Dot)(const int8_t*, const int8_t*, int)>
+void gemv_s8(int M, int N, int K, const int8_t* A, int lda, float a_scale, const int8_t* W, const float* w_scale,
+             bool w_per_row, const float* bias, float* C, int ldc) {
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; ++n) {
+    const int8_t* wr = W + size_t(n) * K;
+    const float s = a_scale * w_scale[w_per_row ? n : 0], b = bias ? bias[n] : 0.f;
+    for (int m = 0; m < M; ++m) C[size_t(m) * ldc + n] = float(Dot(A + size_t(m) * lda, wr, K)) * s + b;
+  }
+}
+
+using GemvFn = void (*)(int, int, int, const int8_t*, int, float, const int8_t*, const float*, bool, const float*,
+                        float*, int);
+bool has_avx512bw() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl");
+  return yes;
+}
+GemvFn pick_gemv() { return has_avx512bw() ? gemv_s8<dot_s8_avx512> : gemv_s8<dot_s8_portable>; }
 }  // namespace
 
 void quantize(const float* x, int rows, int cols, int ldx, float scale, int8_t* q, int ldq) {
@@ -62,16 +86,43 @@ void quantize(const float* x, int rows, int cols, int ldx, float scale, int8_t* 
   }
 }
 
+const char* isa() { return has_avx512bw() ? "avx512-bw" : "portable"; }
+
+void dequantize(const int8_t* q, int rows, int cols, int ldq, float scale, float* x, int ldx) {
+#pragma omp parallel for schedule(static) if (size_t(rows) * cols > 32768)
+  for (int r = 0; r < rows; ++r) {
+    const int8_t* qr = q + size_t(r) * ldq;
+    float* xr = x + size_t(r) * ldx;
+#pragma omp simd
+    for (int c = 0; c < cols; ++c) xr[c] = float(qr[c]) * scale;
+  }
+}
+
+void fake_quantize(float* x, int rows, int cols, int ldx, float scale, int bits) {
+  if (!(scale > 0)) fail("internal error: fake_quantize with scale {}", scale);
+  const float qmax = float((1 << (bits - 1)) - 1), inv = 1.0f / scale;
+#pragma omp parallel for schedule(static) if (size_t(rows) * cols > 65536)
+  for (int r = 0; r < rows; ++r) {
+    float* xr = x + size_t(r) * ldx;
+#pragma omp simd
+    for (int c = 0; c < cols; ++c) {
+      const float v = std::nearbyint(xr[c] * inv);  // round half to even, as torch.round
+      xr[c] = v == v ? std::clamp(v, -qmax, qmax) * scale : 0.f;
+    }
+  }
+}
+
+void add(float* x, const float* y, size_t n) {
+#pragma omp parallel for simd schedule(static) if (n > 8 * 4096)
+  for (size_t i = 0; i < n; ++i) x[i] += y[i];
+}
+
 void gemm_s8(int M, int N, int K, const int8_t* A, int lda, float a_scale, const int8_t* W, const float* w_scale,
              bool w_per_row, const float* bias, float* C, int ldc) {
   if (M == 0) return;
-  if (M <= 4) {  // decode: stream W once, rows split over threads
-#pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; ++n) {
-      const int8_t* wr = W + size_t(n) * K;
-      const float s = a_scale * w_scale[w_per_row ? n : 0], b = bias ? bias[n] : 0.f;
-      for (int m = 0; m < M; ++m) C[size_t(m) * ldc + n] = float(dot_s8(A + size_t(m) * lda, wr, K)) * s + b;
-    }
+  if (M <= 4) {  // decode
+    static const GemvFn gemv = pick_gemv();
+    gemv(M, N, K, A, lda, a_scale, W, w_scale, w_per_row, bias, C, ldc);
     return;
   }
   if (K >= 32 && K < 512) {

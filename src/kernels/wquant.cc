@@ -1,7 +1,8 @@
-#include "quant/quantize.h"
+#include "kernels/wquant.h"
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 
 #include "mambaq/error.h"
 
@@ -15,14 +16,18 @@ inline int8_t code(float x, float inv, int qmax) {
 }
 }  // namespace
 
-QuantizedWeight quantize_weight(const float* W, int rows, int cols, Granularity g, int bits) {
-  if (bits < 2 || bits > 8) fail("--w-bits {} is not supported (2..8)", bits);
-  QuantizedWeight w;
-  w.rows = rows;
-  w.cols = cols;
+QTensor quantize_weight(const float* W, int rows, int cols, Granularity g, int bits) {
+  if (bits < 2 || bits > 8) fail("weight bits {} are not supported (2..8)", bits);
+  if (g == Granularity::Group) fail("internal error: group-wise round-to-nearest is not implemented yet");
+  QTensor w;
+  w.format = WFormat::S8;
+  w.shape = {rows, cols};
   w.bits = bits;
   w.granularity = g;
-  w.q.resize(size_t(rows) * cols);
+  auto codes = std::make_shared<std::vector<int8_t>>(size_t(rows) * cols);
+  int8_t* q = codes->data();
+  w.data = q;
+  w.owner = codes;
   const int qmax = qmax_of(bits);
   auto row_max = [&](int r) {
     float m = 0;
@@ -43,18 +48,18 @@ QuantizedWeight quantize_weight(const float* W, int rows, int cols, Granularity 
 #pragma omp parallel for schedule(static)
   for (int r = 0; r < rows; ++r) {
     const float inv = 1.0f / w.scale_of(r);
-    for (int c = 0; c < cols; ++c) w.q[size_t(r) * cols + c] = code(W[size_t(r) * cols + c], inv, qmax);
+    for (int c = 0; c < cols; ++c) q[size_t(r) * cols + c] = code(W[size_t(r) * cols + c], inv, qmax);
   }
   return w;
 }
 
-std::vector<float> dequantize_weight(const QuantizedWeight& w) {
-  std::vector<float> out(w.size());
-  const int8_t* q = w.codes();
-  for (int r = 0; r < w.rows; ++r) {
-    const float s = w.scale_of(r);
-    for (int c = 0; c < w.cols; ++c) out[size_t(r) * w.cols + c] = float(q[size_t(r) * w.cols + c]) * s;
-  }
+std::vector<float> dequantize_weight(const QTensor& w) {
+  MQ_ASSERT(w.format == WFormat::S8);
+  std::vector<float> out(size_t(w.size()));
+  const int8_t* q = w.s8();
+  const int rows = w.rows(), cols = w.cols();
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c) out[size_t(r) * cols + c] = float(q[size_t(r) * cols + c]) * w.scale_of(r, c);
   return out;
 }
 

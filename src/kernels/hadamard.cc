@@ -1,4 +1,4 @@
-#include "quant/hadamard.h"
+#include "kernels/hadamard.h"
 
 #include <cmath>
 

@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "kernels/cpu/ops.h"
+#include "kernels/ref/ops.h"
 
 namespace mambaq::ref {
 
@@ -157,6 +157,25 @@ static int8_t code(double v) {
 void quantize(const float* x, int rows, int cols, int ldx, float scale, int8_t* q, int ldq) {
   for (int r = 0; r < rows; ++r)
     for (int c = 0; c < cols; ++c) q[size_t(r) * ldq + c] = code(double(x[size_t(r) * ldx + c] * (1.0f / scale)));
+}
+
+void dequantize(const int8_t* q, int rows, int cols, int ldq, float scale, float* x, int ldx) {
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c) x[size_t(r) * ldx + c] = float(q[size_t(r) * ldq + c]) * scale;
+}
+
+void fake_quantize(float* x, int rows, int cols, int ldx, float scale, int bits) {
+  const double qmax = double((1 << (bits - 1)) - 1);
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c) {
+      float& v = x[size_t(r) * ldx + c];
+      const double q = double(v * (1.0f / scale));
+      v = q != q ? 0.f : float(std::clamp(std::nearbyint(q), -qmax, qmax)) * scale;
+    }
+}
+
+void add(float* x, const float* y, size_t n) {
+  for (size_t i = 0; i < n; ++i) x[i] += y[i];
 }
 
 void gemm_s8(int M, int N, int K, const int8_t* A, int lda, float a_scale, const int8_t* W, const float* w_scale,

@@ -1,0 +1,68 @@
+// The backend seam: every kernel the forward pass, the scoring and the quantizers run is reached
+// through a table of functions. `ref` is scalar and obviously right (one sequence at a time,
+// wrapped for packed batches); `cpu` is vectorised and threaded, with the instruction set chosen
+// at run time from the CPU's feature bits; a `cuda` table can be added beside them. Contracts of
+// each op: kernels/ref/ops.h. Packed batches: sequence s holds rows offs[s] .. offs[s+1]-1;
+// states[s] may be null (start from zeros, keep nothing).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace mambaq {
+
+struct Backend {
+  const char* name;
+  const char* isa;  // the instruction set the table's hand-written kernels use, e.g. "avx512-vnni"
+
+  // ---- float ----
+  void (*rmsnorm)(const float* x, const float* w, float* out, int T, int d, float eps);
+  void (*layernorm)(const float* x, const float* w, const float* b, float* out, int T, int d, float eps);
+  void (*conv1d_silu)(int nseq, const int* offs, const float* x, int ldx, int C, int K, const float* w,
+                      const float* b, float* const* states, float* out, int ldo);
+  void (*selective_scan)(int nseq, const int* offs, int D, int N, const float* u, int ldu, const float* delta,
+                         int ldd, const float* delta_bias, const float* A, const float* B, int ldb, const float* C,
+                         int ldc, const float* Dskip, const float* z, int ldz, float* const* states, float* y,
+                         int ldy);
+  void (*ssd_scan)(int nseq, const int* offs, int H, int P, int G, int N, const float* x, int ldx, const float* dt,
+                   int lddt, const float* dt_bias, const float* A, const float* B, int ldb, const float* C, int ldc,
+                   const float* Dskip, float* const* states, float* y, int ldy);
+  void (*gated_rmsnorm)(float* y, const float* z, int ldz, const float* w, int T, int D, int group, float eps,
+                        bool norm_before_gate);
+  void (*gemm)(int M, int N, int K, const float* A, int lda, const float* W, const float* bias, float* C, int ldc);
+  void (*log_softmax_at)(const float* logits, int V, int target, double* logprob, int* argmax);
+  // x {n} += y {n}
+  void (*add)(float* x, const float* y, size_t n);
+  // Orthonormal Hadamard transform of each row of x {rows, n} (row stride ld), or its inverse.
+  void (*hadamard)(float* x, int rows, int n, int ld, bool transpose);
+
+  // ---- int8 (symmetric codes, value ~ code * scale) ----
+  void (*quantize)(const float* x, int rows, int cols, int ldx, float scale, int8_t* q, int ldq);
+  void (*dequantize)(const int8_t* q, int rows, int cols, int ldq, float scale, float* x, int ldx);
+  // In place quantize-dequantize (the fake-quant simulation), `bits` wide codes.
+  void (*fake_quantize)(float* x, int rows, int cols, int ldx, float scale, int bits);
+  void (*gemm_s8)(int M, int N, int K, const int8_t* A, int lda, float a_scale, const int8_t* W,
+                  const float* w_scale, bool w_per_row, const float* bias, float* C, int ldc);
+  void (*conv1d_s8_silu)(int nseq, const int* offs, const int8_t* x, int ldx, float x_scale, int C, int K,
+                         const int8_t* w, float w_scale, const float* b, int8_t* const* states,
+                         const float* out_scale, int8_t* out, int ldo);
+  void (*selective_scan_s8)(int nseq, const int* offs, int D, int N, const int8_t* u, int ldu, float su,
+                            const int8_t* delta, int ldd, float sd, const float* delta_bias, const float* A,
+                            const int8_t* B, int ldb, float sB, const int8_t* C, int ldc, float sC,
+                            const float* Dskip, const int8_t* z, int ldz, float sz, float* const* states, float* y,
+                            int ldy);
+  void (*ssd_scan_s8)(int nseq, const int* offs, int H, int P, int G, int N, const int8_t* x, int ldx, float sx,
+                      const int8_t* dt, int lddt, float sdt, const float* dt_bias, const float* A, const int8_t* B,
+                      int ldb, float sB, const int8_t* C, int ldc, float sC, const float* Dskip,
+                      float* const* states, float* y, int ldy);
+};
+
+// "ref" or "cpu" (error naming the backend otherwise).
+const Backend& backend(const std::string& name);
+std::vector<std::string> backend_names();
+// The backend runs use unless told otherwise: cpu. $MAMBAQ_BACKEND=ref selects the reference
+// (slow; for checking a result end to end).
+const Backend& default_backend();
+
+}  // namespace mambaq

@@ -1,0 +1,296 @@
+// Exec: the ops the forward passes call, dispatched on the prepared plan, the formats of the
+// activations and weights, and the backend.
+#include "model/exec.h"
+
+#include "core/workspace.h"
+#include "kernels/wquant.h"
+#include "kernels/hadamard.h"
+#include "mambaq/error.h"
+#include "model/quant_state.h"
+
+namespace mambaq {
+
+namespace {
+
+// The float weights a float op reads: the stored F32 values, or a quantized weight dequantized.
+Weight float_view(const QTensor& t) {
+  if (t.empty()) return {};
+  if (t.format == WFormat::F32) return t.as_weight();
+  return Weight::from_vector(dequantize_weight(t), t.shape);
+}
+
+Weight fused_right(const Weight& w) {  // W H^T, for an out_proj that reads the rotated input
+  std::vector<float> v(w.data, w.data + w.size());
+  hadamard_fuse_right(v.data(), int(w.dim(0)), int(w.dim(1)));
+  return Weight::from_vector(std::move(v), w.shape);
+}
+
+void resolve_taps(const ModelConfig& cfg, const QuantState* q, int layer, const std::array<Prec, kOpKinds>& prec,
+                  bool rotate, LayerExec& le) {
+  le.prec = prec;
+  for (const auto& u : point_uses(cfg.arch)) {
+    const ScalePoint* sp = find_scale_point(cfg.arch, u.scale);
+    if (sp->head != (layer < 0)) continue;
+    TapExec* te = nullptr;
+    for (auto& t : le.taps)
+      if (t.tap == u.tap) te = &t;
+    if (!te) te = &le.taps.emplace_back(TapExec{u.tap, {}, {}, false, false});
+    const int width = tap_width(cfg, u.tap);
+    const auto [c0, c1] = col_range(cfg, u.cols, width);
+    Prec p = prec[unsigned(u.kind)];
+    if (sp->hadamard && !rotate) p = Prec::F32;  // its scale belongs to the rotated values
+    float s = 0;
+    if (p != Prec::F32) {
+      const PointScale* ps = q ? q->scales.find(layer, u.scale) : nullptr;
+      if (!ps) fail("the model has no scale for layer {} point '{}', which this execution plan quantizes", layer, u.scale);
+      s = ps->scale;
+    }
+    te->uses.push_back({c0, c1, s, p});
+    te->int8 |= p == Prec::Int8;
+    te->fake |= p == Prec::Fake;
+  }
+  for (auto& te : le.taps) {
+    if (!te.int8) continue;
+    te.col_scale.assign(size_t(tap_width(cfg, te.tap)), 0.f);
+    for (const auto& u : te.uses) {
+      if (u.prec != Prec::Int8)
+        fail("internal error: tap '{}' of layer {} mixes int8 and float uses", te.tap, layer);
+      std::fill(te.col_scale.begin() + u.c0, te.col_scale.begin() + u.c1, u.scale);
+    }
+    for (float v : te.col_scale)
+      if (!(v > 0)) fail("internal error: tap '{}' of layer {} has columns without an int8 scale", te.tap, layer);
+  }
+}
+
+}  // namespace
+
+std::shared_ptr<PreparedPlan> prepare_plan(const ModelConfig& cfg, const ModelWeights& w, const QuantState* q,
+                                           ExecPlan plan, const Model* fp) {
+  auto pp = std::make_shared<PreparedPlan>();
+  pp->a_bits = q ? q->meta.a_bits : 8;
+  const unsigned ops = plan.fp_ops;
+  if ((ops & (kFpLinear | kFpConv | kFpHadamard)) && (!fp || fp->is_quantized()))
+    fail("--fp-ops {}: keeping linear, conv or hadamard in FP32 needs the FP model's weights (an FP reference model)",
+         fp_ops_str(ops));
+  if (fp) {
+    const auto& fc = fp->config();
+    if (fc.arch != cfg.arch || fc.n_layer != cfg.n_layer || fc.d_model != cfg.d_model || fc.d_inner != cfg.d_inner ||
+        fc.d_state != cfg.d_state || fc.conv_dim() != cfg.conv_dim())
+      fail("--fp-ops: the FP model has other shapes than the quantized one");
+  }
+  for (int l = 0; l < cfg.n_layer; ++l) {
+    const LayerWeights& L = w.layers[size_t(l)];
+    LayerExec& le = pp->layers.emplace_back();
+    le.rotate = L.out_proj_rotated && plan.rotate();
+    resolve_taps(cfg, q, l, plan.layers[size_t(l)], le.rotate, le);
+    for (int p = 0; p < kProjs; ++p) {
+      const QTensor& t = L.proj(Proj(p));
+      if (t.empty()) continue;
+      const Prec pr = le.prec[unsigned(p == kConv ? OpKind::Conv : OpKind::Linear)];
+      if (pr == Prec::Int8) {
+        if (t.format != WFormat::S8)
+          fail("layer {} {}: the int8 plan needs int8 weights, this one is {}", l, proj_name(Proj(p)),
+               wformat_name(t.format));
+        continue;
+      }
+      le.fw[size_t(p)] = float_view(t);
+    }
+    if (fp) {  // --fp-ops: the FP model's weights where its kinds stay float
+      const LayerWeights& F = fp->weights().layers[size_t(l)];
+      if (ops & kFpConv) le.fw[kConv] = F.conv_w.as_weight();
+      if (ops & kFpLinear)
+        for (Proj p : {kInProj, kXProj, kDtProj}) le.fw[p] = F.proj(p).as_weight();
+      const Weight fo = F.out_proj.as_weight();
+      if (ops & kFpLinear) {
+        le.fw[kOutProj] = le.rotate ? fused_right(fo) : fo;
+      } else if (!le.rotate && L.out_proj_rotated) {
+        // hadamard kept: the unfused W, quantized as the stored out_proj was (same granularity, bits)
+        const QTensor& so = L.out_proj;
+        le.fw[kOutProj] =
+            so.format == WFormat::F32
+                ? fo
+                : Weight::from_vector(dequantize_weight(quantize_weight(fo.data, so.rows(), so.cols(), so.granularity,
+                                                                        so.bits)),
+                                      fo.shape);
+      }
+    }
+  }
+  resolve_taps(cfg, q, -1, plan.head, true, pp->head);
+  pp->plan = std::make_unique<ExecPlan>(std::move(plan));
+  return pp;
+}
+
+Exec::Exec(const ModelConfig& cfg, const PreparedPlan& p, const Backend& kb, Tap* tap, std::span<const int> offs)
+    : k(kb), T(offs.back()), nseq(int(offs.size()) - 1), cfg_(cfg), p_(p), tap_(tap), offs_(offs) {}
+
+void Exec::set_layer(int l, const LayerWeights* L, float* const* conv_f, int8_t* const* conv_q, float* const* ssm_f,
+                     int8_t* const* ssm_q) {
+  l_ = l;
+  L_ = L;
+  le_ = l < 0 ? &p_.head : &p_.layers[size_t(l)];
+  conv_f_ = conv_f, conv_q_ = conv_q, ssm_f_ = ssm_f, ssm_q_ = ssm_q;
+}
+
+void Exec::call_tap(std::string_view name, const Act& a) {
+  if (!tap_) return;
+  MQ_ASSERT(a.ld == a.cols);
+  if (!a.codes()) return tap_->on(l_, name, a.f, a.rows, a.cols, offs_);
+  float* v = scratch(kSlotTapView, size_t(a.rows) * a.cols);  // the tap sees the codes' values
+  for (int r = 0; r < a.rows; ++r)
+    for (int c = 0; c < a.cols; ++c) v[size_t(r) * a.cols + c] = float(a.q[size_t(r) * a.ld + c]) * a.scale[c];
+  tap_->on(l_, name, v, a.rows, a.cols, offs_);
+}
+
+Act Exec::point(const char* name, Act a, int slot) {
+  const TapExec* te = le_->tap(name);
+  if (te && !a.codes()) {
+    if (te->fake)
+      for (const auto& u : te->uses)
+        if (u.prec == Prec::Fake) k.fake_quantize(a.f + u.c0, a.rows, u.c1 - u.c0, a.ld, u.scale, p_.a_bits);
+    if (te->int8) {
+      int8_t* q = scratch_i8(slot, size_t(a.rows) * a.cols);
+      for (const auto& u : te->uses) k.quantize(a.f + u.c0, a.rows, u.c1 - u.c0, a.ld, u.scale, q + u.c0, a.cols);
+      a = Act{nullptr, q, te->col_scale.data(), a.rows, a.cols, a.cols};
+    }
+  }
+  call_tap(name, a);
+  return a;
+}
+
+Act Exec::fork(Act a, int slot) {
+  bool fake = false;
+  for (Prec p : le_->prec) fake |= p == Prec::Fake;
+  if (a.codes() || (!tap_ && !fake)) return a;
+  float* f = scratch(slot, size_t(a.rows) * a.cols);
+  for (int r = 0; r < a.rows; ++r) std::copy_n(a.f + size_t(r) * a.ld, a.cols, f + size_t(r) * a.cols);
+  return Act::floats(f, a.rows, a.cols, a.cols);
+}
+
+Act Exec::linear(Proj p, Act in, const Weight& bias, float* out) {
+  const QTensor& W = L_->proj(p);
+  const int N = W.rows(), K = W.cols();
+  MQ_ASSERT(in.cols == K && in.rows == T);
+  if (in.codes()) {
+    MQ_ASSERT(W.s8());
+    k.gemm_s8(T, N, K, in.q, in.ld, in.s(), W.s8(), W.scales.data(), W.granularity == Granularity::Channel, bias.data,
+              out, N);
+  } else {
+    const Weight& f = le_->fw[size_t(p)];
+    MQ_ASSERT(f.data && f.dim(0) == N && f.dim(1) == K);
+    k.gemm(T, N, K, in.f, in.ld, f.data, bias.data, out, N);
+  }
+  return Act::floats(out, T, N, N);
+}
+
+Act Exec::conv1d_silu(Act in, const Weight& bias, const char* out_tap, float* out, int slot) {
+  const int C = in.cols, K = cfg_.d_conv;
+  if (in.codes()) {
+    const QTensor& W = L_->conv_w;
+    MQ_ASSERT(W.s8() && W.granularity == Granularity::Tensor);
+    const TapExec* te = le_->tap(out_tap);
+    MQ_ASSERT(te && te->int8 && int(te->col_scale.size()) == C);
+    int8_t* q = scratch_i8(slot, size_t(T) * C);
+    k.conv1d_s8_silu(nseq, offs_.data(), in.q, in.ld, in.s(), C, K, W.s8(), W.scales[0], bias.data, conv_q_,
+                     te->col_scale.data(), q, C);
+    return Act{nullptr, q, te->col_scale.data(), T, C, C};
+  }
+  const Weight& w = le_->fw[kConv];
+  MQ_ASSERT(w.data && w.dim(0) == C);
+  k.conv1d_silu(nseq, offs_.data(), in.f, in.ld, C, K, w.data, bias.data, conv_f_, out, C);
+  return Act::floats(out, T, C, C);
+}
+
+// The SSM states of the sequences, int8 codes between calls, float during the scan.
+std::vector<float*> Exec::states_as_float(float scale) {
+  const size_t n = cfg_.ssm_state_size();
+  std::vector<float*> f(size_t(nseq), nullptr);
+  float* buf = scratch(kSlotQState, n * size_t(nseq));
+  for (int s = 0; s < nseq; ++s)
+    if (ssm_q_[s]) {
+      f[size_t(s)] = buf + n * size_t(s);
+      k.dequantize(ssm_q_[s], 1, int(n), int(n), scale, f[size_t(s)], int(n));
+    }
+  return f;
+}
+
+void Exec::states_store(const std::vector<float*>& f, float scale) {
+  const int n = int(cfg_.ssm_state_size());
+  for (int s = 0; s < nseq; ++s)
+    if (f[size_t(s)]) k.quantize(f[size_t(s)], 1, n, n, scale, ssm_q_[s], n);
+}
+
+// The state kept for the next call: quantized as the plan says, then the caller's tap (one
+// sample per sequence).
+void Exec::state_point(const TapExec* te) {
+  const int n = int(cfg_.ssm_state_size());
+  const int one[2] = {0, 1};
+  for (int s = 0; s < nseq; ++s) {
+    float* st = ssm_f_[s];
+    if (te && te->int8) {
+      if (!ssm_q_[s] || !tap_) continue;
+      st = scratch(kSlotTapView, size_t(n));
+      k.dequantize(ssm_q_[s], 1, n, n, te->uses[0].scale, st, n);
+      tap_->on(l_, "ssm_state", st, 1, n, one);
+      continue;
+    }
+    if (!st) continue;
+    if (te && te->fake) k.fake_quantize(st, 1, n, n, te->uses[0].scale, p_.a_bits);
+    if (tap_) tap_->on(l_, "ssm_state", st, 1, n, one);
+  }
+}
+
+void Exec::selective_scan(Act u, Act delta, Act B, Act C, Act z, float* y) {
+  const int D = cfg_.d_inner, N = cfg_.d_state;
+  const LayerWeights& L = *L_;
+  const TapExec* st = le_->tap("ssm_state");
+  if (u.codes()) {
+    MQ_ASSERT(delta.codes() && B.codes() && C.codes() && z.codes() && st && st->int8);
+    const float ss = st->uses[0].scale;
+    const auto fs = states_as_float(ss);
+    k.selective_scan_s8(nseq, offs_.data(), D, N, u.q, u.ld, u.s(), delta.q, delta.ld, delta.s(), L.dt_proj_b.data,
+                        L.A.data(), B.q, B.ld, B.s(), C.q, C.ld, C.s(), L.D.data, z.q, z.ld, z.s(), fs.data(), y, D);
+    states_store(fs, ss);
+  } else {
+    MQ_ASSERT(!delta.codes() && !B.codes() && !C.codes() && !z.codes());
+    k.selective_scan(nseq, offs_.data(), D, N, u.f, u.ld, delta.f, delta.ld, L.dt_proj_b.data, L.A.data(), B.f, B.ld,
+                     C.f, C.ld, L.D.data, z.f, z.ld, ssm_f_, y, D);
+  }
+  state_point(st);
+}
+
+void Exec::ssd_scan(Act x, Act dt, Act B, Act C, float* y) {
+  const int H = cfg_.nheads, P = cfg_.headdim, G = cfg_.ngroups, N = cfg_.d_state, di = cfg_.d_inner;
+  const LayerWeights& L = *L_;
+  const TapExec* st = le_->tap("ssm_state");
+  if (x.codes()) {
+    MQ_ASSERT(dt.codes() && B.codes() && C.codes() && st && st->int8);
+    const float ss = st->uses[0].scale;
+    const auto fs = states_as_float(ss);
+    k.ssd_scan_s8(nseq, offs_.data(), H, P, G, N, x.q, x.ld, x.s(), dt.q, dt.ld, dt.s(), L.dt_bias.data, L.A.data(),
+                  B.q, B.ld, B.s(), C.q, C.ld, C.s(), L.D.data, fs.data(), y, di);
+    states_store(fs, ss);
+  } else {
+    MQ_ASSERT(!dt.codes() && !B.codes() && !C.codes());
+    k.ssd_scan(nseq, offs_.data(), H, P, G, N, x.f, x.ld, dt.f, dt.ld, L.dt_bias.data, L.A.data(), B.f, B.ld, C.f,
+               C.ld, L.D.data, ssm_f_, y, di);
+  }
+  state_point(st);
+}
+
+void Exec::gated_rmsnorm(float* y, Act z) {
+  const int di = cfg_.d_inner;
+  const float* zf = z.f;
+  int ldz = z.ld;
+  if (z.codes()) {
+    float* buf = scratch(kSlotGateZ, size_t(T) * di);
+    k.dequantize(z.q, T, di, z.ld, z.s(), buf, di);
+    zf = buf, ldz = di;
+  }
+  k.gated_rmsnorm(y, zf, ldz, L_->gnorm.data, T, di, di / cfg_.ngroups, cfg_.norm_eps, cfg_.norm_before_gate);
+}
+
+void Exec::rotate(float* y, int cols) {
+  if (le_->rotate) k.hadamard(y, T, cols, cols, false);
+}
+
+}  // namespace mambaq
