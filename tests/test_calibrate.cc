@@ -49,7 +49,7 @@ TEST(Calibration, SampleWindows) {
   EXPECT_ERROR(make_calib_samples(mqtest::tokenizer(), d + "/empty.txt", 4, 1), "empty.txt", "empty");
   mqtest::write_file(d + "/bad.jsonl", "{\"text\": 3}\n");
   EXPECT_ERROR(make_calib_samples(mqtest::tokenizer(), d + "/bad.jsonl", 4, 1), "bad.jsonl:1");
-  EXPECT_ERROR(make_calib_samples(mqtest::tokenizer(), d + "/c.jsonl", 0, 1), "--calib-seqlen");
+  EXPECT_ERROR(make_calib_samples(mqtest::tokenizer(), d + "/c.jsonl", 0, 1), "calib_seqlen");
 }
 
 class CalibBoth : public ::testing::TestWithParam<const char*> {};

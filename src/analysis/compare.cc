@@ -112,14 +112,99 @@ std::set<int> parse_layers(const std::string& spec, int n_layer) {
       v = std::stoi(t, &used);
       if (used != t.size()) throw std::invalid_argument(t);
     } catch (const std::exception&) {
-      fail("--layers: '{}' is not a layer index (use e.g. 0,11,-1 or all)", t);
+      fail_option("layers", "layers: '{}' is not a layer index (use e.g. 0,11,-1 or all)", t);
     }
     const int l = v < 0 ? n_layer + v : v;
-    if (l < 0 || l >= n_layer) fail("--layers: layer {} does not exist (the model has {} layers)", v, n_layer);
+    if (l < 0 || l >= n_layer) fail_option("layers", "layers: layer {} does not exist (the model has {} layers)", v, n_layer);
     out.insert(l);
   }
-  if (out.empty()) fail("--layers: no layer given");
+  if (out.empty()) fail_option("layers", "layers: no layer given");
   return out;
+}
+
+}  // namespace mambaq
+
+// ---- runs and the reference cache (library logic `compare` and the report share) ----
+#include <filesystem>
+#include <fstream>
+
+#include "io/mmap_file.h"
+#include "io/npz.h"
+#include "mambaq/eval.h"
+
+namespace mambaq {
+
+namespace fs = std::filesystem;
+
+RunCapture run_capture(const Model& m, const std::vector<std::vector<int32_t>>& samples, const std::set<int>& layers,
+                       const std::string& label, bool progress) {
+  RunCapture rc;
+  LayerCapture cap(layers);
+  const int dm = m.config().d_model, V = m.config().padded_vocab;
+  Progress bar(label, int64_t(samples.size()), progress);
+  for (const auto& s : samples) {
+    const int T = int(s.size()), lens[1] = {T};
+    std::vector<float> hidden(size_t(T) * dm);
+    m.forward(s, lens, nullptr, hidden.data(), &cap);
+    const size_t off = rc.logits.size();
+    rc.logits.resize(off + size_t(T) * V);
+    m.lm_head(hidden.data(), T, rc.logits.data() + off);
+    bar.add(1);
+  }
+  bar.finish();
+  rc.layers = std::move(cap.got);
+  return rc;
+}
+
+std::string npy_name(const std::string& who, const std::string& mode, int layer, const std::string& tensor) {
+  return fmt::format("{}_{}_layer_{}_{}.npy", who, mode, layer, tensor);
+}
+
+RunCapture reference_run(const Model& ref, const ReferenceSource& src, const std::vector<std::vector<int32_t>>& samples,
+                         const std::set<int>& layers, bool progress, bool* reused) {
+  *reused = false;
+  size_t tokens = 0;
+  for (const auto& s : samples) tokens += s.size();
+  const std::string rmode = mode_name(ref.mode());
+  const nlohmann::json manifest = {{"ref", fs::weakly_canonical(src.model_path).string()},
+                                   {"ref_mode", rmode},
+                                   {"data_sha256", sha256_file(src.data_file)},
+                                   {"samples", samples.size()},
+                                   {"seqlen", src.seqlen},
+                                   {"layers", layers},
+                                   {"tokens", tokens}};
+  const fs::path dir(src.save_dir);
+  if (!src.save_dir.empty()) {
+    fs::create_directories(dir);
+    const fs::path mf = dir / "reference.json";
+    if (fs::exists(mf)) {
+      nlohmann::json old;
+      try {
+        old = nlohmann::json::parse(read_text_file(mf.string()));
+      } catch (const std::exception&) {
+        old = nullptr;  // unreadable: recomputed below
+      }
+      if (old == manifest) {
+        RunCapture R;
+        for (int l : layers)
+          for (const char* t : {"block_out", "mixer_out"})
+            R.layers[{l, t}] = load_npy((dir / npy_name("ref", rmode, l, t)).string());
+        R.logits = load_npy((dir / ("ref_" + rmode + "_logits.npy")).string());
+        *reused = true;
+        return R;
+      }
+    }
+  }
+  RunCapture R = run_capture(ref, samples, layers, "reference", progress);
+  if (!src.save_dir.empty()) {
+    const size_t dm = size_t(ref.config().d_model), V = size_t(ref.config().padded_vocab);
+    for (const auto& [k, v] : R.layers) save_npy((dir / npy_name("ref", rmode, k.first, k.second)).string(), v, {v.size() / dm, dm});
+    save_npy((dir / ("ref_" + rmode + "_logits.npy")).string(), R.logits, {R.logits.size() / V, V});
+    std::ofstream out(dir / "reference.json");
+    out << manifest.dump(2) << "\n";
+    if (!out) fail("{}: cannot write", (dir / "reference.json").string());
+  }
+  return R;
 }
 
 }  // namespace mambaq

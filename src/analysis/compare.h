@@ -55,6 +55,27 @@ class LayerCapture final : public Tap {
   std::set<int> layers_;
 };
 
+// One run over samples: captured layer outputs (LayerCapture) and the logits of every position.
+struct RunCapture {
+  std::map<std::pair<int, std::string>, std::vector<float>> layers;
+  std::vector<float> logits;  // {positions, padded_vocab}
+};
+RunCapture run_capture(const Model& m, const std::vector<std::vector<int32_t>>& samples, const std::set<int>& layers,
+                       const std::string& label, bool progress);
+
+// Where a reference run comes from and may be kept: `save_dir` (empty: not kept) holds its
+// arrays and a manifest of the inputs (model path, mode, data hash, samples, seqlen, layers,
+// tokens); a manifest that matches exactly is reused instead of running the model again.
+struct ReferenceSource {
+  std::string model_path, data_file;
+  int seqlen = 0;
+  std::string save_dir;
+};
+RunCapture reference_run(const Model& ref, const ReferenceSource& src, const std::vector<std::vector<int32_t>>& samples,
+                         const std::set<int>& layers, bool progress, bool* reused);
+// "ref_fp32_layer_3_block_out.npy"
+std::string npy_name(const std::string& who, const std::string& mode, int layer, const std::string& tensor);
+
 // "0,11,-1" | "all" -> layer indices (negative from the end); errors name --layers.
 std::set<int> parse_layers(const std::string& spec, int n_layer);
 

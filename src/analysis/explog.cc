@@ -23,10 +23,10 @@ void append_log(const std::string& path, const nlohmann::json& record) {
   if (!record.is_object()) fail("internal error: log record must be a JSON object");
   const std::string line = record.dump() + "\n";  // dump() escapes newlines: one line per record
   const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) fail("--log: cannot open '{}' for appending: {}", path, std::strerror(errno));
+  if (fd < 0) fail_option("log", "log: cannot open '{}' for appending: {}", path, std::strerror(errno));
   if (::flock(fd, LOCK_EX) != 0) {
     ::close(fd);
-    fail("--log: cannot lock '{}': {}", path, std::strerror(errno));
+    fail_option("log", "log: cannot lock '{}': {}", path, std::strerror(errno));
   }
   size_t done = 0;
   while (done < line.size()) {
@@ -35,7 +35,7 @@ void append_log(const std::string& path, const nlohmann::json& record) {
     if (n <= 0) {
       const std::string e = std::strerror(errno);
       ::close(fd);
-      fail("--log: write to '{}' failed: {}", path, e);
+      fail_option("log", "log: write to '{}' failed: {}", path, e);
     }
     done += size_t(n);
   }

@@ -3,6 +3,7 @@
 #include "io/json_file.h"
 #include "io/mmap_file.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -11,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include "analysis/explog.h"
 #include "mambaq/error.h"
 
 namespace mambaq {
@@ -141,6 +143,85 @@ SweepSpec load_sweep(const std::string& path) {
   }
   set_sweep_limit(s, s.limit);
   return s;
+}
+
+// ---- planning and resuming (the `sweep` command prints and runs what these say) ----
+
+static std::string value_str(const nlohmann::json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
+
+// A matrix key's value in a cell ("percentile_alpha" -> "1.0"), "-" if the cell has none.
+std::string sweep_cell_value(const SweepCell& c, const std::string& key) {
+  std::string flag = "--" + key;
+  std::replace(flag.begin(), flag.end(), '_', '-');
+  const auto& m = c.quantize.count(flag) ? c.quantize : c.eval;
+  return m.count(flag) ? value_str(m.at(flag)) : "-";
+}
+
+// Rough cost of a cell in tokens through the model: calibration plus evaluation.
+double sweep_cell_tokens(const SweepCell& c, const SweepSpec& s, const std::string& data_dir) {
+  auto num = [&](const char* k, double d) {
+    return c.quantize.count(k) && c.quantize.at(k).is_number() ? c.quantize.at(k).get<double>() : d;
+  };
+  double t = std::min(num("--calib-num", 512), 300.0) * num("--calib-seqlen", 512);
+  for (const auto& task : s.tasks) {
+    std::string f = task.substr(task.find(':') + 1);
+    if (task == "lambada_openai") f = "lambada_openai/lambada_test.jsonl";
+    if (task == "wikitext2") f = "wikitext-2-raw/wiki.test.raw";
+    const fs::path p = fs::exists(f) ? fs::path(f) : fs::path(data_dir) / f;
+    const double bytes = fs::exists(p) ? double(fs::file_size(p)) : 1e6;
+    double tok = bytes / 4.5;  // about 4.5 bytes per GPT-NeoX token of English
+    if (s.limit > 0) tok = std::min(tok, double(s.limit) * (task.starts_with("ppl") || task == "wikitext2" ? 1024 : 90));
+    t += tok;
+  }
+  return t;
+}
+
+std::map<std::string, nlohmann::json> sweep_done(const std::string& log) {
+  std::map<std::string, nlohmann::json> done;
+  if (!fs::exists(log)) return done;
+  for (const auto& r : read_log(log))
+    if (r.contains("sweep_cell") && r["sweep_cell"].is_string() && r.value("kind", "") == "eval")
+      done[r["sweep_cell"].get<std::string>()] = r;
+  return done;
+}
+
+SweepCommands sweep_cell_commands(const SweepCell& c, const SweepSpec& s, int threads, const std::string& data_dir) {
+  SweepCommands cmd;
+  const std::string out = (fs::path(s.out_dir) / c.id).string();
+  const std::string extra = nlohmann::json{{"sweep", s.name}, {"sweep_cell", c.id}}.dump();
+  cmd.quantize = {"quantize", c.model, "-o", out, "--force", "-q", "--log", s.log, "--log-extra",
+                  extra, "--threads", std::to_string(threads), "--data-dir", data_dir};
+  for (const auto& [k, v] : c.quantize) cmd.quantize.insert(cmd.quantize.end(), {k, value_str(v)});
+  std::string tasks;
+  for (const auto& t : s.tasks) tasks += (tasks.empty() ? "" : ",") + t;
+  cmd.eval = {"eval", out, "--tasks", tasks, "-q", "--log", s.log, "--log-extra", extra,
+              "--threads", std::to_string(threads), "--data-dir", data_dir};
+  if (s.limit > 0) cmd.eval.insert(cmd.eval.end(), {"--limit", std::to_string(s.limit)});
+  for (const auto& [k, v] : c.eval) cmd.eval.insert(cmd.eval.end(), {k, value_str(v)});
+  return cmd;
+}
+
+std::vector<std::string> sweep_result_columns(const SweepSpec& s, const std::map<std::string, nlohmann::json>& done) {
+  std::vector<std::string> cols;
+  for (const auto& c : s.cells) {
+    auto it = done.find(c.id);
+    if (it == done.end()) continue;
+    const nlohmann::json res = it->second.value("results", nlohmann::json::object());
+    if (!res.is_object()) continue;
+    for (auto& [task, v] : res.items())
+      for (const char* m : {"acc", "ppl"})
+        if (v.is_object() && v.contains(m) && std::find(cols.begin(), cols.end(), task + " " + m) == cols.end())
+          cols.push_back(task + " " + m);
+  }
+  return cols;
+}
+
+std::string sweep_result_text(const nlohmann::json& record, const std::string& column) {
+  const auto sp = column.rfind(' ');
+  const auto res = record.value("results", nlohmann::json::object());
+  const auto v = res.is_object() ? res.value(column.substr(0, sp), nlohmann::json::object()) : nlohmann::json();
+  const std::string m = column.substr(sp + 1);
+  return v.is_object() && v.contains(m) && v[m].is_number() ? fmt::format("{:.4f}", v[m].get<double>()) : "-";
 }
 
 }  // namespace mambaq

@@ -41,6 +41,21 @@ SweepSpec load_sweep(const std::string& path);
 // --limit from the command line replaces the spec's (and is part of each cell's id).
 void set_sweep_limit(SweepSpec& s, int limit);
 
+// A matrix key's value in a cell ("percentile_alpha" -> "1.0"); "-" if the cell has none.
+std::string sweep_cell_value(const SweepCell& c, const std::string& key);
+// Rough cost of a cell in tokens through the model: calibration plus evaluation.
+double sweep_cell_tokens(const SweepCell& c, const SweepSpec& s, const std::string& data_dir);
+// Resuming: the eval record of each cell the log has finished, by cell id.
+std::map<std::string, nlohmann::json> sweep_done(const std::string& log);
+// The two runs of a cell, as `mambaq` arguments (after the program name).
+struct SweepCommands {
+  std::vector<std::string> quantize, eval;
+};
+SweepCommands sweep_cell_commands(const SweepCell& c, const SweepSpec& s, int threads, const std::string& data_dir);
+// The result table: columns "task metric" found in the finished cells, and one cell's text.
+std::vector<std::string> sweep_result_columns(const SweepSpec& s, const std::map<std::string, nlohmann::json>& done);
+std::string sweep_result_text(const nlohmann::json& record, const std::string& column);
+
 // 64-bit FNV-1a, hex: stable across runs and builds.
 std::string stable_hash(const std::string& s);
 

@@ -17,38 +17,6 @@ namespace mambaq::cli {
 
 namespace fs = std::filesystem;
 
-namespace {
-// One run over the samples: captured layer outputs and the logits of every position.
-struct RunCapture {
-  std::map<std::pair<int, std::string>, std::vector<float>> layers;
-  std::vector<float> logits;  // {positions, V}
-};
-
-RunCapture run_capture(const Model& m, const CalibSamples& cs, const std::set<int>& layers, const std::string& label,
-                       bool progress) {
-  RunCapture rc;
-  LayerCapture cap(layers);
-  const int dm = m.config().d_model, V = m.config().padded_vocab;
-  Progress bar(label, int64_t(cs.samples.size()), progress);
-  for (const auto& s : cs.samples) {
-    const int T = int(s.size()), lens[1] = {T};
-    std::vector<float> hidden(size_t(T) * dm);
-    m.forward(s, lens, nullptr, hidden.data(), &cap);
-    const size_t off = rc.logits.size();
-    rc.logits.resize(off + size_t(T) * V);
-    m.lm_head(hidden.data(), T, rc.logits.data() + off);
-    bar.add(1);
-  }
-  bar.finish();
-  rc.layers = std::move(cap.got);
-  return rc;
-}
-
-std::string npy_name(const std::string& who, const std::string& mode, int layer, const std::string& tensor) {
-  return fmt::format("{}_{}_layer_{}_{}.npy", who, mode, layer, tensor);
-}
-}  // namespace
-
 Runner register_compare(CLI::App& app) {
   struct Opts {
     std::string ref, ref_mode = "fp32", cand, cand_mode, cand_modes, data, layers = "0,-1", json, save_dir, fp_ops;
@@ -103,59 +71,21 @@ Runner register_compare(CLI::App& app) {
     for (const auto& m : modes)
       if (m != "fp32" && !cand->is_quantized())
         fail("--cand-mode {}: {} is not quantized (make one with `mambaq quantize`, or use fp32)", m, o->cand);
+    for (const auto& m : modes) {  // every candidate plan can be built, before the long runs
+      Model probe(*cand);
+      probe.set_mode(parse_mode(m));
+      probe.set_fp_ops(fp_ops, ref.get());
+    }
     const std::set<int> layers = parse_layers(o->layers, rc.n_layer);
     auto tok = load_tokenizer(o->ref, o->c);
-    const CalibSamples cs = make_calib_samples(*tok, o->data, o->seqlen, o->samples, "--data");
+    const CalibSamples cs = make_calib_samples(*tok, o->data, o->seqlen, o->samples, "data");
     const int V = rc.padded_vocab;
 
-    // The reference: reused from --save-dir when it was saved for exactly these inputs.
-    const nlohmann::json manifest = {{"ref", fs::weakly_canonical(o->ref).string()},
-                                     {"ref_mode", mode_name(ref->mode())},
-                                     {"data_sha256", sha256_file(o->data)},
-                                     {"samples", cs.samples.size()},
-                                     {"seqlen", o->seqlen},
-                                     {"layers", layers},
-                                     {"tokens", [&] {
-                                        size_t n = 0;
-                                        for (auto& s : cs.samples) n += s.size();
-                                        return n;
-                                      }()}};
-    const std::string rmode = mode_name(ref->mode());
-    RunCapture R;
+    // The reference: reused from --save-dir when it was saved there for exactly these inputs.
     bool reused = false;
-    if (!o->save_dir.empty()) {
-      fs::create_directories(o->save_dir);
-      const fs::path mf = fs::path(o->save_dir) / "reference.json";
-      if (fs::exists(mf)) {
-        std::ifstream in(mf);
-        nlohmann::json old;
-        try {
-          in >> old;
-        } catch (const nlohmann::json::exception&) {
-          old = nullptr;
-        }
-        if (old == manifest) {
-          for (int l : layers)
-            for (const char* t : {"block_out", "mixer_out"})
-              R.layers[{l, t}] = load_npy((fs::path(o->save_dir) / npy_name("ref", rmode, l, t)).string());
-          R.logits = load_npy((fs::path(o->save_dir) / ("ref_" + rmode + "_logits.npy")).string());
-          reused = true;
-          fmt::print(stderr, "reference reused from {}\n", o->save_dir);
-        }
-      }
-    }
-    if (!reused) {
-      R = run_capture(*ref, cs, layers, "reference", !o->quiet);
-      if (!o->save_dir.empty()) {
-        for (const auto& [k, v] : R.layers)
-          save_npy((fs::path(o->save_dir) / npy_name("ref", rmode, k.first, k.second)).string(), v,
-                   {v.size() / size_t(rc.d_model), size_t(rc.d_model)});
-        save_npy((fs::path(o->save_dir) / ("ref_" + rmode + "_logits.npy")).string(), R.logits,
-                 {R.logits.size() / size_t(V), size_t(V)});
-        std::ofstream out(fs::path(o->save_dir) / "reference.json");
-        out << manifest.dump(2) << "\n";
-      }
-    }
+    const RunCapture R = reference_run(*ref, {o->ref, o->data, o->seqlen, o->save_dir}, cs.samples, layers, !o->quiet, &reused);
+    if (reused) fmt::print(stderr, "reference reused from {}\n", o->save_dir);
+    const std::string rmode = mode_name(ref->mode());
 
     nlohmann::json jmodes = nlohmann::json::array();
     struct Summary {
@@ -167,7 +97,7 @@ Runner register_compare(CLI::App& app) {
       Model m(*cand);
       m.set_mode(parse_mode(mode));
       m.set_fp_ops(fp_ops, ref.get());
-      const RunCapture C = run_capture(m, cs, layers, "cand " + mode, !o->quiet);
+      const RunCapture C = run_capture(m, cs.samples, layers, "cand " + mode, !o->quiet);
       LogitStats ls;
       ls.add(R.logits.data(), C.logits.data(), int(R.logits.size() / size_t(V)), V);
       fmt::print("\n{} ({}{}) vs {} ({}), {} samples x {} tokens\n", o->cand, mode,

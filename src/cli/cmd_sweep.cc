@@ -39,34 +39,6 @@ int run_self(const std::vector<std::string>& args) {
   return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
-std::string value_str(const nlohmann::json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
-
-// A matrix key's value in a cell ("percentile_alpha" -> "1.0"), "-" if the cell has none.
-std::string cell_value(const SweepCell& c, const std::string& key) {
-  std::string flag = "--" + key;
-  std::replace(flag.begin(), flag.end(), '_', '-');
-  const auto& m = c.quantize.count(flag) ? c.quantize : c.eval;
-  return m.count(flag) ? value_str(m.at(flag)) : "-";
-}
-
-// Rough cost of a cell in tokens through the model: calibration plus evaluation.
-double cell_tokens(const SweepCell& c, const SweepSpec& s, const std::string& data_dir) {
-  auto num = [&](const char* k, double d) {
-    return c.quantize.count(k) && c.quantize.at(k).is_number() ? c.quantize.at(k).get<double>() : d;
-  };
-  double t = std::min(num("--calib-num", 512), 300.0) * num("--calib-seqlen", 512);
-  for (const auto& task : s.tasks) {
-    std::string f = task.substr(task.find(':') + 1);
-    if (task == "lambada_openai") f = "lambada_openai/lambada_test.jsonl";
-    if (task == "wikitext2") f = "wikitext-2-raw/wiki.test.raw";
-    const fs::path p = fs::exists(f) ? fs::path(f) : fs::path(data_dir) / f;
-    const double bytes = fs::exists(p) ? double(fs::file_size(p)) : 1e6;
-    double tok = bytes / 4.5;  // about 4.5 bytes per GPT-NeoX token of English
-    if (s.limit > 0) tok = std::min(tok, double(s.limit) * (task.starts_with("ppl") || task == "wikitext2" ? 1024 : 90));
-    t += tok;
-  }
-  return t;
-}
 }  // namespace
 
 Runner register_sweep(CLI::App& app) {
@@ -95,14 +67,7 @@ Runner register_sweep(CLI::App& app) {
     check_output_file(s.log, "--log");
     check_output_dir(s.out_dir, "--out-dir");
     // cells already done: an eval record of this sweep cell in the log
-    std::map<std::string, nlohmann::json> done, quantized;
-    if (fs::exists(s.log))
-      for (const auto& r : read_log(s.log))
-        if (r.contains("sweep_cell") && r["sweep_cell"].is_string()) {
-          const std::string id = r["sweep_cell"].get<std::string>();
-          if (r.value("kind", "") == "eval") done[id] = r;
-          if (r.value("kind", "") == "quantize") quantized[id] = r;
-        }
+    std::map<std::string, nlohmann::json> done = sweep_done(s.log);
     // plan
     fmt::print("sweep '{}' ({}): {} cells, tasks {}{}, log {}, models in {}/\n", s.name, s.source, s.cells.size(),
                fmt::join(s.tasks, ","), s.limit > 0 ? fmt::format(" (limit {})", s.limit) : "", s.log, s.out_dir);
@@ -125,11 +90,11 @@ Runner register_sweep(CLI::App& app) {
           m->forward(toks, lens, nullptr, h.data());
           tps[c.model] = 512 / std::max(1e-3, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
         }
-        est += cell_tokens(c, s, o->c.data_dir) / tps[c.model] * 1.5 + 2;  // + LM head, loading
+        est += sweep_cell_tokens(c, s, o->c.data_dir) / tps[c.model] * 1.5 + 2;  // + LM head, loading
       }
       fmt::print("{:>3}  {:<12}  {:<28}", i, c.id, c.model);
       for (const auto& k : s.varying)
-        if (k != "model") fmt::print("  {:<18}", cell_value(c, k));
+        if (k != "model") fmt::print("  {:<18}", sweep_cell_value(c, k));
       fmt::print("  {}\n", done.count(c.id) ? "done (skipped)" : "to run");
     }
     const size_t todo = s.cells.size() - std::min(s.cells.size(), done.size());
@@ -151,35 +116,15 @@ Runner register_sweep(CLI::App& app) {
     bar.add(int64_t(s.cells.size() - todo));
     for (const auto& c : s.cells) {
       if (done.count(c.id)) continue;
-      const std::string out = (fs::path(s.out_dir) / c.id).string();
-      const std::string extra = nlohmann::json{{"sweep", s.name}, {"sweep_cell", c.id}}.dump();
-      std::vector<std::string> q = {"quantize", c.model, "-o", out, "--force", "-q", "--log", s.log, "--log-extra",
-                                    extra, "--threads", std::to_string(o->c.threads), "--data-dir", o->c.data_dir};
-      for (const auto& [k, v] : c.quantize) q.insert(q.end(), {k, value_str(v)});
-      if (int rc = run_self(q)) fail("sweep: cell {} ({}): quantize failed (exit {})", c.id, c.model, rc);
-      std::string tasks;
-      for (const auto& t : s.tasks) tasks += (tasks.empty() ? "" : ",") + t;
-      std::vector<std::string> e = {"eval", out, "--tasks", tasks, "-q", "--log", s.log, "--log-extra", extra,
-                                    "--threads", std::to_string(o->c.threads), "--data-dir", o->c.data_dir};
-      if (s.limit > 0) e.insert(e.end(), {"--limit", std::to_string(s.limit)});
-      for (const auto& [k, v] : c.eval) e.insert(e.end(), {k, value_str(v)});
-      if (int rc = run_self(e)) fail("sweep: cell {} ({}): eval failed (exit {})", c.id, c.model, rc);
+      const SweepCommands cmd = sweep_cell_commands(c, s, o->c.threads, o->c.data_dir);
+      if (int rc = run_self(cmd.quantize)) fail("sweep: cell {} ({}): quantize failed (exit {})", c.id, c.model, rc);
+      if (int rc = run_self(cmd.eval)) fail("sweep: cell {} ({}): eval failed (exit {})", c.id, c.model, rc);
       bar.add(1);
     }
     bar.finish();
     // final table from the log
-    for (const auto& r : read_log(s.log))
-      if (r.contains("sweep_cell") && r["sweep_cell"].is_string() && r.value("kind", "") == "eval")
-        done[r["sweep_cell"].get<std::string>()] = r;
-    std::vector<std::string> cols;
-    for (const auto& c : s.cells) {
-      const nlohmann::json res = done.at(c.id).value("results", nlohmann::json::object());
-      if (!res.is_object()) continue;
-      for (auto& [task, v] : res.items())
-        for (const char* m : {"acc", "ppl"})
-          if (v.is_object() && v.contains(m) && std::find(cols.begin(), cols.end(), task + " " + m) == cols.end())
-            cols.push_back(task + " " + m);
-    }
+    done = sweep_done(s.log);
+    const std::vector<std::string> cols = sweep_result_columns(s, done);
     fmt::print("\n{:<12}  {:<24}", "cell", "model");
     for (const auto& k : s.varying)
       if (k != "model") fmt::print("  {:<18}", k);
@@ -189,14 +134,8 @@ Runner register_sweep(CLI::App& app) {
       const auto& r = done.at(c.id);
       fmt::print("{:<12}  {:<24}", c.id, fs::path(c.model).filename().string());
       for (const auto& k : s.varying)
-        if (k != "model") fmt::print("  {:<18}", cell_value(c, k));
-      for (const auto& col : cols) {
-        const auto sp = col.rfind(' ');
-        const auto res = r.value("results", nlohmann::json::object());
-        const auto v = res.is_object() ? res.value(col.substr(0, sp), nlohmann::json::object()) : nlohmann::json();
-        const std::string m = col.substr(sp + 1);
-        fmt::print("  {:>18}", v.is_object() && v.contains(m) && v[m].is_number() ? fmt::format("{:.4f}", v[m].get<double>()) : "-");
-      }
+        if (k != "model") fmt::print("  {:<18}", sweep_cell_value(c, k));
+      for (const auto& col : cols) fmt::print("  {:>18}", sweep_result_text(r, col));
       fmt::print("\n");
     }
     return 0;

@@ -5,6 +5,7 @@
 #include <memory>
 #include <string>
 
+#include "io/mmap_file.h"
 #include "mambaq/model.h"
 #include "mambaq/tokenizer.h"
 
@@ -40,7 +41,6 @@ std::unique_ptr<Model> load_model(const std::string& dir, const std::string& mod
 // --log-extra: a JSON object (empty string: {}); errors name the flag.
 nlohmann::json parse_log_extra(const std::string& s);
 // SHA-256 of a file, hex (OpenSSL).
-std::string sha256_file(const std::string& path);
 
 Runner register_info(CLI::App& app);
 Runner register_logits(CLI::App& app);

@@ -1,5 +1,4 @@
 // mambaq <command>: one subcommand per file in this folder.
-#include <openssl/evp.h>
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -110,25 +109,6 @@ nlohmann::json parse_log_extra(const std::string& s) {
   const nlohmann::json x = parse_json(s, "--log-extra");
   if (!x.is_object()) fail("--log-extra: must be a JSON object");
   return x;
-}
-
-std::string sha256_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("{}: cannot open", path);
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
-  std::vector<char> buf(1 << 20);
-  while (in) {
-    in.read(buf.data(), std::streamsize(buf.size()));
-    EVP_DigestUpdate(ctx, buf.data(), size_t(in.gcount()));
-  }
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_DigestFinal_ex(ctx, md, &len);
-  EVP_MD_CTX_free(ctx);
-  std::string hex;
-  for (unsigned i = 0; i < len; ++i) hex += fmt::format("{:02x}", md[i]);
-  return hex;
 }
 
 double peak_rss_mib() {

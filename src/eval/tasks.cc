@@ -167,7 +167,7 @@ TaskResult run_ppl(const Model& m, const Tokenizer& tok, const std::string& key,
   const std::string text = read_text_file(path);
   if (text.empty()) fail("{}: empty file", path);
   const int S = opt.ppl_seqlen;
-  if (S < 2) fail("--ppl-seqlen must be at least 2 (got {})", S);
+  if (S < 2) fail_option("ppl_seqlen", "ppl_seqlen must be at least 2 (got {})", S);
   const std::vector<int32_t> ids = tok.encode(text);
   int64_t nwin = int64_t(ids.size()) / S;
   if (nwin == 0) fail("{}: only {} tokens, fewer than one window of --ppl-seqlen {}", path, ids.size(), S);
@@ -243,13 +243,13 @@ TaskResult run_task(const Model& m, const Tokenizer& tok, const std::string& tas
   const size_t colon = task.find(':');
   if (colon != std::string::npos) {
     const std::string kind = task.substr(0, colon), file = task.substr(colon + 1);
-    if (file.empty()) fail("--tasks: '{}' names no file", task);
+    if (file.empty()) fail_option("tasks", "tasks: '{}' names no file", task);
     const std::string path = resolve(file, opt.data_dir);
     const std::string stem = fs::path(file).stem().string();
     if (kind == "lastword") return run_lastword(m, tok, stem, path, opt);
     if (kind == "ppl") return run_ppl(m, tok, stem, path, opt);
   }
-  fail("--tasks: unknown task '{}' (known: lambada_openai, wikitext2, lastword:FILE.jsonl, ppl:FILE.txt)", task);
+  fail_option("tasks", "tasks: unknown task '{}' (known: lambada_openai, wikitext2, lastword:FILE.jsonl, ppl:FILE.txt)", task);
 }
 
 }  // namespace mambaq

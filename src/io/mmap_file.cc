@@ -1,6 +1,7 @@
 #include "io/mmap_file.h"
 
 #include <fcntl.h>
+#include <openssl/evp.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -9,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <vector>
 #include <sstream>
 
 #include "mambaq/error.h"
@@ -114,6 +116,26 @@ void check_output_dir(const std::string& path, const std::string& flag) {
   }
   if (!S_ISDIR(st.st_mode)) fail("{}: cannot create '{}': '{}' is not a folder", flag, path, p);
   if (::access(p.c_str(), W_OK | X_OK) != 0) fail("{}: cannot create '{}' under '{}': {}", flag, path, p, std::strerror(errno));
+}
+
+// SHA-256 through OpenSSL's libcrypto (Debian-packaged, and already a dependency).
+std::string sha256_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("{}: cannot open", path);
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), std::streamsize(buf.size()));
+    EVP_DigestUpdate(ctx, buf.data(), size_t(in.gcount()));
+  }
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx, md, &len);
+  EVP_MD_CTX_free(ctx);
+  std::string hex;
+  for (unsigned i = 0; i < len; ++i) hex += fmt::format("{:02x}", md[i]);
+  return hex;
 }
 
 }  // namespace mambaq

@@ -36,4 +36,7 @@ bool file_exists(const std::string& path);
 void check_output_file(const std::string& path, const std::string& flag);
 void check_output_dir(const std::string& path, const std::string& flag);
 
+// Hex SHA-256 of a file's bytes (errors name the file).
+std::string sha256_file(const std::string& path);
+
 }  // namespace mambaq

@@ -70,13 +70,13 @@ std::shared_ptr<PreparedPlan> prepare_plan(const ModelConfig& cfg, const ModelWe
   pp->a_bits = q ? q->meta.a_bits : 8;
   const unsigned ops = plan.fp_ops;
   if ((ops & (kFpLinear | kFpConv | kFpHadamard)) && (!fp || fp->is_quantized()))
-    fail("--fp-ops {}: keeping linear, conv or hadamard in FP32 needs the FP model's weights (an FP reference model)",
+    fail_option("fp_ops", "fp_ops {}: keeping linear, conv or hadamard in FP32 needs the FP model's weights (an FP reference model)",
          fp_ops_str(ops));
   if (fp) {
     const auto& fc = fp->config();
     if (fc.arch != cfg.arch || fc.n_layer != cfg.n_layer || fc.d_model != cfg.d_model || fc.d_inner != cfg.d_inner ||
         fc.d_state != cfg.d_state || fc.conv_dim() != cfg.conv_dim())
-      fail("--fp-ops: the FP model has other shapes than the quantized one");
+      fail_option("fp_ops", "fp_ops: the FP model has other shapes than the quantized one");
   }
   for (int l = 0; l < cfg.n_layer; ++l) {
     const LayerWeights& L = w.layers[size_t(l)];

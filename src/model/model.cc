@@ -44,18 +44,18 @@ void Model::set_plan(ExecPlan plan, const Model* fp) { plan_ = prepare_plan(cfg_
 
 void Model::set_mode(ExecMode m) {
   if (m != ExecMode::FP32 && !q_)
-    fail("--mode {}: the model is not quantized (make one with `mambaq quantize`, or use --mode fp32)", mode_name(m));
+    fail_option("mode", "mode {}: the model is not quantized (make one with `mambaq quantize`, or run it in mode fp32)", mode_name(m));
   set_plan(make_plan(m, 0, cfg_.n_layer, false), nullptr);
 }
 
 void Model::set_fp_ops(unsigned mask, const Model* fp) {
   if (mask == 0) return;
   if (mode() != ExecMode::Fake)
-    fail("--fp-ops runs in the fake-quant simulation (mode fake), not in mode {}", mode_name(mode()));
+    fail_option("fp_ops", "fp_ops runs in the fake-quant simulation (mode fake), not in mode {}", mode_name(mode()));
   if ((mask & kFpNorm) && cfg_.arch == Arch::Mamba1)
-    fail("--fp-ops norm: a Mamba1 model has no quantized norm input (its norms always run in FP32); leave it out");
+    fail_option("fp_ops", "fp_ops norm: a Mamba1 model has no quantized norm input (its norms always run in FP32); leave it out");
   if (mask & kFpHead)
-    fail("--fp-ops head: this model's LM head is not quantized (the {} recipe keeps it in FP32), so there is "
+    fail_option("fp_ops", "fp_ops head: this model's LM head is not quantized (the {} recipe keeps it in FP32), so there is "
          "nothing to keep in float; leave it out",
          q_ ? q_->meta.recipe : "fp");
   set_plan(make_plan(ExecMode::Fake, mask, cfg_.n_layer, false), fp);

@@ -1,5 +1,5 @@
 // The tensors of a model, one table per layout: their names, stored shapes and where each goes
-// in ModelWeights. Loading (weights.cc) and saving (quant/save.cc) both walk this list.
+// in ModelWeights. Loading (model/weights.cc) and saving (quant/quantized.cc) both walk this list.
 //   state-spaces  backbone.embedding.weight, backbone.layers.N.mixer.*, backbone.norm_f.*, lm_head.weight
 //   hf            the same names with backbone.embeddings.weight
 //   quantized     state-spaces names; the projections are int8 codes with a `.weight_scale`

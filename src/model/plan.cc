@@ -40,7 +40,7 @@ ExecMode parse_mode(const std::string& s) {
   if (s == "fp32") return ExecMode::FP32;
   if (s == "fake") return ExecMode::Fake;
   if (s == "int8") return ExecMode::Int8;
-  fail("--mode: unknown execution mode '{}' (expected fp32, fake or int8)", s);
+  fail_option("mode", "mode: unknown execution mode '{}' (expected fp32, fake or int8)", s);
 }
 
 unsigned parse_fp_ops(const std::string& list) {
@@ -49,7 +49,7 @@ unsigned parse_fp_ops(const std::string& list) {
     bool found = false;
     for (int k = 0; k < kOpKinds; ++k)
       if (t == op_kind_name(OpKind(k))) m |= op_bit(OpKind(k)), found = true;
-    if (!found) fail("--fp-ops: unknown op kind '{}' (linear, conv, ssm, norm, hadamard, head)", t);
+    if (!found) fail_option("fp_ops", "fp_ops: unknown op kind '{}' (linear, conv, ssm, norm, hadamard, head)", t);
   }
   return m;
 }

@@ -1,10 +1,12 @@
 // Configs of published checkpoints (exact shapes) and seeded random weights for them.
 #include <cmath>
 #include <map>
+#include <functional>
 #include <random>
 
 #include "mambaq/error.h"
 #include "mambaq/model.h"
+#include "model/names.h"
 
 namespace mambaq {
 
@@ -37,7 +39,7 @@ ModelConfig published_config(const std::string& name) {
   if (it == pubs().end()) {
     std::string all;
     for (auto& n : published_config_names()) all += (all.empty() ? "" : ", ") + n;
-    fail("--synthetic: unknown model '{}' (known: {})", name, all);
+    fail_option("synthetic", "synthetic: unknown model '{}' (known: {})", name, all);
   }
   const Pub& p = it->second;
   nlohmann::json j = {{"d_model", p.d_model},
@@ -77,32 +79,27 @@ std::unique_ptr<Model> Model::random(const ModelConfig& cfg, uint64_t seed) {
     const float dt = std::exp(std::log(1e-3f) + ud(rng) * (std::log(1e-1f) - std::log(1e-3f)));
     return dt + std::log(-std::expm1(-dt));
   };
-  const int64_t V = cfg.padded_vocab, dm = cfg.d_model, di = cfg.d_inner, N = cfg.d_state;
-  add("backbone.embedding.weight", {V, dm}, normal);
-  for (int i = 0; i < cfg.n_layer; ++i) {
-    const std::string p = "backbone.layers." + std::to_string(i) + ".";
-    add(p + "norm.weight", {dm}, one);
-    if (!cfg.rms_norm) add(p + "norm.bias", {dm}, normal);
-    add(p + "mixer.in_proj.weight", {cfg.in_proj_dim(), dm}, normal);
-    add(p + "mixer.conv1d.weight", {cfg.conv_dim(), 1, cfg.d_conv}, [&] { return nd(rng) * 10.f; });
-    add(p + "mixer.conv1d.bias", {cfg.conv_dim()}, normal);
-    if (cfg.arch == Arch::Mamba1) {
-      add(p + "mixer.x_proj.weight", {cfg.dt_rank + 2 * N, di}, normal);
-      add(p + "mixer.dt_proj.weight", {di, cfg.dt_rank}, normal);
-      add(p + "mixer.dt_proj.bias", {di}, inv_softplus_dt);
+  // every tensor of the layout's table, each with its kind of values
+  const int64_t N = cfg.d_state;
+  for (const auto& t : tensor_specs(cfg, Layout::StateSpaces)) {
+    const auto f = t.field;
+    if (t.model == &ModelWeights::embedding) {
+      add(t.name, t.shape, normal);
+    } else if (t.model || f == &LayerWeights::norm || f == &LayerWeights::gnorm || f == &LayerWeights::D) {
+      add(t.name, t.shape, t.name.ends_with(".bias") ? std::function<float()>(normal) : one);
+    } else if (t.proj == kConv) {
+      add(t.name, t.shape, [&] { return nd(rng) * 10.f; });
+    } else if (f == &LayerWeights::dt_proj_b || f == &LayerWeights::dt_bias) {
+      add(t.name, t.shape, inv_softplus_dt);
+    } else if (f == &LayerWeights::A_log && cfg.arch == Arch::Mamba1) {
       int64_t k = 0;
-      add(p + "mixer.A_log", {di, N}, [&] { return std::log(float(1 + (k++ % N))); });
-      add(p + "mixer.D", {di}, one);
+      add(t.name, t.shape, [&] { return std::log(float(1 + (k++ % N))); });
+    } else if (f == &LayerWeights::A_log) {
+      add(t.name, t.shape, [&] { return std::log(1.f + 15.f * ud(rng)); });
     } else {
-      add(p + "mixer.dt_bias", {cfg.nheads}, inv_softplus_dt);
-      add(p + "mixer.A_log", {cfg.nheads}, [&] { return std::log(1.f + 15.f * ud(rng)); });
-      add(p + "mixer.D", {cfg.nheads}, one);
-      add(p + "mixer.norm.weight", {di}, one);
+      add(t.name, t.shape, normal);  // projections, biases
     }
-    add(p + "mixer.out_proj.weight", {dm, di}, normal);
   }
-  add("backbone.norm_f.weight", {dm}, one);
-  if (!cfg.rms_norm) add("backbone.norm_f.bias", {dm}, normal);
   return from_store(cfg, store);
 }
 

@@ -14,17 +14,18 @@
 namespace mambaq {
 
 CalibSamples make_calib_samples(const Tokenizer& tok, const std::string& file, int seqlen, int num,
-                                const std::string& flag) {
-  const bool calib = flag == "--calib-data";  // else compare's --data / --seqlen / --samples
-  if (seqlen < 1) fail("{} must be positive (got {})", calib ? "--calib-seqlen" : "--seqlen", seqlen);
-  if (num < 1) fail("{} must be positive (got {})", calib ? "--calib-num" : "--samples", num);
-  if (!std::filesystem::exists(file)) fail("{}: {}: file not found", flag, file);
+                                const std::string& option) {
+  const bool calib = option == "calib_data";  // else compare's data / seqlen / samples
+  const std::string o_len = calib ? "calib_seqlen" : "seqlen", o_num = calib ? "calib_num" : "samples";
+  if (seqlen < 1) fail_option(o_len, "{} must be positive (got {})", o_len, seqlen);
+  if (num < 1) fail_option(o_num, "{} must be positive (got {})", o_num, num);
+  if (!std::filesystem::exists(file)) fail_option(option, "{}: {}: file not found", option, file);
   std::vector<std::string> docs;
   if (std::filesystem::path(file).extension() == ".jsonl") {
     docs = read_jsonl_texts(file);
   } else {
     docs.push_back(read_text_file(file));
-    if (docs.back().empty()) fail("{}: {}: empty file", flag, file);
+    if (docs.back().empty()) fail_option(option, "{}: {}: empty file", option, file);
   }
   CalibSamples cs;
   cs.documents = docs.size();
@@ -42,7 +43,7 @@ CalibSamples make_calib_samples(const Tokenizer& tok, const std::string& file, i
         cs.samples.emplace_back(ids.begin() + std::ptrdiff_t(o), ids.begin() + std::ptrdiff_t(o) + seqlen);
     }
   }
-  if (cs.samples.empty()) fail("{}: {}: no samples (no text)", flag, file);
+  if (cs.samples.empty()) fail_option(option, "{}: {}: no samples (no text)", option, file);
   return cs;
 }
 

@@ -22,9 +22,9 @@ struct CalibSamples {
 // Consecutive `seqlen`-token windows over each document of `file` (JSONL with a "text" field, or
 // raw text = one document); a document shorter than a window is one sample; the partial tail of a
 // longer document is dropped. The first `num` samples are kept.
-// `flag` names the option in errors.
+// `option` names the file's option in errors ("calib_data"; compare's "data").
 CalibSamples make_calib_samples(const Tokenizer& tok, const std::string& file, int seqlen, int num,
-                                const std::string& flag = "--calib-data");
+                                const std::string& option = "calib_data");
 
 struct CalibOptions {
   double alpha = 0.9995;  // percentile observer (SSM input and state)

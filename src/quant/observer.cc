@@ -103,7 +103,7 @@ class PercentileExact final : public Observer {
 };
 
 void check_alpha(double alpha) {
-  if (!(alpha > 0.0 && alpha <= 1.0)) fail("--percentile-alpha must be in (0, 1] (got {})", alpha);
+  if (!(alpha > 0.0 && alpha <= 1.0)) fail_option("percentile_alpha", "percentile_alpha must be in (0, 1] (got {})", alpha);
 }
 
 }  // namespace
