@@ -182,20 +182,21 @@ Act Exec::linear(Proj p, Act in, const Weight& bias, float* out) {
   return Act::floats(out, T, N, N);
 }
 
-Act Exec::conv1d_silu(Act in, const Weight& bias, const char* out_tap, float* out, int slot) {
+Act Exec::conv1d_silu(Act in, const Weight& bias, const char* out_tap, int slot, int qslot) {
   const int C = in.cols, K = cfg_.d_conv;
   if (in.codes()) {
     const QTensor& W = L_->conv_w;
     MQ_ASSERT(W.s8() && W.granularity == Granularity::Tensor);
     const TapExec* te = le_->tap(out_tap);
     MQ_ASSERT(te && te->int8 && int(te->col_scale.size()) == C);
-    int8_t* q = scratch_i8(slot, size_t(T) * C);
+    int8_t* q = scratch_i8(qslot, size_t(T) * C);
     k.conv1d_s8_silu(nseq, offs_.data(), in.q, in.ld, in.s(), C, K, W.s8(), W.scales[0], bias.data, conv_q_,
                      te->col_scale.data(), q, C);
     return Act{nullptr, q, te->col_scale.data(), T, C, C};
   }
   const Weight& w = le_->fw[kConv];
   MQ_ASSERT(w.data && w.dim(0) == C);
+  float* out = scratch(slot, size_t(T) * C);
   k.conv1d_silu(nseq, offs_.data(), in.f, in.ld, C, K, w.data, bias.data, conv_f_, out, C);
   return Act::floats(out, T, C, C);
 }

@@ -86,9 +86,10 @@ class Exec {
   Act fork(Act a, int slot);
   // out {T, rows of W} = in W^T (+ bias): float GEMM, or int8 GEMM on codes with S8 weights.
   Act linear(Proj p, Act in, const Weight& bias, float* out);
-  // SiLU(causal conv1d(in)) with the layer's conv states; int8 codes in give codes out, at the
-  // scales of tap `out_tap` (conv + SiLU + requantize fused).
-  Act conv1d_silu(Act in, const Weight& bias, const char* out_tap, float* out, int slot);
+  // SiLU(causal conv1d(in)) with the layer's conv states, into scratch `slot` (floats) or
+  // `qslot` (int8 codes in give codes out, at the scales of tap `out_tap`: conv + SiLU +
+  // requantize fused).
+  Act conv1d_silu(Act in, const Weight& bias, const char* out_tap, int slot, int qslot);
   // Mamba1: y = selective_scan(u, delta, A, B, C, D) * SiLU(z); then the kept state's point.
   void selective_scan(Act u, Act delta, Act B, Act C, Act z, float* y);
   // Mamba2: y = SSD(x, dt, A, B, C) + D x; then the kept state's point.

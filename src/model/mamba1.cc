@@ -16,7 +16,7 @@ void mixer_mamba1(Exec& X, const ModelConfig& c, const LayerWeights& L, float* x
   xz = X.point("in_proj:output", xz, kSlotQInProj);
   // u {T, d_inner} = SiLU(conv1d(x)); x_proj and the scan each read it (the scan its own copy,
   // so that --fp-ops can keep one of them in float)
-  Act u = X.conv1d_silu(xz.slice(0, di), L.conv_b, "x_proj:input", scratch(kSlotConvOut, t * di), kSlotQConv);
+  Act u = X.conv1d_silu(xz.slice(0, di), L.conv_b, "x_proj:input", kSlotConvOut, kSlotQConv);
   Act u_ssm = X.fork(u, kSlotUssm);
   u = X.point("x_proj:input", u, kSlotQConv);
   u_ssm = X.point("ssm:input", u_ssm, kSlotQConv);

@@ -16,8 +16,7 @@ void mixer_mamba2(Exec& X, const ModelConfig& c, const LayerWeights& L, float* x
   Act zxbcdt = X.linear(kInProj, h, L.in_proj_b, scratch(kSlotInProj, t * pd));
   zxbcdt = X.point("in_proj:output", zxbcdt, kSlotQInProj);
   // xbc {T, cd} = SiLU(conv1d(xBC)): x = [:, 0:di], B = [:, di:di+G*N], C = [:, di+G*N:cd]
-  Act xbc = X.conv1d_silu(zxbcdt.slice(di, di + cd), L.conv_b, "xBC_conv_out", scratch(kSlotConvOut, t * cd),
-                          kSlotQConv);
+  Act xbc = X.conv1d_silu(zxbcdt.slice(di, di + cd), L.conv_b, "xBC_conv_out", kSlotConvOut, kSlotQConv);
   xbc = X.point("xBC_conv_out", xbc, kSlotQConv);
   // y {T, di} = SSD(x, softplus(dt + dt_bias), A, B, C) + D x
   float* y = scratch(kSlotScanOut, t * di);
