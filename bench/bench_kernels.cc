@@ -6,9 +6,12 @@
 #include <vector>
 
 #include "core/threads.h"
-#include "kernels/cpu/ops.h"
+#include "kernels/backend.h"
 
 using namespace mambaq;
+
+// The kernels runs use: the widest cpu variant this CPU has (kernels/backend.h).
+static const Backend& cpu() { return default_backend(); }
 
 static std::vector<float> rnd(size_t n, float mean = 0.f, float sd = 1.f) {
   std::mt19937 rng(1);
@@ -23,7 +26,7 @@ static void BM_Gemm(benchmark::State& s) {
   const int M = int(s.range(0)), N = int(s.range(1)), K = int(s.range(2));
   auto A = rnd(size_t(M) * K), W = rnd(size_t(N) * K);
   std::vector<float> C(size_t(M) * N);
-  for (auto _ : s) cpu::gemm(M, N, K, A.data(), K, W.data(), nullptr, C.data(), N);
+  for (auto _ : s) cpu().gemm(M, N, K, A.data(), K, W.data(), nullptr, C.data(), N);
   s.counters["GFLOPS"] = benchmark::Counter(2.0 * M * N * K, benchmark::Counter::kIsIterationInvariantRate,
                                             benchmark::Counter::kIs1000);
 }
@@ -39,7 +42,7 @@ static void BM_GemmS8(benchmark::State& s) {
   for (auto& x : W) x = int8_t(int(rng() % 255) - 127);
   std::vector<float> C(size_t(M) * N);
   const float ws = 0.01f;
-  for (auto _ : s) cpu::gemm_s8(M, N, K, A.data(), K, 0.02f, W.data(), &ws, false, nullptr, C.data(), N);
+  for (auto _ : s) cpu().gemm_s8(M, N, K, A.data(), K, 0.02f, W.data(), &ws, false, nullptr, C.data(), N);
   s.counters["GOPS"] = benchmark::Counter(2.0 * M * N * K, benchmark::Counter::kIsIterationInvariantRate,
                                           benchmark::Counter::kIs1000);
 }
@@ -58,7 +61,7 @@ static void BM_Conv1dS8(benchmark::State& s) {
   std::vector<float> os(size_t(C), 0.02f);
   const int offs[2] = {0, T};
   for (auto _ : s)
-    cpu::conv1d_s8_silu(1, offs, x.data(), C, 0.02f, C, K, w.data(), 0.01f, b.data(), nullptr, os.data(), out.data(), C);
+    cpu().conv1d_s8_silu(1, offs, x.data(), C, 0.02f, C, K, w.data(), 0.01f, b.data(), nullptr, os.data(), out.data(), C);
   s.SetItemsProcessed(int64_t(s.iterations()) * T);
 }
 BENCHMARK(BM_Conv1dS8)->Arg(1024)->UseRealTime();
@@ -71,7 +74,7 @@ static void BM_SelectiveScan(benchmark::State& s) {
   std::vector<float> y(size_t(T) * D);
   const int offs[2] = {0, T};
   for (auto _ : s)
-    cpu::selective_scan(1, offs, D, N, u.data(), D, dl.data(), D, nullptr, A.data(), bc.data(), 2 * N, bc.data() + N,
+    cpu().selective_scan(1, offs, D, N, u.data(), D, dl.data(), D, nullptr, A.data(), bc.data(), 2 * N, bc.data() + N,
                         2 * N, nullptr, z.data(), D, nullptr, y.data(), D);
   s.SetItemsProcessed(int64_t(s.iterations()) * T);
 }
@@ -85,7 +88,7 @@ static void BM_SsdScan(benchmark::State& s) {
   std::vector<float> y(size_t(T) * H * P);
   const int offs[2] = {0, T};
   for (auto _ : s)
-    cpu::ssd_scan(1, offs, H, P, 1, N, x.data(), H * P, dt.data(), H, bias.data(), A.data(), bc.data(), 2 * N,
+    cpu().ssd_scan(1, offs, H, P, 1, N, x.data(), H * P, dt.data(), H, bias.data(), A.data(), bc.data(), 2 * N,
                   bc.data() + N, 2 * N, Dk.data(), nullptr, y.data(), H * P);
   s.SetItemsProcessed(int64_t(s.iterations()) * T);
 }
@@ -96,7 +99,7 @@ static void BM_Conv1d(benchmark::State& s) {
   auto x = rnd(size_t(T) * C), w = rnd(size_t(C) * K), b = rnd(size_t(C));
   std::vector<float> y(size_t(T) * C);
   const int offs[2] = {0, T};
-  for (auto _ : s) cpu::conv1d_silu(1, offs, x.data(), C, C, K, w.data(), b.data(), nullptr, y.data(), C);
+  for (auto _ : s) cpu().conv1d_silu(1, offs, x.data(), C, C, K, w.data(), b.data(), nullptr, y.data(), C);
   s.SetItemsProcessed(int64_t(s.iterations()) * T);
 }
 BENCHMARK(BM_Conv1d)->Arg(1024)->UseRealTime();
@@ -107,7 +110,7 @@ static void BM_LogSoftmaxRow(benchmark::State& s) {
   double lp;
   int arg;
   for (auto _ : s) {
-    cpu::log_softmax_at(l.data(), V, 17, &lp, &arg);
+    cpu().log_softmax_at(l.data(), V, 17, &lp, &arg);
     benchmark::DoNotOptimize(lp);
   }
 }

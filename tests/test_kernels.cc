@@ -11,6 +11,7 @@
 
 using namespace mambaq;
 using mqtest::rel_err;
+using namespace mambaq::MAMBAQ_CPU_NS;  // vmath.h
 
 // Every test runs on every backend (the reference backend included: its packed wrappers are
 // checked against the one-sequence reference kernels).

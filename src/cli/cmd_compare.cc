@@ -37,7 +37,8 @@ Runner register_compare(CLI::App& app) {
   sub->add_option("--layers", o->layers, "Layers to compare: 0,11,-1 or all")->capture_default_str();
   sub->add_option("--fp-ops", o->fp_ops,
                   "Keep these op kinds in FP32 in the fake-mode candidate (linear, conv, ssm, norm, hadamard, head; "
-                  "linear/conv take the --ref FP model's weights): how much error does the rest add?");
+                  "linear/conv/hadamard take the --ref FP model's weights; docs/analysis.md): how much error does the "
+                  "rest add?");
   sub->add_option("--json", o->json, "Write the statistics as JSON to FILE ('-' = stdout)");
   sub->add_option("--save-dir", o->save_dir,
                   "Write .npy per layer, tensor and mode; a reference saved there for the same inputs is reused");

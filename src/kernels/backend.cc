@@ -95,31 +95,58 @@ const Backend kRef = {
     r_selective_scan_s8, r_ssd_scan_s8,
 };
 
-const Backend& cpu_backend() {
-  static const Backend b = {
-      "cpu",          cpu::isa(),
-      cpu::rmsnorm,   cpu::layernorm,         cpu::conv1d_silu, cpu::selective_scan, cpu::ssd_scan,
-      cpu::gated_rmsnorm, cpu::gemm,          cpu::log_softmax_at, cpu::add,       hadamard_transform,
-      cpu::quantize,  cpu::dequantize,        cpu::fake_quantize, cpu::gemm_s8,   cpu::conv1d_s8_silu,
-      cpu::selective_scan_s8, cpu::ssd_scan_s8,
-  };
-  return b;
+// One table per instruction-set variant of the cpu kernels (same sources, compiled for
+// x86-64-v4 / v3 / v2: see kernels/cpu/ops.h).
+#define MAMBAQ_CPU_TABLE(NS, NAME, ISA)                                                                      \
+  Backend {                                                                                                \
+    NAME, ISA, NS::rmsnorm, NS::layernorm, NS::conv1d_silu, NS::selective_scan, NS::ssd_scan,               \
+        NS::gated_rmsnorm, NS::gemm, NS::log_softmax_at, NS::add, hadamard_transform, NS::quantize,        \
+        NS::dequantize, NS::fake_quantize, NS::gemm_s8, NS::conv1d_s8_silu, NS::selective_scan_s8,         \
+        NS::ssd_scan_s8                                                                                    \
+  }
+
+const Backend kCpuV4 = MAMBAQ_CPU_TABLE(cpu_v4, "cpu-v4", "x86-64-v4 (AVX-512)");
+const Backend kCpuV3 = MAMBAQ_CPU_TABLE(cpu_v3, "cpu-v3", "x86-64-v3 (AVX2, FMA)");
+const Backend kCpuV2 = MAMBAQ_CPU_TABLE(cpu_v2, "cpu-v2", "x86-64-v2 (SSE4.2)");
+
+bool cpu_has(const Backend& b) {
+  __builtin_cpu_init();
+  if (&b == &kCpuV4) return __builtin_cpu_supports("x86-64-v4");
+  if (&b == &kCpuV3) return __builtin_cpu_supports("x86-64-v3");
+  return __builtin_cpu_supports("x86-64-v2");
+}
+
+// The widest variant this CPU runs.
+const Backend& cpu_best() {
+  for (const Backend* b : {&kCpuV4, &kCpuV3, &kCpuV2})
+    if (cpu_has(*b)) return *b;
+  return kCpuV2;
 }
 
 }  // namespace
 
 const Backend& backend(const std::string& name) {
   if (name == "ref") return kRef;
-  if (name == "cpu") return cpu_backend();
-  fail("backend '{}' is not in this build (ref, cpu)", name);
+  if (name == "cpu") return cpu_best();
+  for (const Backend* b : {&kCpuV4, &kCpuV3, &kCpuV2})
+    if (name == b->name) {
+      if (!cpu_has(*b)) fail("backend '{}' needs {}, which this CPU lacks", name, b->isa);
+      return *b;
+    }
+  fail("backend '{}' is not in this build (ref, cpu, cpu-v4, cpu-v3, cpu-v2)", name);
 }
 
-std::vector<std::string> backend_names() { return {"ref", "cpu"}; }
+std::vector<std::string> backend_names() {
+  std::vector<std::string> v = {"ref"};
+  for (const Backend* b : {&kCpuV4, &kCpuV3, &kCpuV2})
+    if (cpu_has(*b)) v.push_back(b->name);
+  return v;
+}
 
 const Backend& default_backend() {
   static const Backend& b = [&]() -> const Backend& {
     const char* e = std::getenv("MAMBAQ_BACKEND");
-    return e && *e ? backend(e) : cpu_backend();
+    return e && *e ? backend(e) : cpu_best();
   }();
   return b;
 }

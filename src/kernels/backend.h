@@ -1,7 +1,8 @@
 // The backend seam: every kernel the forward pass, the scoring and the quantizers run is reached
 // through a table of functions. `ref` is scalar and obviously right (one sequence at a time,
-// wrapped for packed batches); `cpu` is vectorised and threaded, with the instruction set chosen
-// at run time from the CPU's feature bits; a `cuda` table can be added beside them. Contracts of
+// wrapped for packed batches); `cpu-v4`, `cpu-v3`, `cpu-v2` are the vectorised, threaded kernels
+// compiled for x86-64-v4 (AVX-512), v3 (AVX2 + FMA) and v2 (SSE4.2), and `cpu` is the widest one
+// this CPU runs, chosen at run time from its feature bits; a `cuda` table can be added beside them. Contracts of
 // each op: kernels/ref/ops.h. Packed batches: sequence s holds rows offs[s] .. offs[s+1]-1;
 // states[s] may be null (start from zeros, keep nothing).
 #pragma once
@@ -58,11 +59,12 @@ struct Backend {
                       float* const* states, float* y, int ldy);
 };
 
-// "ref" or "cpu" (error naming the backend otherwise).
+// "ref", "cpu" or a cpu variant (an error names the backend, or the instruction set the CPU lacks).
 const Backend& backend(const std::string& name);
+// The backends this CPU can run: ref and every cpu variant it supports.
 std::vector<std::string> backend_names();
-// The backend runs use unless told otherwise: cpu. $MAMBAQ_BACKEND=ref selects the reference
-// (slow; for checking a result end to end).
+// The backend runs use unless told otherwise: cpu. $MAMBAQ_BACKEND=ref (or cpu-v3, ...) selects
+// another (ref is slow; for checking a result end to end).
 const Backend& default_backend();
 
 }  // namespace mambaq

@@ -6,7 +6,7 @@
 
 namespace mambaq {
 
-void cpu::gemm(int M, int N, int K, const float* A, int lda, const float* W, const float* bias, float* C, int ldc) {
+void MAMBAQ_CPU_NS::gemm(int M, int N, int K, const float* A, int lda, const float* W, const float* bias, float* C, int ldc) {
   if (M == 0) return;
   const dnnl_status_t st = dnnl_sgemm('N', 'T', M, N, K, 1.0f, A, lda, W, K, 0.0f, C, ldc);
   if (st != dnnl_success) fail("internal error: dnnl_sgemm failed (status {}) for M={} N={} K={}", int(st), M, N, K);

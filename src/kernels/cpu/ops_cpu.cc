@@ -11,7 +11,7 @@
 #include "kernels/cpu/vmath.h"
 #include "mambaq/error.h"
 
-namespace mambaq::cpu {
+namespace mambaq::MAMBAQ_CPU_NS {
 
 void rmsnorm(const float* x, const float* w, float* out, int T, int d, float eps) {
 #pragma omp parallel for schedule(static) if (T > 4)
@@ -239,4 +239,4 @@ void log_softmax_at(const float* l, int V, int target, double* logprob, int* arg
   *argmax = arg;
 }
 
-}  // namespace mambaq::cpu
+}  // namespace mambaq::MAMBAQ_CPU_NS

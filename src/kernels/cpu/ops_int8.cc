@@ -13,7 +13,7 @@
 #include "kernels/cpu/vmath.h"
 #include "mambaq/error.h"
 
-namespace mambaq::cpu {
+namespace mambaq::MAMBAQ_CPU_NS {
 
 namespace {
 // Saturating; NaN (possible only from an overflow upstream) becomes 0 instead of an undefined
@@ -85,8 +85,6 @@ void quantize(const float* x, int rows, int cols, int ldx, float scale, int8_t* 
     for (int c = 0; c < cols; ++c) qr[c] = code(xr[c] * inv);
   }
 }
-
-const char* isa() { return has_avx512bw() ? "avx512-bw" : "portable"; }
 
 void dequantize(const int8_t* q, int rows, int cols, int ldq, float scale, float* x, int ldx) {
 #pragma omp parallel for schedule(static) if (size_t(rows) * cols > 32768)
@@ -251,4 +249,4 @@ void ssd_scan_s8(int nseq, const int* offs, int H, int P, int G, int N, const in
   ssd_scan(nseq, offs, H, P, G, N, xf, H * P, df, H, dt_bias, A, bf, G * N, cf, G * N, Dskip, states, y, ldy);
 }
 
-}  // namespace mambaq::cpu
+}  // namespace mambaq::MAMBAQ_CPU_NS

@@ -4,7 +4,12 @@
 #include <cstdint>
 #include <cstring>
 
-namespace mambaq {
+// Each instruction-set variant of the kernels has its own copy (one namespace per variant), so
+// the inline functions of differently compiled files never merge at link time.
+#ifndef MAMBAQ_CPU_NS
+#define MAMBAQ_CPU_NS cpu_native  // outside the kernel variants (tests)
+#endif
+namespace mambaq::MAMBAQ_CPU_NS {
 
 // exp(x), relative error < 2e-7 on [-87, 88]; underflows to ~0 below -87.
 inline float fast_exp(float x) {
@@ -74,4 +79,4 @@ inline float softplus(float x) {
   return x > 20.0f ? x : r;
 }
 
-}  // namespace mambaq
+}  // namespace mambaq::MAMBAQ_CPU_NS
