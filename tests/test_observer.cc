@@ -85,5 +85,5 @@ TEST(Observer, ScaleGrowsWithAlphaAndCoversAlpha) {
       }
     }
   }
-  EXPECT_ERROR(make_percentile_observer(1.5, PercentileMode::Ema), "--percentile-alpha");
+  EXPECT_ERROR(make_percentile_observer(1.5, PercentileMode::Ema), "percentile_alpha");
 }

@@ -14,6 +14,7 @@
 #include "io/mmap_file.h"
 #include "quant/quantized.h"
 #include "core/threads.h"
+#include "kernels/backend.h"
 #include "mambaq/error.h"
 
 namespace mambaq::cli {
@@ -193,6 +194,7 @@ Runner register_bench(CLI::App& app) {
                       {"peak_rss_mib", r.peak_mib}});
     }
     if (bw > 0) fmt::print("memory read bandwidth {:.1f} GB/s\n", bw);
+    fmt::print("kernels: backend {} ({})\n", default_backend().name, default_backend().isa);
     if (runs.size() > 1)
       for (size_t i = 1; i < runs.size(); ++i)
         fmt::print("{} vs {}: prefill x{:.2f}, decode x{:.2f}, peak memory x{:.2f}\n", runs[i]["mode"].get<std::string>(),
@@ -201,7 +203,7 @@ Runner register_bench(CLI::App& app) {
                    runs[i]["decode_tok_s"].get<double>() / runs[0]["decode_tok_s"].get<double>(),
                    runs[i]["peak_rss_mib"].get<double>() / runs[0]["peak_rss_mib"].get<double>());
     if (!o->json.empty()) {
-      nlohmann::json j = {{"model", name},         {"threads", num_threads()}, {"prompt_len", o->prompt},
+      nlohmann::json j = {{"model", name},         {"threads", num_threads()}, {"backend", default_backend().name}, {"prompt_len", o->prompt},
                           {"decode_tokens", o->decode}, {"repeats", o->repeats}, {"read_bandwidth_gbs", bw},
                           {"load_s", load_s},      {"quantize_s", quantize_s}, {"runs", runs}};
       for (auto& [k, v] : runs[0].items()) j[k] = v;  // the first mode also at top level (older scripts)

@@ -109,11 +109,20 @@ const Backend kCpuV4 = MAMBAQ_CPU_TABLE(cpu_v4, "cpu-v4", "x86-64-v4 (AVX-512)")
 const Backend kCpuV3 = MAMBAQ_CPU_TABLE(cpu_v3, "cpu-v3", "x86-64-v3 (AVX2, FMA)");
 const Backend kCpuV2 = MAMBAQ_CPU_TABLE(cpu_v2, "cpu-v2", "x86-64-v2 (SSE4.2)");
 
+// Feature by feature (clang 14 does not know the level names GCC 12 accepts); every CPU with
+// these also has the level's remaining features (F16C, LZCNT, MOVBE come with AVX2 + BMI2).
 bool cpu_has(const Backend& b) {
   __builtin_cpu_init();
-  if (&b == &kCpuV4) return __builtin_cpu_supports("x86-64-v4");
-  if (&b == &kCpuV3) return __builtin_cpu_supports("x86-64-v3");
-  return __builtin_cpu_supports("x86-64-v2");
+  const bool v2 = __builtin_cpu_supports("sse4.2") && __builtin_cpu_supports("sse4.1") &&
+                  __builtin_cpu_supports("ssse3") && __builtin_cpu_supports("popcnt");
+  const bool v3 = v2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                  __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
+  const bool v4 = v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                  __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
+                  __builtin_cpu_supports("avx512vl");
+  if (&b == &kCpuV4) return v4;
+  if (&b == &kCpuV3) return v3;
+  return v2;
 }
 
 // The widest variant this CPU runs.

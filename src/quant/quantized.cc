@@ -6,7 +6,6 @@
 #include <set>
 
 #include "io/safetensors.h"
-#include "kernels/wquant.h"
 #include "mambaq/error.h"
 #include "model/names.h"
 #include "model/points.h"
@@ -51,24 +50,6 @@ std::unique_ptr<Model> quantize_model(const Model& fp, const Calibration& cal, c
   for (const auto& ps : cal.points) info.push_back({scale_tensor_name(cfg.arch, ps.layer, ps.point), "F32", {1}});
   auto m = Model::from_weights(cfg, std::move(w), std::move(info), std::move(q));
   m->set_mode(r.default_mode());
-  return m;
-}
-
-std::unique_ptr<Model> fake_quant_weights(const Model& fp, Granularity g, int w_bits) {
-  QuantMeta meta;
-  meta.granularity = g;
-  meta.w_bits = w_bits;
-  const Recipe& r = recipe(meta.recipe);
-  auto m = std::make_unique<Model>(fp);
-  for (int l = 0; l < fp.config().n_layer; ++l) {
-    LayerWeights& L = m->weights_mut().layers[size_t(l)];
-    r.quantize_layer(fp.config(), meta, fp.weights().layers[size_t(l)], L);
-    for (int p = 0; p < kProjs; ++p) {
-      QTensor& t = L.proj(Proj(p));
-      if (t.format == WFormat::S8) t = QTensor::from_weight(Weight::from_vector(dequantize_weight(t), t.shape));
-    }
-  }
-  m->set_mode(ExecMode::FP32);
   return m;
 }
 

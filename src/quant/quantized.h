@@ -16,10 +16,6 @@ namespace mambaq {
 // `meta` holds the options (recipe, bits, granularity, ...) and is recorded in the model.
 std::unique_ptr<Model> quantize_model(const Model& fp, const Calibration& cal, const QuantMeta& meta);
 
-// The FP model with the recipe's weight transforms and quantization applied in float
-// (quantize-dequantize), no activation quantization: the weights-only simulation.
-std::unique_ptr<Model> fake_quant_weights(const Model& fp, Granularity g, int w_bits = 8);
-
 // Save as a folder: config.json (+ "quantization"), model.safetensors (quantized weights, named
 // scales; docs/format.md), tokenizer.json copied from `tokenizer_file` if given.
 void save_quantized(const Model& m, const std::string& dir, const std::string& tokenizer_file);
