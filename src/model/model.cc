@@ -161,6 +161,7 @@ void Model::lm_head(const float* hidden, int rows, float* logits) const {
 size_t Model::weight_bytes() const {
   // What a decoded token reads: each projection in the format its plan runs (int8 codes, or
   // floats), the other tensors as float, the embedding once (tied LM head).
+  plan();  // fails clearly if the weights changed since the plan was made
   size_t n = 0;
   auto f = [&](const Weight& w) { n += w.data ? size_t(w.size()) * 4 : 0; };
   f(w_.embedding), f(w_.norm_f), f(w_.norm_f_b);
