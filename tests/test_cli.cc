@@ -107,3 +107,13 @@ TEST(Cli, BenchSyntheticJson) {
   for (const char* k : {"prefill_tok_s", "decode_tok_s", "ttft_ms", "peak_rss_mib", "weight_bytes_per_token"})
     EXPECT_GT(b[k].get<double>(), 0) << k;
 }
+
+TEST(Cli, EvalJsonToStdoutIsOnlyJson) {
+  // `--json -`: stdout holds one JSON document and nothing else; the table goes to stderr.
+  auto r = run_cli("eval " + mqtest::model_dir("mamba-tiny") + " --tasks ppl:corpus/heldout.txt --limit 1 --ppl-seqlen 64 "
+                   "--no-log -q --json -");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);  // throws if anything else is on stdout
+  EXPECT_TRUE(j["results"].contains("heldout"));
+  EXPECT_NE(r.err.find("task"), std::string::npos) << r.err;  // the table, on stderr
+}

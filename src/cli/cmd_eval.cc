@@ -69,14 +69,16 @@ Runner register_eval(CLI::App& app) {
       results[rs.back().key] = rs.back().json;
       results[rs.back().key]["seconds"] = rs.back().seconds;
     }
-    fmt::print("{:<16} {:>10} {:>14} {:>10} {:>9} {:>8}\n", "task", "acc", "ppl", "n/scored", "tokens", "time_s");
+    // `--json -` keeps stdout for the JSON alone: the table goes to stderr then.
+    std::FILE* table = o->json == "-" ? stderr : stdout;
+    fmt::print(table, "{:<16} {:>10} {:>14} {:>10} {:>9} {:>8}\n", "task", "acc", "ppl", "n/scored", "tokens", "time_s");
     for (const auto& r : rs) {
       if (r.kind == "lastword")
-        fmt::print("{:<16} {:>10.4f} {:>14.4f} {:>10} {:>9} {:>8.1f}\n", r.key, r.json["acc"].get<double>(),
+        fmt::print(table, "{:<16} {:>10.4f} {:>14.4f} {:>10} {:>9} {:>8.1f}\n", r.key, r.json["acc"].get<double>(),
                    r.json["ppl"].get<double>(), r.json["n"].get<int>(), r.json["target_tokens"].get<int64_t>(),
                    r.seconds);
       else
-        fmt::print("{:<16} {:>10} {:>14.4f} {:>10} {:>9} {:>8.1f}\n", r.key, "-", r.json["ppl"].get<double>(),
+        fmt::print(table, "{:<16} {:>10} {:>14.4f} {:>10} {:>9} {:>8.1f}\n", r.key, "-", r.json["ppl"].get<double>(),
                    r.json["scored"].get<int64_t>(), r.json["tokens"].get<int64_t>(), r.seconds);
     }
     if (!o->no_log) {
