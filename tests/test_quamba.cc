@@ -170,6 +170,7 @@ TEST_P(Quamba, SavedModelReloadsBitIdentical) {
   EXPECT_EQ(r->mode(), ExecMode::Int8);
   const auto a = run(*Q.q, nullptr), b = run(*r, nullptr);
   EXPECT_EQ(a, b);  // bit-identical
+  EXPECT_EQ(r->num_params(), Q.q->num_params());  // the in-memory model lists what the folder holds
   // fake mode of the reloaded model equals fake mode of the in-memory one, too
   Model f1(*Q.q);
   f1.set_mode(ExecMode::Fake);

@@ -2,6 +2,8 @@
 // activations and weights, and the backend.
 #include "model/exec.h"
 
+#include <algorithm>
+
 #include "core/workspace.h"
 #include "kernels/wquant.h"
 #include "kernels/hadamard.h"
@@ -28,6 +30,7 @@ Weight fused_right(const Weight& w) {  // W H^T, for an out_proj that reads the 
 void resolve_taps(const ModelConfig& cfg, const QuantState* q, int layer, const std::array<Prec, kOpKinds>& prec,
                   bool rotate, LayerExec& le) {
   le.prec = prec;
+  le.fake = std::find(prec.begin(), prec.end(), Prec::Fake) != prec.end();
   for (const auto& u : point_uses(cfg.arch)) {
     const ScalePoint* sp = find_scale_point(cfg.arch, u.scale);
     if (sp->head != (layer < 0)) continue;
@@ -158,9 +161,7 @@ Act Exec::point(const char* name, Act a, int slot) {
 }
 
 Act Exec::fork(Act a, int slot) {
-  bool fake = false;
-  for (Prec p : le_->prec) fake |= p == Prec::Fake;
-  if (a.codes() || (!tap_ && !fake)) return a;
+  if (a.codes() || (!tap_ && !le_->fake)) return a;
   float* f = scratch(slot, size_t(a.rows) * a.cols);
   for (int r = 0; r < a.rows; ++r) std::copy_n(a.f + size_t(r) * a.ld, a.cols, f + size_t(r) * a.cols);
   return Act::floats(f, a.rows, a.cols, a.cols);

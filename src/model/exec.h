@@ -48,6 +48,7 @@ struct TapExec {
 struct LayerExec {
   std::vector<TapExec> taps;
   std::array<Prec, kOpKinds> prec{};
+  bool fake = false;                   // some op kind of the layer runs fake-quantized
   bool rotate = false;                 // the online Hadamard on out_proj's input
   std::array<Weight, kProjs> fw;       // the float weights float ops read (views, dequantized, or --fp-ops)
   const TapExec* tap(std::string_view name) const {

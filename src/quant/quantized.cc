@@ -34,19 +34,19 @@ std::unique_ptr<Model> quantize_model(const Model& fp, const Calibration& cal, c
   q->scales = cal;
   ModelWeights w = fp.weights();
   for (int l = 0; l < cfg.n_layer; ++l) r.quantize_layer(cfg, meta, fp.weights().layers[size_t(l)], w.layers[size_t(l)]);
-  // what a quantized folder holds: the float tensors, the quantized projections and every scale
+  // what the folder will hold (the same table save_quantized walks): float tensors, the
+  // quantized projections with their scales, an untied head, every activation scale
   std::vector<TensorInfo> info;
-  for (const auto& t : fp.tensor_info())
-    if (t.name.find("_proj.weight") == std::string::npos && t.name.find("conv1d.weight") == std::string::npos)
-      info.push_back(t);
-  for (int l = 0; l < cfg.n_layer; ++l)
-    for (int p = 0; p < kProjs; ++p) {
-      const QTensor& t = w.layers[size_t(l)].proj(Proj(p));
-      if (t.empty()) continue;
-      const std::string n = layer_prefix(l) + "mixer." + proj_name(Proj(p));
-      info.push_back({n + ".weight", t.format == WFormat::S8 ? "I8" : "F32", t.shape});
-      info.push_back({n + ".weight_scale", "F32", {int64_t(t.scales.size())}});
+  for (const auto& s : tensor_specs(cfg, Layout::Quantized)) {
+    if (s.proj == kProjs) {
+      info.push_back({s.name, "F32", s.shape});
+      continue;
     }
+    const QTensor& t = w.layers[size_t(s.layer)].proj(s.proj);
+    info.push_back({s.name, dtype_name(DType::I8), s.shape});
+    info.push_back({s.name.substr(0, s.name.size() - 7) + ".weight_scale", "F32", {int64_t(t.scales.size())}});
+  }
+  if (w.lm_head.data != w.embedding.data) info.push_back({"lm_head.weight", "F32", w.lm_head.shape});
   for (const auto& ps : cal.points) info.push_back({scale_tensor_name(cfg.arch, ps.layer, ps.point), "F32", {1}});
   auto m = Model::from_weights(cfg, std::move(w), std::move(info), std::move(q));
   m->set_mode(r.default_mode());
