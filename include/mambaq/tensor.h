@@ -53,7 +53,10 @@ struct Weight {
 };
 
 // How a weight is stored. F32: the values (fp16/bf16 checkpoints are converted once at load);
-// S8: int8 codes; S4: two 4-bit codes per byte (the format is reserved for Quamba2's W4 weights).
+// S8: int8 codes {rows, cols}; S4: 4-bit codes packed two per byte {rows, cols / 2}: each row in
+// blocks of 32 columns, byte j (0..15) of a block holding column j in its low nibble and column
+// j + 16 in its high nibble, each stored as code + 8 (codes in [-8, 7]; cols % 32 == 0). The
+// block layout lets a SIMD kernel unpack 32 columns in order with one mask and one shift.
 enum class WFormat : uint8_t { F32, S8, S4 };
 const char* wformat_name(WFormat f);
 
@@ -66,12 +69,12 @@ enum class Granularity : uint8_t { Tensor, Channel, Group };
 struct QTensor {
   WFormat format = WFormat::F32;
   std::vector<int64_t> shape;         // {rows, cols}; a conv1d weight {channels, d_conv}
-  const void* data = nullptr;         // F32: floats; S8: codes {rows, cols}; owned by `owner`
+  const void* data = nullptr;         // F32: floats; S8: codes {rows, cols}; S4: packed {rows, cols/2}; owned by `owner`
   std::shared_ptr<const void> owner;
   int bits = 32;                      // 32 for F32; the code width otherwise
   Granularity granularity = Granularity::Tensor;
   int group = 0;                      // Group: input columns per scale
-  std::vector<float> scales;          // Tensor {1}; Channel {rows}; Group {rows, cols / group}
+  std::vector<float> scales;          // Tensor {1}; Channel {rows}; Group {rows, ceil(cols / group)}
 
   bool empty() const { return data == nullptr; }
   int rows() const { return shape.empty() ? 0 : int(shape[0]); }
@@ -79,14 +82,20 @@ struct QTensor {
   int64_t size() const { return numel(shape); }
   const float* f32() const { return format == WFormat::F32 ? static_cast<const float*>(data) : nullptr; }
   const int8_t* s8() const { return format == WFormat::S8 ? static_cast<const int8_t*>(data) : nullptr; }
+  const uint8_t* s4() const { return format == WFormat::S4 ? static_cast<const uint8_t*>(data) : nullptr; }
+  int ngroups() const { return granularity == Granularity::Group ? (cols() + group - 1) / group : 1; }
   float scale_of(int row, int col = 0) const {
     switch (granularity) {
       case Granularity::Tensor: return scales[0];
       case Granularity::Channel: return scales[size_t(row)];
-      case Granularity::Group: return scales[size_t(row) * size_t(cols() / group) + size_t(col / group)];
+      case Granularity::Group: return scales[size_t(row) * size_t(ngroups()) + size_t(col / group)];
     }
     return 0;
   }
+  // The code of element (row, col), any integer format.
+  int code(int row, int col) const;
+  // What the weight is, for tables and errors: "f32", "s8 per tensor", "s4 g128", ...
+  std::string describe() const;
   size_t bytes() const;  // codes or values plus scales
   // An F32 tensor sharing the weight's buffer.
   static QTensor from_weight(const Weight& w);

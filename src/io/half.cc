@@ -135,6 +135,27 @@ size_t QTensor::bytes() const {
   return v + scales.size() * sizeof(float);
 }
 
+int QTensor::code(int row, int col) const {
+  const size_t r = size_t(row);
+  if (format == WFormat::S8) return s8()[r * size_t(cols()) + size_t(col)];
+  if (format == WFormat::S4) {
+    const uint8_t b = s4()[r * size_t(cols() / 2) + size_t(col / 32) * 16 + size_t(col % 16)];
+    return int((col % 32) < 16 ? (b & 15) : (b >> 4)) - 8;
+  }
+  return 0;
+}
+
+std::string QTensor::describe() const {
+  if (format == WFormat::F32) return "f32";
+  std::string s = std::string(wformat_name(format)) + (bits != 8 && format == WFormat::S8 ? "(" + std::to_string(bits) + "b)" : "");
+  switch (granularity) {
+    case Granularity::Tensor: return s + " per tensor";
+    case Granularity::Channel: return s + " per channel";
+    case Granularity::Group: return s + " g" + std::to_string(group);
+  }
+  return s;
+}
+
 QTensor QTensor::from_weight(const Weight& w) {
   QTensor t;
   t.shape = w.shape;

@@ -57,6 +57,14 @@ struct Backend {
                       const int8_t* dt, int lddt, float sdt, const float* dt_bias, const float* A, const int8_t* B,
                       int ldb, float sB, const int8_t* C, int ldc, float sC, const float* Dskip,
                       float* const* states, float* y, int ldy);
+
+  // ---- 4-bit weights, packed S4 (include/mambaq/tensor.h), scales {N, ceil(K / group)} ----
+  // W4A16: float activations.
+  void (*gemm_w4)(int M, int N, int K, const float* A, int lda, const uint8_t* W, const float* ws, int group,
+                  const float* bias, float* C, int ldc);
+  // W4A8: int8 activation codes, each group's dot product exact in int32.
+  void (*gemm_s8w4)(int M, int N, int K, const int8_t* A, int lda, float a_scale, const uint8_t* W, const float* ws,
+                    int group, const float* bias, float* C, int ldc);
 };
 
 // "ref", "cpu" or a cpu variant (an error names the backend, or the instruction set the CPU lacks).

@@ -83,6 +83,25 @@ void ssd_scan_s8(int T, int H, int P, int G, int N, const int8_t* x, int ldx, fl
                  float sdt, const float* dt_bias, const float* A, const int8_t* B, int ldb, float sB, const int8_t* C,
                  int ldc, float sC, const float* Dskip, float* state, float* y, int ldy);
 
+// ---- 4-bit weights (Quamba2 W4A16 / W4A8). W {N, K} packed S4 (include/mambaq/tensor.h:
+// blocks of 32 columns, byte j = column j | column j+16 << 4, each code + 8), K % 32 == 0;
+// scales ws {N, ceil(K / group)}, group % 32 == 0. ----
+
+// The code of column k of a packed row.
+inline int s4_at(const uint8_t* row, int k) {
+  const uint8_t b = row[(k / 32) * 16 + (k % 16)];
+  return int((k % 32) < 16 ? (b & 15) : (b >> 4)) - 8;
+}
+
+// W4A16: C {M, N} = A {M, K} (float) x dequant(W)^T (+ bias); dequant(W)[n, k] = code * ws[n, k / group].
+void gemm_w4(int M, int N, int K, const float* A, int lda, const uint8_t* W, const float* ws, int group,
+             const float* bias, float* C, int ldc);
+
+// W4A8: C {M, N} = a_scale * sum_g ws[n, g] * (A_g . W_g) (+ bias), with A int8 codes and each
+// group's dot product exact in int32.
+void gemm_s8w4(int M, int N, int K, const int8_t* A, int lda, float a_scale, const uint8_t* W, const float* ws,
+               int group, const float* bias, float* C, int ldc);
+
 }  // namespace ref
 
 }  // namespace mambaq

@@ -230,4 +230,32 @@ void ssd_scan_s8(int T, int H, int P, int G, int N, const int8_t* x, int ldx, fl
            state, y, ldy);
 }
 
+void gemm_w4(int M, int N, int K, const float* A, int lda, const uint8_t* W, const float* ws, int group,
+             const float* bias, float* C, int ldc) {
+  const int ng = (K + group - 1) / group;
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < N; ++n) {
+      const uint8_t* w = W + size_t(n) * (K / 2);
+      double acc = bias ? bias[n] : 0.0;
+      for (int k = 0; k < K; ++k) acc += double(A[size_t(m) * lda + k]) * s4_at(w, k) * ws[size_t(n) * ng + k / group];
+      C[size_t(m) * ldc + n] = float(acc);
+    }
+}
+
+void gemm_s8w4(int M, int N, int K, const int8_t* A, int lda, float a_scale, const uint8_t* W, const float* ws,
+               int group, const float* bias, float* C, int ldc) {
+  const int ng = (K + group - 1) / group;
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < N; ++n) {
+      const uint8_t* w = W + size_t(n) * (K / 2);
+      double acc = 0;
+      for (int g = 0; g < ng; ++g) {
+        int32_t dot = 0;
+        for (int k = g * group; k < std::min(K, (g + 1) * group); ++k) dot += int32_t(A[size_t(m) * lda + k]) * s4_at(w, k);
+        acc += double(ws[size_t(n) * ng + g]) * dot;
+      }
+      C[size_t(m) * ldc + n] = float(acc * a_scale + (bias ? bias[n] : 0.0));
+    }
+}
+
 }  // namespace mambaq::ref
