@@ -6,6 +6,6 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   g++ cmake make pkg-config git ca-certificates \
   libdnnl-dev ocl-icd-opencl-dev nlohmann-json3-dev libcli11-dev libfmt-dev \
-  libzip-dev zlib1g-dev libpcre2-dev libutf8proc-dev libssl-dev libtomlplusplus-dev \
+  libzip-dev zlib1g-dev libpcre2-dev libutf8proc-dev libssl-dev libtomlplusplus-dev libeigen3-dev \
   libgtest-dev libbenchmark-dev \
   clang libclang-rt-14-dev

@@ -37,10 +37,11 @@ struct LayerWeights {
 };
 
 struct ModelWeights {
-  Weight embedding;  // {padded_vocab, d_model}
+  QTensor embedding;  // {padded_vocab, d_model}; quantized: one scale per row (Quamba2)
   std::vector<LayerWeights> layers;
   Weight norm_f, norm_f_b;  // {d_model}; the bias only for LayerNorm
-  Weight lm_head;    // {padded_vocab, d_model} (the embedding when tied)
+  QTensor lm_head;    // {padded_vocab, d_model} (the embedding's buffer when tied)
+  bool tied() const { return lm_head.data == embedding.data; }
 };
 
 // Recurrent state of one sequence: per layer the last d_conv-1 conv inputs and the SSM state,
@@ -157,6 +158,13 @@ class Model {
   void forward(std::span<const int32_t> tokens, std::span<const int> lens, SeqState* const* states, float* hidden,
                Tap* tap = nullptr) const;
 
+  // The parts of forward, for layer-by-layer procedures (GPTQ): the embedding rows of `tokens`
+  // {T, d_model}; layers [l0, l1) run in place on a residual stream {sum(lens), d_model} (no
+  // recurrent state); the final norm.
+  void embed(std::span<const int32_t> tokens, float* residual) const;
+  void forward_layers(float* residual, std::span<const int> lens, int l0, int l1, Tap* tap = nullptr) const;
+  void final_norm(const float* residual, int T, float* hidden) const;
+
   // logits {rows, padded_vocab} = hidden {rows, d_model} x lm_head^T
   void lm_head(const float* hidden, int rows, float* logits) const;
 
@@ -169,8 +177,10 @@ class Model {
   std::vector<TensorInfo> info_;
   std::shared_ptr<const QuantState> q_;
   std::shared_ptr<const PreparedPlan> plan_;
+  bool quantized_head() const;
   void set_plan(ExecPlan plan, const Model* fp);
   void block_norm(const float* x, const Weight& w, const Weight& b, float* out, int T) const;
+  void run_layers(float* r, std::span<const int> offs, int l0, int l1, SeqState* const* states, Tap* tap) const;
   void check_finite(const float* x, int T, int layer, const char* what) const;
 };
 

@@ -8,6 +8,7 @@
 #include "analysis/explog.h"
 #include "analysis/snapshot.h"
 #include "cli/common.h"
+#include "io/json_file.h"
 #include "io/mmap_file.h"
 #include "io/npz.h"
 #include "core/stats.h"
@@ -33,23 +34,56 @@ nlohmann::json scale_stats(const Calibration& cal) {
   return j;
 }
 
+// --layer-config: a JSON list with one precision per layer (or {"layers": [...]}).
+std::vector<LayerPrecision> read_layer_config(const std::string& path) {
+  if (!fs::exists(path)) fail("--layer-config {}: file not found", path);
+  nlohmann::json j = read_json_file(path);
+  if (j.is_object() && j.contains("layers")) j = j["layers"];
+  if (!j.is_array() || j.empty())
+    fail("--layer-config {}: expected a JSON list of layer precisions (\"W4A8\", \"W4A16\", \"W8A8\", \"FP16\")", path);
+  std::vector<LayerPrecision> v;
+  for (size_t i = 0; i < j.size(); ++i) {
+    if (!j[i].is_string()) fail("--layer-config {}: entry {} is not a string", path, i);
+    v.push_back(LayerPrecision::parse(j[i].get<std::string>(), fmt::format("--layer-config {}: layer {}", path, i)));
+  }
+  return v;
+}
+
 Runner register_quantize(CLI::App& app) {
   struct Opts {
     std::string model, out, recipe = "quamba1", calib_data, pmode = "ema", gran = "tensor", log = "experiments.jsonl",
-                       npz;
-    int w_bits = 8, a_bits = 8, calib_num = 512, calib_seqlen = 512;
-    double alpha = 0.9995;
-    bool force = false, verbose = false, quiet = false, no_log = false;
+                       npz, preset, gptq_data, layer_config;
+    int w_bits = 8, a_bits = 8, calib_num = 512, calib_seqlen = 512, group_size = 128, gptq_num = 128,
+        gptq_seqlen = 512;
+    double alpha = 0.9995, gptq_damp = 0.01;
+    bool force = false, verbose = false, quiet = false, no_log = false, group_heads = false, gptq = false,
+         q_embedding = false, q_lm_head = false, no_rotate = false, gptq_act_order = false;
     std::string log_extra;
     Common c;
   };
   auto o = std::make_shared<Opts>();
-  auto* sub = app.add_subcommand("quantize", "Calibrate and quantize a model (Quamba W8A8), save it as a folder");
+  auto* sub = app.add_subcommand("quantize", "Calibrate and quantize a model (Quamba W8A8; Quamba2 W4A8, W4A16, W8A8), save it as a folder");
   sub->add_option("MODEL", o->model, "FP model folder")->required();
   sub->add_option("-o,--output", o->out, "Output folder (never overwritten without --force)")->required();
-  sub->add_option("--recipe", o->recipe, "Quantization recipe (quamba1)")->capture_default_str();
-  sub->add_option("--w-bits,--w_bits", o->w_bits, "Weight bits")->capture_default_str();
-  sub->add_option("--a-bits,--a_bits", o->a_bits, "Activation bits")->capture_default_str();
+  sub->add_option("--recipe", o->recipe, "Quantization recipe: quamba1 (W8A8) or quamba2 (W4A8, W4A16, W8A8)")->capture_default_str();
+  sub->add_option("--preset", o->preset,
+                  "quamba2 as the reference's published commands: w8a8 (+ embedding, lm_head), w4a8 and w4a16 (+ GPTQ, "
+                  "embedding, lm_head); implies --recipe quamba2");
+  sub->add_option("--w-bits,--w_bits", o->w_bits, "Weight bits (quamba2: 4 or 8)")->capture_default_str();
+  sub->add_option("--a-bits,--a_bits", o->a_bits, "Activation bits (quamba2: 8, or 16 = float activations)")->capture_default_str();
+  sub->add_option("--group-size", o->group_size, "4-bit weights: input columns per scale")->capture_default_str()->check(at_least(32));
+  sub->add_flag("--gptq,--apply_gptq", o->gptq, "GPTQ for in_proj and out_proj (and the LM head with --quantize-lm-head)");
+  sub->add_option("--gptq-data", o->gptq_data, "GPTQ's documents (default: the calibration documents)");
+  sub->add_option("--gptq-num", o->gptq_num, "GPTQ samples")->capture_default_str()->check(at_least(1));
+  sub->add_option("--gptq-seqlen", o->gptq_seqlen, "Tokens per GPTQ sample")->capture_default_str()->check(at_least(1));
+  sub->add_option("--gptq-damp", o->gptq_damp, "GPTQ damping, times the mean diagonal of the Hessian")->capture_default_str();
+  sub->add_flag("--gptq-act-order", o->gptq_act_order, "GPTQ: columns in order of decreasing Hessian diagonal");
+  sub->add_flag("--group-heads,--group_heads", o->group_heads, "quamba2: reorder and group Mamba2 heads (grouped scales)");
+  sub->add_flag("--quantize-embedding,--quantize_embedding", o->q_embedding, "quamba2: embedding rows at the weight bits");
+  sub->add_flag("--quantize-lm-head,--quantize_lm_head", o->q_lm_head, "quamba2: the LM head at the weight (and activation) bits");
+  sub->add_flag("--no-residual-rotation", o->no_rotate, "quamba2: do not rotate the residual stream (ablation)");
+  sub->add_option("--layer-config", o->layer_config,
+                  "quamba2: JSON list of one precision per layer (W4A8, W4A16, W8A8, FP16), like the reference's hybrid blocks");
   sub->add_option("--calib-data", o->calib_data,
                   "Calibration documents: JSONL with a \"text\" field, or raw text (default: <data-dir>/corpus/calib.jsonl)");
   sub->add_option("--calib-num,--calib_data_num", o->calib_num, "Calibration samples")->capture_default_str()->check(at_least(1));
@@ -85,6 +119,20 @@ Runner register_quantize(CLI::App& app) {
     if (o->pmode != "ema" && o->pmode != "exact") fail("--percentile-mode '{}': expected ema or exact", o->pmode);
     if (o->gran != "tensor" && o->gran != "channel")
       fail("--weight-granularity '{}': expected tensor or channel", o->gran);
+    if (!o->preset.empty()) {  // the reference's eval.sh (quamba2.md §1)
+      if (o->preset != "w8a8" && o->preset != "w4a8" && o->preset != "w4a16")
+        fail("--preset '{}': expected w8a8, w4a8 or w4a16", o->preset);
+      if (o->recipe != "quamba1" && o->recipe != "quamba2") fail("--preset {} is a quamba2 preset, not {}", o->preset, o->recipe);
+      o->recipe = "quamba2";
+      o->w_bits = o->preset == "w8a8" ? 8 : 4;
+      o->a_bits = o->preset == "w4a16" ? 16 : 8;
+      o->gptq = o->gptq || o->preset != "w8a8";
+      o->q_embedding = o->q_lm_head = true;
+    }
+    if (o->recipe != "quamba2" && (o->group_heads || o->q_embedding || o->q_lm_head || o->no_rotate || !o->layer_config.empty()))
+      fail("--group-heads, --quantize-embedding, --quantize-lm-head, --no-residual-rotation and --layer-config are "
+           "quamba2 options (add --recipe quamba2)");
+    if (!(o->gptq_damp > 0)) fail("--gptq-damp {} must be positive", o->gptq_damp);
     if (fs::exists(o->out)) {
       std::error_code ec;
       if (fs::exists(o->model) && fs::equivalent(o->out, o->model, ec))
@@ -94,21 +142,56 @@ Runner register_quantize(CLI::App& app) {
     if (o->calib_data.empty()) o->calib_data = (fs::path(o->c.data_dir) / "corpus" / "calib.jsonl").string();
     QuantMeta meta;
     meta.recipe = o->recipe;
+    meta.preset = o->preset;
     meta.w_bits = o->w_bits;
     meta.a_bits = o->a_bits;
     meta.granularity = o->gran == "tensor" ? Granularity::Tensor : Granularity::Channel;
+    if (o->recipe == "quamba2") meta.granularity = o->w_bits == 4 ? Granularity::Group : Granularity::Tensor;
     meta.alpha = o->alpha;
     meta.pmode = o->pmode == "ema" ? PercentileMode::Ema : PercentileMode::Exact;
+    meta.group_size = o->group_size;
+    meta.rotate_residual = o->recipe == "quamba2" && !o->no_rotate;
+    meta.group_heads = o->group_heads;
+    meta.quantize_embedding = o->q_embedding;
+    meta.quantize_lm_head = o->q_lm_head;
+    meta.gptq = o->gptq;
+    meta.gptq_opts.num = o->gptq_num;
+    meta.gptq_opts.seqlen = o->gptq_seqlen;
+    meta.gptq_opts.damp = o->gptq_damp;
+    meta.gptq_opts.act_order = o->gptq_act_order;
+    if (!o->layer_config.empty()) meta.layers = read_layer_config(o->layer_config);
     if (!fs::is_regular_file(o->model)) recipe(meta.recipe).validate(load_config(o->model), meta);
+    if (o->gptq) {
+      if (o->gptq_data.empty()) o->gptq_data = o->calib_data;
+      if (!fs::exists(o->gptq_data)) fail("--gptq-data {}: file not found", o->gptq_data);
+    }
     auto fp = Model::load(o->model);
     if (fp->is_quantized()) fail("{}: the model is already quantized", o->model);
     if (fp->config().arch == Arch::Mamba2 && o->recipe == "quamba1")
       fmt::print(stderr, "note: the reference implementation quantizes Mamba2 with the Quamba2 recipe; quamba1 applies "
                          "Quamba's W8A8 scheme to Mamba2's points (docs/quantize.md)\n");
     auto tok = load_tokenizer(o->model, o->c);
-    const auto cs = make_calib_samples(*tok, o->calib_data, o->calib_seqlen, o->calib_num);
-    fmt::print(stderr, "calibration: {} samples of up to {} tokens from {} ({} available in {} documents)\n",
-               cs.samples.size(), o->calib_seqlen, o->calib_data, cs.available, cs.documents);
+    CalibSamples cs;
+    if (meta.any_a8()) {
+      cs = make_calib_samples(*tok, o->calib_data, o->calib_seqlen, o->calib_num);
+      fmt::print(stderr, "calibration: {} samples of up to {} tokens from {} ({} available in {} documents)\n",
+                 cs.samples.size(), o->calib_seqlen, o->calib_data, cs.available, cs.documents);
+    } else {
+      fmt::print(stderr, "calibration: none (activations stay in float)\n");
+    }
+    QuantizeInputs qi;
+    if (o->gptq) {
+      const auto gs = make_calib_samples(*tok, o->gptq_data, o->gptq_seqlen, o->gptq_num, "gptq_data");
+      qi.gptq_samples = gs.samples;
+      meta.gptq_opts.file = o->gptq_data;
+      meta.gptq_opts.sha256 = sha256_file(o->gptq_data);
+      meta.gptq_opts.num = int(gs.samples.size());
+      fmt::print(stderr, "gptq: {} samples of up to {} tokens from {}\n", gs.samples.size(), o->gptq_seqlen, o->gptq_data);
+    }
+    if (o->verbose && o->recipe == "quamba2")
+      fmt::print(stderr, "note: the percentile observer (alpha {}) calibrates x_conv_out and the SSM state as in the "
+                 "reference's non-grouped Mamba2 path; the reference's Quamba2 sets alpha 0.99999 but never applies it "
+                 "(docs/quamba2.md)\n", o->alpha);
     CalibOptions co;
     co.alpha = o->alpha;
     co.mode = meta.pmode;
@@ -120,23 +203,35 @@ Runner register_quantize(CLI::App& app) {
       snap = std::make_unique<SnapshotTap>(fp->config(), 3, 10000, 1234);
       co.extra = snap.get();
     }
-    const auto tc = std::chrono::steady_clock::now();
-    const Calibration cal = calibrate(*fp, cs, co);
-    const double calib_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - tc).count();
-    meta.calib_file = o->calib_data;
-    meta.calib_sha256 = sha256_file(o->calib_data);
-    meta.calib_samples = cs.samples.size();
-    meta.calib_available = cs.available;
-    meta.calib_seqlen = o->calib_seqlen;
+    if (meta.any_a8()) {
+      meta.calib_file = o->calib_data;
+      meta.calib_sha256 = sha256_file(o->calib_data);
+      meta.calib_samples = cs.samples.size();
+      meta.calib_available = cs.available;
+      meta.calib_seqlen = o->calib_seqlen;
+    }
     meta.source_model = o->model;
     meta.version = std::string(version()) + " (" + git_describe() + ")";
-    auto q = quantize_model(*fp, cal, meta);
+    qi.calib = &cs;
+    qi.calib_opts = co;
+    qi.gptq.damp = o->gptq_damp;
+    qi.gptq.act_order = o->gptq_act_order;
+    qi.progress = !o->quiet;
+    auto res = quantize(*fp, meta, qi);
+    const Calibration& cal = res.calibration;
+    const double calib_s = res.calibrate_s;
+    auto& q = res.model;
     save_quantized(*q, o->out, find_tokenizer(o->model, o->c.data_dir));
     if (snap) save_npz(o->npz, snap->arrays());
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    fmt::print("quantized {} -> {} ({} W{}A{}, alpha {} {}, weights per {}): {:.1f} MiB -> {:.1f} MiB, {:.1f} s\n",
-               o->model, o->out, o->recipe, o->w_bits, o->a_bits, o->alpha, o->pmode, o->gran,
-               double(fp->weight_bytes()) / (1 << 20), double(q->weight_bytes()) / (1 << 20), wall);
+    const std::string wdesc = o->recipe == "quamba2"
+                                  ? (o->w_bits == 4 ? fmt::format("weights 4-bit g{}", o->group_size) : "weights per tensor/split") +
+                                        std::string(o->gptq ? " gptq" : "") + (o->q_embedding ? " +embedding" : "") +
+                                        (o->q_lm_head ? " +lm_head" : "")
+                                  : fmt::format("weights per {}{}", o->gran, o->gptq ? " gptq" : "");
+    fmt::print("quantized {} -> {} ({} W{}A{}, alpha {} {}, {}): {:.1f} MiB -> {:.1f} MiB, {:.1f} s\n", o->model, o->out,
+               o->recipe, o->w_bits, o->a_bits, o->alpha, o->pmode, wdesc, double(fp->weight_bytes()) / (1 << 20),
+               double(q->weight_bytes()) / (1 << 20), wall);
     if (!o->no_log) {
       nlohmann::json r = log_header("quantize");
       r["model"] = o->model;
@@ -147,10 +242,23 @@ Runner register_quantize(CLI::App& app) {
                     {"calib_num", o->calib_num},     {"calib_seqlen", o->calib_seqlen},
                     {"percentile_alpha", o->alpha},  {"percentile_mode", o->pmode},
                     {"weight_granularity", o->gran}, {"threads", num_threads()}};
+      if (o->recipe == "quamba2" || o->gptq) {
+        r["flags"]["preset"] = o->preset;
+        r["flags"]["group_size"] = o->group_size;
+        r["flags"]["gptq"] = o->gptq;
+        r["flags"]["group_heads"] = o->group_heads;
+        r["flags"]["quantize_embedding"] = o->q_embedding;
+        r["flags"]["quantize_lm_head"] = o->q_lm_head;
+        r["flags"]["rotate_residual"] = meta.rotate_residual;
+        if (!o->layer_config.empty()) r["flags"]["layer_config"] = o->layer_config;
+        if (o->gptq) r["flags"]["gptq_data"] = o->gptq_data, r["flags"]["gptq_num"] = o->gptq_num,
+                     r["flags"]["gptq_seqlen"] = o->gptq_seqlen;
+      }
       r["calibration"] = {{"samples", cs.samples.size()}, {"available", cs.available},
                           {"documents", cs.documents},    {"seqlen", o->calib_seqlen},
                           {"sha256", meta.calib_sha256},  {"scales", scale_stats(cal)}};
       r["results"] = {{"calibrate_s", calib_s},
+                      {"gptq_s", res.gptq_s},
                       {"weight_mib_fp32", double(fp->weight_bytes()) / (1 << 20)},
                       {"weight_mib_quantized", double(q->weight_bytes()) / (1 << 20)}};
       r["wall_s"] = wall;

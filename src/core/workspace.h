@@ -14,7 +14,7 @@ enum ScratchSlot {
   kSlotResidual, kSlotNormed, kSlotMixerOut,                                 // model/model.cc
   kSlotInProj, kSlotConvOut, kSlotXProj, kSlotDelta, kSlotScanOut, kSlotUssm,  // model/mamba{1,2}.cc
   kSlotQIn, kSlotQInProj, kSlotQConv, kSlotQXProj, kSlotQDelta, kSlotQOut,     // model/exec.cc: int8 codes
-  kSlotQState, kSlotTapView, kSlotGateZ,                                       // model/exec.cc
+  kSlotQState, kSlotTapView, kSlotGateZ, kSlotQHead,                                       // model/exec.cc
   kSlotQDeq0, kSlotQDeq1, kSlotQDeq2, kSlotQDeq3, kSlotQDeq4, kSlotQAcc, kSlotQGemmA, kSlotQGemmW,  // kernels
 };
 

@@ -112,6 +112,11 @@ std::vector<float> dequantize_weight(const QTensor& w) {
   return out;
 }
 
+void dequantize_row(const QTensor& w, int row, float* out) {
+  const int cols = w.cols();
+  for (int c = 0; c < cols; ++c) out[c] = float(w.code(row, c)) * w.scale_of(row, c);
+}
+
 void fake_quantize(float* x, size_t n, float scale, int bits) {
   if (!(scale > 0)) fail("internal error: fake_quantize with scale {}", scale);
   const int qmax = qmax_of(bits);

@@ -34,6 +34,8 @@ QTensor make_qtensor(const std::vector<int8_t>& codes, int rows, int cols, int b
 bool s4_supported(int cols, int group);
 // codes * scales -> {rows, cols}
 std::vector<float> dequantize_weight(const QTensor& w);
+// One row {cols} of a quantized weight (a quantized embedding's lookup).
+void dequantize_row(const QTensor& w, int row, float* out);
 
 // In place quantize-dequantize of activations with one static scale (fake quantization).
 void fake_quantize(float* x, size_t n, float scale, int bits = 8);

@@ -27,8 +27,9 @@ Weight fused_right(const Weight& w) {  // W H^T, for an out_proj that reads the 
   return Weight::from_vector(std::move(v), w.shape);
 }
 
+// a16: the layer (or head) keeps its activations in float (W4A16, FP16 layers): no use quantizes.
 void resolve_taps(const ModelConfig& cfg, const QuantState* q, int layer, const std::array<Prec, kOpKinds>& prec,
-                  bool rotate, LayerExec& le) {
+                  bool rotate, bool a16, LayerExec& le) {
   le.prec = prec;
   le.fake = std::find(prec.begin(), prec.end(), Prec::Fake) != prec.end();
   for (const auto& u : point_uses(cfg.arch)) {
@@ -42,6 +43,7 @@ void resolve_taps(const ModelConfig& cfg, const QuantState* q, int layer, const 
     const auto [c0, c1] = col_range(cfg, u.cols, width);
     Prec p = prec[unsigned(u.kind)];
     if (sp->hadamard && !rotate) p = Prec::F32;  // its scale belongs to the rotated values
+    if (a16) p = Prec::F32;
     float s = 0;
     if (p != Prec::F32) {
       const PointScale* ps = q ? q->scales.find(layer, u.scale) : nullptr;
@@ -83,19 +85,24 @@ std::shared_ptr<PreparedPlan> prepare_plan(const ModelConfig& cfg, const ModelWe
   }
   for (int l = 0; l < cfg.n_layer; ++l) {
     const LayerWeights& L = w.layers[size_t(l)];
+    // a layer whose activations stay float (W4A16, FP16 in a --layer-config): only its linear ops
+    // run quantized kernels (W4A16), its conv, scan and norm run float on float states
+    const LayerPrecision lp = q ? q->meta.layer(l) : LayerPrecision{32, 32};
+    const bool a16 = lp.a_bits != 8;
+    auto& row = plan.layers[size_t(l)];
+    if (q && a16)
+      for (int k = 0; k < kOpKinds; ++k)
+        if (OpKind(k) != OpKind::Linear || lp.fp()) row[size_t(k)] = Prec::F32;
     LayerExec& le = pp->layers.emplace_back();
     le.rotate = L.out_proj_rotated && plan.rotate();
-    resolve_taps(cfg, q, l, plan.layers[size_t(l)], le.rotate, le);
+    resolve_taps(cfg, q, l, row, le.rotate, q && a16, le);
     for (int p = 0; p < kProjs; ++p) {
       const QTensor& t = L.proj(Proj(p));
       if (t.empty()) continue;
       const Prec pr = le.prec[unsigned(p == kConv ? OpKind::Conv : OpKind::Linear)];
-      if (pr == Prec::Int8) {
-        if (t.format != WFormat::S8)
-          fail("layer {} {}: the int8 plan needs int8 weights, this one is {}", l, proj_name(Proj(p)),
-               wformat_name(t.format));
-        continue;
-      }
+      // integer kernels read the stored codes: W8A8 (int8 codes in), W4A8, W4A16; anything else
+      // (fp32 / fake plans, float weights, int8 weights on float activations) reads float weights
+      if (pr == Prec::Int8 && (t.format == WFormat::S4 || (t.format == WFormat::S8 && !a16))) continue;
       le.fw[size_t(p)] = float_view(t);
     }
     if (fp) {  // --fp-ops: the FP model's weights where its kinds stay float
@@ -113,12 +120,16 @@ std::shared_ptr<PreparedPlan> prepare_plan(const ModelConfig& cfg, const ModelWe
             so.format == WFormat::F32
                 ? fo
                 : Weight::from_vector(dequantize_weight(quantize_weight(fo.data, so.rows(), so.cols(), so.granularity,
-                                                                        so.bits)),
+                                                                        so.bits, so.group)),
                                       fo.shape);
       }
     }
   }
-  resolve_taps(cfg, q, -1, plan.head, true, pp->head);
+  const bool head_a16 = !q || q->meta.a_bits != 8;
+  if (q && q->meta.quantize_lm_head && head_a16 && plan.head[unsigned(OpKind::Head)] == Prec::Fake)
+    plan.head[unsigned(OpKind::Head)] = Prec::F32;  // W4A16 head: nothing to simulate but its weights
+  resolve_taps(cfg, q, -1, plan.head, true, head_a16, pp->head);
+  if (!w.lm_head.f32() && plan.head[unsigned(OpKind::Head)] != Prec::Int8) pp->head_fw = float_view(w.lm_head);
   pp->plan = std::make_unique<ExecPlan>(std::move(plan));
   return pp;
 }
@@ -171,14 +182,19 @@ Act Exec::linear(Proj p, Act in, const Weight& bias, float* out) {
   const QTensor& W = L_->proj(p);
   const int N = W.rows(), K = W.cols();
   MQ_ASSERT(in.cols == K && in.rows == T);
-  if (in.codes()) {
-    MQ_ASSERT(W.s8());
+  const Weight& f = le_->fw[size_t(p)];
+  if (in.codes() && W.s8()) {  // W8A8
     k.gemm_s8(T, N, K, in.q, in.ld, in.s(), W.s8(), W.scales.data(), W.granularity == Granularity::Channel, bias.data,
               out, N);
-  } else {
-    const Weight& f = le_->fw[size_t(p)];
-    MQ_ASSERT(f.data && f.dim(0) == N && f.dim(1) == K);
+  } else if (in.codes()) {  // W4A8
+    MQ_ASSERT(W.s4());
+    k.gemm_s8w4(T, N, K, in.q, in.ld, in.s(), W.s4(), W.scales.data(), W.group, bias.data, out, N);
+  } else if (f.data) {  // float weights (fp32, fake, or a float layer)
+    MQ_ASSERT(f.dim(0) == N && f.dim(1) == K);
     k.gemm(T, N, K, in.f, in.ld, f.data, bias.data, out, N);
+  } else {  // W4A16
+    MQ_ASSERT(W.s4());
+    k.gemm_w4(T, N, K, in.f, in.ld, W.s4(), W.scales.data(), W.group, bias.data, out, N);
   }
   return Act::floats(out, T, N, N);
 }

@@ -61,6 +61,7 @@ struct PreparedPlan {
   std::unique_ptr<ExecPlan> plan;
   std::vector<LayerExec> layers;
   LayerExec head;                      // layer -1
+  Weight head_fw;                      // a quantized LM head's float weights, when its plan runs float
   int a_bits = 8;
 };
 

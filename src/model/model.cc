@@ -14,6 +14,7 @@
 #include "model/mixers.h"
 #include "model/plan.h"
 #include "model/quant_state.h"
+#include "kernels/wquant.h"
 
 namespace mambaq {
 
@@ -45,7 +46,7 @@ void Model::set_plan(ExecPlan plan, const Model* fp) { plan_ = prepare_plan(cfg_
 void Model::set_mode(ExecMode m) {
   if (m != ExecMode::FP32 && !q_)
     fail_option("mode", "mode {}: the model is not quantized (make one with `mambaq quantize`, or run it in mode fp32)", mode_name(m));
-  set_plan(make_plan(m, 0, cfg_.n_layer, false), nullptr);
+  set_plan(make_plan(m, 0, cfg_.n_layer, quantized_head()), nullptr);
 }
 
 void Model::set_fp_ops(unsigned mask, const Model* fp) {
@@ -54,11 +55,16 @@ void Model::set_fp_ops(unsigned mask, const Model* fp) {
     fail_option("fp_ops", "fp_ops runs in the fake-quant simulation (mode fake), not in mode {}", mode_name(mode()));
   if ((mask & kFpNorm) && cfg_.arch == Arch::Mamba1)
     fail_option("fp_ops", "fp_ops norm: a Mamba1 model has no quantized norm input (its norms always run in FP32); leave it out");
-  if (mask & kFpHead)
-    fail_option("fp_ops", "fp_ops head: this model's LM head is not quantized (the {} recipe keeps it in FP32), so there is "
-         "nothing to keep in float; leave it out",
+  if ((mask & kFpHead) && !quantized_head())
+    fail_option("fp_ops", "fp_ops head: this model's LM head is not quantized (the {} recipe keeps it in FP32 without "
+         "--quantize-lm-head), so there is nothing to keep in float; leave it out",
          q_ ? q_->meta.recipe : "fp");
-  set_plan(make_plan(ExecMode::Fake, mask, cfg_.n_layer, false), fp);
+  if ((mask & (kFpLinear | kFpConv | kFpHadamard)) && q_ && (q_->meta.rotate_residual || q_->meta.group_heads))
+    fail_option("fp_ops", "fp_ops {}: this model's weights are rotated{} by the {} recipe, and an FP model's weights are "
+         "not; keep ssm, norm or head in float instead",
+         fp_ops_str(mask & (kFpLinear | kFpConv | kFpHadamard)), q_->meta.group_heads ? " and reordered" : "",
+         q_->meta.recipe);
+  set_plan(make_plan(ExecMode::Fake, mask, cfg_.n_layer, quantized_head()), fp);
 }
 
 // The block and final norms: RMSNorm, or LayerNorm with bias (state-spaces "rms_norm": false).
@@ -80,33 +86,72 @@ void Model::check_finite(const float* x, int T, int layer, const char* what) con
        "this input", x[i], where, mode_name(mode()), i / cfg_.d_model, q_ ? " or quantization scales" : "");
 }
 
-void Model::forward(std::span<const int32_t> tokens, std::span<const int> lens, SeqState* const* states,
-                    float* hidden, Tap* tap) const {
-  const ExecPlan& plan = this->plan();
-  const int dm = cfg_.d_model;
+namespace {
+std::vector<int> offsets(std::span<const int> lens) {
   std::vector<int> offs(lens.size() + 1, 0);
   for (size_t s = 0; s < lens.size(); ++s) {
     MQ_ASSERT(lens[s] >= 0);
     offs[s + 1] = offs[s] + lens[s];
   }
+  return offs;
+}
+}  // namespace
+
+void Model::embed(std::span<const int32_t> tokens, float* r) const {
+  const int dm = cfg_.d_model;
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    const int32_t id = tokens[t];
+    if (id < 0 || id >= cfg_.padded_vocab)
+      fail("token id {} is outside the model's vocabulary [0, {})", id, cfg_.padded_vocab);
+    if (const float* e = w_.embedding.f32())
+      std::memcpy(r + t * size_t(dm), e + size_t(id) * dm, sizeof(float) * size_t(dm));
+    else
+      dequantize_row(w_.embedding, id, r + t * size_t(dm));  // a quantized embedding: one row per token
+  }
+}
+
+void Model::forward(std::span<const int32_t> tokens, std::span<const int> lens, SeqState* const* states,
+                    float* hidden, Tap* tap) const {
+  const int dm = cfg_.d_model;
+  const std::vector<int> offs = offsets(lens);
   const int T = offs.back();
   MQ_ASSERT(size_t(T) == tokens.size());
   if (T == 0) return;
-  Exec X(cfg_, *plan_, default_backend(), tap, offs);
   // r: the residual stream {T, d_model}
   float* r = scratch(kSlotResidual, size_t(T) * dm);
+  embed(tokens, r);
+  run_layers(r, offs, 0, cfg_.n_layer, states, tap);
+  block_norm(r, w_.norm_f, w_.norm_f_b, hidden, T);
+  check_finite(hidden, T, -1, "final norm output");
+  Exec X(cfg_, *plan_, default_backend(), tap, offs);
+  X.set_layer(-1, nullptr, nullptr, nullptr, nullptr, nullptr);
+  X.point("lm_head:input", Act::floats(hidden, T, dm, dm), kSlotQIn);
+  if (states)
+    for (size_t s = 0; s < lens.size(); ++s)
+      if (states[s]) states[s]->pos += lens[s];
+}
+
+void Model::forward_layers(float* residual, std::span<const int> lens, int l0, int l1, Tap* tap) const {
+  MQ_ASSERT(0 <= l0 && l0 <= l1 && l1 <= cfg_.n_layer);
+  const std::vector<int> offs = offsets(lens);
+  if (offs.back() == 0) return;
+  run_layers(residual, offs, l0, l1, nullptr, tap);
+}
+
+void Model::final_norm(const float* residual, int T, float* hidden) const {
+  block_norm(residual, w_.norm_f, w_.norm_f_b, hidden, T);
+}
+
+void Model::run_layers(float* r, std::span<const int> offs, int l0, int l1, SeqState* const* states, Tap* tap) const {
+  const ExecPlan& plan = this->plan();
+  const int dm = cfg_.d_model, T = offs.back();
+  Exec X(cfg_, *plan_, default_backend(), tap, offs);
   float* x = scratch(kSlotNormed, size_t(T) * dm);
   float* mix = scratch(kSlotMixerOut, size_t(T) * dm);
-  for (int t = 0; t < T; ++t) {
-    const int32_t id = tokens[size_t(t)];
-    if (id < 0 || id >= cfg_.padded_vocab)
-      fail("token id {} is outside the model's vocabulary [0, {})", id, cfg_.padded_vocab);
-    std::memcpy(r + size_t(t) * dm, w_.embedding.data + size_t(id) * dm, sizeof(float) * size_t(dm));
-  }
-  const size_t nseq = lens.size();
+  const size_t nseq = offs.size() - 1;
   std::vector<float*> conv_f(nseq, nullptr), ssm_f(nseq, nullptr);
   std::vector<int8_t*> conv_q(nseq, nullptr), ssm_q(nseq, nullptr);
-  for (int l = 0; l < cfg_.n_layer; ++l) {
+  for (int l = l0; l < l1; ++l) {
     const LayerWeights& L = w_.layers[size_t(l)];
     // each sequence's state, in the format this layer's plan keeps it
     const bool conv8 = plan.at(l, OpKind::Conv) == Prec::Int8, ssm8 = plan.at(l, OpKind::Ssm) == Prec::Int8;
@@ -136,19 +181,32 @@ void Model::forward(std::span<const int32_t> tokens, std::span<const int> lens, 
     if (tap) tap->on(l, kTapBlockOut, r, T, dm, offs);
     check_finite(r, T, l, "block output");
   }
-  block_norm(r, w_.norm_f, w_.norm_f_b, hidden, T);
-  check_finite(hidden, T, -1, "final norm output");
-  X.set_layer(-1, nullptr, nullptr, nullptr, nullptr, nullptr);
-  X.point("lm_head:input", Act::floats(hidden, T, dm, dm), kSlotQIn);
-  if (states)
-    for (size_t s = 0; s < lens.size(); ++s)
-      if (states[s]) states[s]->pos += lens[s];
 }
 
+bool Model::quantized_head() const { return q_ && q_->meta.quantize_lm_head; }
+
 void Model::lm_head(const float* hidden, int rows, float* logits) const {
-  MQ_ASSERT(plan().at(-1, OpKind::Head) == Prec::F32);  // no recipe quantizes the head yet
-  default_backend().gemm(rows, cfg_.padded_vocab, cfg_.d_model, hidden, cfg_.d_model, w_.lm_head.data, nullptr, logits,
-                         cfg_.padded_vocab);
+  const Backend& k = default_backend();
+  const QTensor& W = w_.lm_head;
+  const int V = cfg_.padded_vocab, dm = cfg_.d_model;
+  const Prec p = plan().at(-1, OpKind::Head);
+  const TapExec* te = plan_->head.tap("lm_head:input");
+  const float s = te && !te->uses.empty() ? te->uses[0].scale : 0.f;
+  if (W.f32()) {
+    k.gemm(rows, V, dm, hidden, dm, W.f32(), nullptr, logits, V);
+  } else if (p == Prec::Int8 && s > 0) {  // W8A8 / W4A8: the hidden state as int8 codes
+    int8_t* q = scratch_i8(kSlotQHead, size_t(rows) * dm);
+    k.quantize(hidden, rows, dm, dm, s, q, dm);
+    if (W.s8())
+      k.gemm_s8(rows, V, dm, q, dm, s, W.s8(), W.scales.data(), W.granularity == Granularity::Channel, nullptr, logits, V);
+    else
+      k.gemm_s8w4(rows, V, dm, q, dm, s, W.s4(), W.scales.data(), W.group, nullptr, logits, V);
+  } else if (p == Prec::Int8 && W.s4()) {  // W4A16
+    k.gemm_w4(rows, V, dm, hidden, dm, W.s4(), W.scales.data(), W.group, nullptr, logits, V);
+  } else {  // fp32 / fake: the dequantized weights (fake: `hidden` was quantize-dequantized by forward)
+    MQ_ASSERT(plan_->head_fw.data);
+    k.gemm(rows, V, dm, hidden, dm, plan_->head_fw.data, nullptr, logits, V);
+  }
   // The inputs are finite (checked in forward) and so are the weights (checked at load); only an
   // overflow of the dot products is left. Checked for the few rows of decoding and `logits`;
   // scoring checks its log-likelihoods instead of a second pass over {rows, vocab}.
@@ -164,8 +222,11 @@ size_t Model::weight_bytes() const {
   plan();  // fails clearly if the weights changed since the plan was made
   size_t n = 0;
   auto f = [&](const Weight& w) { n += w.data ? size_t(w.size()) * 4 : 0; };
-  f(w_.embedding), f(w_.norm_f), f(w_.norm_f_b);
-  if (w_.lm_head.data != w_.embedding.data) f(w_.lm_head);
+  n += w_.embedding.bytes();
+  f(w_.norm_f), f(w_.norm_f_b);
+  if (!w_.tied()) {
+    if (plan_->head_fw.data) f(plan_->head_fw); else n += w_.lm_head.bytes();
+  }
   for (size_t l = 0; l < w_.layers.size(); ++l) {
     const auto& L = w_.layers[l];
     for (const Weight* x : {&L.norm, &L.norm_b, &L.in_proj_b, &L.conv_b, &L.dt_proj_b, &L.dt_bias, &L.A_log, &L.D, &L.gnorm,

@@ -8,7 +8,7 @@ std::vector<TensorSpec> tensor_specs(const ModelConfig& cfg, Layout layout) {
   const int64_t V = cfg.padded_vocab, dm = cfg.d_model, di = cfg.d_inner, N = cfg.d_state, K = cfg.d_conv;
   std::vector<TensorSpec> v;
   v.push_back({layout == Layout::HF ? "backbone.embeddings.weight" : "backbone.embedding.weight", {V, dm}, -1,
-               &ModelWeights::embedding});
+               nullptr, nullptr, kProjs, true});
   for (int l = 0; l < cfg.n_layer; ++l) {
     const std::string p = layer_prefix(l), m = p + "mixer.";
     auto f = [&](const std::string& n, std::vector<int64_t> s, Weight LayerWeights::*fl) {

@@ -18,9 +18,10 @@ struct TensorSpec {
   std::string name;
   std::vector<int64_t> shape;              // as stored (conv1d: {conv_dim, 1, d_conv})
   int layer = -1;                          // -1: not a layer's
-  Weight ModelWeights::*model = nullptr;   // embedding, norm_f, norm_f_b (the head is bound apart)
+  Weight ModelWeights::*model = nullptr;   // norm_f, norm_f_b (the head is bound apart)
   Weight LayerWeights::*field = nullptr;   // a float tensor of the layer, or
   Proj proj = kProjs;                      // a projection
+  bool embedding = false;                  // the embedding (a QTensor of ModelWeights)
 };
 
 // Every tensor the config implies, except the LM head (tied or not: see weights.cc).

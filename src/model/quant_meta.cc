@@ -18,11 +18,37 @@ PointScale* ScaleTable::find(int layer, const std::string& point) {
   return nullptr;
 }
 
+std::string LayerPrecision::name() const {
+  if (fp()) return "FP16";
+  return "W" + std::to_string(w_bits) + "A" + std::to_string(a_bits);
+}
+
+LayerPrecision LayerPrecision::parse(const std::string& s, const std::string& where) {
+  if (s == "W4A8") return {4, 8};
+  if (s == "W4A16") return {4, 16};
+  if (s == "W8A8") return {8, 8};
+  if (s == "FP16" || s == "FP32") return {32, 32};
+  fail("{}: layer precision '{}' is not one of W4A8, W4A16, W8A8, FP16", where, s);
+}
+
+bool QuantMeta::any_a8() const {
+  if (layers.empty()) return a_bits == 8;
+  for (const auto& l : layers)
+    if (l.a_bits == 8) return true;
+  return quantize_lm_head && a_bits == 8;
+}
+
+namespace {
+const char* gran_name(Granularity g) {
+  return g == Granularity::Tensor ? "tensor" : g == Granularity::Channel ? "channel" : "group";
+}
+}  // namespace
+
 nlohmann::json QuantMeta::to_json() const {
-  return {{"recipe", recipe},
+  nlohmann::json j = {{"recipe", recipe},
           {"w_bits", w_bits},
           {"a_bits", a_bits},
-          {"weight_granularity", granularity == Granularity::Tensor ? "tensor" : "channel"},
+          {"weight_granularity", gran_name(granularity)},
           {"observers",
            {{"default", "minmax"},
             {"percentile_alpha", alpha},
@@ -36,6 +62,24 @@ nlohmann::json QuantMeta::to_json() const {
             {"seqlen", calib_seqlen}}},
           {"source_model", source_model},
           {"mambaq_version", version}};
+  if (recipe != "quamba1") {
+    if (!preset.empty()) j["preset"] = preset;
+    j["group_size"] = group_size;
+    j["rotate_residual"] = rotate_residual;
+    j["group_heads"] = group_heads;
+    j["quantize_embedding"] = quantize_embedding;
+    j["quantize_lm_head"] = quantize_lm_head;
+    j["hadamard"] = rotate_residual ? "residual stream (folded), out_proj:input (online)" : "out_proj:input";
+  }
+  if (gptq)
+    j["gptq"] = {{"file", gptq_opts.file},      {"sha256", gptq_opts.sha256}, {"samples", gptq_opts.num},
+                 {"seqlen", gptq_opts.seqlen},  {"damp", gptq_opts.damp},     {"block", gptq_opts.block},
+                 {"act_order", gptq_opts.act_order}};
+  if (!layers.empty()) {
+    auto& a = j["layer_precision"] = nlohmann::json::array();
+    for (const auto& l : layers) a.push_back(l.name());
+  }
+  return j;
 }
 
 QuantMeta QuantMeta::from_json(const nlohmann::json& j, const std::string& src) {
@@ -54,8 +98,9 @@ QuantMeta QuantMeta::from_json(const nlohmann::json& j, const std::string& src) 
   m.a_bits = int(json_int(j, "a_bits", 0, w, 1, 16));
   need(j, "weight_granularity", w);
   const auto g = json_string(j, "weight_granularity", "", w);
-  if (g != "tensor" && g != "channel") fail("{}.weight_granularity '{}' is not tensor or channel", w, g);
-  m.granularity = g == "tensor" ? Granularity::Tensor : Granularity::Channel;
+  if (g != "tensor" && g != "channel" && g != "group")
+    fail("{}.weight_granularity '{}' is not tensor, channel or group", w, g);
+  m.granularity = g == "tensor" ? Granularity::Tensor : g == "channel" ? Granularity::Channel : Granularity::Group;
   const auto& o = need(j, "observers", w);
   need(o, "percentile_alpha", w + ".observers");
   m.alpha = json_number(o, "percentile_alpha", 0, w + ".observers");
@@ -72,9 +117,42 @@ QuantMeta QuantMeta::from_json(const nlohmann::json& j, const std::string& src) 
   m.calib_seqlen = int(json_int(c, "seqlen", 0, cw, 0, INT32_MAX));
   m.version = json_string(j, "mambaq_version", "", w);
   m.source_model = json_string(j, "source_model", "", w);
-  if (m.recipe != "quamba1") fail("{}: quantization.recipe '{}' is not supported (this build has: quamba1)", src, m.recipe);
-  if (m.w_bits != 8 || m.a_bits != 8)
+  if (m.recipe != "quamba1" && m.recipe != "quamba2")
+    fail("{}: quantization.recipe '{}' is not supported (this build has: quamba1, quamba2)", src, m.recipe);
+  if (m.recipe == "quamba1" && (m.w_bits != 8 || m.a_bits != 8))
     fail("{}: quantization W{}A{} is not supported by the quamba1 recipe (W8A8)", src, m.w_bits, m.a_bits);
+  if (m.recipe == "quamba2") {
+    if ((m.w_bits != 4 && m.w_bits != 8) || (m.a_bits != 8 && m.a_bits != 16) || (m.w_bits == 8 && m.a_bits == 16))
+      fail("{}: quantization W{}A{} is not a quamba2 precision (W4A8, W4A16, W8A8)", src, m.w_bits, m.a_bits);
+    m.preset = json_string(j, "preset", "", w);
+    m.group_size = int(json_int(j, "group_size", 128, w, 32, 1 << 20));
+    if (m.group_size % 32) fail("{}: field 'group_size' = {} is not a multiple of 32", w, m.group_size);
+    m.rotate_residual = json_bool(j, "rotate_residual", false, w);
+    m.group_heads = json_bool(j, "group_heads", false, w);
+    m.quantize_embedding = json_bool(j, "quantize_embedding", false, w);
+    m.quantize_lm_head = json_bool(j, "quantize_lm_head", false, w);
+  }
+  if (j.contains("gptq")) {
+    const auto& g2 = j["gptq"];
+    const std::string gw = w + ".gptq";
+    if (!g2.is_object()) fail("{} is not an object", gw);
+    m.gptq = true;
+    m.gptq_opts.file = json_string(g2, "file", "", gw);
+    m.gptq_opts.sha256 = json_string(g2, "sha256", "", gw);
+    m.gptq_opts.num = int(json_int(g2, "samples", 0, gw, 0, INT32_MAX));
+    m.gptq_opts.seqlen = int(json_int(g2, "seqlen", 0, gw, 0, INT32_MAX));
+    m.gptq_opts.damp = json_number(g2, "damp", 0.01, gw);
+    m.gptq_opts.block = int(json_int(g2, "block", 128, gw, 1, 1 << 20));
+    m.gptq_opts.act_order = json_bool(g2, "act_order", false, w);
+  }
+  if (j.contains("layer_precision")) {
+    const auto& a = j["layer_precision"];
+    if (!a.is_array()) fail("{}: field 'layer_precision' is not a list", w);
+    for (size_t i = 0; i < a.size(); ++i) {
+      if (!a[i].is_string()) fail("{}: layer_precision[{}] is not a string", w, i);
+      m.layers.push_back(LayerPrecision::parse(a[i].get<std::string>(), fmt::format("{}: layer_precision[{}]", w, i)));
+    }
+  }
   return m;
 }
 

@@ -32,11 +32,41 @@ struct ScaleTable {
   PointScale* find(int layer, const std::string& point);
 };
 
+// GPTQ's settings and data (quant/gptq.h), when the recipe ran it.
+struct GptqMeta {
+  std::string file, sha256;
+  int num = 128, seqlen = 1024;
+  double damp = 0.01;
+  int block = 128;
+  bool act_order = false;
+};
+
+// One layer's precision (--layer-config): W4A8, W4A16, W8A8, or FP16 (kept in float).
+struct LayerPrecision {
+  int w_bits = 8, a_bits = 8;  // 32/32: float
+  bool fp() const { return w_bits >= 16; }
+  std::string name() const;
+  static LayerPrecision parse(const std::string& s, const std::string& where);  // errors name `where`
+};
+
 // What `mambaq quantize` did; saved as config.json's "quantization" section.
 struct QuantMeta {
   std::string recipe = "quamba1";
+  std::string preset;  // quamba2: w8a8, w4a8, w4a16 (informational)
   int w_bits = 8, a_bits = 8;
   Granularity granularity = Granularity::Tensor;
+  int group_size = 128;         // 4-bit weights: input columns per scale
+  bool rotate_residual = false; // quamba2: Hadamard on the residual stream, folded into the weights
+  bool group_heads = false;     // quamba2: head reordering and grouped scales (Mamba2)
+  bool quantize_embedding = false, quantize_lm_head = false;
+  bool gptq = false;
+  GptqMeta gptq_opts;
+  std::vector<LayerPrecision> layers;  // per layer (--layer-config); empty: every layer w_bits/a_bits
+  LayerPrecision layer(int l) const {
+    return layers.empty() || l < 0 ? LayerPrecision{w_bits, a_bits} : layers.at(size_t(l));
+  }
+  // Some layer (or the head) quantizes activations: calibration is needed.
+  bool any_a8() const;
   double alpha = 0.9995;
   PercentileMode pmode = PercentileMode::Ema;
   std::string calib_file, calib_sha256;

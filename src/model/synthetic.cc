@@ -83,7 +83,7 @@ std::unique_ptr<Model> Model::random(const ModelConfig& cfg, uint64_t seed) {
   const int64_t N = cfg.d_state;
   for (const auto& t : tensor_specs(cfg, Layout::StateSpaces)) {
     const auto f = t.field;
-    if (t.model == &ModelWeights::embedding) {
+    if (t.embedding) {
       add(t.name, t.shape, normal);
     } else if (t.model || f == &LayerWeights::norm || f == &LayerWeights::gnorm || f == &LayerWeights::D) {
       add(t.name, t.shape, t.name.ends_with(".bias") ? std::function<float()>(normal) : one);

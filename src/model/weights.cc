@@ -55,8 +55,10 @@ struct Binder {
     return raw(name, shape, dtype_name(dt));
   }
 
-  std::vector<float> scales(const std::string& name, int64_t n) {
-    const RawTensor& s = typed(name, DType::F32, {n});
+  std::vector<float> scales(const std::string& name, int64_t n) { return scales(name, std::vector<int64_t>{n}); }
+  std::vector<float> scales(const std::string& name, const std::vector<int64_t>& shape) {
+    const RawTensor& s = typed(name, DType::F32, shape);
+    const int64_t n = numel(shape);
     std::vector<float> v(static_cast<size_t>(n));
     std::memcpy(v.data(), s.data, v.size() * 4);
     for (float x : v)
@@ -65,19 +67,43 @@ struct Binder {
     return v;
   }
 
-  // An int8 projection of a quantized folder: codes (zero-copy over the mapped file) + scales.
-  QTensor int8_proj(const TensorSpec& s, const QuantMeta& meta) {
-    const RawTensor& t = typed(s.name, DType::I8, s.shape);
+  // A weight of a quantized folder in the format it was saved in (docs/format.md): float
+  // values, int8 codes (I8, `shape`), or packed 4-bit codes (U8 {rows, cols / 2}); codes are
+  // zero-copy over the mapped file, with `<base>.weight_scale` {1} (per tensor), {rows} (per
+  // channel) or {rows, groups} (groups of meta.group_size columns; one group: the whole row).
+  QTensor stored(const std::string& name, const std::vector<int64_t>& shape, const QuantMeta& meta) {
+    auto it = store.tensors.find(name);
+    const int64_t rows = shape.front(), cols = shape.back();
+    if (it == store.tensors.end() || (it->second.dtype != DType::I8 && it->second.dtype != DType::U8)) {
+      QTensor t = QTensor::from_weight(take(name, shape));
+      t.shape = {rows, cols};
+      return t;
+    }
+    const bool s4 = it->second.dtype == DType::U8;
+    const RawTensor& t = s4 ? typed(name, DType::U8, {rows, cols / 2}) : typed(name, DType::I8, shape);
+    if (s4 && cols % 32) fail("{}: tensor '{}' is packed 4-bit but has {} columns (needs a multiple of 32)", store.source, name, cols);
     QTensor q;
-    q.format = WFormat::S8;
-    q.shape = {s.shape.front(), s.shape.back()};
+    q.format = s4 ? WFormat::S4 : WFormat::S8;
+    q.shape = {rows, cols};
     q.data = t.data;
     q.owner = t.owner;
-    q.bits = meta.w_bits;
-    const bool per_row = s.proj != kConv && meta.granularity == Granularity::Channel;
-    q.granularity = per_row ? Granularity::Channel : Granularity::Tensor;
-    const std::string base = s.name.substr(0, s.name.size() - std::string(".weight").size());
-    q.scales = scales(base + ".weight_scale", per_row ? s.shape[0] : 1);
+    q.bits = s4 ? 4 : 8;
+    const std::string base = name.substr(0, name.size() - std::string(".weight").size()), sn = base + ".weight_scale";
+    auto si = store.tensors.find(sn);
+    const std::vector<int64_t> ss = si == store.tensors.end() ? std::vector<int64_t>{} : si->second.shape;
+    if (s4) {
+      const int64_t ng = ss.size() == 2 && ss[0] == rows ? ss[1] : (cols + meta.group_size - 1) / meta.group_size;
+      q.granularity = Granularity::Group;
+      q.group = ng == 1 ? int(cols) : meta.group_size;
+      if (ng != 1 && ng != (cols + q.group - 1) / q.group)
+        fail("{}: scale '{}' has {} groups per row; {} columns in groups of {} (quantization.group_size) need {}",
+             store.source, sn, ng, cols, q.group, (cols + q.group - 1) / q.group);
+      q.scales = scales(sn, {rows, ng});
+    } else {
+      const bool per_row = ss.size() == 1 && ss[0] == rows && rows != 1;
+      q.granularity = per_row ? Granularity::Channel : Granularity::Tensor;
+      q.scales = scales(sn, per_row ? rows : 1);
+    }
     return q;
   }
 };
@@ -122,21 +148,29 @@ std::unique_ptr<Model> Model::from_store(const ModelConfig& cfg, const TensorSto
          store.source, emb, es[0], cfg.source, V, cfg.vocab_size);
   ModelWeights w;
   w.layers.resize(size_t(cfg.n_layer));
+  // conv1d {conv_dim, 1, d_conv} is held as {conv_dim, d_conv}
+  const auto qt = [&](const TensorSpec& s) {
+    if (q) return b.stored(s.name, s.shape, q->meta);
+    QTensor t = QTensor::from_weight(b.take(s.name, s.shape));
+    t.shape = {s.shape.front(), s.shape.back()};
+    return t;
+  };
   for (const auto& s : specs) {
-    if (s.model) {
+    if (s.embedding) {
+      w.embedding = qt(s);
+    } else if (s.model) {
       w.*(s.model) = b.take(s.name, s.shape);
     } else if (s.field) {
       w.layers[size_t(s.layer)].*(s.field) = b.take(s.name, s.shape);
     } else {
-      QTensor t = q ? b.int8_proj(s, q->meta) : QTensor::from_weight(b.take(s.name, s.shape));
-      t.shape = {s.shape.front(), s.shape.back()};  // conv1d {conv_dim, 1, d_conv} -> {conv_dim, d_conv}
-      w.layers[size_t(s.layer)].proj(s.proj) = std::move(t);
+      w.layers[size_t(s.layer)].proj(s.proj) = qt(s);
     }
   }
-  for (auto& L : w.layers) {
+  for (int l = 0; l < cfg.n_layer; ++l) {
+    LayerWeights& L = w.layers[size_t(l)];
     L.A.resize(size_t(L.A_log.size()));
     for (size_t k = 0; k < L.A.size(); ++k) L.A[k] = -std::exp(L.A_log.data[k]);
-    L.out_proj_rotated = bool(q);  // Quamba fuses H^T into out_proj
+    L.out_proj_rotated = q && !q->meta.layer(l).fp();  // Quamba fuses H^T into out_proj
   }
   // A tied head saved beside the embedding (state-spaces checkpoints store both names over one
   // storage) is the same tensor: held, counted and saved once.
@@ -149,7 +183,7 @@ std::unique_ptr<Model> Model::from_store(const ModelConfig& cfg, const TensorSto
     b.used.insert("lm_head.weight");
     w.lm_head = w.embedding;
   } else if (b.has("lm_head.weight")) {
-    w.lm_head = b.take("lm_head.weight", {V, dm});
+    w.lm_head = q ? b.stored("lm_head.weight", {V, dm}, q->meta) : QTensor::from_weight(b.take("lm_head.weight", {V, dm}));
   } else if (cfg.tie_embeddings) {
     w.lm_head = w.embedding;
   } else {
@@ -160,6 +194,7 @@ std::unique_ptr<Model> Model::from_store(const ModelConfig& cfg, const TensorSto
       for (const auto& sp : scale_points(cfg.arch)) {
         const int l = i < cfg.n_layer ? i : -1;  // the head's last
         if (sp.head != (l < 0)) continue;
+        if (l >= 0 && q->meta.layer(l).a_bits != 8) continue;  // a layer with float activations has none
         const std::string name = scale_tensor_name(cfg.arch, l, sp.name);
         if (l < 0 && !b.has(name)) continue;
         const float v = b.scales(name, 1)[0];

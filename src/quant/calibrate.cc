@@ -15,8 +15,9 @@ namespace mambaq {
 
 CalibSamples make_calib_samples(const Tokenizer& tok, const std::string& file, int seqlen, int num,
                                 const std::string& option) {
-  const bool calib = option == "calib_data";  // else compare's data / seqlen / samples
-  const std::string o_len = calib ? "calib_seqlen" : "seqlen", o_num = calib ? "calib_num" : "samples";
+  // calib_data / gptq_data name their seqlen and num options alike; compare's are data / seqlen / samples
+  const std::string pre = option.ends_with("_data") ? option.substr(0, option.size() - 4) : "";
+  const std::string o_len = pre.empty() ? "seqlen" : pre + "seqlen", o_num = pre.empty() ? "samples" : pre + "num";
   if (seqlen < 1) fail_option(o_len, "{} must be positive (got {})", o_len, seqlen);
   if (num < 1) fail_option(o_num, "{} must be positive (got {})", o_num, num);
   if (!std::filesystem::exists(file)) fail_option(option, "{}: {}: file not found", option, file);

@@ -1,7 +1,7 @@
 // Quamba (W8A8): static per-tensor activation scales (percentile on the SSM input and the state,
 // min-max elsewhere), int8 weights by round-to-nearest (per tensor as the reference, or per
-// channel), conv1d per tensor, H^T fused into out_proj with the Hadamard applied online to its
-// input; embedding, norms and LM head stay in FP32.
+// channel; in_proj and out_proj by GPTQ with --gptq), conv1d per tensor, H^T fused into out_proj
+// with the Hadamard applied online to its input; embedding, norms and LM head stay in FP32.
 #include "kernels/hadamard.h"
 #include "kernels/wquant.h"
 #include "mambaq/error.h"
@@ -11,13 +11,9 @@ namespace mambaq {
 
 namespace {
 
-QTensor rtn(const QTensor& w, Granularity g, int bits, bool fuse_hadamard = false) {
+QTensor rtn(const QTensor& w, Granularity g, int bits) {
   MQ_ASSERT(w.format == WFormat::F32);
-  const int rows = w.rows(), cols = w.cols();
-  if (!fuse_hadamard) return quantize_weight(w.f32(), rows, cols, g, bits);
-  std::vector<float> v(w.f32(), w.f32() + w.size());
-  hadamard_fuse_right(v.data(), rows, cols);  // W H^T: out_proj then reads H y
-  return quantize_weight(v.data(), rows, cols, g, bits);
+  return quantize_weight(w.f32(), w.rows(), w.cols(), g, bits);
 }
 
 class Quamba1 final : public Recipe {
@@ -39,27 +35,32 @@ class Quamba1 final : public Recipe {
 
   bool percentile(const ScalePoint& p) const override { return p.percentile; }
 
-  void quantize_layer(const ModelConfig& cfg, const QuantMeta& o, const LayerWeights& fp,
-                      LayerWeights& out) const override {
-    out.in_proj = rtn(fp.in_proj, o.granularity, o.w_bits);
+  std::vector<Proj> gptq_projs(const ModelConfig&, const QuantMeta& o, int) const override {
+    if (!o.gptq) return {};
+    return {kInProj, kOutProj};  // as the reference: x_proj and dt_proj keep round-to-nearest
+  }
+
+  void quantize_layer(const ModelConfig& cfg, const QuantMeta& o, int, const LayerWeights& fp, LayerWeights& out,
+                      const WeightQuantizer& wq) const override {
+    const WeightSpec spec{o.w_bits, o.granularity, 0, {}};
+    out.in_proj = wq(kInProj, fp.in_proj.f32(), fp.in_proj.rows(), fp.in_proj.cols(), spec);
     out.conv_w = rtn(fp.conv_w, Granularity::Tensor, o.w_bits);  // the reference: one scale for the conv
     if (cfg.arch == Arch::Mamba1) {
       out.x_proj = rtn(fp.x_proj, o.granularity, o.w_bits);
       out.dt_proj_w = rtn(fp.dt_proj_w, o.granularity, o.w_bits);
     }
-    out.out_proj = rtn(fp.out_proj, o.granularity, o.w_bits, /*fuse_hadamard=*/true);
+    std::vector<float> v(fp.out_proj.f32(), fp.out_proj.f32() + fp.out_proj.size());
+    hadamard_fuse_right(v.data(), fp.out_proj.rows(), fp.out_proj.cols());  // W H^T: out_proj then reads H y
+    out.out_proj = wq(kOutProj, v.data(), fp.out_proj.rows(), fp.out_proj.cols(), spec);
     out.out_proj_rotated = true;
   }
 };
 
 }  // namespace
 
-const Recipe& recipe(const std::string& name) {
-  static const Quamba1 quamba1;
-  if (name == quamba1.name()) return quamba1;
-  fail_option("recipe", "recipe '{}' is not in this build (recipes: quamba1)", name);
+const Recipe& quamba1_recipe() {
+  static const Quamba1 r;
+  return r;
 }
-
-std::vector<std::string> recipe_names() { return {"quamba1"}; }
 
 }  // namespace mambaq

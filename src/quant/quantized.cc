@@ -1,6 +1,7 @@
 // Building a quantized model from an FP model and a calibration, through a recipe; saving it.
 #include "quant/quantized.h"
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -14,43 +15,113 @@ namespace mambaq {
 
 namespace fs = std::filesystem;
 
-std::unique_ptr<Model> quantize_model(const Model& fp, const Calibration& cal, const QuantMeta& meta) {
+namespace {
+
+// How a weight is saved (docs/format.md): F32 values; S8 codes (I8, `shape`) or S4 packed codes
+// (U8 {rows, cols / 2}), with `<base>.weight_scale` beside them: {1}, {rows} or {rows, groups}.
+struct Stored {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> shape;
+  const void* data;
+};
+std::vector<Stored> stored_tensors(const std::string& name, const std::vector<int64_t>& shape, const QTensor& t) {
+  if (t.format == WFormat::F32) return {{name, DType::F32, shape, t.data}};
+  const std::string base = name.substr(0, name.size() - std::string(".weight").size());
+  std::vector<int64_t> ss;
+  switch (t.granularity) {
+    case Granularity::Tensor: ss = {1}; break;
+    case Granularity::Channel: ss = {t.rows()}; break;
+    case Granularity::Group: ss = {t.rows(), t.ngroups()}; break;
+  }
+  MQ_ASSERT(size_t(numel(ss)) == t.scales.size());
+  const bool s4 = t.format == WFormat::S4;
+  return {{name, s4 ? DType::U8 : DType::I8, s4 ? std::vector<int64_t>{t.rows(), t.cols() / 2} : shape, t.data},
+          {base + ".weight_scale", DType::F32, ss, t.scales.data()}};
+}
+
+}  // namespace
+
+std::unique_ptr<Model> quantize_model(const Model& fp, const Calibration& cal, const QuantMeta& meta,
+                                      const ModelWeights* quantized) {
   const Recipe& r = recipe(meta.recipe);
   if (fp.is_quantized()) fail("the model is already quantized");
   const auto& cfg = fp.config();
   r.validate(cfg, meta);
   auto q = std::make_shared<QuantState>();
   q->meta = meta;
-  for (int l = -1; l < cfg.n_layer; ++l)  // every point the recipe needs must be calibrated
+  const bool head_a8 = meta.quantize_lm_head && meta.a_bits == 8;
+  for (int l = -1; l < cfg.n_layer; ++l) {  // every point the plan reads must be calibrated
+    if (l >= 0 && meta.layer(l).a_bits != 8) continue;
     for (const auto& sp : scale_points(cfg.arch)) {
       if (sp.head != (l < 0)) continue;
       const PointScale* p = cal.find(l, sp.name);
       if (!p) {
-        if (l < 0) continue;  // the head's input scale is recorded when observed, never read by quamba1
+        if (l < 0 && !head_a8) continue;  // the head's input scale is recorded when observed
         fail("quantization: no scale for layer {} point '{}'", l, sp.name);
       }
       if (!(p->scale > 0)) fail("quantization: scale of layer {} point '{}' is {} (must be positive)", l, sp.name, p->scale);
     }
-  q->scales = cal;
+  }
+  for (const auto& p : cal.points)  // only the scales of layers that quantize activations are kept
+    if (p.layer < 0 || meta.layer(p.layer).a_bits == 8) q->scales.points.push_back(p);
   ModelWeights w = fp.weights();
-  for (int l = 0; l < cfg.n_layer; ++l) r.quantize_layer(cfg, meta, fp.weights().layers[size_t(l)], w.layers[size_t(l)]);
+  if (quantized) {
+    w = *quantized;
+  } else {
+    const WeightQuantizer rtn = [](Proj, const float* W, int rows, int cols, const WeightSpec& s) {
+      return quantize_rtn(W, rows, cols, s);
+    };
+    for (int l = 0; l < cfg.n_layer; ++l)
+      r.quantize_layer(cfg, meta, l, fp.weights().layers[size_t(l)], w.layers[size_t(l)], rtn);
+    r.quantize_ends(cfg, meta, fp.weights(), w, rtn);
+  }
   // what the folder will hold (the same table save_quantized walks): float tensors, the
   // quantized projections with their scales, an untied head, every activation scale
   std::vector<TensorInfo> info;
+  const auto add_info = [&](const std::string& name, const std::vector<int64_t>& shape, const QTensor& t) {
+    for (const auto& st : stored_tensors(name, shape, t)) info.push_back({st.name, dtype_name(st.dtype), st.shape});
+  };
   for (const auto& s : tensor_specs(cfg, Layout::Quantized)) {
-    if (s.proj == kProjs) {
+    if (s.embedding)
+      add_info(s.name, s.shape, w.embedding);
+    else if (s.proj == kProjs)
       info.push_back({s.name, "F32", s.shape});
-      continue;
-    }
-    const QTensor& t = w.layers[size_t(s.layer)].proj(s.proj);
-    info.push_back({s.name, dtype_name(DType::I8), s.shape});
-    info.push_back({s.name.substr(0, s.name.size() - 7) + ".weight_scale", "F32", {int64_t(t.scales.size())}});
+    else
+      add_info(s.name, s.shape, w.layers[size_t(s.layer)].proj(s.proj));
   }
-  if (w.lm_head.data != w.embedding.data) info.push_back({"lm_head.weight", "F32", w.lm_head.shape});
-  for (const auto& ps : cal.points) info.push_back({scale_tensor_name(cfg.arch, ps.layer, ps.point), "F32", {1}});
+  if (!w.tied()) add_info("lm_head.weight", w.lm_head.shape, w.lm_head);
+  for (const auto& ps : q->scales.points) info.push_back({scale_tensor_name(cfg.arch, ps.layer, ps.point), "F32", {1}});
   auto m = Model::from_weights(cfg, std::move(w), std::move(info), std::move(q));
   m->set_mode(r.default_mode());
   return m;
+}
+
+QuantizeResult quantize(const Model& fp, const QuantMeta& meta, const QuantizeInputs& in) {
+  const Recipe& r = recipe(meta.recipe);
+  if (fp.is_quantized()) fail("the model is already quantized");
+  const ModelConfig& cfg = fp.config();
+  r.validate(cfg, meta);
+  ModelWeights tw = fp.weights();
+  r.transform(cfg, meta, tw);
+  const auto tm = Model::from_weights(cfg, std::move(tw), fp.tensor_info(), nullptr);
+  QuantizeResult res;
+  using clock = std::chrono::steady_clock;
+  if (meta.any_a8()) {
+    if (!in.calib) fail("internal error: quantize without calibration samples");
+    const auto t0 = clock::now();
+    res.calibration = calibrate(*tm, *in.calib, in.calib_opts);
+    res.calibrate_s = std::chrono::duration<double>(clock::now() - t0).count();
+  }
+  std::unique_ptr<ModelWeights> gw;
+  if (meta.gptq) {
+    const auto t0 = clock::now();
+    gw = std::make_unique<ModelWeights>(tm->weights());
+    gptq_model(*tm, r, meta, in.gptq_samples, in.gptq, in.progress, *gw);
+    res.gptq_s = std::chrono::duration<double>(clock::now() - t0).count();
+  }
+  res.model = quantize_model(*tm, res.calibration, meta, gw.get());
+  return res;
 }
 
 void save_quantized(const Model& m, const std::string& dir, const std::string& tokenizer_file) {
@@ -67,20 +138,21 @@ void save_quantized(const Model& m, const std::string& dir, const std::string& t
   auto f32 = [&](const std::string& name, const Weight& t) {
     if (t.data) ts.push_back({name, DType::F32, t.shape, t.data});
   };
+  const auto add = [&](const std::string& name, const std::vector<int64_t>& shape, const QTensor& t) {
+    for (const auto& st : stored_tensors(name, shape, t)) ts.push_back({st.name, st.dtype, st.shape, st.data});
+  };
   for (const auto& s : tensor_specs(cfg, Layout::Quantized)) {
-    if (s.model) {
+    if (s.embedding) {
+      add(s.name, s.shape, w.embedding);
+    } else if (s.model) {
       f32(s.name, w.*(s.model));
     } else if (s.field) {
       f32(s.name, w.layers[size_t(s.layer)].*(s.field));
     } else {
-      const QTensor& t = w.layers[size_t(s.layer)].proj(s.proj);
-      if (t.format != WFormat::S8) fail("internal error: {} is not quantized", s.name);
-      ts.push_back({s.name, DType::I8, s.shape, t.data});
-      const std::string base = s.name.substr(0, s.name.size() - std::string(".weight").size());
-      ts.push_back({base + ".weight_scale", DType::F32, {int64_t(t.scales.size())}, t.scales.data()});
+      add(s.name, s.shape, w.layers[size_t(s.layer)].proj(s.proj));
     }
   }
-  if (w.lm_head.data != w.embedding.data) f32("lm_head.weight", w.lm_head);
+  if (!w.tied()) add("lm_head.weight", w.lm_head.shape, w.lm_head);
   for (const auto& ps : q->scales.points) {
     const std::string name = scale_tensor_name(cfg.arch, ps.layer, ps.point);
     if (name.empty()) fail("internal error: calibration point '{}' has no tensor name", ps.point);

@@ -8,13 +8,33 @@
 #include "mambaq/model.h"
 #include "model/quant_state.h"
 #include "quant/calibrate.h"
+#include "quant/gptq.h"
 #include "quant/recipe.h"
 
 namespace mambaq {
 
 // FP model + calibration -> quantized model (plan int8; fp32/fake run its dequantized weights).
-// `meta` holds the options (recipe, bits, granularity, ...) and is recorded in the model.
-std::unique_ptr<Model> quantize_model(const Model& fp, const Calibration& cal, const QuantMeta& meta);
+// `meta` holds the options (recipe, bits, granularity, ...) and is recorded in the model. `fp` is
+// the float model the calibration ran on (a recipe's transform already applied); the weights are
+// quantized by round-to-nearest, or taken from `quantized` (GPTQ's pass) when given.
+std::unique_ptr<Model> quantize_model(const Model& fp, const Calibration& cal, const QuantMeta& meta,
+                                      const ModelWeights* quantized = nullptr);
+
+// The whole pipeline: the recipe's transform, calibration (when some activation is quantized),
+// GPTQ (meta.gptq), quantization.
+struct QuantizeInputs {
+  const CalibSamples* calib = nullptr;  // needed when meta.any_a8()
+  CalibOptions calib_opts;
+  std::vector<std::vector<int32_t>> gptq_samples;  // needed when meta.gptq
+  GptqOptions gptq;
+  bool progress = true;
+};
+struct QuantizeResult {
+  std::unique_ptr<Model> model;
+  Calibration calibration;  // empty when no activation is quantized
+  double calibrate_s = 0, gptq_s = 0;
+};
+QuantizeResult quantize(const Model& fp, const QuantMeta& meta, const QuantizeInputs& in);
 
 // Save as a folder: config.json (+ "quantization"), model.safetensors (quantized weights, named
 // scales; docs/format.md), tokenizer.json copied from `tokenizer_file` if given.

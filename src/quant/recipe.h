@@ -1,8 +1,11 @@
 // Quantization recipes: what `quantize --recipe NAME` does to an FP model. A recipe validates
-// its options against the config, chooses the observer of each quantization point, transforms
-// and quantizes the weights of each layer, and names the plan its models run by default. quamba1
-// is one (quant/quamba1.cc); a new research recipe is one new file registered in recipe.cc.
+// its options against the config, may transform the float weights first (rotations folded into
+// them: calibration and GPTQ then run on the transformed model), chooses the observer of each
+// quantization point, and says how each weight of each layer is quantized; the pipeline
+// (quant/quantized.h) runs calibration and GPTQ around it. quamba1 and quamba2 are recipes
+// (quant/quamba1.cc, quant/quamba2.cc); a new research recipe is one file registered in recipe.cc.
 #pragma once
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -12,6 +15,22 @@
 
 namespace mambaq {
 
+// How one weight is quantized: bits, scale granularity (group: `group` input columns per scale;
+// 4 bits with groups are stored packed, S4), and for per-split scales the row boundaries.
+struct WeightSpec {
+  int bits = 8;
+  Granularity granularity = Granularity::Tensor;
+  int group = 128;
+  std::vector<int> splits;  // {0, ..., rows}: rows of a split share one scale (stored per channel)
+};
+
+// Round-to-nearest (kernels/wquant.h) of W {rows, cols} by a spec.
+QTensor quantize_rtn(const float* W, int rows, int cols, const WeightSpec& s);
+
+// What quantizes a layer's weight: round-to-nearest, or GPTQ where the pipeline has the
+// weight's Hessian. `what` is the weight's projection (kProjs: the LM head).
+using WeightQuantizer = std::function<QTensor(Proj what, const float* W, int rows, int cols, const WeightSpec&)>;
+
 class Recipe {
  public:
   virtual ~Recipe() = default;
@@ -20,10 +39,18 @@ class Recipe {
   virtual void validate(const ModelConfig& cfg, const QuantMeta& opt) const = 0;
   // The observer calibrating a point: percentile (alpha) or min-max.
   virtual bool percentile(const ScalePoint& p) const = 0;
+  // Float weights transformed in place before calibration (default: none). Quamba2 rotates the
+  // residual stream and folds the norms into the projections.
+  virtual void transform(const ModelConfig& cfg, const QuantMeta& opt, ModelWeights& w) const {}
+  // The projections of layer `l` whose quantization GPTQ may replace (their inputs are tapped).
+  virtual std::vector<Proj> gptq_projs(const ModelConfig& cfg, const QuantMeta& opt, int l) const { return {}; }
   // One layer's weights: `out` starts as a copy of `fp` (sharing buffers); the recipe replaces
-  // what it transforms or quantizes.
-  virtual void quantize_layer(const ModelConfig& cfg, const QuantMeta& opt, const LayerWeights& fp,
-                              LayerWeights& out) const = 0;
+  // what it transforms or quantizes, calling `wq` for each weight it quantizes.
+  virtual void quantize_layer(const ModelConfig& cfg, const QuantMeta& opt, int l, const LayerWeights& fp,
+                              LayerWeights& out, const WeightQuantizer& wq) const = 0;
+  // The embedding and the LM head (default: kept). `out` starts as a copy of `fp`.
+  virtual void quantize_ends(const ModelConfig& cfg, const QuantMeta& opt, const ModelWeights& fp, ModelWeights& out,
+                             const WeightQuantizer& wq) const {}
   virtual ExecMode default_mode() const { return ExecMode::Int8; }
 };
 
