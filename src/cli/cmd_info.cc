@@ -5,6 +5,7 @@
 #include "cli/common.h"
 #include "io/mmap_file.h"
 #include "mambaq/checkpoint.h"
+#include "model/quant_state.h"
 
 namespace mambaq::cli {
 
@@ -24,7 +25,8 @@ Runner register_info(CLI::App& app) {
     auto m = Model::load(o->model);
     const auto& c = m->config();
     std::map<std::string, int64_t> dtypes;
-    for (const auto& t : m->tensor_info()) dtypes[t.dtype] += numel(t.shape);
+    for (const auto& t : m->tensor_info())  // U8 tensors are packed 4-bit codes: two per byte
+      dtypes[t.dtype == "U8" ? "S4 (packed)" : t.dtype] += numel(t.shape) * (t.dtype == "U8" ? 2 : 1);
     std::string dt;
     for (auto& [k, v] : dtypes) dt += fmt::format("{}{} ({} params)", dt.empty() ? "" : ", ", k, v);
     fmt::print("model         {}\n", o->model);
@@ -38,17 +40,20 @@ Runner register_info(CLI::App& app) {
       fmt::print("heads         {} x headdim {}, ngroups {}, chunk_size {}\n", c.nheads, c.headdim, c.ngroups,
                  c.chunk_size);
     fmt::print("vocab         {} (padded to {})\n", c.vocab_size, c.padded_vocab);
-    fmt::print("lm_head       {}\n", c.tie_embeddings ? "tied to the embedding" : "separate");
+    const ModelWeights& w = m->weights();
+    fmt::print("embedding     {}\n", w.embedding.describe());
+    fmt::print("lm_head       {}\n", w.tied() ? "tied to the embedding" : "separate, " + w.lm_head.describe());
     fmt::print("parameters    {} ({:.2f} M)\n", m->num_params(), double(m->num_params()) / 1e6);
     fmt::print("dtypes        {}\n", dt);
     fmt::print("tensors       {}\n", m->tensor_info().size());
     if (m->is_quantized()) {
-      const auto& q = c.raw["quantization"];
-      fmt::print("quantized     {} W{}A{}, weights per {}, percentile alpha {} ({}), {} calibration samples x {}\n",
-                 q.value("recipe", "?"), q.value("w_bits", 0), q.value("a_bits", 0),
-                 q.value("weight_granularity", "?"), q["observers"].value("percentile_alpha", 0.0),
-                 q["observers"].value("percentile_mode", "?"), q["calibration"].value("samples", 0),
-                 q["calibration"].value("seqlen", 0));
+      const QuantMeta& qm = m->quantized()->meta;
+      fmt::print("quantized     {}\n", qm.summary());
+      if (!qm.layers.empty()) {
+        std::string s;
+        for (size_t l = 0; l < qm.layers.size(); ++l) s += fmt::format("{}{} {}", l ? ", " : "", l, qm.layers[l].name());
+        fmt::print("layer prec.   {}\n", s);
+      }
       fmt::print("weights       {:.1f} MiB in int8 mode\n", double(m->weight_bytes()) / (1 << 20));
     }
     if (!o->json.empty()) {
@@ -58,7 +63,7 @@ Runner register_info(CLI::App& app) {
                           {"d_state", c.d_state},      {"d_conv", c.d_conv},
                           {"vocab_size", c.vocab_size}, {"padded_vocab", c.padded_vocab},
                           {"parameters", m->num_params()}, {"dtypes", dtypes},
-                          {"tied_lm_head", c.tie_embeddings}};
+                          {"tied_lm_head", w.tied()}};
       if (m->is_quantized()) j["quantization"] = c.raw["quantization"];
       if (c.arch == Arch::Mamba1) j["dt_rank"] = c.dt_rank;
       else {

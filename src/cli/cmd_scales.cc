@@ -28,20 +28,24 @@ std::vector<ScaleRow> scale_rows(const Model& m, const std::string& path) {
   std::vector<ScaleRow> rows;
   for (const auto& p : q->scales.points)
     rows.push_back({p.layer, p.point, p.observer, scale_tensor_name(m.config().arch, p.layer, p.point), p.scale});
-  // weight scales: per tensor as is; per channel as the mean over the channels
-  for (size_t l = 0; l < m.weights().layers.size(); ++l) {
+  // weight scales: per tensor as is; per channel, split or group as their mean
+  const auto weight_row = [&](int layer, const std::string& n, const QTensor& w, const std::string& tensor) {
+    if (w.scales.empty()) return;
+    double s = 0;
+    for (float v : w.scales) s += v;
+    const char* what = w.granularity == Granularity::Group && w.ngroups() > 1 ? ".weight(mean/group)"
+                       : w.scales.size() > 1              ? ".weight(mean/row)"
+                                                          : ".weight";
+    rows.push_back({layer, n + what, fmt::format("absmax-{}b", w.bits), tensor, s / double(w.scales.size())});
+  };
+  for (size_t l = 0; l < m.weights().layers.size(); ++l)
     for (int p = 0; p < kProjs; ++p) {
-      const QTensor* w = &m.weights().layers[l].proj(Proj(p));
       const char* n = proj_name(Proj(p));
-      if (w->scales.empty()) continue;
-      double s = 0;
-      for (float v : w->scales) s += v;
-      const bool per_ch = w->scales.size() > 1;
-      rows.push_back({int(l), std::string(n) + (per_ch ? ".weight(mean)" : ".weight"), "weight-absmax",
-                      "backbone.layers." + std::to_string(l) + ".mixer." + n + ".weight_scale",
-                      s / double(w->scales.size())});
+      weight_row(int(l), n, m.weights().layers[l].proj(Proj(p)),
+                 "backbone.layers." + std::to_string(l) + ".mixer." + n + ".weight_scale");
     }
-  }
+  weight_row(-1, "embedding", m.weights().embedding, "backbone.embedding.weight_scale");
+  if (!m.weights().tied()) weight_row(-1, "lm_head", m.weights().lm_head, "lm_head.weight_scale");
   std::sort(rows.begin(), rows.end(), [](const ScaleRow& a, const ScaleRow& b) {
     return std::tie(a.layer, a.kind) < std::tie(b.layer, b.kind);
   });
@@ -82,6 +86,13 @@ Runner register_scales(CLI::App& app) {
     auto ma = Model::load(o->a);
     const auto ra = scale_rows(*ma, o->a);
     if (o->b.empty()) {
+      const QuantMeta& qm = ma->quantized()->meta;
+      fmt::print("{}\n", qm.summary());
+      if (!qm.layers.empty()) {
+        std::string s;
+        for (size_t l = 0; l < qm.layers.size(); ++l) s += fmt::format("{}{} {}", l ? ", " : "", l, qm.layers[l].name());
+        fmt::print("layer precision: {}\n", s);
+      }
       fmt::print("{:>5}  {:<24} {:<14} {:>12}  {}\n", "layer", "kind", "observer", "scale", "tensor");
       std::map<std::string, std::vector<double>> by;
       nlohmann::json rows = nlohmann::json::array();
@@ -98,7 +109,8 @@ Runner register_scales(CLI::App& app) {
         fmt::print("{:<24} {:>6} {:>12.6g} {:>12.6g} {:>12.6g}\n", k, s.n, s.min, s.median, s.max);
         summary[k] = {{"count", s.n}, {"min", s.min}, {"median", s.median}, {"max", s.max}};
       }
-      if (!o->json.empty()) write_json(o->json, {{"model", o->a}, {"scales", rows}, {"summary", summary}});
+      if (!o->json.empty())
+        write_json(o->json, {{"model", o->a}, {"quantization", qm.to_json()}, {"scales", rows}, {"summary", summary}});
       return 0;
     }
     auto mb = Model::load(o->b);

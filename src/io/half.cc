@@ -151,7 +151,7 @@ std::string QTensor::describe() const {
   switch (granularity) {
     case Granularity::Tensor: return s + " per tensor";
     case Granularity::Channel: return s + " per channel";
-    case Granularity::Group: return s + " g" + std::to_string(group);
+    case Granularity::Group: return s + (group >= cols() ? " per row" : " g" + std::to_string(group));
   }
   return s;
 }

@@ -31,6 +31,29 @@ LayerPrecision LayerPrecision::parse(const std::string& s, const std::string& wh
   fail("{}: layer precision '{}' is not one of W4A8, W4A16, W8A8, FP16", where, s);
 }
 
+std::string QuantMeta::summary() const {
+  std::string s = fmt::format("{} W{}A{}", recipe, w_bits, a_bits);
+  if (!preset.empty()) s += " (preset " + preset + ")";
+  if (w_bits == 4)
+    s += fmt::format(": 4-bit weights in groups of {}", group_size);
+  else if (recipe == "quamba2")
+    s += ": 8-bit weights per tensor (in_proj per split)";
+  else
+    s += fmt::format(": 8-bit weights per {}", granularity == Granularity::Channel ? "channel" : "tensor");
+  if (gptq) s += fmt::format(", GPTQ ({} x {} tokens{})", gptq_opts.num, gptq_opts.seqlen, gptq_opts.act_order ? ", act-order" : "");
+  if (rotate_residual) s += ", residual stream rotated";
+  if (group_heads) s += ", heads grouped";
+  if (quantize_embedding) s += ", embedding quantized";
+  if (quantize_lm_head) s += ", lm_head quantized";
+  if (any_a8())
+    s += fmt::format(", percentile alpha {} ({}), {} calibration samples x {}", alpha,
+                     pmode == PercentileMode::Ema ? "ema" : "exact", calib_samples, calib_seqlen);
+  else
+    s += ", activations in float";
+  if (!layers.empty()) s += fmt::format(", per-layer precision ({} layers)", layers.size());
+  return s;
+}
+
 bool QuantMeta::any_a8() const {
   if (layers.empty()) return a_bits == 8;
   for (const auto& l : layers)

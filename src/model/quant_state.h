@@ -75,6 +75,8 @@ struct QuantMeta {
   std::string version;       // mambaq version and git describe
   std::string source_model;  // the FP model folder it was made from
   nlohmann::json to_json() const;
+  // One line for tables: "quamba2 W4A8 (preset w4a8): 4-bit weights in groups of 128, GPTQ, ..."
+  std::string summary() const;
   // Errors name `source` (the config file) and the field.
   static QuantMeta from_json(const nlohmann::json& j, const std::string& source);
 };

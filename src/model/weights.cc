@@ -222,7 +222,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir) {
 
 int64_t Model::num_params() const {
   int64_t n = 0;
-  for (const auto& t : info_) n += numel(t.shape);
+  for (const auto& t : info_) n += numel(t.shape) * (t.dtype == "U8" ? 2 : 1);  // U8: packed 4-bit codes
   return n;
 }
 

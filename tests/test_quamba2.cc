@@ -1,0 +1,374 @@
+// Quamba2 end to end on both fixtures: the residual-stream rotation (exact in float), int8 /
+// W4 kernels against the fake-quant simulation, saved folders (formats, bit-identical reload),
+// per-layer precision, GPTQ against round-to-nearest and against an independent plain
+// implementation, bad options.
+//
+// Bounds. Rotation: the rotated model computes the same function up to float rounding of the
+// rotated weights and of the transforms (relative ~1e-6 per op, 8 layers): 1e-4 on the logits.
+// A8 presets: int8 and fake quantize at the same points with the same scales and differ by float
+// rounding that now and then flips one code (test_quamba.cc explains the growth): end-to-end
+// logits within 5e-2 relative, >= 90 % top-1 agreement, as for Quamba W8A8. W4A16: no activation
+// is quantized; the fake simulation runs the float GEMM over the dequantized weights and the int8
+// plan the W4A16 kernel (expanded weights + sgemm for prefill): 1e-5.
+#include <filesystem>
+
+#include <cstring>
+
+#include "core/threads.h"
+#include "io/safetensors.h"
+#include "kernels/wquant.h"
+#include "mambaq/checkpoint.h"
+#include "mambaq/eval.h"
+#include "quant/gptq.h"
+#include "quant/quantized.h"
+#include "util.h"
+
+using namespace mambaq;
+namespace fs = std::filesystem;
+
+namespace {
+
+QuantMeta preset(const std::string& p) {
+  QuantMeta m;
+  m.recipe = "quamba2";
+  m.preset = p;
+  m.w_bits = p == "w8a8" ? 8 : 4;
+  m.a_bits = p == "w4a16" ? 16 : 8;
+  m.granularity = m.w_bits == 4 ? Granularity::Group : Granularity::Tensor;
+  m.rotate_residual = true;
+  m.quantize_embedding = m.quantize_lm_head = true;
+  m.gptq = p != "w8a8";
+  return m;
+}
+
+struct Made {
+  std::unique_ptr<Model> fp, q;
+};
+const Model& fp_model(const std::string& rel) {
+  static std::map<std::string, std::unique_ptr<Model>> cache;
+  auto& m = cache[rel];
+  if (!m) m = Model::load(mqtest::repo(rel));
+  return *m;
+}
+QuantizeResult make(const std::string& rel, const QuantMeta& meta) {
+  static const auto cs = make_calib_samples(mqtest::tokenizer(), mqtest::repo("data/corpus/calib.jsonl"), 256, 16);
+  QuantizeInputs in;
+  in.calib = &cs;
+  in.calib_opts.progress = false;
+  in.gptq_samples.assign(cs.samples.begin(), cs.samples.begin() + 8);
+  in.progress = false;
+  return quantize(fp_model(rel), meta, in);
+}
+const Model& quantized(const std::string& rel, const std::string& p) {
+  static std::map<std::string, std::unique_ptr<Model>> cache;
+  auto& m = cache[rel + "|" + p];
+  if (!m) m = make(rel, preset(p)).model;
+  return *m;
+}
+
+std::vector<float> run(const Model& m) {
+  auto a = mqtest::tokenizer().encode("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+                                      "must be in want of a wife. However little known the feelings or views of such a man");
+  auto b = mqtest::tokenizer().encode("Call me Ishmael. Some years ago, never mind how long precisely, having little or no "
+                                      "money in my purse, and nothing particular to interest me on shore");
+  std::vector<int32_t> toks(a);
+  toks.insert(toks.end(), b.begin(), b.end());
+  const int lens[2] = {int(a.size()), int(b.size())};
+  const int T = int(toks.size()), dm = m.config().d_model;
+  std::vector<float> hidden(size_t(T) * dm), logits(size_t(T) * m.config().padded_vocab);
+  m.forward(toks, lens, nullptr, hidden.data());
+  m.lm_head(hidden.data(), T, logits.data());
+  return logits;
+}
+
+int top1_agreement(const std::vector<float>& a, const std::vector<float>& b, int V) {
+  int n = 0;
+  for (size_t t = 0; t < a.size() / size_t(V); ++t) {
+    const float* x = a.data() + t * V;
+    const float* y = b.data() + t * V;
+    n += std::max_element(x, x + V) - x == std::max_element(y, y + V) - y;
+  }
+  return n;
+}
+
+}  // namespace
+
+class Quamba2 : public ::testing::TestWithParam<const char*> {};
+INSTANTIATE_TEST_SUITE_P(Fixtures, Quamba2, ::testing::Values("models/mamba-tiny", "models/mamba2-tiny-hf"));
+
+TEST_P(Quamba2, ResidualRotationIsExactInFloat) {
+  const Model& fp = fp_model(GetParam());
+  QuantMeta meta = preset("w4a8");
+  ModelWeights w = fp.weights();
+  recipe("quamba2").transform(fp.config(), meta, w);
+  // the weights did change: the embedding rows are rotated, the block norms folded to ones
+  EXPECT_NE(w.embedding.f32()[5], fp.weights().embedding.f32()[5]);
+  EXPECT_EQ(w.layers[3].norm.data[7], 1.f);
+  EXPECT_NE(fp.weights().layers[3].norm.data[7], 1.f);
+  EXPECT_FALSE(w.tied());  // the trained final norm is not all ones: the head gets its own matrix
+  auto rot = Model::from_weights(fp.config(), std::move(w), {}, nullptr);
+  const auto a = run(fp), b = run(*rot);
+  const double e = mqtest::rel_err(b, a);
+  std::printf("%s rotated vs original logits: rel err %.2e\n", GetParam(), e);
+  EXPECT_LT(e, 1e-4);
+}
+
+// backend-independent end-to-end checks of the real kernels against the fake-quant simulation
+class Quamba2Preset : public ::testing::TestWithParam<std::tuple<const char*, const char*>> {};
+INSTANTIATE_TEST_SUITE_P(FixturesPresets, Quamba2Preset,
+                         ::testing::Combine(::testing::Values("models/mamba-tiny", "models/mamba2-tiny-hf"),
+                                            ::testing::Values("w4a8", "w4a16", "w8a8")));
+
+TEST_P(Quamba2Preset, Int8AgreesWithFakeQuantAndStaysNearFp) {
+  const auto [rel, p] = GetParam();
+  const Model& q = quantized(rel, p);
+  const Model& fp = fp_model(rel);
+  Model fake(q);
+  fake.set_mode(ExecMode::Fake);
+  const auto li = run(q), lf = run(fake), l0 = run(fp);
+  const int V = q.config().padded_vocab, T = int(li.size() / size_t(V));
+  const double e = mqtest::rel_err(li, lf), eq = mqtest::rel_err(lf, l0);
+  const int agree = top1_agreement(li, lf, V);
+  std::printf("%s %s: int8 vs fake %.2e, fake vs fp32 %.2e, top-1 %d/%d\n", rel, p, e, eq, agree, T);
+  if (std::string(p) == "w4a16") {
+    EXPECT_LT(e, 1e-5);
+  } else {
+    EXPECT_LT(e, 5e-2);
+    EXPECT_GE(agree, T * 9 / 10);
+  }
+  EXPECT_GT(eq, 0.0);  // quantization did change the model ...
+  EXPECT_LT(eq, 0.5);  // ... and it still computes about the same function
+  // the weights really are in their formats
+  const auto& L = q.weights().layers[1];
+  const WFormat wf = std::string(p) == "w8a8" ? WFormat::S8 : WFormat::S4;
+  EXPECT_EQ(L.in_proj.format, wf);
+  EXPECT_EQ(L.out_proj.format, wf);
+  EXPECT_EQ(q.weights().embedding.format, wf);
+  EXPECT_EQ(q.weights().lm_head.format, wf);
+  EXPECT_EQ(L.conv_w.format, std::string(p) == "w4a16" ? WFormat::F32 : WFormat::S8);
+  // the fixtures are embedding-dominated (50280 x 256 of 16.4 M parameters) and the rotation
+  // unties the head: two matrices of the vocabulary at 4 (8) bits against one in float, so the
+  // bytes a token reads fall to about 1/4 (1/2), scales included
+  EXPECT_LT(q.weight_bytes(), fp.weight_bytes() / (wf == WFormat::S4 ? 4 : 2));
+}
+
+TEST_P(Quamba2Preset, SavedFolderReloadsBitIdentically) {
+  const auto [rel, p] = GetParam();
+  const Model& q = quantized(rel, p);
+  const std::string dir = mqtest::temp_dir(std::string("q2_") + p + (rel[13] == '2' ? "_m2" : "_m1"));
+  save_quantized(q, dir, "");
+  auto r = Model::load(dir);
+  EXPECT_EQ(run(q), run(*r));
+  Model f1(q);
+  f1.set_mode(ExecMode::Fake);
+  r->set_mode(ExecMode::Fake);
+  EXPECT_EQ(run(f1), run(*r));
+  EXPECT_EQ(r->num_params(), q.num_params());
+  // the folder, as docs/format.md says
+  const TensorStore st = load_checkpoint(dir);
+  const auto& cfg = q.config();
+  const std::string ip = "backbone.layers.0.mixer.in_proj.weight", ips = "backbone.layers.0.mixer.in_proj.weight_scale";
+  if (std::string(p) == "w8a8") {
+    EXPECT_EQ(st.tensors.at(ip).dtype, DType::I8);
+    // per split (Mamba2: z x B C dt) or per tensor (Mamba1), stored per row
+    EXPECT_EQ(st.tensors.at(ips).shape, (std::vector<int64_t>{cfg.arch == Arch::Mamba2 ? cfg.in_proj_dim() : 1}));
+    EXPECT_EQ(st.tensors.at("backbone.embedding.weight").dtype, DType::I8);
+    EXPECT_EQ(st.tensors.at("lm_head.weight_scale").shape, (std::vector<int64_t>{1}));
+  } else {
+    EXPECT_EQ(st.tensors.at(ip).dtype, DType::U8);
+    EXPECT_EQ(st.tensors.at(ip).shape, (std::vector<int64_t>{cfg.in_proj_dim(), cfg.d_model / 2}));
+    EXPECT_EQ(st.tensors.at(ips).shape, (std::vector<int64_t>{cfg.in_proj_dim(), cfg.d_model / 128}));
+    EXPECT_EQ(st.tensors.at("backbone.embedding.weight_scale").shape, (std::vector<int64_t>{cfg.padded_vocab, 1}));
+  }
+  // A16 has no activation scales at all; A8 has every layer's
+  const bool a8 = std::string(p) != "w4a16";
+  EXPECT_EQ(st.has("backbone.layers.0.mixer.in_proj.input_scale"), a8);
+  EXPECT_EQ(st.has("lm_head.input_scale"), a8);
+}
+
+TEST(Quamba2, LayerConfigGivesEachLayerItsPrecision) {
+  const char* rel = "models/mamba2-tiny-hf";
+  QuantMeta meta = preset("w4a8");
+  meta.gptq = false;
+  for (const char* s : {"W4A8", "W4A16", "W8A8", "FP16", "W4A8", "W4A8", "W4A16", "W8A8"})
+    meta.layers.push_back(LayerPrecision::parse(s, "test"));
+  auto q = make(rel, meta).model;
+  const auto& L = q->weights().layers;
+  EXPECT_EQ(L[0].in_proj.format, WFormat::S4);
+  EXPECT_EQ(L[0].conv_w.format, WFormat::S8);
+  EXPECT_EQ(L[1].in_proj.format, WFormat::S4);
+  EXPECT_EQ(L[1].conv_w.format, WFormat::F32);  // A16: float conv
+  EXPECT_EQ(L[2].in_proj.format, WFormat::S8);
+  EXPECT_EQ(L[3].in_proj.format, WFormat::F32);  // FP16: nothing quantized,
+  EXPECT_FALSE(L[3].out_proj_rotated);           // no online transform
+  // the plan: A16 and FP16 layers keep float states, A8 layers int8 ones
+  SeqState s = q->new_state();
+  EXPECT_FALSE(s.ssm_q[0].empty());
+  EXPECT_TRUE(s.ssm_q[1].empty());
+  EXPECT_TRUE(s.ssm_q[3].empty());
+  // scales only where activations are quantized
+  EXPECT_NE(q->quantized()->scales.find(0, "in_proj:input"), nullptr);
+  EXPECT_EQ(q->quantized()->scales.find(1, "in_proj:input"), nullptr);
+  Model fake(*q);
+  fake.set_mode(ExecMode::Fake);
+  const auto li = run(*q), lf = run(fake);
+  EXPECT_LT(mqtest::rel_err(li, lf), 5e-2);
+  const std::string dir = mqtest::temp_dir("q2_layers");
+  save_quantized(*q, dir, "");
+  auto r = Model::load(dir);
+  EXPECT_EQ(run(*r), li);
+  ASSERT_EQ(r->quantized()->meta.layers.size(), 8u);
+  EXPECT_EQ(r->quantized()->meta.layers[3].name(), "FP16");
+  EXPECT_EQ(r->quantized()->meta.layers[1].name(), "W4A16");
+}
+
+TEST(Quamba2, BadOptionsAreRefusedByName) {
+  const Model& fp = fp_model("models/mamba2-tiny-hf");
+  QuantMeta m = preset("w4a8");
+  m.a_bits = 16, m.w_bits = 8;
+  EXPECT_ERROR(make("models/mamba2-tiny-hf", m), "a_bits", "W8A16");
+  m = preset("w4a8");
+  m.group_heads = true;
+  EXPECT_ERROR(make("models/mamba-tiny", m), "group_heads", "Mamba1");
+  m = preset("w4a8");
+  m.layers = {LayerPrecision{4, 8}};
+  EXPECT_ERROR(make("models/mamba2-tiny-hf", m), "layer_config", "1 layer precisions for a model of 8 layers");
+  EXPECT_ERROR(LayerPrecision::parse("W2A8", "cfg.json: layer 3"), "cfg.json: layer 3", "W2A8");
+  // --fp-ops that would need the FP model's (unrotated) weights are refused; ssm works
+  Model f(quantized("models/mamba2-tiny-hf", "w8a8"));
+  f.set_mode(ExecMode::Fake);
+  EXPECT_ERROR(f.set_fp_ops(kFpLinear, &fp), "fp_ops linear", "rotated");
+  f.set_fp_ops(kFpSsm | kFpHead, &fp);
+  EXPECT_EQ(f.fp_ops(), unsigned(kFpSsm | kFpHead));
+}
+
+// ---- GPTQ ----
+
+namespace {
+// A layer's inputs with correlated features (GPTQ's error feedback has something to exploit).
+std::vector<float> inputs(int n, int d, uint32_t seed) {
+  auto z = mqtest::randn(size_t(n) * d, seed);
+  std::vector<float> x(size_t(n) * d);
+  for (int t = 0; t < n; ++t)
+    for (int j = 0; j < d; ++j)
+      x[size_t(t) * d + j] = z[size_t(t) * d + j] + 0.8f * z[size_t(t) * d + (j + 1) % d] + (j % 7 == 0 ? 3.f : 0.f) * z[size_t(t) * d];
+  return x;
+}
+// ||X W^T - X Q^T||
+double output_err(const std::vector<float>& X, int n, const std::vector<float>& W, const QTensor& Q) {
+  const int rows = Q.rows(), cols = Q.cols();
+  const auto D = dequantize_weight(Q);
+  double s = 0;
+  for (int t = 0; t < n; ++t)
+    for (int r = 0; r < rows; ++r) {
+      double a = 0;
+      for (int c = 0; c < cols; ++c) a += double(X[size_t(t) * cols + c]) * (W[size_t(r) * cols + c] - D[size_t(r) * cols + c]);
+      s += a * a;
+    }
+  return std::sqrt(s);
+}
+
+// GPTQ written plainly (double, no lazy blocks, explicit inverse by Gauss-Jordan, Cholesky by
+// hand), for 4-bit groups: an independent implementation of the same algorithm.
+std::vector<int> plain_gptq(std::vector<double> W, int rows, int cols, std::vector<double> H, int group, double damp) {
+  double mean = 0;
+  for (int i = 0; i < cols; ++i) mean += H[size_t(i) * cols + i];
+  mean /= cols;
+  for (int i = 0; i < cols; ++i) H[size_t(i) * cols + i] += damp * mean;
+  // inverse
+  std::vector<double> A = H, I(size_t(cols) * cols, 0.0);
+  for (int i = 0; i < cols; ++i) I[size_t(i) * cols + i] = 1;
+  for (int c = 0; c < cols; ++c) {
+    const double p = A[size_t(c) * cols + c];
+    for (int j = 0; j < cols; ++j) A[size_t(c) * cols + j] /= p, I[size_t(c) * cols + j] /= p;
+    for (int r = 0; r < cols; ++r) {
+      if (r == c) continue;
+      const double f = A[size_t(r) * cols + c];
+      for (int j = 0; j < cols; ++j) A[size_t(r) * cols + j] -= f * A[size_t(c) * cols + j], I[size_t(r) * cols + j] -= f * I[size_t(c) * cols + j];
+    }
+  }
+  // upper Cholesky factor U of the inverse: Hinv = U^T U
+  std::vector<double> U(size_t(cols) * cols, 0.0);
+  for (int i = 0; i < cols; ++i)
+    for (int j = i; j < cols; ++j) {
+      double s = I[size_t(i) * cols + j];
+      for (int k = 0; k < i; ++k) s -= U[size_t(k) * cols + i] * U[size_t(k) * cols + j];
+      U[size_t(i) * cols + j] = i == j ? std::sqrt(s) : s / U[size_t(i) * cols + i];
+    }
+  std::vector<int> q(size_t(rows) * cols);
+  std::vector<double> sc(static_cast<size_t>(rows));
+  for (int i = 0; i < cols; ++i) {
+    if (i % group == 0)
+      for (int r = 0; r < rows; ++r) {
+        double m = 0;
+        for (int k = i; k < i + group; ++k) m = std::max(m, std::abs(W[size_t(r) * cols + k]));
+        sc[size_t(r)] = double(float(m) / 7.f);
+      }
+    for (int r = 0; r < rows; ++r) {
+      const double w = W[size_t(r) * cols + i], s = sc[size_t(r)];
+      const double c = std::clamp(std::nearbyint(w / s), -7.0, 7.0);
+      q[size_t(r) * cols + i] = int(c);
+      const double err = (w - c * s) / U[size_t(i) * cols + i];
+      for (int j = i + 1; j < cols; ++j) W[size_t(r) * cols + j] -= err * U[size_t(i) * cols + j];
+    }
+  }
+  return q;
+}
+}  // namespace
+
+TEST(Gptq, BeatsRoundToNearestOnTheLayerOutput) {
+  const int rows = 48, cols = 256, n = 1024;
+  const auto W = mqtest::randn(size_t(rows) * cols, 11, 0.05f);
+  const auto X = inputs(n, cols, 12);
+  Hessian h(cols);
+  h.add(X.data(), n / 2, cols);
+  h.add(X.data() + size_t(n / 2) * cols, n / 2, cols);
+  for (const WeightSpec& s : {WeightSpec{4, Granularity::Group, 128, {}}, WeightSpec{8, Granularity::Tensor, 0, {}},
+                              WeightSpec{4, Granularity::Group, 64, {}}}) {
+    const QTensor rtn = quantize_rtn(W.data(), rows, cols, s);
+    const QTensor g = gptq_quantize(W.data(), rows, cols, h.matrix(), s, GptqOptions{});
+    const QTensor ga = gptq_quantize(W.data(), rows, cols, h.matrix(), s, GptqOptions{0.01, 128, true});
+    const double er = output_err(X, n, W, rtn), eg = output_err(X, n, W, g), ea = output_err(X, n, W, ga);
+    std::printf("%d-bit %s: ||XW - XQ|| rtn %.4f gptq %.4f (act-order %.4f)\n", s.bits,
+                s.granularity == Granularity::Group ? "groups" : "tensor", er, eg, ea);
+    EXPECT_LT(eg, 0.8 * er);
+    EXPECT_LT(ea, er);
+    EXPECT_EQ(g.format, s.bits == 4 ? WFormat::S4 : WFormat::S8);
+  }
+}
+
+TEST(Gptq, EqualsAPlainImplementation) {
+  const int rows = 8, cols = 64, n = 300, group = 32;
+  const auto W = mqtest::randn(size_t(rows) * cols, 21, 0.1f);
+  const auto X = inputs(n, cols, 22);
+  Hessian h(cols);
+  h.add(X.data(), n, cols);
+  const auto H = h.matrix();
+  // the Hessian itself: 2 X^T X / n, by hand at one entry
+  double h35 = 0;
+  for (int t = 0; t < n; ++t) h35 += 2.0 * X[size_t(t) * cols + 3] * X[size_t(t) * cols + 5] / n;
+  EXPECT_NEAR(H[3 * cols + 5], h35, 1e-4 * std::abs(h35));
+  const QTensor g = gptq_quantize(W.data(), rows, cols, H, WeightSpec{4, Granularity::Group, group, {}},
+                                  GptqOptions{0.01, 16, false});  // lazy blocks of 16: several per group
+  const auto want = plain_gptq(std::vector<double>(W.begin(), W.end()), rows, cols, H, group, 0.01);
+  int diff = 0;
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c) diff += g.code(r, c) != want[size_t(r) * cols + c];
+  EXPECT_EQ(diff, 0);
+}
+
+TEST(Gptq, IsDeterministicAcrossThreadCounts) {
+  const int rows = 16, cols = 128, n = 600;
+  const auto W = mqtest::randn(size_t(rows) * cols, 31, 0.1f);
+  const auto X = inputs(n, cols, 32);
+  std::vector<QTensor> out;
+  for (int th : {1, 2}) {
+    set_num_threads(th);
+    Hessian h(cols);
+    h.add(X.data(), n, cols);
+    out.push_back(gptq_quantize(W.data(), rows, cols, h.matrix(), WeightSpec{4, Granularity::Group, 128, {}}, {}));
+  }
+  set_num_threads(0);
+  EXPECT_EQ(out[0].scales, out[1].scales);
+  EXPECT_EQ(0, std::memcmp(out[0].s4(), out[1].s4(), size_t(rows) * cols / 2));
+}
