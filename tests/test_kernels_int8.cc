@@ -162,14 +162,17 @@ TEST_P(KernelsInt8, SsdScanS8PackedWithState) {
   st_fast = st_ref;
   std::vector<float*> sp;
   for (int s = 0; s < nseq; ++s) sp.push_back(st_fast[size_t(s)].data());
+  // per-channel x scales and per-column B, C scales (Quamba2's grouped scales), all different
+  auto sx = mqtest::uniform(size_t(H) * P, 26, 0.01f, 0.03f), sb = mqtest::uniform(size_t(G) * N, 27, 0.02f, 0.04f),
+       sc = mqtest::uniform(size_t(G) * N, 28, 0.02f, 0.04f);
   for (int s = 0; s < nseq; ++s) {
     const size_t o0 = size_t(offs[size_t(s)]);
-    ref::ssd_scan_s8(lens[size_t(s)], H, P, G, N, x.data() + o0 * ldx, ldx, 0.02f, dt.data() + o0 * lddt, lddt,
-                     0.01f, bias.data(), A.data(), bc.data() + o0 * ldbc, ldbc, 0.03f, bc.data() + o0 * ldbc + G * N,
-                     ldbc, 0.03f, Dsk.data(), st_ref[size_t(s)].data(), a.data() + o0 * H * P, H * P);
+    ref::ssd_scan_s8(lens[size_t(s)], H, P, G, N, x.data() + o0 * ldx, ldx, sx.data(), dt.data() + o0 * lddt, lddt,
+                     0.01f, bias.data(), A.data(), bc.data() + o0 * ldbc, ldbc, sb.data(), bc.data() + o0 * ldbc + G * N,
+                     ldbc, sc.data(), Dsk.data(), st_ref[size_t(s)].data(), a.data() + o0 * H * P, H * P);
   }
-  B.ssd_scan_s8(nseq, offs.data(), H, P, G, N, x.data(), ldx, 0.02f, dt.data(), lddt, 0.01f, bias.data(), A.data(),
-                   bc.data(), ldbc, 0.03f, bc.data() + G * N, ldbc, 0.03f, Dsk.data(), sp.data(), o.data(), H * P);
+  B.ssd_scan_s8(nseq, offs.data(), H, P, G, N, x.data(), ldx, sx.data(), dt.data(), lddt, 0.01f, bias.data(), A.data(),
+                   bc.data(), ldbc, sb.data(), bc.data() + G * N, ldbc, sc.data(), Dsk.data(), sp.data(), o.data(), H * P);
   EXPECT_LT(rel_err(o, a), 2e-5);
   for (int s = 0; s < nseq; ++s) EXPECT_LT(rel_err(st_fast[size_t(s)], st_ref[size_t(s)]), 2e-5);
 }

@@ -68,7 +68,7 @@ Runner register_quantize(CLI::App& app) {
   sub->add_option("--recipe", o->recipe, "Quantization recipe: quamba1 (W8A8) or quamba2 (W4A8, W4A16, W8A8)")->capture_default_str();
   sub->add_option("--preset", o->preset,
                   "quamba2 as the reference's published commands: w8a8 (+ embedding, lm_head), w4a8 and w4a16 (+ GPTQ, "
-                  "embedding, lm_head); implies --recipe quamba2");
+                  "embedding, lm_head); Mamba2 with int8 activations also groups heads; implies --recipe quamba2");
   sub->add_option("--w-bits,--w_bits", o->w_bits, "Weight bits (quamba2: 4 or 8)")->capture_default_str();
   sub->add_option("--a-bits,--a_bits", o->a_bits, "Activation bits (quamba2: 8, or 16 = float activations)")->capture_default_str();
   sub->add_option("--group-size", o->group_size, "4-bit weights: input columns per scale")->capture_default_str()->check(at_least(32));
@@ -160,7 +160,12 @@ Runner register_quantize(CLI::App& app) {
     meta.gptq_opts.damp = o->gptq_damp;
     meta.gptq_opts.act_order = o->gptq_act_order;
     if (!o->layer_config.empty()) meta.layers = read_layer_config(o->layer_config);
-    if (!fs::is_regular_file(o->model)) recipe(meta.recipe).validate(load_config(o->model), meta);
+    if (!fs::is_regular_file(o->model)) {
+      const ModelConfig mc = load_config(o->model);
+      // the reference's eval.sh adds --group_heads for Mamba2 models (where activations are int8)
+      if (!o->preset.empty() && mc.arch == Arch::Mamba2 && meta.any_a8()) meta.group_heads = o->group_heads = true;
+      recipe(meta.recipe).validate(mc, meta);
+    }
     if (o->gptq) {
       if (o->gptq_data.empty()) o->gptq_data = o->calib_data;
       if (!fs::exists(o->gptq_data)) fail("--gptq-data {}: file not found", o->gptq_data);

@@ -61,9 +61,9 @@ void r_selective_scan_s8(int nseq, const int* offs, int D, int N, const int8_t* 
   }
 }
 
-void r_ssd_scan_s8(int nseq, const int* offs, int H, int P, int G, int N, const int8_t* x, int ldx, float sx,
+void r_ssd_scan_s8(int nseq, const int* offs, int H, int P, int G, int N, const int8_t* x, int ldx, const float* sx,
                    const int8_t* dt, int lddt, float sdt, const float* dt_bias, const float* A, const int8_t* B,
-                   int ldb, float sB, const int8_t* C, int ldc, float sC, const float* Dskip, float* const* states,
+                   int ldb, const float* sB, const int8_t* C, int ldc, const float* sC, const float* Dskip, float* const* states,
                    float* y, int ldy) {
   for (int s = 0; s < nseq; ++s) {
     const size_t o = size_t(offs[s]);

@@ -53,9 +53,10 @@ struct Backend {
                             const int8_t* B, int ldb, float sB, const int8_t* C, int ldc, float sC,
                             const float* Dskip, const int8_t* z, int ldz, float sz, float* const* states, float* y,
                             int ldy);
-  void (*ssd_scan_s8)(int nseq, const int* offs, int H, int P, int G, int N, const int8_t* x, int ldx, float sx,
+  // x's scales one per channel {H*P}, B's and C's one per column {G*N} (Quamba2's grouped scales)
+  void (*ssd_scan_s8)(int nseq, const int* offs, int H, int P, int G, int N, const int8_t* x, int ldx, const float* sx,
                       const int8_t* dt, int lddt, float sdt, const float* dt_bias, const float* A, const int8_t* B,
-                      int ldb, float sB, const int8_t* C, int ldc, float sC, const float* Dskip,
+                      int ldb, const float* sB, const int8_t* C, int ldc, const float* sC, const float* Dskip,
                       float* const* states, float* y, int ldy);
 
   // ---- 4-bit weights, packed S4 (include/mambaq/tensor.h), scales {N, ceil(K / group)} ----

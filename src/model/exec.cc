@@ -45,12 +45,27 @@ void resolve_taps(const ModelConfig& cfg, const QuantState* q, int layer, const 
     if (sp->hadamard && !rotate) p = Prec::F32;  // its scale belongs to the rotated values
     if (a16) p = Prec::F32;
     float s = 0;
+    const PointScale* ps = nullptr;
     if (p != Prec::F32) {
-      const PointScale* ps = q ? q->scales.find(layer, u.scale) : nullptr;
+      ps = q ? q->scales.find(layer, u.scale) : nullptr;
       if (!ps) fail("the model has no scale for layer {} point '{}', which this execution plan quantizes", layer, u.scale);
       s = ps->scale;
     }
-    te->uses.push_back({c0, c1, s, p});
+    if (ps && !ps->values.empty()) {  // grouped: one use per run of columns (state elements) with one scale
+      if (layer < 0 || size_t(layer) >= q->groups.size() || q->groups[size_t(layer)].empty())
+        fail("the model has grouped scales for layer {} point '{}' but no head groups", layer, u.scale);
+      const auto idx = grouped_scale_index(cfg, q->groups[size_t(layer)], point_grouping(cfg.arch, u.scale));
+      if (idx.size() != size_t(c1 - c0) || size_t(numel(ps->shape)) != ps->values.size())
+        fail("internal error: grouped scale of layer {} point '{}' does not fit its columns", layer, u.scale);
+      for (size_t i = 0; i < idx.size();) {
+        size_t j = i;
+        while (j < idx.size() && idx[j] == idx[i]) ++j;
+        te->uses.push_back({c0 + int(i), c0 + int(j), ps->values[size_t(idx[i])], p});
+        i = j;
+      }
+    } else {
+      te->uses.push_back({c0, c1, s, p});
+    }
     te->int8 |= p == Prec::Int8;
     te->fake |= p == Prec::Fake;
   }
@@ -218,23 +233,26 @@ Act Exec::conv1d_silu(Act in, const Weight& bias, const char* out_tap, int slot,
   return Act::floats(out, T, C, C);
 }
 
-// The SSM states of the sequences, int8 codes between calls, float during the scan.
-std::vector<float*> Exec::states_as_float(float scale) {
+// The SSM states of the sequences, int8 codes between calls, float during the scan; each use of
+// the state's tap is a run of elements with one scale (one run, or Quamba2's grouped runs).
+std::vector<float*> Exec::states_as_float(const TapExec& te) {
   const size_t n = cfg_.ssm_state_size();
   std::vector<float*> f(size_t(nseq), nullptr);
   float* buf = scratch(kSlotQState, n * size_t(nseq));
   for (int s = 0; s < nseq; ++s)
     if (ssm_q_[s]) {
       f[size_t(s)] = buf + n * size_t(s);
-      k.dequantize(ssm_q_[s], 1, int(n), int(n), scale, f[size_t(s)], int(n));
+      for (const auto& u : te.uses)
+        k.dequantize(ssm_q_[s] + u.c0, 1, u.c1 - u.c0, u.c1 - u.c0, u.scale, f[size_t(s)] + u.c0, u.c1 - u.c0);
     }
   return f;
 }
 
-void Exec::states_store(const std::vector<float*>& f, float scale) {
-  const int n = int(cfg_.ssm_state_size());
+void Exec::states_store(const std::vector<float*>& f, const TapExec& te) {
   for (int s = 0; s < nseq; ++s)
-    if (f[size_t(s)]) k.quantize(f[size_t(s)], 1, n, n, scale, ssm_q_[s], n);
+    if (f[size_t(s)])
+      for (const auto& u : te.uses)
+        k.quantize(f[size_t(s)] + u.c0, 1, u.c1 - u.c0, u.c1 - u.c0, u.scale, ssm_q_[s] + u.c0, u.c1 - u.c0);
 }
 
 // The state kept for the next call: quantized as the plan says, then the caller's tap (one
@@ -247,12 +265,14 @@ void Exec::state_point(const TapExec* te) {
     if (te && te->int8) {
       if (!ssm_q_[s] || !tap_) continue;
       st = scratch(kSlotTapView, size_t(n));
-      k.dequantize(ssm_q_[s], 1, n, n, te->uses[0].scale, st, n);
+      for (const auto& u : te->uses)
+        k.dequantize(ssm_q_[s] + u.c0, 1, u.c1 - u.c0, u.c1 - u.c0, u.scale, st + u.c0, u.c1 - u.c0);
       tap_->on(l_, "ssm_state", st, 1, n, one);
       continue;
     }
     if (!st) continue;
-    if (te && te->fake) k.fake_quantize(st, 1, n, n, te->uses[0].scale, p_.a_bits);
+    if (te && te->fake)
+      for (const auto& u : te->uses) k.fake_quantize(st + u.c0, 1, u.c1 - u.c0, u.c1 - u.c0, u.scale, p_.a_bits);
     if (tap_) tap_->on(l_, "ssm_state", st, 1, n, one);
   }
 }
@@ -263,11 +283,10 @@ void Exec::selective_scan(Act u, Act delta, Act B, Act C, Act z, float* y) {
   const TapExec* st = le_->tap("ssm_state");
   if (u.codes()) {
     MQ_ASSERT(delta.codes() && B.codes() && C.codes() && z.codes() && st && st->int8);
-    const float ss = st->uses[0].scale;
-    const auto fs = states_as_float(ss);
+    const auto fs = states_as_float(*st);
     k.selective_scan_s8(nseq, offs_.data(), D, N, u.q, u.ld, u.s(), delta.q, delta.ld, delta.s(), L.dt_proj_b.data,
                         L.A.data(), B.q, B.ld, B.s(), C.q, C.ld, C.s(), L.D.data, z.q, z.ld, z.s(), fs.data(), y, D);
-    states_store(fs, ss);
+    states_store(fs, *st);
   } else {
     MQ_ASSERT(!delta.codes() && !B.codes() && !C.codes() && !z.codes());
     k.selective_scan(nseq, offs_.data(), D, N, u.f, u.ld, delta.f, delta.ld, L.dt_proj_b.data, L.A.data(), B.f, B.ld,
@@ -282,11 +301,10 @@ void Exec::ssd_scan(Act x, Act dt, Act B, Act C, float* y) {
   const TapExec* st = le_->tap("ssm_state");
   if (x.codes()) {
     MQ_ASSERT(dt.codes() && B.codes() && C.codes() && st && st->int8);
-    const float ss = st->uses[0].scale;
-    const auto fs = states_as_float(ss);
-    k.ssd_scan_s8(nseq, offs_.data(), H, P, G, N, x.q, x.ld, x.s(), dt.q, dt.ld, dt.s(), L.dt_bias.data, L.A.data(),
-                  B.q, B.ld, B.s(), C.q, C.ld, C.s(), L.D.data, fs.data(), y, di);
-    states_store(fs, ss);
+    const auto fs = states_as_float(*st);
+    k.ssd_scan_s8(nseq, offs_.data(), H, P, G, N, x.q, x.ld, x.scale, dt.q, dt.ld, dt.s(), L.dt_bias.data, L.A.data(),
+                  B.q, B.ld, B.scale, C.q, C.ld, C.scale, L.D.data, fs.data(), y, di);
+    states_store(fs, *st);
   } else {
     MQ_ASSERT(!dt.codes() && !B.codes() && !C.codes());
     k.ssd_scan(nseq, offs_.data(), H, P, G, N, x.f, x.ld, dt.f, dt.ld, L.dt_bias.data, L.A.data(), B.f, B.ld, C.f,

@@ -41,7 +41,7 @@ struct UseExec {
 };
 struct TapExec {
   std::string_view tap;
-  std::vector<UseExec> uses;
+  std::vector<UseExec> uses;  // a grouped scale (Quamba2) is one use per run of columns sharing a scale
   std::vector<float> col_scale;  // int8: the scale of every column of the tap (codes' scales)
   bool int8 = false, fake = false;
 };
@@ -115,8 +115,8 @@ class Exec {
   int8_t* const* ssm_q_ = nullptr;
   void call_tap(std::string_view name, const Act& a);
   void state_point(const TapExec* te);
-  std::vector<float*> states_as_float(float scale);
-  void states_store(const std::vector<float*>& f, float scale);
+  std::vector<float*> states_as_float(const TapExec& te);
+  void states_store(const std::vector<float*>& f, const TapExec& te);
 };
 
 }  // namespace mambaq

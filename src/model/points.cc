@@ -1,6 +1,7 @@
 #include "model/points.h"
 
 #include "mambaq/error.h"
+#include "model/quant_state.h"
 
 namespace mambaq {
 
@@ -58,6 +59,50 @@ constexpr PointUse kMamba2Uses[] = {
     {"lm_head:input", All, "lm_head:input", Head},
 };
 }  // namespace
+
+Grouping point_grouping(Arch a, std::string_view p) {
+  if (a != Arch::Mamba2) return Grouping::None;
+  if (p == "x_conv_out") return Grouping::XHeads;
+  if (p == "B_conv_out" || p == "C_conv_out") return Grouping::SsdGroup;
+  if (p == "ssm_state_act:input") return Grouping::State;
+  return Grouping::None;
+}
+
+std::vector<int64_t> grouped_scale_shape(const ModelConfig& c, const HeadGroups& g, Grouping kind) {
+  switch (kind) {
+    case Grouping::XHeads: return {g.G, g.nhg, g.ndg};
+    case Grouping::SsdGroup: return {g.G};
+    case Grouping::State: return {g.G, g.nhg, g.ndg, c.d_state};
+    case Grouping::None: break;
+  }
+  return {1};
+}
+
+std::vector<int> grouped_scale_index(const ModelConfig& c, const HeadGroups& g, Grouping kind) {
+  const int H = c.nheads, P = c.headdim, N = c.d_state, Hg = H / c.ngroups;
+  std::vector<int> idx;
+  switch (kind) {
+    case Grouping::XHeads:  // channel h * P + p
+      for (int h = 0; h < H; ++h) {
+        const int gi = h / Hg, k = g.head_group(gi, h % Hg);
+        for (int p = 0; p < P; ++p) idx.push_back((gi * g.nhg + k) * g.ndg + g.dim_group(gi, k, p));
+      }
+      break;
+    case Grouping::SsdGroup:  // column gi * N + n
+      for (int gi = 0; gi < c.ngroups; ++gi)
+        for (int n = 0; n < N; ++n) idx.push_back(gi);
+      break;
+    case Grouping::State:  // element (h, n, p) of {H, N, P}
+      for (int h = 0; h < H; ++h) {
+        const int gi = h / Hg, k = g.head_group(gi, h % Hg);
+        for (int n = 0; n < N; ++n)
+          for (int p = 0; p < P; ++p) idx.push_back(((gi * g.nhg + k) * g.ndg + g.dim_group(gi, k, p)) * N + n);
+      }
+      break;
+    case Grouping::None: break;
+  }
+  return idx;
+}
 
 const char* op_kind_name(OpKind k) {
   static const char* names[] = {"linear", "conv", "ssm", "norm", "hadamard", "head"};

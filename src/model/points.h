@@ -12,6 +12,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "mambaq/config.h"
 
@@ -58,6 +59,17 @@ const ScalePoint* find_scale_point(Arch a, std::string_view name);  // null if n
 // The saved tensor of a point's scale, e.g. (Mamba1, 3, "x_proj:input") ->
 // "backbone.layers.3.mixer.conv1d.output_scale"; "" if the architecture has no such point.
 std::string scale_tensor_name(Arch a, int layer, std::string_view point);
+
+// Quamba2's grouped scales (Mamba2 with grouped heads, model/quant_state.h HeadGroups): x after
+// the conv has one scale per (SSD group, head group, dim group) {G, nhg, ndg}; B and C one per SSD
+// group {G}; the SSM state one per (SSD group, head group, dim group, state index) {G, nhg, ndg, N}.
+enum class Grouping { None, XHeads, SsdGroup, State };
+Grouping point_grouping(Arch a, std::string_view point);
+struct HeadGroups;
+// For each column of the point's columns (x: d_inner; B, C: G*N) or each element of the state
+// {H, N, P}: the index of its scale in the grouped scale tensor.
+std::vector<int> grouped_scale_index(const ModelConfig& cfg, const HeadGroups& g, Grouping kind);
+std::vector<int64_t> grouped_scale_shape(const ModelConfig& cfg, const HeadGroups& g, Grouping kind);
 
 // Forward taps that carry no quantization point but are useful to look at.
 // mixer_out {T, d_model}, block_out {T, d_model} (the residual stream after the layer).

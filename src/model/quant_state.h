@@ -81,9 +81,31 @@ struct QuantMeta {
   static QuantMeta from_json(const nlohmann::json& j, const std::string& source);
 };
 
+// One layer of a Mamba2 model whose heads Quamba2 grouped (quant/head_groups.h): within SSD
+// group g, head group k holds heads [head_end[g][k-1], head_end[g][k]) (counted within the SSD
+// group), and in each of its heads dim group j holds channels [dim_end[g][k][j-1], dim_end[g][k][j]).
+// Saved as conv1d.x_head_group_range {G, nhg} and conv1d.x_dim_group_range {G, nhg, ndg} (int32).
+struct HeadGroups {
+  int G = 0, nhg = 0, ndg = 0;
+  std::vector<int32_t> head_end;  // {G, nhg}
+  std::vector<int32_t> dim_end;   // {G, nhg, ndg}
+  bool empty() const { return G == 0; }
+  int head_group(int g, int h) const {  // h counted within the SSD group
+    int k = 0;
+    while (k + 1 < nhg && h >= head_end[size_t(g * nhg + k)]) ++k;
+    return k;
+  }
+  int dim_group(int g, int k, int p) const {
+    int j = 0;
+    while (j + 1 < ndg && p >= dim_end[size_t((g * nhg + k) * ndg + j)]) ++j;
+    return j;
+  }
+};
+
 struct QuantState {
   QuantMeta meta;
   ScaleTable scales;
+  std::vector<HeadGroups> groups;  // per layer when the heads are grouped (else empty)
 };
 
 }  // namespace mambaq

@@ -1,6 +1,7 @@
 // Map a checkpoint's tensors onto ModelWeights (model/names.h), checking every name and shape
 // against the config; a `mambaq quantize` folder adds int8 projections and scale tensors.
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <set>
@@ -189,6 +190,44 @@ std::unique_ptr<Model> Model::from_store(const ModelConfig& cfg, const TensorSto
   } else {
     fail("{}: missing tensor 'lm_head.weight' (the config does not tie embeddings)", store.source);
   }
+  if (q && q->meta.group_heads) {  // Quamba2's head groups: end indices per SSD group and head group
+    if (cfg.arch != Arch::Mamba2) fail("{}: quantization.group_heads is set but the model is not Mamba2", cfg.source);
+    const int Hg = cfg.nheads / cfg.ngroups, P = cfg.headdim;
+    for (int l = 0; l < cfg.n_layer; ++l) {
+      const std::string hn = layer_prefix(l) + "mixer.conv1d.x_head_group_range",
+                        dn = layer_prefix(l) + "mixer.conv1d.x_dim_group_range";
+      auto it = store.tensors.find(hn);
+      if (it == store.tensors.end()) fail("{}: missing tensor '{}' (quantization.group_heads is set)", store.source, hn);
+      HeadGroups g;
+      g.G = cfg.ngroups;
+      g.nhg = it->second.shape.size() == 2 ? int(it->second.shape[1]) : 0;
+      auto jt = store.tensors.find(dn);
+      g.ndg = jt != store.tensors.end() && jt->second.shape.size() == 3 ? int(jt->second.shape[2]) : 0;
+      if (g.nhg < 1 || g.nhg > Hg || g.ndg < 1 || g.ndg > P)
+        fail("{}: tensor '{}' {} does not describe head groups of {} heads per SSD group", store.source, hn,
+             shape_str(it->second.shape), Hg);
+      const RawTensor& h = b.typed(hn, DType::I32, {g.G, g.nhg});
+      const RawTensor& d = b.typed(dn, DType::I32, {g.G, g.nhg, g.ndg});
+      g.head_end.resize(size_t(g.G) * g.nhg);
+      g.dim_end.resize(size_t(g.G) * g.nhg * g.ndg);
+      std::memcpy(g.head_end.data(), h.data, g.head_end.size() * 4);
+      std::memcpy(g.dim_end.data(), d.data, g.dim_end.size() * 4);
+      const auto increasing_to = [](const int32_t* v, int n, int end) {
+        for (int i = 0; i < n; ++i)
+          if (v[i] <= (i ? v[i - 1] : 0) || v[i] > end) return false;
+        return v[n - 1] == end;
+      };
+      for (int gi = 0; gi < g.G; ++gi) {
+        if (!increasing_to(g.head_end.data() + gi * g.nhg, g.nhg, Hg))
+          fail("{}: tensor '{}': the head-group ends of SSD group {} must increase to {}", store.source, hn, gi, Hg);
+        for (int k = 0; k < g.nhg; ++k)
+          if (!increasing_to(g.dim_end.data() + (gi * g.nhg + k) * g.ndg, g.ndg, P))
+            fail("{}: tensor '{}': the dim-group ends of SSD group {} head group {} must increase to {}", store.source,
+                 dn, gi, k, P);
+      }
+      q->groups.push_back(std::move(g));
+    }
+  }
   if (q) {  // every activation scale of the points table (the head's only if saved)
     for (int i = 0; i <= cfg.n_layer; ++i)
       for (const auto& sp : scale_points(cfg.arch)) {
@@ -197,10 +236,20 @@ std::unique_ptr<Model> Model::from_store(const ModelConfig& cfg, const TensorSto
         if (l >= 0 && q->meta.layer(l).a_bits != 8) continue;  // a layer with float activations has none
         const std::string name = scale_tensor_name(cfg.arch, l, sp.name);
         if (l < 0 && !b.has(name)) continue;
-        const float v = b.scales(name, 1)[0];
         auto mit = store.metadata.find("observer:" + name);
-        q->scales.points.push_back(
-            {l, sp.name, mit != store.metadata.end() ? mit->second : "unknown", v * float((1 << (q->meta.a_bits - 1)) - 1), v});
+        const std::string obs = mit != store.metadata.end() ? mit->second : "unknown";
+        const float qmax = float((1 << (q->meta.a_bits - 1)) - 1);
+        const Grouping gk = point_grouping(cfg.arch, sp.name);
+        if (!q->groups.empty() && l >= 0 && gk != Grouping::None) {  // a grouped scale
+          const auto shape = grouped_scale_shape(cfg, q->groups[size_t(l)], gk);
+          PointScale p{l, sp.name, obs, 0.f, 0.f, shape, b.scales(name, shape)};
+          p.scale = *std::max_element(p.values.begin(), p.values.end());
+          p.amax = p.scale * qmax;
+          q->scales.points.push_back(std::move(p));
+          continue;
+        }
+        const float v = b.scales(name, 1)[0];
+        q->scales.points.push_back({l, sp.name, obs, v * qmax, v});
       }
   }
   for (const auto& [name, t] : store.tensors)

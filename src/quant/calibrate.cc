@@ -60,6 +60,15 @@ class CalibTap final : public Tap {
         const auto [c0, c1] = col_range(c, sp.cols, tap_width(c, sp.tap));
         const size_t expected = std::string_view(sp.tap) == "ssm_state" ? nsamples * c.ssm_state_size()
                                                                          : total_tokens * size_t(c1 - c0);
+        const Grouping gk = point_grouping(c.arch, sp.name);
+        if (o.groups && l >= 0 && gk != Grouping::None) {
+          const HeadGroups& g = (*o.groups)[size_t(l)];
+          Grouped& gr = grouped_[{l, sp.name}];
+          gr.index = grouped_scale_index(c, g, gk);
+          gr.shape = grouped_scale_shape(c, g, gk);
+          gr.amax.assign(size_t(numel(gr.shape)), 0.f);
+          continue;
+        }
         obs_[{l, sp.name}] = r.percentile(sp) ? make_percentile_observer(opt_.alpha, opt_.mode, expected)
                                               : make_minmax_observer();
       }
@@ -68,6 +77,17 @@ class CalibTap final : public Tap {
   void on(int layer, std::string_view point, float* data, int rows, int cols, std::span<const int> offs) override {
     for (const auto& sp : scale_points(cfg_.arch)) {
       if (point != sp.tap || sp.head != (layer < 0)) continue;
+      if (auto git = grouped_.find({layer, sp.name}); git != grouped_.end()) {  // a running max per block
+        Grouped& gr = git->second;
+        const auto [c0, c1] = point == "ssm_state" ? std::pair{0, cols} : col_range(cfg_, sp.cols, cols);
+        MQ_ASSERT(size_t(c1 - c0) == gr.index.size());
+        for (int r = 0; r < rows; ++r)
+          for (int ci = c0; ci < c1; ++ci) {
+            float& m = gr.amax[size_t(gr.index[size_t(ci - c0)])];
+            m = std::max(m, std::fabs(data[size_t(r) * cols + ci]));
+          }
+        continue;
+      }
       Observer* o = obs_.at({layer, sp.name}).get();
       if (point == "ssm_state") {  // a sequence's SSM state after the forward pass: one sample each
         o->observe(data, size_t(rows) * size_t(cols));
@@ -83,6 +103,18 @@ class CalibTap final : public Tap {
     c.alpha = opt_.alpha;
     c.mode = opt_.mode;
     for (const auto& [k, o] : obs_) c.points.push_back({k.first, k.second, o->kind(), o->amax(), o->scale(8)});
+    for (const auto& [k, g] : grouped_) {
+      PointScale p{k.first, k.second, "grouped-minmax", 0.f, 0.f, g.shape, {}};
+      for (float a : g.amax) {
+        const float m = std::max(a, 1e-5f);  // as the reference's observers: a block never seen nonzero
+        p.values.push_back(m / 127.f);
+        p.amax = std::max(p.amax, m);
+      }
+      p.scale = p.amax / 127.f;  // the largest: for summaries
+      c.points.push_back(std::move(p));
+    }
+    std::sort(c.points.begin(), c.points.end(),
+              [](const PointScale& a, const PointScale& b) { return std::tie(a.layer, a.point) < std::tie(b.layer, b.point); });
     return c;
   }
 
@@ -90,6 +122,12 @@ class CalibTap final : public Tap {
   const ModelConfig& cfg_;
   const CalibOptions& opt_;
   std::map<std::pair<int, std::string>, std::unique_ptr<Observer>> obs_;
+  struct Grouped {
+    std::vector<int> index;  // column (state element) -> block
+    std::vector<int64_t> shape;
+    std::vector<float> amax;
+  };
+  std::map<std::pair<int, std::string>, Grouped> grouped_;
   std::vector<float> buf_;
 
   // Each sequence of the packed batch is one calibration sample.

@@ -34,6 +34,10 @@ struct CalibOptions {
   bool verbose = false;  // alpha, max and scale of every point on stderr
   Tap* extra = nullptr;  // also sees every tapped tensor (e.g. activation snapshots)
   std::string recipe = "quamba1";  // chooses each point's observer
+  // Mamba2 with grouped heads (Quamba2): per layer; x, B, C and the state get grouped min-max
+  // observers (one clip value per block, as the reference's CrossHead / PerSSDGroup /
+  // CachedStatesCrossHead observers)
+  const std::vector<HeadGroups>* groups = nullptr;
 };
 
 // The activation scales a calibration run found (a ScaleTable) and how it ran.

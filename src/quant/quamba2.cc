@@ -84,9 +84,10 @@ class Quamba2 final : public Recipe {
     if (o.group_heads && !o.any_a8())
       fail_option("group_heads", "group_heads: with a_bits 16 no activation is quantized, so grouping heads changes "
                   "nothing (the reference ignores it); leave it out");
-    if (o.group_heads) fail_option("group_heads", "group_heads: head reordering and grouping is not in this build yet");
   }
 
+  // With grouped heads, x, B, C and the state have grouped min-max observers instead (the
+  // reference's Quamba2 uses no percentile observer at all); the pipeline chooses those.
   bool percentile(const ScalePoint& p) const override { return p.percentile; }
 
   // The residual stream in the basis h' = H h (quamba2.md §3).

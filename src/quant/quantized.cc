@@ -10,6 +10,7 @@
 #include "mambaq/error.h"
 #include "model/names.h"
 #include "model/points.h"
+#include "quant/head_groups.h"
 
 namespace mambaq {
 
@@ -43,13 +44,17 @@ std::vector<Stored> stored_tensors(const std::string& name, const std::vector<in
 }  // namespace
 
 std::unique_ptr<Model> quantize_model(const Model& fp, const Calibration& cal, const QuantMeta& meta,
-                                      const ModelWeights* quantized) {
+                                      const ModelWeights* quantized, const std::vector<HeadGroups>* groups) {
   const Recipe& r = recipe(meta.recipe);
   if (fp.is_quantized()) fail("the model is already quantized");
   const auto& cfg = fp.config();
   r.validate(cfg, meta);
   auto q = std::make_shared<QuantState>();
   q->meta = meta;
+  if (meta.group_heads) {
+    if (!groups || int(groups->size()) != cfg.n_layer) fail("internal error: grouped heads without head groups");
+    q->groups = *groups;
+  }
   const bool head_a8 = meta.quantize_lm_head && meta.a_bits == 8;
   for (int l = -1; l < cfg.n_layer; ++l) {  // every point the plan reads must be calibrated
     if (l >= 0 && meta.layer(l).a_bits != 8) continue;
@@ -91,7 +96,13 @@ std::unique_ptr<Model> quantize_model(const Model& fp, const Calibration& cal, c
       add_info(s.name, s.shape, w.layers[size_t(s.layer)].proj(s.proj));
   }
   if (!w.tied()) add_info("lm_head.weight", w.lm_head.shape, w.lm_head);
-  for (const auto& ps : q->scales.points) info.push_back({scale_tensor_name(cfg.arch, ps.layer, ps.point), "F32", {1}});
+  for (const auto& ps : q->scales.points)
+    info.push_back({scale_tensor_name(cfg.arch, ps.layer, ps.point), "F32", ps.shape.empty() ? std::vector<int64_t>{1} : ps.shape});
+  for (size_t l = 0; l < q->groups.size(); ++l) {
+    const HeadGroups& g = q->groups[l];
+    info.push_back({layer_prefix(int(l)) + "mixer.conv1d.x_head_group_range", "I32", {g.G, g.nhg}});
+    info.push_back({layer_prefix(int(l)) + "mixer.conv1d.x_dim_group_range", "I32", {g.G, g.nhg, g.ndg}});
+  }
   auto m = Model::from_weights(cfg, std::move(w), std::move(info), std::move(q));
   m->set_mode(r.default_mode());
   return m;
@@ -104,13 +115,26 @@ QuantizeResult quantize(const Model& fp, const QuantMeta& meta, const QuantizeIn
   r.validate(cfg, meta);
   ModelWeights tw = fp.weights();
   r.transform(cfg, meta, tw);
+  std::vector<HeadGroups> groups;
+  if (meta.group_heads) {  // statistics on the transformed model, then its heads reordered
+    if (!in.calib) fail("internal error: head grouping without calibration samples");
+    const auto tm0 = Model::from_weights(cfg, tw, fp.tensor_info(), nullptr);
+    const auto stats = channel_stats(*tm0, in.calib->samples, in.progress);
+    for (int l = 0; l < cfg.n_layer; ++l) {
+      const HeadOrder o = group_heads(cfg, stats[size_t(l)]);
+      reorder_layer(cfg, o, tw.layers[size_t(l)]);
+      groups.push_back(o.groups);
+    }
+  }
   const auto tm = Model::from_weights(cfg, std::move(tw), fp.tensor_info(), nullptr);
   QuantizeResult res;
   using clock = std::chrono::steady_clock;
   if (meta.any_a8()) {
     if (!in.calib) fail("internal error: quantize without calibration samples");
     const auto t0 = clock::now();
-    res.calibration = calibrate(*tm, *in.calib, in.calib_opts);
+    CalibOptions co = in.calib_opts;
+    if (meta.group_heads) co.groups = &groups;
+    res.calibration = calibrate(*tm, *in.calib, co);
     res.calibrate_s = std::chrono::duration<double>(clock::now() - t0).count();
   }
   std::unique_ptr<ModelWeights> gw;
@@ -120,7 +144,8 @@ QuantizeResult quantize(const Model& fp, const QuantMeta& meta, const QuantizeIn
     gptq_model(*tm, r, meta, in.gptq_samples, in.gptq, in.progress, *gw);
     res.gptq_s = std::chrono::duration<double>(clock::now() - t0).count();
   }
-  res.model = quantize_model(*tm, res.calibration, meta, gw.get());
+  res.model = quantize_model(*tm, res.calibration, meta, gw.get(), meta.group_heads ? &groups : nullptr);
+  res.groups = std::move(groups);
   return res;
 }
 
@@ -156,8 +181,16 @@ void save_quantized(const Model& m, const std::string& dir, const std::string& t
   for (const auto& ps : q->scales.points) {
     const std::string name = scale_tensor_name(cfg.arch, ps.layer, ps.point);
     if (name.empty()) fail("internal error: calibration point '{}' has no tensor name", ps.point);
-    ts.push_back({name, DType::F32, {1}, &ps.scale});
+    if (ps.values.empty())
+      ts.push_back({name, DType::F32, {1}, &ps.scale});
+    else
+      ts.push_back({name, DType::F32, ps.shape, ps.values.data()});
     meta["observer:" + name] = ps.observer;
+  }
+  for (size_t l = 0; l < q->groups.size(); ++l) {  // Quamba2's head groups: end indices, as the reference saves them
+    const HeadGroups& g = q->groups[l];
+    ts.push_back({layer_prefix(int(l)) + "mixer.conv1d.x_head_group_range", DType::I32, {g.G, g.nhg}, g.head_end.data()});
+    ts.push_back({layer_prefix(int(l)) + "mixer.conv1d.x_dim_group_range", DType::I32, {g.G, g.nhg, g.ndg}, g.dim_end.data()});
   }
   save_safetensors((fs::path(dir) / "model.safetensors").string(), ts, meta);
 

@@ -18,9 +18,11 @@ namespace mambaq {
 // the float model the calibration ran on (a recipe's transform already applied); the weights are
 // quantized by round-to-nearest, or taken from `quantized` (GPTQ's pass) when given.
 std::unique_ptr<Model> quantize_model(const Model& fp, const Calibration& cal, const QuantMeta& meta,
-                                      const ModelWeights* quantized = nullptr);
+                                      const ModelWeights* quantized = nullptr,
+                                      const std::vector<HeadGroups>* groups = nullptr);
 
-// The whole pipeline: the recipe's transform, calibration (when some activation is quantized),
+// The whole pipeline: the recipe's transform, head grouping (meta.group_heads: statistics from
+// the calibration samples, quant/head_groups.h), calibration (when some activation is quantized),
 // GPTQ (meta.gptq), quantization.
 struct QuantizeInputs {
   const CalibSamples* calib = nullptr;  // needed when meta.any_a8()
@@ -33,6 +35,7 @@ struct QuantizeResult {
   std::unique_ptr<Model> model;
   Calibration calibration;  // empty when no activation is quantized
   double calibrate_s = 0, gptq_s = 0;
+  std::vector<HeadGroups> groups;  // meta.group_heads: per layer
 };
 QuantizeResult quantize(const Model& fp, const QuantMeta& meta, const QuantizeInputs& in);
 

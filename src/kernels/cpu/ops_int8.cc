@@ -222,6 +222,15 @@ float* dequant(int slot, const int8_t* q, int rows, int cols, int ld, float s) {
   }
   return v;
 }
+float* dequant(int slot, const int8_t* q, int rows, int cols, int ld, const float* s) {  // per column
+  float* v = scratch(slot, size_t(rows) * cols);
+#pragma omp parallel for schedule(static) if (size_t(rows) * cols > 32768)
+  for (int r = 0; r < rows; ++r) {
+#pragma omp simd
+    for (int c = 0; c < cols; ++c) v[size_t(r) * cols + c] = float(q[size_t(r) * ld + c]) * s[c];
+  }
+  return v;
+}
 }  // namespace
 
 void selective_scan_s8(int nseq, const int* offs, int D, int N, const int8_t* u, int ldu, float su, const int8_t* delta,
@@ -237,9 +246,9 @@ void selective_scan_s8(int nseq, const int* offs, int D, int N, const int8_t* u,
   selective_scan(nseq, offs, D, N, uf, D, df, D, delta_bias, A, bf, N, cf, N, Dskip, zf, D, states, y, ldy);
 }
 
-void ssd_scan_s8(int nseq, const int* offs, int H, int P, int G, int N, const int8_t* x, int ldx, float sx,
+void ssd_scan_s8(int nseq, const int* offs, int H, int P, int G, int N, const int8_t* x, int ldx, const float* sx,
                  const int8_t* dt, int lddt, float sdt, const float* dt_bias, const float* A, const int8_t* B, int ldb,
-                 float sB, const int8_t* C, int ldc, float sC, const float* Dskip, float* const* states, float* y,
+                 const float* sB, const int8_t* C, int ldc, const float* sC, const float* Dskip, float* const* states, float* y,
                  int ldy) {
   const int T = offs[nseq];
   const float* xf = dequant(kSlotQDeq0, x, T, H * P, ldx, sx);

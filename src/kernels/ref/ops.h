@@ -78,10 +78,11 @@ void selective_scan_s8(int T, int D, int N, const int8_t* u, int ldu, float su, 
                        const int8_t* C, int ldc, float sC, const float* Dskip, const int8_t* z, int ldz, float sz,
                        float* state, float* y, int ldy);
 
-// SSD scan reading int8 x, dt, B, C with their scales; state in float {H, N, P}.
-void ssd_scan_s8(int T, int H, int P, int G, int N, const int8_t* x, int ldx, float sx, const int8_t* dt, int lddt,
-                 float sdt, const float* dt_bias, const float* A, const int8_t* B, int ldb, float sB, const int8_t* C,
-                 int ldc, float sC, const float* Dskip, float* state, float* y, int ldy);
+// SSD scan reading int8 x, dt, B, C with their scales (x: one per channel {H*P}; B, C: one per
+// column {G*N}, so that Quamba2's head-group and SSD-group scales fit; dt: one); state in float {H, N, P}.
+void ssd_scan_s8(int T, int H, int P, int G, int N, const int8_t* x, int ldx, const float* sx, const int8_t* dt, int lddt,
+                 float sdt, const float* dt_bias, const float* A, const int8_t* B, int ldb, const float* sB, const int8_t* C,
+                 int ldc, const float* sC, const float* Dskip, float* state, float* y, int ldy);
 
 // ---- 4-bit weights (Quamba2 W4A16 / W4A8). W {N, K} packed S4 (include/mambaq/tensor.h:
 // blocks of 32 columns, byte j = column j | column j+16 << 4, each code + 8), K % 32 == 0;

@@ -210,6 +210,12 @@ static std::vector<float> deq(const int8_t* q, int T, int cols, int ld, float s)
     for (int c = 0; c < cols; ++c) v[size_t(t) * cols + c] = float(q[size_t(t) * ld + c]) * s;
   return v;
 }
+static std::vector<float> deq(const int8_t* q, int T, int cols, int ld, const float* s) {  // per column
+  std::vector<float> v(size_t(T) * cols);
+  for (int t = 0; t < T; ++t)
+    for (int c = 0; c < cols; ++c) v[size_t(t) * cols + c] = float(q[size_t(t) * ld + c]) * s[c];
+  return v;
+}
 
 void selective_scan_s8(int T, int D, int N, const int8_t* u, int ldu, float su, const int8_t* delta, int ldd,
                        float sd, const float* delta_bias, const float* A, const int8_t* B, int ldb, float sB,
@@ -221,9 +227,9 @@ void selective_scan_s8(int T, int D, int N, const int8_t* u, int ldu, float su, 
                  state, y, ldy);
 }
 
-void ssd_scan_s8(int T, int H, int P, int G, int N, const int8_t* x, int ldx, float sx, const int8_t* dt, int lddt,
-                 float sdt, const float* dt_bias, const float* A, const int8_t* B, int ldb, float sB, const int8_t* C,
-                 int ldc, float sC, const float* Dskip, float* state, float* y, int ldy) {
+void ssd_scan_s8(int T, int H, int P, int G, int N, const int8_t* x, int ldx, const float* sx, const int8_t* dt, int lddt,
+                 float sdt, const float* dt_bias, const float* A, const int8_t* B, int ldb, const float* sB, const int8_t* C,
+                 int ldc, const float* sC, const float* Dskip, float* state, float* y, int ldy) {
   const auto xf = deq(x, T, H * P, ldx, sx), df = deq(dt, T, H, lddt, sdt), bf = deq(B, T, G * N, ldb, sB),
              cf = deq(C, T, G * N, ldc, sC);
   ssd_scan(T, H, P, G, N, xf.data(), H * P, df.data(), H, dt_bias, A, bf.data(), G * N, cf.data(), G * N, Dskip,
