@@ -20,6 +20,7 @@
 #include "mambaq/checkpoint.h"
 #include "mambaq/eval.h"
 #include "quant/gptq.h"
+#include "quant/head_groups.h"
 #include "quant/quantized.h"
 #include "util.h"
 
@@ -371,4 +372,120 @@ TEST(Gptq, IsDeterministicAcrossThreadCounts) {
   set_num_threads(0);
   EXPECT_EQ(out[0].scales, out[1].scales);
   EXPECT_EQ(0, std::memcmp(out[0].s4(), out[1].s4(), size_t(rows) * cols / 2));
+}
+
+// ---- head reordering and grouping ----
+
+TEST(HeadGroups, WardByHand) {
+  // 1-D points 0, 10, 0.1, 10.2, 5, 20 into 3 clusters: (0, 0.1) and (10, 10.2) merge first, then
+  // 5 joins (0, 0.1) (increase 2/3 * 4.95^2 = 16.3 < 2/3 * 5.1^2 = 17.3 for (10, 10.2));
+  // labels numbered by each cluster's first point
+  const std::vector<double> p{0, 10, 0.1, 10.2, 5, 20};
+  EXPECT_EQ(ward_clusters(p, 6, 1, 3), (std::vector<int>{0, 1, 0, 1, 0, 2}));
+  EXPECT_EQ(ward_clusters(p, 6, 1, 6), (std::vector<int>{0, 1, 2, 3, 4, 5}));
+}
+
+TEST(HeadGroups, KmeansByHand) {
+  // centres start at 0 and 1: the first assignment puts 2, 10, 11, 12 with 1; the means (0, 7.2)
+  // move 1 and 2 to the first cluster; then (1, 11) is stable
+  const std::vector<double> p{0, 1, 2, 10, 11, 12};
+  EXPECT_EQ(kmeans(p, 6, 1, {0, 1}, 2), (std::vector<int>{0, 0, 0, 1, 1, 1}));
+  // 8 sorted positions, centres at positions 0, 2, 4, 6 (1, 1.2, 3, 3.2): converges to
+  // {1, 1.08, 1.2}, {2}, {3, 3.08, 3.2}, {4}
+  const std::vector<double> q{1, 1.08, 1.2, 2, 3, 3.08, 3.2, 4};
+  EXPECT_EQ(kmeans(q, 8, 1, {1, 1.2, 3, 3.2}, 4), (std::vector<int>{0, 0, 0, 1, 2, 2, 2, 3}));
+}
+
+TEST(HeadGroups, GroupingByHand) {
+  ModelConfig c = fp_model("models/mamba2-tiny-hf").config();
+  c.nheads = 4, c.headdim = 8, c.ngroups = 1, c.d_inner = 32;
+  // heads 0 and 2 share profile A (up to scale), heads 1 and 3 profile B; channels scrambled by pi
+  const double A[8] = {1, 1.08, 1.2, 2, 3, 3.08, 3.2, 4}, B[8] = {1, 1, 1, 1, 1, 1, 1, 10};
+  const int pi[8] = {3, 0, 7, 1, 5, 2, 6, 4};
+  std::vector<float> stat(32);
+  const float scale[4] = {1.f, 2.f, 3.f, 0.5f};
+  for (int h = 0; h < 4; ++h)
+    for (int i = 0; i < 8; ++i) stat[size_t(h * 8 + pi[i])] = float((h % 2 ? B : A)[i]) * scale[h];
+  const HeadOrder o = group_heads(c, stat, 2, 4);
+  EXPECT_EQ(o.head, (std::vector<int>{0, 2, 1, 3}));
+  EXPECT_EQ(o.groups.head_end, (std::vector<int32_t>{2, 4}));
+  // profile A's positions cluster as k-means found by hand above: 3, 1, 3, 1; profile B's
+  // positions tie to one centre (empty clusters): equal dim groups
+  EXPECT_EQ(o.groups.dim_end, (std::vector<int32_t>{3, 4, 7, 8, 2, 4, 6, 8}));
+  // each head's channels in ascending order of the statistic: pi (channels of head 2 are 16 + pi)
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_EQ(o.channel[size_t(i)], pi[i]);
+    EXPECT_EQ(o.channel[size_t(8 + i)], 16 + pi[i]);
+  }
+  // the lookup: channel 5 of head group 0 is in dim group 2 ([4, 7)); head 3 (within the SSD
+  // group) is in head group 1
+  EXPECT_EQ(o.groups.dim_group(0, 0, 5), 2);
+  EXPECT_EQ(o.groups.head_group(0, 3), 1);
+}
+
+TEST(HeadGroups, ReorderingKeepsTheFunction) {
+  const Model& fp = fp_model("models/mamba2-tiny-hf");
+  auto cs = make_calib_samples(mqtest::tokenizer(), mqtest::repo("data/corpus/calib.jsonl"), 128, 4);
+  const auto stats = channel_stats(fp, cs.samples, false);
+  ModelWeights w = fp.weights();
+  int moved = 0;
+  for (int l = 0; l < fp.config().n_layer; ++l) {
+    const HeadOrder o = group_heads(fp.config(), stats[size_t(l)]);
+    for (size_t i = 0; i < o.channel.size(); ++i) moved += o.channel[i] != int(i);
+    reorder_layer(fp.config(), o, w.layers[size_t(l)]);
+  }
+  EXPECT_GT(moved, 1000);  // the permutation is not the identity
+  auto r = Model::from_weights(fp.config(), std::move(w), {}, nullptr);
+  EXPECT_LT(mqtest::rel_err(run(*r), run(fp)), 1e-5);  // a permutation: float rounding only
+}
+
+TEST(HeadGroups, GroupedModelRunsSavesAndDecodes) {
+  const char* rel = "models/mamba2-tiny-hf";
+  QuantMeta meta = preset("w4a8");
+  meta.group_heads = true;
+  auto q = make(rel, meta).model;
+  ASSERT_EQ(q->quantized()->groups.size(), 8u);
+  const PointScale* xs = q->quantized()->scales.find(2, "x_conv_out");
+  ASSERT_NE(xs, nullptr);
+  EXPECT_EQ(xs->shape, (std::vector<int64_t>{1, 4, 4}));
+  EXPECT_EQ(xs->observer, "grouped-minmax");
+  EXPECT_EQ(q->quantized()->scales.find(2, "ssm_state_act:input")->shape, (std::vector<int64_t>{1, 4, 4, 64}));
+  EXPECT_EQ(q->quantized()->scales.find(2, "B_conv_out")->shape, (std::vector<int64_t>{1}));
+  // the grouped scales differ between blocks (the point of grouping)
+  EXPECT_NE(*std::min_element(xs->values.begin(), xs->values.end()), *std::max_element(xs->values.begin(), xs->values.end()));
+  Model fake(*q);
+  fake.set_mode(ExecMode::Fake);
+  const auto li = run(*q), lf = run(fake);
+  const int V = q->config().padded_vocab;
+  EXPECT_LT(mqtest::rel_err(li, lf), 5e-2);
+  EXPECT_GE(top1_agreement(li, lf, V), int(li.size() / size_t(V)) * 9 / 10);
+  // prefill then decode with int8 states (grouped state scales) against fake
+  auto ids = mqtest::tokenizer().encode("The President of the United States shall, from time to time, give to the Congress "
+                                        "information of the state of the union, and recommend to their consideration");
+  auto decode = [&](const Model& m) {
+    SeqState st = m.new_state();
+    SeqState* sp[1] = {&st};
+    const int dm = m.config().d_model;
+    std::vector<float> h(20 * size_t(dm)), out;
+    const int l20[1] = {20}, l1[1] = {1};
+    m.forward(std::span(ids).first(20), l20, sp, h.data());
+    for (size_t t = 20; t < 26; ++t) {
+      m.forward(std::span(ids).subspan(t, 1), l1, sp, h.data());
+      std::vector<float> lg(static_cast<size_t>(V));
+      m.lm_head(h.data(), 1, lg.data());
+      out.insert(out.end(), lg.begin(), lg.end());
+    }
+    return out;
+  };
+  EXPECT_LT(mqtest::rel_err(decode(*q), decode(fake)), 5e-2);
+  // saved and reloaded: bit-identical, head groups and shaped scales in the folder
+  const std::string dir = mqtest::temp_dir("q2_grouped");
+  save_quantized(*q, dir, "");
+  auto r = Model::load(dir);
+  EXPECT_EQ(run(*r), li);
+  EXPECT_EQ(r->quantized()->groups[3].dim_end, q->quantized()->groups[3].dim_end);
+  const TensorStore st = load_checkpoint(dir);
+  EXPECT_EQ(st.tensors.at("backbone.layers.0.mixer.conv1d.x_head_group_range").dtype, DType::I32);
+  EXPECT_EQ(st.tensors.at("backbone.layers.0.mixer.conv1d.x_dim_group_range").shape, (std::vector<int64_t>{1, 4, 4}));
+  EXPECT_EQ(st.tensors.at("backbone.layers.0.mixer.conv1d.x_scale").shape, (std::vector<int64_t>{1, 4, 4}));
 }

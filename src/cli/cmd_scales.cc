@@ -19,15 +19,23 @@ namespace {
 struct ScaleRow {
   int layer;
   std::string kind, observer, tensor;
-  double scale;
+  double scale;  // grouped scales: their largest
+  std::vector<double> values = {};  // grouped scales: all of them (the per-kind summary uses them)
 };
 
 std::vector<ScaleRow> scale_rows(const Model& m, const std::string& path) {
   const QuantState* q = m.quantized();
   if (!q) fail("{}: not a quantized model (its config.json has no \"quantization\" section)", path);
   std::vector<ScaleRow> rows;
-  for (const auto& p : q->scales.points)
-    rows.push_back({p.layer, p.point, p.observer, scale_tensor_name(m.config().arch, p.layer, p.point), p.scale});
+  for (const auto& p : q->scales.points) {
+    const std::string t = scale_tensor_name(m.config().arch, p.layer, p.point);
+    if (p.values.empty()) {
+      rows.push_back({p.layer, p.point, p.observer, t, p.scale});
+    } else {  // grouped (Quamba2): one row, the largest of the blocks; the summary sees them all
+      rows.push_back({p.layer, fmt::format("{}(max/{})", p.point, p.values.size()), p.observer, t, p.scale,
+                      std::vector<double>(p.values.begin(), p.values.end())});
+    }
+  }
   // weight scales: per tensor as is; per channel, split or group as their mean
   const auto weight_row = [&](int layer, const std::string& n, const QTensor& w, const std::string& tensor) {
     if (w.scales.empty()) return;
@@ -93,20 +101,23 @@ Runner register_scales(CLI::App& app) {
         for (size_t l = 0; l < qm.layers.size(); ++l) s += fmt::format("{}{} {}", l ? ", " : "", l, qm.layers[l].name());
         fmt::print("layer precision: {}\n", s);
       }
-      fmt::print("{:>5}  {:<24} {:<14} {:>12}  {}\n", "layer", "kind", "observer", "scale", "tensor");
+      fmt::print("{:>5}  {:<28} {:<14} {:>12}  {}\n", "layer", "kind", "observer", "scale", "tensor");
       std::map<std::string, std::vector<double>> by;
       nlohmann::json rows = nlohmann::json::array();
       for (const auto& r : ra) {
-        fmt::print("{:>5}  {:<24} {:<14} {:>12.6g}  {}\n", r.layer, r.kind, r.observer, r.scale, r.tensor);
-        by[r.kind].push_back(r.scale);
-        rows.push_back({{"layer", r.layer}, {"kind", r.kind}, {"observer", r.observer}, {"tensor", r.tensor},
-                        {"scale", r.scale}});
+        fmt::print("{:>5}  {:<28} {:<14} {:>12.6g}  {}\n", r.layer, r.kind, r.observer, r.scale, r.tensor);
+        auto& v = by[r.kind.substr(0, r.kind.find("(max/"))];
+        if (r.values.empty()) v.push_back(r.scale); else v.insert(v.end(), r.values.begin(), r.values.end());
+        nlohmann::json row = {{"layer", r.layer}, {"kind", r.kind}, {"observer", r.observer}, {"tensor", r.tensor},
+                              {"scale", r.scale}};
+        if (!r.values.empty()) row["values"] = r.values;
+        rows.push_back(row);
       }
-      fmt::print("\n{:<24} {:>6} {:>12} {:>12} {:>12}\n", "kind", "count", "min", "median", "max");
+      fmt::print("\n{:<28} {:>6} {:>12} {:>12} {:>12}\n", "kind", "count", "min", "median", "max");
       nlohmann::json summary = nlohmann::json::object();
       for (const auto& [k, v] : by) {
         const Stat s = stat(v);
-        fmt::print("{:<24} {:>6} {:>12.6g} {:>12.6g} {:>12.6g}\n", k, s.n, s.min, s.median, s.max);
+        fmt::print("{:<28} {:>6} {:>12.6g} {:>12.6g} {:>12.6g}\n", k, s.n, s.min, s.median, s.max);
         summary[k] = {{"count", s.n}, {"min", s.min}, {"median", s.median}, {"max", s.max}};
       }
       if (!o->json.empty())
@@ -124,7 +135,7 @@ Runner register_scales(CLI::App& app) {
     const auto rb = scale_rows(*mb, o->b);
     std::map<std::pair<int, std::string>, const ScaleRow*> idx;
     for (const auto& r : rb) idx[{r.layer, r.kind}] = &r;
-    fmt::print("{:>5}  {:<24} {:<12} {:>12} {:>12} {:>10}\n", "layer", "kind", "observer", "A", "B", "rel diff");
+    fmt::print("{:>5}  {:<28} {:<12} {:>12} {:>12} {:>10}\n", "layer", "kind", "observer", "A", "B", "rel diff");
     std::map<std::string, std::vector<double>> diffs;
     nlohmann::json rows = nlohmann::json::array(), big = nlohmann::json::array();
     std::vector<std::string> over;
@@ -132,7 +143,7 @@ Runner register_scales(CLI::App& app) {
       auto it = idx.find({r.layer, r.kind});
       if (it == idx.end()) continue;
       const double d = (it->second->scale - r.scale) / r.scale;
-      fmt::print("{:>5}  {:<24} {:<12} {:>12.6g} {:>12.6g} {:>+9.3f}%\n", r.layer, r.kind, r.observer, r.scale,
+      fmt::print("{:>5}  {:<28} {:<12} {:>12.6g} {:>12.6g} {:>+9.3f}%\n", r.layer, r.kind, r.observer, r.scale,
                  it->second->scale, 100 * d);
       diffs[r.kind].push_back(std::fabs(d));
       nlohmann::json row = {{"layer", r.layer}, {"kind", r.kind},  {"observer", r.observer}, {"tensor", r.tensor},
@@ -140,15 +151,15 @@ Runner register_scales(CLI::App& app) {
       rows.push_back(row);
       if (std::fabs(d) > o->threshold) {
         big.push_back(row);
-        over.push_back(fmt::format("  layer {:>3} {:<24} {:+.3f}%", r.layer, r.kind, 100 * d));
+        over.push_back(fmt::format("  layer {:>3} {:<28} {:+.3f}%", r.layer, r.kind, 100 * d));
       }
     }
-    fmt::print("\n{:<24} {:>6} {:>12} {:>12} {:>12}   (|relative difference|)\n", "kind", "count", "mean", "median",
+    fmt::print("\n{:<28} {:>6} {:>12} {:>12} {:>12}   (|relative difference|)\n", "kind", "count", "mean", "median",
                "max");
     nlohmann::json summary = nlohmann::json::object();
     for (const auto& [k, v] : diffs) {
       const Stat s = stat(v);
-      fmt::print("{:<24} {:>6} {:>11.4f}% {:>11.4f}% {:>11.4f}%\n", k, s.n, 100 * s.mean, 100 * s.median, 100 * s.max);
+      fmt::print("{:<28} {:>6} {:>11.4f}% {:>11.4f}% {:>11.4f}%\n", k, s.n, 100 * s.mean, 100 * s.median, 100 * s.max);
       summary[k] = {{"count", s.n}, {"mean", s.mean}, {"median", s.median}, {"max", s.max}};
     }
     fmt::print("\n{} scales differ by more than {}%\n", over.size(), 100 * o->threshold);

@@ -45,7 +45,9 @@ std::string QuantMeta::summary() const {
   if (group_heads) s += ", heads grouped";
   if (quantize_embedding) s += ", embedding quantized";
   if (quantize_lm_head) s += ", lm_head quantized";
-  if (any_a8())
+  if (any_a8() && group_heads)
+    s += fmt::format(", grouped min-max observers (no percentile), {} calibration samples x {}", calib_samples, calib_seqlen);
+  else if (any_a8())
     s += fmt::format(", percentile alpha {} ({}), {} calibration samples x {}", alpha,
                      pmode == PercentileMode::Ema ? "ema" : "exact", calib_samples, calib_seqlen);
   else
