@@ -126,3 +126,43 @@ TEST_P(GemmW4, W4A8MatchesReferenceAndIsExactOnIntegers) {
 INSTANTIATE_TEST_SUITE_P(Shapes, GemmW4,
                          ::testing::Combine(::testing::ValuesIn(backend_names()), ::testing::Values(1, 3, 37),
                                             ::testing::Values(96, 320, 512), ::testing::Values(32, 128)));
+
+// The grouped SSM-state kernels: a hand case, then every backend against the reference.
+TEST(StateKernels, GroupedScalesByHand) {
+  // H = 1, N = 2, P = 4, two dim groups [0, 1) and [1, 4); scales (n, j): (0,0) 1, (0,1) 0.5,
+  // (1,0) 2, (1,1) 0.25
+  const float x[8] = {2.5f, 1.0f, -0.3f, 100.f, 3.f, 0.125f, 0.375f, -1.f};
+  const float sc[4] = {1.f, 0.5f, 2.f, 0.25f};
+  const int de[2] = {1, 4};
+  int8_t q[8];
+  ref::state_quantize(x, q, 1, 2, 4, 2, sc, de);
+  // 2.5 -> 2 (half to even); 1/0.5 = 2; -0.3/0.5 = -0.6 -> -1; 100/0.5 = 200 -> 127; 3/2 = 1.5 -> 2;
+  // 0.125/0.25 = 0.5 -> 0; 0.375/0.25 = 1.5 -> 2; -1/0.25 = -4
+  const int8_t want[8] = {2, 2, -1, 127, 2, 0, 2, -4};
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(q[i], want[i]) << i;
+}
+
+class StateKernels : public ::testing::TestWithParam<std::string> {};
+INSTANTIATE_TEST_SUITE_P(Backends, StateKernels, ::testing::ValuesIn(backend_names()));
+TEST_P(StateKernels, MatchReference) {
+  const Backend& B = backend(GetParam());
+  const int H = 6, N = 16, P = 24, ndg = 4, n = H * N * P;
+  const auto x = mqtest::randn(size_t(n), 51, 0.3f);
+  const auto sc = mqtest::uniform(size_t(H) * N * ndg, 52, 0.002f, 0.01f);
+  std::vector<int> de;
+  for (int h = 0; h < H; ++h)
+    for (int j : {1 + h % 3, 9, 20, P}) de.push_back(j);  // uneven groups, different per head
+  std::vector<int8_t> a(static_cast<size_t>(n)), b(static_cast<size_t>(n));
+  ref::state_quantize(x.data(), a.data(), H, N, P, ndg, sc.data(), de.data());
+  B.state_quantize(x.data(), b.data(), H, N, P, ndg, sc.data(), de.data());
+  EXPECT_EQ(a, b);  // one multiply and one rounding each: exact
+  std::vector<float> fa(static_cast<size_t>(n)), fb(static_cast<size_t>(n));
+  ref::state_dequantize(a.data(), fa.data(), H, N, P, ndg, sc.data(), de.data());
+  B.state_dequantize(a.data(), fb.data(), H, N, P, ndg, sc.data(), de.data());
+  EXPECT_EQ(fa, fb);
+  std::vector<float> ga(x), gb(x);
+  ref::state_fake_quantize(ga.data(), H, N, P, ndg, sc.data(), de.data(), 8);
+  B.state_fake_quantize(gb.data(), H, N, P, ndg, sc.data(), de.data(), 8);
+  EXPECT_EQ(ga, gb);
+  EXPECT_EQ(ga, fa);  // fake = dequantize(quantize)
+}

@@ -1,6 +1,7 @@
 // End-to-end speed: prefill tokens/s, decode tokens/s, time to first token, peak memory,
 // and the decode bound implied by this machine's memory bandwidth.
 #include <fmt/format.h>
+#include <malloc.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include "cli/common.h"
 #include "io/mmap_file.h"
 #include "quant/quantized.h"
+#include "core/stats.h"
 #include "core/threads.h"
 #include "kernels/backend.h"
 #include "mambaq/error.h"
@@ -106,7 +108,7 @@ BenchRun run_once(const Model& m, const std::vector<int32_t>& prompt, int decode
 
 Runner register_bench(CLI::App& app) {
   struct Opts {
-    std::string model, synthetic, json, modes;
+    std::string model, synthetic, json, modes, quant;
     int prompt = 1024, decode = 128, repeats = 3;
     uint64_t seed = 1;
     bool no_bw = false;
@@ -124,6 +126,10 @@ Runner register_bench(CLI::App& app) {
   sub->add_option("--mode,--modes", o->modes,
                   "Execution modes to measure side by side, e.g. fp32,int8 (default: the model's own). A synthetic "
                   "model is quantized (Quamba W8A8, calibrated on random tokens) for fake/int8");
+  sub->add_option("--quant", o->quant,
+                  "Synthetic model: variants measured side by side, each made from the same random weights: fp32, "
+                  "quamba1 (W8A8), w8a8, w4a8, w4a16 (Quamba2 presets; weights by round-to-nearest: GPTQ changes no "
+                  "speed), e.g. fp32,w8a8,w4a8,w4a16");
   sub->add_option("--prompt-len", o->prompt, "Prefill length")->capture_default_str()->check(at_least(1));
   sub->add_option("--decode", o->decode, "Tokens to decode")->capture_default_str()->check(at_least(1));
   sub->add_option("--repeats", o->repeats, "Runs; the median is reported")->capture_default_str()->check(at_least(1));
@@ -135,6 +141,12 @@ Runner register_bench(CLI::App& app) {
     apply_common(o->c);
     check_output_file(o->json, "--json");
     if (o->model.empty() == o->synthetic.empty()) fail("bench: give either MODEL or --synthetic NAME");
+    if (!o->quant.empty() && o->synthetic.empty()) fail("--quant needs --synthetic (a model folder is measured as it is)");
+    if (!o->quant.empty() && !o->modes.empty()) fail("--quant and --mode: give one (each --quant variant runs its own kernels)");
+    std::vector<std::string> variants = split_list(o->quant);
+    for (const auto& v : variants)
+      if (v != "fp32" && v != "quamba1" && v != "w8a8" && v != "w4a8" && v != "w4a16")
+        fail("--quant: unknown variant '{}' (fp32, quamba1, w8a8, w4a8, w4a16)", v);
     const double t_load = now_s();
     std::unique_ptr<Model> m =
         o->synthetic.empty() ? Model::load(o->model) : Model::random(published_config(o->synthetic), o->seed);
@@ -144,46 +156,66 @@ Runner register_bench(CLI::App& app) {
     std::stringstream ss(o->modes);
     for (std::string t; std::getline(ss, t, ',');)
       if (!t.empty()) modes.push_back(parse_mode(t));
+    if (!variants.empty()) {
+      modes.clear();
+      for (const auto& v : variants) modes.push_back(v == "fp32" ? ExecMode::FP32 : ExecMode::Int8);
+    }
     if (modes.empty()) modes.push_back(m->mode());
     for (ExecMode mode : modes)  // before measuring anything
       if (mode != ExecMode::FP32 && !m->is_quantized() && o->synthetic.empty())
         fail("--mode {}: {} is not quantized (run `mambaq quantize` first)", mode_name(mode), o->model);
     // FP modes first: the FP weights are freed before the quantized modes run, so each mode's
-    // peak memory is its own.
-    std::stable_sort(modes.begin(), modes.end(), [](ExecMode a, ExecMode b) { return (a == ExecMode::FP32) > (b == ExecMode::FP32); });
+    // peak memory is its own (each --quant variant starts again from the seeded random weights).
+    if (variants.empty())
+      std::stable_sort(modes.begin(), modes.end(), [](ExecMode a, ExecMode b) { return (a == ExecMode::FP32) > (b == ExecMode::FP32); });
     std::mt19937 rng(uint32_t(o->seed));
     std::vector<int32_t> prompt(size_t(o->prompt));
     for (auto& t : prompt) t = int32_t(rng() % uint32_t(std::min(c.vocab_size, 50000)));
     const double bw = o->no_bw ? 0 : read_bandwidth_gbs();
     const std::string name = o->synthetic.empty() ? o->model : "synthetic:" + o->synthetic;
-    fmt::print("{:<28} {:>5} {:>8} {:>12} {:>12} {:>10} {:>12} {:>12} {:>10}\n", "model", "mode", "threads",
+    fmt::print("{:<28} {:>7} {:>8} {:>12} {:>12} {:>10} {:>12} {:>12} {:>10}\n", "model", "mode", "threads",
                "prefill_tok/s", "decode_tok/s", "ttft_ms", "weights_MiB", "decode_bound", "peak_MiB");
     nlohmann::json runs = nlohmann::json::array();
     double quantize_s = 0;
-    for (ExecMode mode : modes) {
+    for (size_t vi = 0; vi < modes.size(); ++vi) {
+      const ExecMode mode = modes[vi];
+      const std::string variant = variants.empty() ? mode_name(mode) : variants[vi];
+      if (!variants.empty() && (vi > 0 && m->is_quantized())) {
+        m.reset();  // the previous variant's weights go before the next are made
+        m = Model::random(published_config(o->synthetic), o->seed);
+      }
       if (mode != ExecMode::FP32 && !m->is_quantized()) {
         const double tq = now_s();
         CalibSamples cs;  // random tokens: the synthetic weights are random too
+        std::mt19937 crng(uint32_t(o->seed) + 7);
         for (int s = 0; s < 4; ++s) {
           cs.samples.emplace_back(256);
-          for (auto& t : cs.samples.back()) t = int32_t(rng() % uint32_t(std::min(c.vocab_size, 50000)));
+          for (auto& t : cs.samples.back()) t = int32_t(crng() % uint32_t(std::min(c.vocab_size, 50000)));
         }
-        CalibOptions co;
-        co.progress = false;
+        QuantizeInputs qi;
+        qi.calib = &cs;
+        qi.calib_opts.progress = false;
+        qi.progress = false;
         QuantMeta meta;
-        auto q = quantize_model(*m, calibrate(*m, cs, co), meta);
+        if (variant != "quamba1" && variant != "int8" && variant != "fake") {
+          apply_quamba2_preset(meta, variant, c);
+          meta.gptq = false;  // the same formats and kernels; GPTQ only chooses other codes
+        }
+        auto q = quantize(*m, meta, qi).model;
         m = std::move(q);  // frees the FP projections
         quantize_s = now_s() - tq;
       }
       m->set_mode(mode);
+      malloc_trim(0);  // memory the quantization freed goes back to the system before the peak is reset
       reset_peak_rss();
       const BenchRun r = run_once(*m, prompt, o->decode, o->repeats);
       const double bytes = double(m->weight_bytes());
       const double bound = bw > 0 ? bw * 1e9 / bytes : 0;
-      fmt::print("{:<28} {:>5} {:>8} {:>12.1f} {:>12.2f} {:>10.1f} {:>12.1f} {:>12.2f} {:>10.1f}\n", name,
-                 mode_name(mode), num_threads(), o->prompt / r.ttft, o->decode / r.dect, 1e3 * r.ttft,
+      fmt::print("{:<28} {:>7} {:>8} {:>12.1f} {:>12.2f} {:>10.1f} {:>12.1f} {:>12.2f} {:>10.1f}\n", name,
+                 variant, num_threads(), o->prompt / r.ttft, o->decode / r.dect, 1e3 * r.ttft,
                  bytes / 1048576.0, bound, r.peak_mib);
-      runs.push_back({{"mode", mode_name(mode)},
+      runs.push_back({{"mode", variant},
+                      {"exec_mode", mode_name(mode)},
                       {"prefill_tok_s", o->prompt / r.ttft},
                       {"decode_tok_s", o->decode / r.dect},
                       {"ttft_ms", 1e3 * r.ttft},

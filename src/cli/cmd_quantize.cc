@@ -119,15 +119,9 @@ Runner register_quantize(CLI::App& app) {
     if (o->pmode != "ema" && o->pmode != "exact") fail("--percentile-mode '{}': expected ema or exact", o->pmode);
     if (o->gran != "tensor" && o->gran != "channel")
       fail("--weight-granularity '{}': expected tensor or channel", o->gran);
-    if (!o->preset.empty()) {  // the reference's eval.sh (quamba2.md §1)
-      if (o->preset != "w8a8" && o->preset != "w4a8" && o->preset != "w4a16")
-        fail("--preset '{}': expected w8a8, w4a8 or w4a16", o->preset);
+    if (!o->preset.empty()) {  // the reference's eval.sh (quamba2.md §1); applied below
       if (o->recipe != "quamba1" && o->recipe != "quamba2") fail("--preset {} is a quamba2 preset, not {}", o->preset, o->recipe);
       o->recipe = "quamba2";
-      o->w_bits = o->preset == "w8a8" ? 8 : 4;
-      o->a_bits = o->preset == "w4a16" ? 16 : 8;
-      o->gptq = o->gptq || o->preset != "w8a8";
-      o->q_embedding = o->q_lm_head = true;
     }
     if (o->recipe != "quamba2" && (o->group_heads || o->q_embedding || o->q_lm_head || o->no_rotate || !o->layer_config.empty()))
       fail("--group-heads, --quantize-embedding, --quantize-lm-head, --no-residual-rotation and --layer-config are "
@@ -162,8 +156,12 @@ Runner register_quantize(CLI::App& app) {
     if (!o->layer_config.empty()) meta.layers = read_layer_config(o->layer_config);
     if (!fs::is_regular_file(o->model)) {
       const ModelConfig mc = load_config(o->model);
-      // the reference's eval.sh adds --group_heads for Mamba2 models (where activations are int8)
-      if (!o->preset.empty() && mc.arch == Arch::Mamba2 && meta.any_a8()) meta.group_heads = o->group_heads = true;
+      if (!o->preset.empty()) {
+        apply_quamba2_preset(meta, o->preset, mc);
+        meta.rotate_residual = !o->no_rotate;
+        o->w_bits = meta.w_bits, o->a_bits = meta.a_bits, o->gptq = meta.gptq, o->group_heads = meta.group_heads;
+        o->q_embedding = meta.quantize_embedding, o->q_lm_head = meta.quantize_lm_head;
+      }
       recipe(meta.recipe).validate(mc, meta);
     }
     if (o->gptq) {

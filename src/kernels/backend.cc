@@ -92,7 +92,8 @@ const Backend kRef = {
     ref::rmsnorm,    ref::layernorm,         r_conv1d_silu,  r_selective_scan, r_ssd_scan,
     ref::gated_rmsnorm, ref::gemm,           ref::log_softmax_at, ref::add,   r_hadamard,
     ref::quantize,   ref::dequantize,        ref::fake_quantize, ref::gemm_s8, r_conv1d_s8_silu,
-    r_selective_scan_s8, r_ssd_scan_s8, ref::gemm_w4, ref::gemm_s8w4,
+    r_selective_scan_s8, r_ssd_scan_s8, ref::state_quantize, ref::state_dequantize, ref::state_fake_quantize,
+    ref::gemm_w4, ref::gemm_s8w4,
 };
 
 // One table per instruction-set variant of the cpu kernels (same sources, compiled for
@@ -102,7 +103,8 @@ const Backend kRef = {
     NAME, ISA, NS::rmsnorm, NS::layernorm, NS::conv1d_silu, NS::selective_scan, NS::ssd_scan,               \
         NS::gated_rmsnorm, NS::gemm, NS::log_softmax_at, NS::add, hadamard_transform, NS::quantize,        \
         NS::dequantize, NS::fake_quantize, NS::gemm_s8, NS::conv1d_s8_silu, NS::selective_scan_s8,         \
-        NS::ssd_scan_s8, NS::gemm_w4, NS::gemm_s8w4                                                        \
+        NS::ssd_scan_s8, NS::state_quantize, NS::state_dequantize, NS::state_fake_quantize, NS::gemm_w4,   \
+        NS::gemm_s8w4                                                                                      \
   }
 
 const Backend kCpuV4 = MAMBAQ_CPU_TABLE(cpu_v4, "cpu-v4", "x86-64-v4 (AVX-512)");

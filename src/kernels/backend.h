@@ -59,6 +59,12 @@ struct Backend {
                       int ldb, const float* sB, const int8_t* C, int ldc, const float* sC, const float* Dskip,
                       float* const* states, float* y, int ldy);
 
+  // The SSM state {H, N, P} with Quamba2's grouped scales {H, N, ndg} (dim_end {H, ndg}).
+  void (*state_quantize)(const float* x, int8_t* q, int H, int N, int P, int ndg, const float* scale, const int* dim_end);
+  void (*state_dequantize)(const int8_t* q, float* x, int H, int N, int P, int ndg, const float* scale,
+                           const int* dim_end);
+  void (*state_fake_quantize)(float* x, int H, int N, int P, int ndg, const float* scale, const int* dim_end, int bits);
+
   // ---- 4-bit weights, packed S4 (include/mambaq/tensor.h), scales {N, ceil(K / group)} ----
   // W4A16: float activations.
   void (*gemm_w4)(int M, int N, int K, const float* A, int lda, const uint8_t* W, const float* ws, int group,

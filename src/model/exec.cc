@@ -3,6 +3,7 @@
 #include "model/exec.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "core/workspace.h"
 #include "kernels/wquant.h"
@@ -38,7 +39,7 @@ void resolve_taps(const ModelConfig& cfg, const QuantState* q, int layer, const 
     TapExec* te = nullptr;
     for (auto& t : le.taps)
       if (t.tap == u.tap) te = &t;
-    if (!te) te = &le.taps.emplace_back(TapExec{u.tap, {}, {}, false, false});
+    if (!te) te = &le.taps.emplace_back(TapExec{u.tap, {}, {}, false, false, nullptr});
     const int width = tap_width(cfg, u.tap);
     const auto [c0, c1] = col_range(cfg, u.cols, width);
     Prec p = prec[unsigned(u.kind)];
@@ -51,7 +52,22 @@ void resolve_taps(const ModelConfig& cfg, const QuantState* q, int layer, const 
       if (!ps) fail("the model has no scale for layer {} point '{}', which this execution plan quantizes", layer, u.scale);
       s = ps->scale;
     }
-    if (ps && !ps->values.empty()) {  // grouped: one use per run of columns (state elements) with one scale
+    if (ps && !ps->values.empty() && std::string_view(u.tap) == "ssm_state") {  // grouped state scales
+      if (layer < 0 || size_t(layer) >= q->groups.size() || q->groups[size_t(layer)].empty())
+        fail("the model has grouped scales for layer {} point '{}' but no head groups", layer, u.scale);
+      const HeadGroups& g = q->groups[size_t(layer)];
+      auto ss = std::make_shared<StateScales>();
+      const int H = cfg.nheads, N = cfg.d_state, Hg = H / cfg.ngroups;
+      ss->H = H, ss->N = N, ss->P = cfg.headdim, ss->ndg = g.ndg;
+      for (int h = 0; h < H; ++h) {  // {G, nhg, ndg, N} -> per head {N, ndg}
+        const int gi = h / Hg, k = g.head_group(gi, h % Hg);
+        for (int n = 0; n < N; ++n)
+          for (int j = 0; j < g.ndg; ++j) ss->scale.push_back(ps->values[size_t(((gi * g.nhg + k) * g.ndg + j) * N + n)]);
+        for (int j = 0; j < g.ndg; ++j) ss->dim_end.push_back(g.dim_end[size_t((gi * g.nhg + k) * g.ndg + j)]);
+      }
+      te->state = ss;
+      te->uses.push_back({c0, c1, s, p});
+    } else if (ps && !ps->values.empty()) {  // grouped: one use per run of columns with one scale
       if (layer < 0 || size_t(layer) >= q->groups.size() || q->groups[size_t(layer)].empty())
         fail("the model has grouped scales for layer {} point '{}' but no head groups", layer, u.scale);
       const auto idx = grouped_scale_index(cfg, q->groups[size_t(layer)], point_grouping(cfg.arch, u.scale));
@@ -242,7 +258,9 @@ std::vector<float*> Exec::states_as_float(const TapExec& te) {
   for (int s = 0; s < nseq; ++s)
     if (ssm_q_[s]) {
       f[size_t(s)] = buf + n * size_t(s);
-      for (const auto& u : te.uses)
+      if (const StateScales* g = te.state.get())
+        k.state_dequantize(ssm_q_[s], f[size_t(s)], g->H, g->N, g->P, g->ndg, g->scale.data(), g->dim_end.data());
+      else for (const auto& u : te.uses)
         k.dequantize(ssm_q_[s] + u.c0, 1, u.c1 - u.c0, u.c1 - u.c0, u.scale, f[size_t(s)] + u.c0, u.c1 - u.c0);
     }
   return f;
@@ -250,7 +268,9 @@ std::vector<float*> Exec::states_as_float(const TapExec& te) {
 
 void Exec::states_store(const std::vector<float*>& f, const TapExec& te) {
   for (int s = 0; s < nseq; ++s)
-    if (f[size_t(s)])
+    if (const StateScales* g = te.state.get(); f[size_t(s)] && g)
+      k.state_quantize(f[size_t(s)], ssm_q_[s], g->H, g->N, g->P, g->ndg, g->scale.data(), g->dim_end.data());
+    else if (f[size_t(s)])
       for (const auto& u : te.uses)
         k.quantize(f[size_t(s)] + u.c0, 1, u.c1 - u.c0, u.c1 - u.c0, u.scale, ssm_q_[s] + u.c0, u.c1 - u.c0);
 }
@@ -265,13 +285,17 @@ void Exec::state_point(const TapExec* te) {
     if (te && te->int8) {
       if (!ssm_q_[s] || !tap_) continue;
       st = scratch(kSlotTapView, size_t(n));
-      for (const auto& u : te->uses)
+      if (const StateScales* g = te->state.get())
+        k.state_dequantize(ssm_q_[s], st, g->H, g->N, g->P, g->ndg, g->scale.data(), g->dim_end.data());
+      else for (const auto& u : te->uses)
         k.dequantize(ssm_q_[s] + u.c0, 1, u.c1 - u.c0, u.c1 - u.c0, u.scale, st + u.c0, u.c1 - u.c0);
       tap_->on(l_, "ssm_state", st, 1, n, one);
       continue;
     }
     if (!st) continue;
-    if (te && te->fake)
+    if (const StateScales* g = te ? te->state.get() : nullptr; g && te->fake)
+      k.state_fake_quantize(st, g->H, g->N, g->P, g->ndg, g->scale.data(), g->dim_end.data(), p_.a_bits);
+    else if (te && te->fake)
       for (const auto& u : te->uses) k.fake_quantize(st + u.c0, 1, u.c1 - u.c0, u.c1 - u.c0, u.scale, p_.a_bits);
     if (tap_) tap_->on(l_, "ssm_state", st, 1, n, one);
   }

@@ -39,11 +39,20 @@ struct UseExec {
   float scale;  // 0 when the plan does not quantize it
   Prec prec;
 };
+// Quamba2's grouped SSM-state scales {G, nhg, ndg, N} laid out per head for the state kernels
+// (kernels/backend.h state_quantize): scale {H, N, ndg}, dim_end {H, ndg}.
+struct StateScales {
+  int H = 0, N = 0, P = 0, ndg = 0;
+  std::vector<float> scale;
+  std::vector<int> dim_end;
+};
+
 struct TapExec {
   std::string_view tap;
   std::vector<UseExec> uses;  // a grouped scale (Quamba2) is one use per run of columns sharing a scale
   std::vector<float> col_scale;  // int8: the scale of every column of the tap (codes' scales)
   bool int8 = false, fake = false;
+  std::shared_ptr<const StateScales> state;  // the ssm_state tap with grouped scales
 };
 struct LayerExec {
   std::vector<TapExec> taps;

@@ -178,6 +178,19 @@ class Quamba2 final : public Recipe {
 
 }  // namespace
 
+void apply_quamba2_preset(QuantMeta& m, const std::string& p, const ModelConfig& cfg) {
+  if (p != "w8a8" && p != "w4a8" && p != "w4a16") fail_option("preset", "preset '{}': expected w8a8, w4a8 or w4a16", p);
+  m.recipe = "quamba2";
+  m.preset = p;
+  m.w_bits = p == "w8a8" ? 8 : 4;
+  m.a_bits = p == "w4a16" ? 16 : 8;
+  m.granularity = m.w_bits == 4 ? Granularity::Group : Granularity::Tensor;
+  m.rotate_residual = true;
+  m.gptq = m.gptq || p != "w8a8";
+  m.quantize_embedding = m.quantize_lm_head = true;
+  m.group_heads = m.group_heads || (cfg.arch == Arch::Mamba2 && m.any_a8());
+}
+
 const Recipe& quamba2_recipe() {
   static const Quamba2 r;
   return r;

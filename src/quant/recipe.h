@@ -54,6 +54,11 @@ class Recipe {
   virtual ExecMode default_mode() const { return ExecMode::Int8; }
 };
 
+// Quamba2's presets, as the reference's eval.sh commands (quamba2.md §1): w8a8 (embedding and
+// LM head quantized, no GPTQ), w4a8 and w4a16 (+ GPTQ); Mamba2 with int8 activations also groups
+// heads. Sets recipe, bits, granularity and those flags (OptionError "preset" for another name).
+void apply_quamba2_preset(QuantMeta& m, const std::string& preset, const ModelConfig& cfg);
+
 // The recipe called `name` (OptionError "recipe" if this build has none).
 const Recipe& recipe(const std::string& name);
 std::vector<std::string> recipe_names();

@@ -258,4 +258,47 @@ void ssd_scan_s8(int nseq, const int* offs, int H, int P, int G, int N, const in
   ssd_scan(nseq, offs, H, P, G, N, xf, H * P, df, H, dt_bias, A, bf, G * N, cf, G * N, Dskip, states, y, ldy);
 }
 
+namespace {
+// f(offset, length, scale) for each run of state elements sharing a scale; threads over heads
+template <class F>
+void state_runs(int H, int N, int P, int ndg, const float* scale, const int* dim_end, F f) {
+#pragma omp parallel for schedule(static) if (size_t(H) * N * P > 32768)
+  for (int h = 0; h < H; ++h)
+    for (int n = 0; n < N; ++n) {
+      const size_t o = (size_t(h) * N + n) * P;
+      const float* s = scale + (size_t(h) * N + n) * ndg;
+      for (int j = 0, p0 = 0; j < ndg; ++j) {
+        const int p1 = dim_end[h * ndg + j];
+        f(o + size_t(p0), p1 - p0, s[j]);
+        p0 = p1;
+      }
+    }
+}
+}  // namespace
+
+void state_quantize(const float* x, int8_t* q, int H, int N, int P, int ndg, const float* scale, const int* dim_end) {
+  state_runs(H, N, P, ndg, scale, dim_end, [&](size_t o, int len, float s) {
+    const float inv = 1.0f / s;
+#pragma omp simd
+    for (int i = 0; i < len; ++i) q[o + size_t(i)] = code(x[o + size_t(i)] * inv);
+  });
+}
+void state_dequantize(const int8_t* q, float* x, int H, int N, int P, int ndg, const float* scale, const int* dim_end) {
+  state_runs(H, N, P, ndg, scale, dim_end, [&](size_t o, int len, float s) {
+#pragma omp simd
+    for (int i = 0; i < len; ++i) x[o + size_t(i)] = float(q[o + size_t(i)]) * s;
+  });
+}
+void state_fake_quantize(float* x, int H, int N, int P, int ndg, const float* scale, const int* dim_end, int bits) {
+  const float qmax = float((1 << (bits - 1)) - 1);
+  state_runs(H, N, P, ndg, scale, dim_end, [&](size_t o, int len, float s) {
+    const float inv = 1.0f / s;
+#pragma omp simd
+    for (int i = 0; i < len; ++i) {
+      const float v = std::nearbyint(x[o + size_t(i)] * inv);
+      x[o + size_t(i)] = v == v ? std::clamp(v, -qmax, qmax) * s : 0.f;
+    }
+  });
+}
+
 }  // namespace mambaq::MAMBAQ_CPU_NS

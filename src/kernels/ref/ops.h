@@ -84,6 +84,13 @@ void ssd_scan_s8(int T, int H, int P, int G, int N, const int8_t* x, int ldx, co
                  float sdt, const float* dt_bias, const float* A, const int8_t* B, int ldb, const float* sB, const int8_t* C,
                  int ldc, const float* sC, const float* Dskip, float* state, float* y, int ldy);
 
+// ---- the SSM state {H, N, P} with Quamba2's grouped scales: element (h, n, p) uses
+// scale[(h * N + n) * ndg + j], j the dim group of p in head h (dim_end {H, ndg}: end of each
+// group, the last = P). Rounding as quantize (half to even, clamp to +-qmax). ----
+void state_quantize(const float* x, int8_t* q, int H, int N, int P, int ndg, const float* scale, const int* dim_end);
+void state_dequantize(const int8_t* q, float* x, int H, int N, int P, int ndg, const float* scale, const int* dim_end);
+void state_fake_quantize(float* x, int H, int N, int P, int ndg, const float* scale, const int* dim_end, int bits);
+
 // ---- 4-bit weights (Quamba2 W4A16 / W4A8). W {N, K} packed S4 (include/mambaq/tensor.h:
 // blocks of 32 columns, byte j = column j | column j+16 << 4, each code + 8), K % 32 == 0;
 // scales ws {N, ceil(K / group)}, group % 32 == 0. ----

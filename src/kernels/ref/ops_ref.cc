@@ -264,4 +264,27 @@ void gemm_s8w4(int M, int N, int K, const int8_t* A, int lda, float a_scale, con
     }
 }
 
+namespace {
+template <class F>
+void state_each(int H, int N, int P, int ndg, const float* scale, const int* dim_end, F f) {
+  for (int h = 0; h < H; ++h)
+    for (int n = 0; n < N; ++n)
+      for (int p = 0; p < P; ++p) {
+        int j = 0;
+        while (p >= dim_end[h * ndg + j]) ++j;
+        f((size_t(h) * N + n) * P + size_t(p), scale[(size_t(h) * N + n) * ndg + size_t(j)]);
+      }
+}
+}  // namespace
+
+void state_quantize(const float* x, int8_t* q, int H, int N, int P, int ndg, const float* scale, const int* dim_end) {
+  state_each(H, N, P, ndg, scale, dim_end, [&](size_t i, float s) { quantize(x + i, 1, 1, 1, s, q + i, 1); });
+}
+void state_dequantize(const int8_t* q, float* x, int H, int N, int P, int ndg, const float* scale, const int* dim_end) {
+  state_each(H, N, P, ndg, scale, dim_end, [&](size_t i, float s) { x[i] = float(q[i]) * s; });
+}
+void state_fake_quantize(float* x, int H, int N, int P, int ndg, const float* scale, const int* dim_end, int bits) {
+  state_each(H, N, P, ndg, scale, dim_end, [&](size_t i, float s) { fake_quantize(x + i, 1, 1, 1, s, bits); });
+}
+
 }  // namespace mambaq::ref
