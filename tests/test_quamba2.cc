@@ -238,8 +238,8 @@ TEST(Quamba2, BadOptionsAreRefusedByName) {
   // --fp-ops that would need the FP model's (unrotated) weights are refused; ssm works
   Model f(quantized("models/mamba2-tiny-hf", "w8a8"));
   f.set_mode(ExecMode::Fake);
-  EXPECT_ERROR(f.set_fp_ops(kFpLinear, &fp), "fp_ops linear", "rotated");
-  f.set_fp_ops(kFpSsm | kFpHead, &fp);
+  EXPECT_ERROR(f.set_fp_ops(kFpLinear, &fp), "fp_ops linear", "rotated", "fp_in_quantized_basis");
+  f.set_fp_ops(kFpSsm | kFpHead, nullptr);
   EXPECT_EQ(f.fp_ops(), unsigned(kFpSsm | kFpHead));
 }
 
@@ -488,4 +488,24 @@ TEST(HeadGroups, GroupedModelRunsSavesAndDecodes) {
   EXPECT_EQ(st.tensors.at("backbone.layers.0.mixer.conv1d.x_head_group_range").dtype, DType::I32);
   EXPECT_EQ(st.tensors.at("backbone.layers.0.mixer.conv1d.x_dim_group_range").shape, (std::vector<int64_t>{1, 4, 4}));
   EXPECT_EQ(st.tensors.at("backbone.layers.0.mixer.conv1d.x_scale").shape, (std::vector<int64_t>{1, 4, 4}));
+  // the FP model brought into the quantized basis (rotation + the saved permutation) computes the
+  // original function, and with every op kind kept in float the fake run is exactly that model
+  const Model& fp = fp_model(rel);
+  auto basis = fp_in_quantized_basis(fp, *r->quantized());
+  const auto lb = run(*basis);
+  EXPECT_LT(mqtest::rel_err(lb, run(fp)), 1e-4);
+  r->set_mode(ExecMode::Fake);
+  r->set_fp_ops(kFpLinear | kFpConv | kFpSsm | kFpNorm | kFpHadamard | kFpHead, basis.get());
+  EXPECT_EQ(run(*r), lb);
+  // each kind alone moves the fake run towards it
+  Model one(*q);
+  one.set_mode(ExecMode::Fake);
+  const double e_all = mqtest::rel_err(lf, lb);
+  for (unsigned k : {kFpLinear, kFpSsm, kFpHead}) {
+    one.set_mode(ExecMode::Fake);
+    one.set_fp_ops(k, basis.get());
+    const auto lk = run(one);
+    EXPECT_NE(lk, lf) << fp_ops_str(k);
+    EXPECT_LT(mqtest::rel_err(lk, lb), e_all * 1.05) << fp_ops_str(k);
+  }
 }

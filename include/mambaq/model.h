@@ -74,7 +74,8 @@ enum FpOps : unsigned {
   kFpHadamard = 16, // no online rotation: out_proj reads y as is, with unfused weights (W, quantized
                     // as the recipe does unless linear is kept too); its input stays float, since
                     // its calibrated scale belongs to the rotated values
-  kFpHead = 32,     // the LM head and its input (an error for models whose head is not quantized)
+  kFpHead = 32,     // the LM head and its input, and the embedding (the FP model's weights when given;
+                    // an error for models whose head and embedding are not quantized)
 };
 // "linear,ssm" -> mask; errors name --fp-ops.
 unsigned parse_fp_ops(const std::string& list);

@@ -166,13 +166,14 @@ RunCapture reference_run(const Model& ref, const ReferenceSource& src, const std
   size_t tokens = 0;
   for (const auto& s : samples) tokens += s.size();
   const std::string rmode = mode_name(ref.mode());
-  const nlohmann::json manifest = {{"ref", fs::weakly_canonical(src.model_path).string()},
+  nlohmann::json manifest = {{"ref", fs::weakly_canonical(src.model_path).string()},
                                    {"ref_mode", rmode},
                                    {"data_sha256", sha256_file(src.data_file)},
                                    {"samples", samples.size()},
                                    {"seqlen", src.seqlen},
                                    {"layers", layers},
                                    {"tokens", tokens}};
+  if (!src.basis.empty()) manifest["basis"] = src.basis;
   const fs::path dir(src.save_dir);
   if (!src.save_dir.empty()) {
     fs::create_directories(dir);

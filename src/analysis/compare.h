@@ -70,6 +70,7 @@ struct ReferenceSource {
   std::string model_path, data_file;
   int seqlen = 0;
   std::string save_dir;
+  std::string basis = {};  // the FP model transformed into a quantized model's basis ("": as loaded)
 };
 RunCapture reference_run(const Model& ref, const ReferenceSource& src, const std::vector<std::vector<int32_t>>& samples,
                          const std::set<int>& layers, bool progress, bool* reused);

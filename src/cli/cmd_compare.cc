@@ -11,7 +11,9 @@
 #include "io/npz.h"
 #include "mambaq/error.h"
 #include "mambaq/eval.h"
+#include "mambaq/checkpoint.h"
 #include "quant/calibrate.h"
+#include "quant/quantized.h"
 
 namespace mambaq::cli {
 
@@ -51,6 +53,18 @@ Runner register_compare(CLI::App& app) {
     if (o->data.empty()) o->data = (fs::path(o->c.data_dir) / "corpus" / "heldout.txt").string();
     auto ref = load_model(o->ref, o->ref_mode);
     auto cand = Model::load(o->cand);
+    std::string basis;
+    if (cand->is_quantized() && changes_basis(*cand->quantized()) && !ref->is_quantized()) {
+      // Quamba2 rotates the residual stream (and reorders heads): the FP reference runs in the same
+      // basis, so that layer outputs correspond (logits are unchanged by it)
+      const ExecMode rm = ref->mode();
+      ref = fp_in_quantized_basis(*ref, *cand->quantized());
+      ref->set_mode(rm);
+      basis = cand->quantized()->meta.group_heads ? "rotated+reordered" : "rotated";
+      fmt::print(stderr, "reference: {} in the candidate's basis ({} by the {} recipe)\n", o->ref, basis,
+                 cand->quantized()->meta.recipe);
+      if (cand->quantized()->meta.group_heads) basis += ":" + sha256_file(find_weights_file(o->cand));
+    }
     const auto& rc = ref->config();
     const auto& cc = cand->config();
     if (rc.arch != cc.arch || rc.n_layer != cc.n_layer || rc.d_model != cc.d_model || rc.padded_vocab != cc.padded_vocab)
@@ -84,7 +98,8 @@ Runner register_compare(CLI::App& app) {
 
     // The reference: reused from --save-dir when it was saved there for exactly these inputs.
     bool reused = false;
-    const RunCapture R = reference_run(*ref, {o->ref, o->data, o->seqlen, o->save_dir}, cs.samples, layers, !o->quiet, &reused);
+    const RunCapture R =
+        reference_run(*ref, {o->ref, o->data, o->seqlen, o->save_dir, basis}, cs.samples, layers, !o->quiet, &reused);
     if (reused) fmt::print(stderr, "reference reused from {}\n", o->save_dir);
     const std::string rmode = mode_name(ref->mode());
 

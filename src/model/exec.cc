@@ -161,6 +161,10 @@ std::shared_ptr<PreparedPlan> prepare_plan(const ModelConfig& cfg, const ModelWe
     plan.head[unsigned(OpKind::Head)] = Prec::F32;  // W4A16 head: nothing to simulate but its weights
   resolve_taps(cfg, q, -1, plan.head, true, head_a16, pp->head);
   if (!w.lm_head.f32() && plan.head[unsigned(OpKind::Head)] != Prec::Int8) pp->head_fw = float_view(w.lm_head);
+  if (fp && (ops & kFpHead)) {  // the ends in float: the FP model's embedding and LM head
+    pp->head_fw = fp->weights().lm_head.as_weight();
+    pp->emb_fw = fp->weights().embedding.as_weight();
+  }
   pp->plan = std::make_unique<ExecPlan>(std::move(plan));
   return pp;
 }

@@ -71,6 +71,7 @@ struct PreparedPlan {
   std::vector<LayerExec> layers;
   LayerExec head;                      // layer -1
   Weight head_fw;                      // a quantized LM head's float weights, when its plan runs float
+  Weight emb_fw;                       // --fp-ops head: the FP model's embedding
   int a_bits = 8;
 };
 

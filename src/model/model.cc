@@ -55,14 +55,17 @@ void Model::set_fp_ops(unsigned mask, const Model* fp) {
     fail_option("fp_ops", "fp_ops runs in the fake-quant simulation (mode fake), not in mode {}", mode_name(mode()));
   if ((mask & kFpNorm) && cfg_.arch == Arch::Mamba1)
     fail_option("fp_ops", "fp_ops norm: a Mamba1 model has no quantized norm input (its norms always run in FP32); leave it out");
-  if ((mask & kFpHead) && !quantized_head())
-    fail_option("fp_ops", "fp_ops head: this model's LM head is not quantized (the {} recipe keeps it in FP32 without "
-         "--quantize-lm-head), so there is nothing to keep in float; leave it out",
+  if ((mask & kFpHead) && !quantized_head() && !(q_ && q_->meta.quantize_embedding))
+    fail_option("fp_ops", "fp_ops head: this model's LM head and embedding are not quantized (the {} recipe keeps them "
+         "in FP32 without --quantize-lm-head / --quantize-embedding), so there is nothing to keep in float; leave it out",
          q_ ? q_->meta.recipe : "fp");
-  if ((mask & (kFpLinear | kFpConv | kFpHadamard)) && q_ && (q_->meta.rotate_residual || q_->meta.group_heads))
-    fail_option("fp_ops", "fp_ops {}: this model's weights are rotated{} by the {} recipe, and an FP model's weights are "
-         "not; keep ssm, norm or head in float instead",
-         fp_ops_str(mask & (kFpLinear | kFpConv | kFpHadamard)), q_->meta.group_heads ? " and reordered" : "",
+  // a rotated model (Quamba2) takes float weights from the FP model in its basis
+  // (quant/quantized.h fp_in_quantized_basis), whose block norms are folded to ones
+  if ((mask & (kFpLinear | kFpConv | kFpHadamard | kFpHead)) && q_ && q_->meta.rotate_residual && fp &&
+      !std::all_of(fp->weights().layers[0].norm.data, fp->weights().layers[0].norm.data + cfg_.d_model,
+                   [](float g) { return g == 1.f; }))
+    fail_option("fp_ops", "fp_ops {}: this model's weights are rotated by the {} recipe; the FP model must be brought "
+         "into its basis first (fp_in_quantized_basis)", fp_ops_str(mask & (kFpLinear | kFpConv | kFpHadamard | kFpHead)),
          q_->meta.recipe);
   set_plan(make_plan(ExecMode::Fake, mask, cfg_.n_layer, quantized_head()), fp);
 }
@@ -103,7 +106,7 @@ void Model::embed(std::span<const int32_t> tokens, float* r) const {
     const int32_t id = tokens[t];
     if (id < 0 || id >= cfg_.padded_vocab)
       fail("token id {} is outside the model's vocabulary [0, {})", id, cfg_.padded_vocab);
-    if (const float* e = w_.embedding.f32())
+    if (const float* e = plan_->emb_fw.data ? plan_->emb_fw.data : w_.embedding.f32())
       std::memcpy(r + t * size_t(dm), e + size_t(id) * dm, sizeof(float) * size_t(dm));
     else
       dequantize_row(w_.embedding, id, r + t * size_t(dm));  // a quantized embedding: one row per token
@@ -192,7 +195,9 @@ void Model::lm_head(const float* hidden, int rows, float* logits) const {
   const Prec p = plan().at(-1, OpKind::Head);
   const TapExec* te = plan_->head.tap("lm_head:input");
   const float s = te && !te->uses.empty() ? te->uses[0].scale : 0.f;
-  if (W.f32()) {
+  if (plan_->head_fw.data && p == Prec::F32) {  // fp32 / fake of a quantized head, or --fp-ops head
+    k.gemm(rows, V, dm, hidden, dm, plan_->head_fw.data, nullptr, logits, V);
+  } else if (W.f32()) {
     k.gemm(rows, V, dm, hidden, dm, W.f32(), nullptr, logits, V);
   } else if (p == Prec::Int8 && s > 0) {  // W8A8 / W4A8: the hidden state as int8 codes
     int8_t* q = scratch_i8(kSlotQHead, size_t(rows) * dm);

@@ -89,6 +89,10 @@ struct HeadGroups {
   int G = 0, nhg = 0, ndg = 0;
   std::vector<int32_t> head_end;  // {G, nhg}
   std::vector<int32_t> dim_end;   // {G, nhg, ndg}
+  // The permutation that was applied (saved as conv1d.x_channel_order / x_head_order): new
+  // channel -> FP channel {d_inner}, new head -> FP head {nheads}. With it the FP model can be
+  // brought into the quantized model's basis (compare, --fp-ops).
+  std::vector<int32_t> channel, head;
   bool empty() const { return G == 0; }
   int head_group(int g, int h) const {  // h counted within the SSD group
     int k = 0;

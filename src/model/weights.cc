@@ -225,6 +225,19 @@ std::unique_ptr<Model> Model::from_store(const ModelConfig& cfg, const TensorSto
             fail("{}: tensor '{}': the dim-group ends of SSD group {} head group {} must increase to {}", store.source,
                  dn, gi, k, P);
       }
+      const auto order = [&](const std::string& n, int len) {  // a permutation of 0..len-1
+        const RawTensor& t = b.typed(n, DType::I32, {len});
+        std::vector<int32_t> v(static_cast<size_t>(len));
+        std::memcpy(v.data(), t.data, v.size() * 4);
+        std::vector<char> seen(static_cast<size_t>(len), 0);
+        for (int32_t x : v) {
+          if (x < 0 || x >= len || seen[size_t(x)]) fail("{}: tensor '{}' is not a permutation of 0..{}", store.source, n, len - 1);
+          seen[size_t(x)] = 1;
+        }
+        return v;
+      };
+      g.channel = order(layer_prefix(l) + "mixer.conv1d.x_channel_order", cfg.d_inner);
+      g.head = order(layer_prefix(l) + "mixer.conv1d.x_head_order", cfg.nheads);
       q->groups.push_back(std::move(g));
     }
   }

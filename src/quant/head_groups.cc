@@ -135,6 +135,8 @@ HeadOrder group_heads(const ModelConfig& cfg, const std::vector<float>& stat, in
   }
   for (int h : o.head)
     for (int p = 0; p < P; ++p) o.channel.push_back(h * P + sorted[size_t(h)][size_t(p)]);
+  o.groups.channel.assign(o.channel.begin(), o.channel.end());
+  o.groups.head.assign(o.head.begin(), o.head.end());
   return o;
 }
 

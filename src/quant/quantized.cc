@@ -102,10 +102,28 @@ std::unique_ptr<Model> quantize_model(const Model& fp, const Calibration& cal, c
     const HeadGroups& g = q->groups[l];
     info.push_back({layer_prefix(int(l)) + "mixer.conv1d.x_head_group_range", "I32", {g.G, g.nhg}});
     info.push_back({layer_prefix(int(l)) + "mixer.conv1d.x_dim_group_range", "I32", {g.G, g.nhg, g.ndg}});
+    info.push_back({layer_prefix(int(l)) + "mixer.conv1d.x_channel_order", "I32", {int64_t(g.channel.size())}});
+    info.push_back({layer_prefix(int(l)) + "mixer.conv1d.x_head_order", "I32", {int64_t(g.head.size())}});
   }
   auto m = Model::from_weights(cfg, std::move(w), std::move(info), std::move(q));
   m->set_mode(r.default_mode());
   return m;
+}
+
+std::unique_ptr<Model> fp_in_quantized_basis(const Model& fp, const QuantState& q) {
+  if (fp.is_quantized()) fail("internal error: fp_in_quantized_basis on a quantized model");
+  const ModelConfig& cfg = fp.config();
+  ModelWeights w = fp.weights();
+  recipe(q.meta.recipe).transform(cfg, q.meta, w);
+  if (q.meta.group_heads) {
+    if (q.groups.size() != size_t(cfg.n_layer)) fail("internal error: grouped heads without head groups");
+    for (int l = 0; l < cfg.n_layer; ++l) {
+      const HeadGroups& g = q.groups[size_t(l)];
+      HeadOrder o{std::vector<int>(g.channel.begin(), g.channel.end()), std::vector<int>(g.head.begin(), g.head.end()), g};
+      reorder_layer(cfg, o, w.layers[size_t(l)]);
+    }
+  }
+  return Model::from_weights(cfg, std::move(w), fp.tensor_info(), nullptr);
 }
 
 QuantizeResult quantize(const Model& fp, const QuantMeta& meta, const QuantizeInputs& in) {
@@ -191,6 +209,8 @@ void save_quantized(const Model& m, const std::string& dir, const std::string& t
     const HeadGroups& g = q->groups[l];
     ts.push_back({layer_prefix(int(l)) + "mixer.conv1d.x_head_group_range", DType::I32, {g.G, g.nhg}, g.head_end.data()});
     ts.push_back({layer_prefix(int(l)) + "mixer.conv1d.x_dim_group_range", DType::I32, {g.G, g.nhg, g.ndg}, g.dim_end.data()});
+    ts.push_back({layer_prefix(int(l)) + "mixer.conv1d.x_channel_order", DType::I32, {int64_t(g.channel.size())}, g.channel.data()});
+    ts.push_back({layer_prefix(int(l)) + "mixer.conv1d.x_head_order", DType::I32, {int64_t(g.head.size())}, g.head.data()});
   }
   save_safetensors((fs::path(dir) / "model.safetensors").string(), ts, meta);
 

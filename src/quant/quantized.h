@@ -21,6 +21,13 @@ std::unique_ptr<Model> quantize_model(const Model& fp, const Calibration& cal, c
                                       const ModelWeights* quantized = nullptr,
                                       const std::vector<HeadGroups>* groups = nullptr);
 
+// The FP model in a quantized model's basis: the recipe's transform (Quamba2's residual rotation)
+// and the saved head permutation applied to its float weights, so that its layer outputs
+// correspond to the quantized model's (compare) and --fp-ops can take its weights.
+std::unique_ptr<Model> fp_in_quantized_basis(const Model& fp, const QuantState& q);
+// Whether a quantized model's layers live in another basis than its FP model's.
+inline bool changes_basis(const QuantState& q) { return q.meta.rotate_residual || q.meta.group_heads; }
+
 // The whole pipeline: the recipe's transform, head grouping (meta.group_heads: statistics from
 // the calibration samples, quant/head_groups.h), calibration (when some activation is quantized),
 // GPTQ (meta.gptq), quantization.
