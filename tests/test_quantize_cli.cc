@@ -228,3 +228,57 @@ TEST(ExperimentLog, MalformedLinesNameFileAndLine) {
   mambaq::append_log(d + "/b.jsonl", {{"k", 1}});
   EXPECT_EQ(mqtest::read_file(d + "/b.jsonl"), "[1, 2]\n{\"k\":1}\n");
 }
+
+// Quamba2 from the command line: a preset with the reference's spellings, a layer config, the
+// folder shown by info / scales, run by eval in each mode, compared, logged; bad options refused.
+TEST(QuantizeCli, Quamba2PresetsLayerConfigAndErrors) {
+  const std::string d = mqtest::temp_dir("qcli_q2");
+  const std::string m2 = mqtest::model_dir("mamba2-tiny-hf"), m1 = mqtest::model_dir("mamba-tiny");
+  const std::string small = " -q --calib-num 4 --calib-seqlen 128 --gptq-num 2 --gptq-seqlen 128 --log " + d + "/log.jsonl";
+  auto r = run_cli("quantize " + m2 + " -o " + d + "/w4a8 --preset w4a8" + small);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("quamba2 W4A8"), std::string::npos) << r.out;
+  r = run_cli("info " + d + "/w4a8");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("s4 g128"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("heads grouped"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("GPTQ (2 x 128 tokens)"), std::string::npos) << r.out;
+  r = run_cli("scales " + d + "/w4a8");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("x_conv_out(max/16)"), std::string::npos) << r.out;
+  for (const char* mode : {"int8", "fake", "fp32"}) {
+    r = run_cli("eval " + d + "/w4a8 --mode " + mode + " --tasks ppl:corpus/heldout.txt --limit 2 --no-log");
+    EXPECT_EQ(r.code, 0) << mode << ": " << r.err;
+  }
+  r = run_cli("compare --ref " + m2 + " --cand " + d + "/w4a8 --samples 1 --seqlen 32 --layers 0 -q");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("in the candidate's basis"), std::string::npos) << r.err;
+  // the reference's spellings, on Mamba1, and a per-layer precision file
+  mqtest::write_file(d + "/layers.json", R"(["W4A8", "W4A16", "W8A8", "FP16", "W4A8", "W4A8", "W4A16", "W8A8"])");
+  r = run_cli("quantize " + m1 + " -o " + d + "/mixed --recipe quamba2 --w_bits 4 --a_bits 8 --apply_gptq "
+              "--quantize_embedding --quantize_lm_head --layer-config " + d + "/layers.json" + small);
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cli("info " + d + "/mixed");
+  EXPECT_NE(r.out.find("0 W4A8, 1 W4A16, 2 W8A8, 3 FP16"), std::string::npos) << r.out;
+  r = run_cli("eval " + d + "/mixed --tasks ppl:corpus/heldout.txt --limit 2 --no-log");
+  EXPECT_EQ(r.code, 0) << r.err;
+  // the log has both runs with the Quamba2 flags
+  const std::string log = mqtest::read_file(d + "/log.jsonl");
+  EXPECT_NE(log.find("\"preset\":\"w4a8\""), std::string::npos);
+  EXPECT_NE(log.find("\"gptq_s\""), std::string::npos);
+  // errors, each one line naming the flag or file
+  const std::string q = " -q --no-log -o " + d + "/bad ";
+  mqtest::expect_one_line_error(run_cli("quantize " + m2 + q + "--preset w2a8"), "--preset");
+  mqtest::expect_one_line_error(run_cli("quantize " + m2 + q + "--recipe quamba2 --w-bits 8 --a-bits 16"), "--a-bits 16");
+  mqtest::expect_one_line_error(run_cli("quantize " + m1 + q + "--recipe quamba2 --w-bits 4 --group-heads"), "--group-heads");
+  mqtest::expect_one_line_error(run_cli("quantize " + m2 + q + "--group-heads"), "quamba2 options");
+  mqtest::write_file(d + "/short.json", R"(["W4A8", "W4A8"])");
+  mqtest::expect_one_line_error(run_cli("quantize " + m2 + q + "--recipe quamba2 --w-bits 4 --layer-config " + d + "/short.json"),
+                                "--layer-config");
+  mqtest::write_file(d + "/typo.json", R"(["W4A8", "W3A8"])");
+  mqtest::expect_one_line_error(run_cli("quantize " + m2 + q + "--recipe quamba2 --w-bits 4 --layer-config " + d + "/typo.json"),
+                                "layer 1");
+  mqtest::expect_one_line_error(run_cli("quantize " + m2 + q + "--recipe quamba2 --w-bits 4 --gptq --gptq-data " + d + "/nope.txt"),
+                                "--gptq-data");
+  mqtest::expect_one_line_error(run_cli("bench --synthetic mamba2-130m --quant w4a9 --no-bandwidth"), "--quant");
+}
