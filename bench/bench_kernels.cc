@@ -50,6 +50,39 @@ BENCHMARK(BM_GemmS8)->Args({1024, 3072, 768})->Args({1024, 768, 1536})->Args({10
     ->UseRealTime();
 BENCHMARK(BM_Gemm)->Args({1024, 1536, 48})->UseRealTime();
 
+// 4-bit weights (Quamba2), groups of 128: W4A16 (float activations) and W4A8 (int8 activations);
+// args: M, N, K. The decode shapes stream N * K / 2 bytes of codes (+ N * K / 128 * 4 of scales).
+static std::vector<uint8_t> rnd_s4(size_t n) {
+  std::mt19937 rng(3);
+  std::vector<uint8_t> v(n);
+  for (auto& x : v) x = uint8_t(rng());
+  return v;
+}
+static void BM_GemmW4A16(benchmark::State& s) {
+  const int M = int(s.range(0)), N = int(s.range(1)), K = int(s.range(2));
+  auto A = rnd(size_t(M) * K);
+  auto W = rnd_s4(size_t(N) * K / 2);
+  auto ws = rnd(size_t(N) * K / 128, 0.02f, 0.001f);
+  std::vector<float> C(size_t(M) * N);
+  for (auto _ : s) cpu().gemm_w4(M, N, K, A.data(), K, W.data(), ws.data(), 128, nullptr, C.data(), N);
+  s.counters["GB/s"] = benchmark::Counter(double(N) * K / 2 + double(N) * K / 32, benchmark::Counter::kIsIterationInvariantRate,
+                                          benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_GemmW4A16)->Args({1024, 3072, 768})->Args({1, 3072, 768})->Args({1, 50280, 768})->UseRealTime();
+static void BM_GemmW4A8(benchmark::State& s) {
+  const int M = int(s.range(0)), N = int(s.range(1)), K = int(s.range(2));
+  std::mt19937 rng(4);
+  std::vector<int8_t> A(size_t(M) * K);
+  for (auto& x : A) x = int8_t(int(rng() % 255) - 127);
+  auto W = rnd_s4(size_t(N) * K / 2);
+  auto ws = rnd(size_t(N) * K / 128, 0.02f, 0.001f);
+  std::vector<float> C(size_t(M) * N);
+  for (auto _ : s) cpu().gemm_s8w4(M, N, K, A.data(), K, 0.02f, W.data(), ws.data(), 128, nullptr, C.data(), N);
+  s.counters["GB/s"] = benchmark::Counter(double(N) * K / 2 + double(N) * K / 32, benchmark::Counter::kIsIterationInvariantRate,
+                                          benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_GemmW4A8)->Args({1024, 3072, 768})->Args({1, 3072, 768})->Args({1, 50280, 768})->UseRealTime();
+
 // int8 conv1d + SiLU + requantization, mamba-130m: C = 1536, K = 4
 static void BM_Conv1dS8(benchmark::State& s) {
   const int T = int(s.range(0)), C = 1536, K = 4;

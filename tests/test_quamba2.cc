@@ -509,3 +509,99 @@ TEST(HeadGroups, GroupedModelRunsSavesAndDecodes) {
     EXPECT_LT(mqtest::rel_err(lk, lb), e_all * 1.05) << fp_ops_str(k);
   }
 }
+
+TEST(HeadGroups, GroupedPercentileObserver) {
+  // exact mode with alpha 1 is the maximum over all values: the min-max scales, bit for bit;
+  // a lower alpha clips every block at or below them, and some strictly
+  const char* rel = "models/mamba2-tiny-hf";
+  QuantMeta meta = preset("w8a8");
+  meta.group_heads = true;
+  const auto mm = make(rel, meta);
+  meta.grouped_percentile = true;
+  meta.pmode = PercentileMode::Exact;
+  meta.alpha = 1.0;
+  QuantizeInputs in;
+  static const auto cs = make_calib_samples(mqtest::tokenizer(), mqtest::repo("data/corpus/calib.jsonl"), 256, 16);
+  in.calib = &cs;
+  in.calib_opts.progress = false;
+  in.calib_opts.mode = PercentileMode::Exact;
+  in.calib_opts.alpha = 1.0;
+  in.progress = false;
+  const auto p1 = quantize(fp_model(rel), meta, in);
+  in.calib_opts.alpha = 0.999;
+  meta.alpha = 0.999;
+  const auto p9 = quantize(fp_model(rel), meta, in);
+  int lower = 0;
+  for (const char* pt : {"x_conv_out", "ssm_state_act:input"}) {
+    const PointScale* a = mm.calibration.find(4, pt);
+    const PointScale* b = p1.calibration.find(4, pt);
+    const PointScale* c = p9.calibration.find(4, pt);
+    ASSERT_TRUE(a && b && c);
+    EXPECT_EQ(b->observer, "grouped-percentile");
+    EXPECT_EQ(a->values, b->values) << pt;
+    for (size_t i = 0; i < a->values.size(); ++i) {
+      EXPECT_LE(c->values[i], a->values[i]) << pt << " " << i;
+      lower += c->values[i] < a->values[i];
+    }
+  }
+  EXPECT_GT(lower, 0);
+  // B and C stay min-max (the recipe's percentile points are x and the state)
+  EXPECT_EQ(p9.calibration.find(4, "B_conv_out")->observer, "grouped-minmax");
+}
+
+// Every published width: the rotation (Hadamard of 768 = 12 * 64, 2560 = 20 * 128, 4096; d_inner
+// 1536, 5120, 8192) and the W4A8 recipe with grouped heads (mamba2-8b's 8 SSD groups), on
+// one-layer models with the published shapes and a small vocabulary (seeded random weights).
+class Quamba2Widths : public ::testing::TestWithParam<std::tuple<bool, int, int>> {};  // mamba2, d_model, ngroups
+INSTANTIATE_TEST_SUITE_P(Published, Quamba2Widths,
+                         ::testing::Values(std::tuple{false, 768, 1}, std::tuple{false, 2560, 1}, std::tuple{true, 768, 1},
+                                           std::tuple{true, 2560, 1}, std::tuple{true, 4096, 8}));
+TEST_P(Quamba2Widths, RotationAndW4A8Work) {
+  const auto [m2, dm, G] = GetParam();
+  nlohmann::json j = {{"d_model", dm}, {"n_layer", 1}, {"vocab_size", 512}, {"pad_vocab_size_multiple", 16},
+                      {"rms_norm", true}, {"residual_in_fp32", true}, {"tie_embeddings", true}};
+  j["ssm_cfg"] = m2 ? nlohmann::json{{"layer", "Mamba2"}, {"d_state", 128}, {"headdim", 64}, {"ngroups", G}, {"chunk_size", 256}}
+                    : nlohmann::json::object();
+  const ModelConfig cfg = parse_config(j, "synthetic");
+  auto fp = Model::random(cfg, 7);
+  // non-unit norms, so that the folding is exercised
+  ModelWeights& fw = fp->weights_mut();
+  std::vector<float> g(static_cast<size_t>(dm));
+  for (int i = 0; i < dm; ++i) g[size_t(i)] = 0.5f + float(i % 7) / 7.f;
+  fw.layers[0].norm = Weight::from_vector(g, {dm});
+  fw.norm_f = Weight::from_vector(g, {dm});
+  fp->set_mode(ExecMode::FP32);
+  std::vector<int32_t> toks(48);
+  for (size_t i = 0; i < toks.size(); ++i) toks[i] = int32_t((i * 37 + 11) % 500);
+  const auto logits = [&](const Model& m) {
+    const int lens[1] = {48};
+    std::vector<float> h(48 * size_t(dm)), lg(48 * size_t(cfg.padded_vocab));
+    m.forward(toks, lens, nullptr, h.data());
+    m.lm_head(h.data(), 48, lg.data());
+    return lg;
+  };
+  QuantMeta meta;
+  apply_quamba2_preset(meta, "w4a8", cfg);
+  meta.gptq = false;
+  ModelWeights w = fp->weights();
+  recipe("quamba2").transform(cfg, meta, w);
+  auto rot = Model::from_weights(cfg, std::move(w), {}, nullptr);
+  const auto l0 = logits(*fp);
+  EXPECT_LT(mqtest::rel_err(logits(*rot), l0), 1e-4);
+  CalibSamples cs;
+  cs.samples.push_back(std::vector<int32_t>(toks.begin(), toks.begin() + 32));
+  cs.samples.push_back(std::vector<int32_t>(toks.begin() + 16, toks.end()));
+  QuantizeInputs in;
+  in.calib = &cs;
+  in.calib_opts.progress = false;
+  in.progress = false;
+  auto q = quantize(*fp, meta, in).model;
+  EXPECT_EQ(q->weights().layers[0].in_proj.format, WFormat::S4);
+  if (m2) {
+    EXPECT_EQ(q->quantized()->groups[0].G, G);
+  }
+  Model fake(*q);
+  fake.set_mode(ExecMode::Fake);
+  const auto li = logits(*q), lf = logits(fake);
+  EXPECT_LT(mqtest::rel_err(li, lf), 5e-2);
+}

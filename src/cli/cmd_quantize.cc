@@ -57,7 +57,7 @@ Runner register_quantize(CLI::App& app) {
         gptq_seqlen = 512;
     double alpha = 0.9995, gptq_damp = 0.01;
     bool force = false, verbose = false, quiet = false, no_log = false, group_heads = false, gptq = false,
-         q_embedding = false, q_lm_head = false, no_rotate = false, gptq_act_order = false;
+         q_embedding = false, q_lm_head = false, no_rotate = false, gptq_act_order = false, grouped_pct = false;
     std::string log_extra;
     Common c;
   };
@@ -79,6 +79,9 @@ Runner register_quantize(CLI::App& app) {
   sub->add_option("--gptq-damp", o->gptq_damp, "GPTQ damping, times the mean diagonal of the Hessian")->capture_default_str();
   sub->add_flag("--gptq-act-order", o->gptq_act_order, "GPTQ: columns in order of decreasing Hessian diagonal");
   sub->add_flag("--group-heads,--group_heads", o->group_heads, "quamba2: reorder and group Mamba2 heads (grouped scales)");
+  sub->add_flag("--grouped-percentile", o->grouped_pct,
+                "quamba2 with --group-heads: calibrate x and the SSM state with the percentile observer per block "
+                "(--percentile-alpha) instead of min-max (the reference sets 0.99999 but never applies it)");
   sub->add_flag("--quantize-embedding,--quantize_embedding", o->q_embedding, "quamba2: embedding rows at the weight bits");
   sub->add_flag("--quantize-lm-head,--quantize_lm_head", o->q_lm_head, "quamba2: the LM head at the weight (and activation) bits");
   sub->add_flag("--no-residual-rotation", o->no_rotate, "quamba2: do not rotate the residual stream (ablation)");
@@ -123,7 +126,7 @@ Runner register_quantize(CLI::App& app) {
       if (o->recipe != "quamba1" && o->recipe != "quamba2") fail("--preset {} is a quamba2 preset, not {}", o->preset, o->recipe);
       o->recipe = "quamba2";
     }
-    if (o->recipe != "quamba2" && (o->group_heads || o->q_embedding || o->q_lm_head || o->no_rotate || !o->layer_config.empty()))
+    if (o->recipe != "quamba2" && (o->group_heads || o->grouped_pct || o->q_embedding || o->q_lm_head || o->no_rotate || !o->layer_config.empty()))
       fail("--group-heads, --quantize-embedding, --quantize-lm-head, --no-residual-rotation and --layer-config are "
            "quamba2 options (add --recipe quamba2)");
     if (!(o->gptq_damp > 0)) fail("--gptq-damp {} must be positive", o->gptq_damp);
@@ -146,6 +149,7 @@ Runner register_quantize(CLI::App& app) {
     meta.group_size = o->group_size;
     meta.rotate_residual = o->recipe == "quamba2" && !o->no_rotate;
     meta.group_heads = o->group_heads;
+    meta.grouped_percentile = o->grouped_pct;
     meta.quantize_embedding = o->q_embedding;
     meta.quantize_lm_head = o->q_lm_head;
     meta.gptq = o->gptq;
@@ -192,9 +196,13 @@ Runner register_quantize(CLI::App& app) {
       fmt::print(stderr, "gptq: {} samples of up to {} tokens from {}\n", gs.samples.size(), o->gptq_seqlen, o->gptq_data);
     }
     if (o->verbose && o->recipe == "quamba2")
-      fmt::print(stderr, "note: the percentile observer (alpha {}) calibrates x_conv_out and the SSM state as in the "
-                 "reference's non-grouped Mamba2 path; the reference's Quamba2 sets alpha 0.99999 but never applies it "
-                 "(docs/quamba2.md)\n", o->alpha);
+      fmt::print(stderr, "note: {}; the reference's Quamba2 sets alpha 0.99999 but never applies it (docs/quamba2.md)\n",
+                 !meta.group_heads ? fmt::format("the percentile observer (alpha {}) calibrates x after the conv and the "
+                                                 "SSM state, as the reference's non-grouped Mamba2 path", o->alpha)
+                 : meta.grouped_percentile ? fmt::format("x and the SSM state are calibrated per head/dim group with the "
+                                                         "percentile observer (alpha {})", o->alpha)
+                                           : std::string("with grouped heads every observer is min-max (as the "
+                                                         "reference); --grouped-percentile applies alpha per block"));
     CalibOptions co;
     co.alpha = o->alpha;
     co.mode = meta.pmode;
@@ -250,6 +258,7 @@ Runner register_quantize(CLI::App& app) {
         r["flags"]["group_size"] = o->group_size;
         r["flags"]["gptq"] = o->gptq;
         r["flags"]["group_heads"] = o->group_heads;
+        r["flags"]["grouped_percentile"] = o->grouped_pct;
         r["flags"]["quantize_embedding"] = o->q_embedding;
         r["flags"]["quantize_lm_head"] = o->q_lm_head;
         r["flags"]["rotate_residual"] = meta.rotate_residual;

@@ -45,7 +45,10 @@ std::string QuantMeta::summary() const {
   if (group_heads) s += ", heads grouped";
   if (quantize_embedding) s += ", embedding quantized";
   if (quantize_lm_head) s += ", lm_head quantized";
-  if (any_a8() && group_heads)
+  if (any_a8() && group_heads && grouped_percentile)
+    s += fmt::format(", grouped observers (percentile alpha {} ({}) per block on x and the state), {} calibration "
+                     "samples x {}", alpha, pmode == PercentileMode::Ema ? "ema" : "exact", calib_samples, calib_seqlen);
+  else if (any_a8() && group_heads)
     s += fmt::format(", grouped min-max observers (no percentile), {} calibration samples x {}", calib_samples, calib_seqlen);
   else if (any_a8())
     s += fmt::format(", percentile alpha {} ({}), {} calibration samples x {}", alpha,
@@ -92,6 +95,7 @@ nlohmann::json QuantMeta::to_json() const {
     j["group_size"] = group_size;
     j["rotate_residual"] = rotate_residual;
     j["group_heads"] = group_heads;
+    if (grouped_percentile) j["grouped_percentile"] = true;
     j["quantize_embedding"] = quantize_embedding;
     j["quantize_lm_head"] = quantize_lm_head;
     j["hadamard"] = rotate_residual ? "residual stream (folded), out_proj:input (online)" : "out_proj:input";
@@ -154,6 +158,7 @@ QuantMeta QuantMeta::from_json(const nlohmann::json& j, const std::string& src) 
     if (m.group_size % 32) fail("{}: field 'group_size' = {} is not a multiple of 32", w, m.group_size);
     m.rotate_residual = json_bool(j, "rotate_residual", false, w);
     m.group_heads = json_bool(j, "group_heads", false, w);
+    m.grouped_percentile = json_bool(j, "grouped_percentile", false, w);
     m.quantize_embedding = json_bool(j, "quantize_embedding", false, w);
     m.quantize_lm_head = json_bool(j, "quantize_lm_head", false, w);
   }

@@ -58,6 +58,7 @@ struct QuantMeta {
   int group_size = 128;         // 4-bit weights: input columns per scale
   bool rotate_residual = false; // quamba2: Hadamard on the residual stream, folded into the weights
   bool group_heads = false;     // quamba2: head reordering and grouped scales (Mamba2)
+  bool grouped_percentile = false;  // with group_heads: x and the state by a percentile per block
   bool quantize_embedding = false, quantize_lm_head = false;
   bool gptq = false;
   GptqMeta gptq_opts;

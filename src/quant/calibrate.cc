@@ -67,6 +67,9 @@ class CalibTap final : public Tap {
           gr.index = grouped_scale_index(c, g, gk);
           gr.shape = grouped_scale_shape(c, g, gk);
           gr.amax.assign(size_t(numel(gr.shape)), 0.f);
+          if (o.grouped_percentile && r.percentile(sp))  // the point's percentile, block by block
+            for (int64_t b = 0; b < numel(gr.shape); ++b)
+              gr.pct.push_back(make_percentile_observer(opt_.alpha, opt_.mode, expected));  // an upper bound per block
           continue;
         }
         obs_[{l, sp.name}] = r.percentile(sp) ? make_percentile_observer(opt_.alpha, opt_.mode, expected)
@@ -81,6 +84,19 @@ class CalibTap final : public Tap {
         Grouped& gr = git->second;
         const auto [c0, c1] = point == "ssm_state" ? std::pair{0, cols} : col_range(cfg_, sp.cols, cols);
         MQ_ASSERT(size_t(c1 - c0) == gr.index.size());
+        if (!gr.pct.empty()) {  // each packed sequence is one sample of every block's observer
+          std::vector<std::vector<float>> blk(gr.pct.size());
+          const std::vector<int> one{0, rows};
+          const std::span<const int> so = point == "ssm_state" ? std::span<const int>(one) : offs;
+          for (size_t s = 0; s + 1 < so.size(); ++s) {
+            for (auto& v : blk) v.clear();
+            for (int r = so[s]; r < so[s + 1]; ++r)
+              for (int ci = c0; ci < c1; ++ci) blk[size_t(gr.index[size_t(ci - c0)])].push_back(data[size_t(r) * cols + ci]);
+            for (size_t b = 0; b < blk.size(); ++b)
+              if (!blk[b].empty()) gr.pct[b]->observe(blk[b].data(), blk[b].size());
+          }
+          continue;
+        }
         for (int r = 0; r < rows; ++r)
           for (int ci = c0; ci < c1; ++ci) {
             float& m = gr.amax[size_t(gr.index[size_t(ci - c0)])];
@@ -104,8 +120,10 @@ class CalibTap final : public Tap {
     c.mode = opt_.mode;
     for (const auto& [k, o] : obs_) c.points.push_back({k.first, k.second, o->kind(), o->amax(), o->scale(8)});
     for (const auto& [k, g] : grouped_) {
-      PointScale p{k.first, k.second, "grouped-minmax", 0.f, 0.f, g.shape, {}};
-      for (float a : g.amax) {
+      PointScale p{k.first, k.second, g.pct.empty() ? "grouped-minmax" : "grouped-percentile", 0.f, 0.f, g.shape, {}};
+      std::vector<float> amax = g.amax;
+      for (size_t b = 0; b < g.pct.size(); ++b) amax[b] = g.pct[b]->amax();
+      for (float a : amax) {
         const float m = std::max(a, 1e-5f);  // as the reference's observers: a block never seen nonzero
         p.values.push_back(m / 127.f);
         p.amax = std::max(p.amax, m);
@@ -125,7 +143,8 @@ class CalibTap final : public Tap {
   struct Grouped {
     std::vector<int> index;  // column (state element) -> block
     std::vector<int64_t> shape;
-    std::vector<float> amax;
+    std::vector<float> amax;                    // min-max: the running max per block
+    std::vector<std::unique_ptr<Observer>> pct;  // or a percentile observer per block
   };
   std::map<std::pair<int, std::string>, Grouped> grouped_;
   std::vector<float> buf_;

@@ -38,6 +38,9 @@ struct CalibOptions {
   // observers (one clip value per block, as the reference's CrossHead / PerSSDGroup /
   // CachedStatesCrossHead observers)
   const std::vector<HeadGroups>* groups = nullptr;
+  // with groups: the percentile observer (alpha, mode) per block on the points the recipe
+  // calibrates with a percentile (x after the conv, the state) instead of min-max
+  bool grouped_percentile = false;
 };
 
 // The activation scales a calibration run found (a ScaleTable) and how it ran.

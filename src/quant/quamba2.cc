@@ -81,6 +81,9 @@ class Quamba2 final : public Recipe {
            cfg.d_inner);
     if (o.group_heads && cfg.arch == Arch::Mamba1)
       fail_option("group_heads", "group_heads: Mamba1 has no heads to group (the reference raises NotImplementedError); leave it out");
+    if (o.grouped_percentile && !o.group_heads)
+      fail_option("grouped_percentile", "grouped_percentile: needs group_heads (without it x and the state already use "
+                  "the percentile observer)");
     if (o.group_heads && !o.any_a8())
       fail_option("group_heads", "group_heads: with a_bits 16 no activation is quantized, so grouping heads changes "
                   "nothing (the reference ignores it); leave it out");

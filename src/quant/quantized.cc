@@ -151,7 +151,7 @@ QuantizeResult quantize(const Model& fp, const QuantMeta& meta, const QuantizeIn
     if (!in.calib) fail("internal error: quantize without calibration samples");
     const auto t0 = clock::now();
     CalibOptions co = in.calib_opts;
-    if (meta.group_heads) co.groups = &groups;
+    if (meta.group_heads) co.groups = &groups, co.grouped_percentile = meta.grouped_percentile;
     res.calibration = calibrate(*tm, *in.calib, co);
     res.calibrate_s = std::chrono::duration<double>(clock::now() - t0).count();
   }
