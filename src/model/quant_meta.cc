@@ -38,8 +38,8 @@ std::string QuantMeta::summary() const {
     s += fmt::format(": 4-bit weights in groups of {}", group_size);
   else if (recipe == "quamba2")
     s += ": 8-bit weights per tensor (in_proj per split)";
-  else
-    s += fmt::format(": 8-bit weights per {}", granularity == Granularity::Channel ? "channel" : "tensor");
+  else  // quamba1: the line `info` has always printed
+    s += fmt::format(", weights per {}", granularity == Granularity::Channel ? "channel" : "tensor");
   if (gptq) s += fmt::format(", GPTQ ({} x {} tokens{})", gptq_opts.num, gptq_opts.seqlen, gptq_opts.act_order ? ", act-order" : "");
   if (rotate_residual) s += ", residual stream rotated";
   if (group_heads) s += ", heads grouped";
