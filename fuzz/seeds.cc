@@ -40,7 +40,7 @@ std::string folder_seed(const fs::path& dir) {
   return slurp(dir / "config.json") + "\n----\n" + slurp(dir / "model.safetensors");
 }
 
-void quantized_folder(const fs::path& fp_dir, const fs::path& out) {
+void quantized_folder(const fs::path& fp_dir, const fs::path& out, const std::string& preset = "") {
   auto fp = Model::load(fp_dir.string());
   CalibSamples cs;
   std::mt19937 rng(7);
@@ -57,6 +57,15 @@ void quantized_folder(const fs::path& fp_dir, const fs::path& out) {
   meta.calib_file = "seed";
   meta.calib_samples = cs.samples.size();
   meta.calib_seqlen = 24;
+  if (!preset.empty()) {  // Quamba2: rotated, embedding and head int8, heads grouped (Mamba2)
+    apply_quamba2_preset(meta, preset, fp->config());
+    QuantizeInputs in;
+    in.calib = &cs;
+    in.calib_opts.progress = false;
+    in.progress = false;
+    save_quantized(*quantize(*fp, meta, in).model, out.string(), "");
+    return;
+  }
   auto q = quantize_model(*fp, cal, meta);
   save_quantized(*q, out.string(), "");
 }
@@ -140,6 +149,10 @@ void write_seeds(const std::string& out_dir, const std::string& src) {
     write(out / "model_folder" / (tag + "-w8a8"), folder_seed(q));
     write(out / "safetensors" / (tag + "-w8a8.safetensors"), slurp(q / "model.safetensors"));
     write(out / "config" / (tag + "-w8a8.json"), slurp(q / "config.json"));
+    const fs::path q2 = tmp / (tag + "-quamba2-w8a8");
+    quantized_folder(fp, q2, "w8a8");
+    write(out / "model_folder" / (tag + "-quamba2-w8a8"), folder_seed(q2));
+    write(out / "config" / (tag + "-quamba2-w8a8.json"), slurp(q2 / "config.json"));
   }
   // half-precision tensors
   {
