@@ -222,6 +222,23 @@ std::string sweep_spec(const std::string& dir, int ncells_alpha = 2) {
 }
 }  // namespace
 
+TEST(Sweep, Quamba2SpecAndFlagValues) {
+  auto s = load_sweep(mqtest::repo("examples/sweeps/quamba2.toml"));
+  ASSERT_EQ(s.cells.size(), 3u);  // the three presets
+  EXPECT_EQ(s.varying, (std::vector<std::string>{"preset"}));
+  EXPECT_EQ(s.cells[1].quantize.at("--preset"), "w4a8");
+  // a boolean flag becomes one --flag=true|false argument
+  const std::string d = mqtest::temp_dir("sweep_q2");
+  mqtest::write_file(d + "/s.toml", "[sweep]\nname = \"g\"\ntasks = [\"ppl:corpus/heldout.txt\"]\n[matrix]\n"
+                                    "model = [\"m\"]\nrecipe = [\"quamba1\"]\ngptq = [true, false]\n");
+  auto g = load_sweep(d + "/s.toml");
+  ASSERT_EQ(g.cells.size(), 2u);
+  const auto a = sweep_cell_commands(g.cells[0], g, 1, "data").quantize;
+  const auto b = sweep_cell_commands(g.cells[1], g, 1, "data").quantize;
+  EXPECT_NE(std::find(a.begin(), a.end(), "--gptq=true"), a.end());
+  EXPECT_NE(std::find(b.begin(), b.end(), "--gptq=false"), b.end());
+}
+
 TEST(Sweep, SpecExpandsToStableCells) {
   const std::string d = mqtest::temp_dir("sweep_spec");
   auto s = load_sweep(mqtest::repo("examples/sweeps/percentile.toml"));

@@ -31,7 +31,11 @@ std::string stable_hash(const std::string& s) {
 namespace {
 const std::set<std::string> kQuantizeKeys = {"recipe",          "w_bits",          "a_bits",
                                              "percentile_alpha", "percentile_mode", "weight_granularity",
-                                             "calib_data",      "calib_num",       "calib_seqlen"};
+                                             "calib_data",      "calib_num",       "calib_seqlen",
+                                             // quamba2 (docs/quamba2.md)
+                                             "preset", "group_size", "gptq", "gptq_data", "gptq_num", "gptq_seqlen",
+                                             "group_heads", "grouped_percentile", "quantize_embedding",
+                                             "quantize_lm_head", "layer_config"};
 const std::set<std::string> kEvalKeys = {"mode", "ppl_seqlen"};
 
 std::string dashed(const std::string& k) {
@@ -191,7 +195,12 @@ SweepCommands sweep_cell_commands(const SweepCell& c, const SweepSpec& s, int th
   const std::string extra = nlohmann::json{{"sweep", s.name}, {"sweep_cell", c.id}}.dump();
   cmd.quantize = {"quantize", c.model, "-o", out, "--force", "-q", "--log", s.log, "--log-extra",
                   extra, "--threads", std::to_string(threads), "--data-dir", data_dir};
-  for (const auto& [k, v] : c.quantize) cmd.quantize.insert(cmd.quantize.end(), {k, value_str(v)});
+  for (const auto& [k, v] : c.quantize) {
+    if (v.is_boolean())  // a flag: --gptq=true / --gptq=false
+      cmd.quantize.push_back(k + "=" + (v.get<bool>() ? "true" : "false"));
+    else
+      cmd.quantize.insert(cmd.quantize.end(), {k, value_str(v)});
+  }
   std::string tasks;
   for (const auto& t : s.tasks) tasks += (tasks.empty() ? "" : ",") + t;
   cmd.eval = {"eval", out, "--tasks", tasks, "-q", "--log", s.log, "--log-extra", extra,
