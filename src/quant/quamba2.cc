@@ -132,9 +132,12 @@ class Quamba2 final : public Recipe {
     w.norm_f = ones(dm);
   }
 
-  std::vector<Proj> gptq_projs(const ModelConfig&, const QuantMeta& o, int l) const override {
+  std::vector<Proj> gptq_projs(const ModelConfig& cfg, const QuantMeta& o, int l) const override {
     if (!o.gptq || o.layer(l).fp()) return {};
-    return {kInProj, kOutProj};  // as the reference
+    // in_proj and out_proj as the reference; Mamba1's x_proj too, which this recipe quantizes at
+    // the weight bits (the reference leaves it to round-to-nearest); dt_proj stays 8-bit RTN
+    if (cfg.arch == Arch::Mamba1) return {kInProj, kXProj, kOutProj};
+    return {kInProj, kOutProj};
   }
 
   void quantize_layer(const ModelConfig& cfg, const QuantMeta& o, int l, const LayerWeights& fp, LayerWeights& out,
