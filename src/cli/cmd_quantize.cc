@@ -240,8 +240,11 @@ Runner register_quantize(CLI::App& app) {
                                         std::string(o->gptq ? " gptq" : "") + (o->q_embedding ? " +embedding" : "") +
                                         (o->q_lm_head ? " +lm_head" : "")
                                   : fmt::format("weights per {}{}", o->gran, o->gptq ? " gptq" : "");
-    fmt::print("quantized {} -> {} ({} W{}A{}, alpha {} {}, {}): {:.1f} MiB -> {:.1f} MiB, {:.1f} s\n", o->model, o->out,
-               o->recipe, o->w_bits, o->a_bits, o->alpha, o->pmode, wdesc, double(fp->weight_bytes()) / (1 << 20),
+    const std::string obs = !meta.any_a8()                                 ? "activations float"
+                            : meta.group_heads && !meta.grouped_percentile ? "grouped min-max"
+                                                                           : fmt::format("alpha {} {}", o->alpha, o->pmode);
+    fmt::print("quantized {} -> {} ({} W{}A{}, {}, {}): {:.1f} MiB -> {:.1f} MiB, {:.1f} s\n", o->model, o->out,
+               o->recipe, o->w_bits, o->a_bits, obs, wdesc, double(fp->weight_bytes()) / (1 << 20),
                double(q->weight_bytes()) / (1 << 20), wall);
     if (!o->no_log) {
       nlohmann::json r = log_header("quantize");
