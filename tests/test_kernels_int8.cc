@@ -10,6 +10,7 @@
 #include "util.h"
 
 using namespace mambaq;
+using mqtest::rand_codes;
 using mqtest::rel_err;
 
 // Every test runs on every backend (the reference backend included: its packed wrappers are
@@ -21,13 +22,6 @@ class KernelsInt8 : public ::testing::TestWithParam<std::string> {
 INSTANTIATE_TEST_SUITE_P(Backends, KernelsInt8, ::testing::ValuesIn(backend_names()));
 
 namespace {
-std::vector<int8_t> rand_codes(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int> d(-127, 127);
-  std::vector<int8_t> v(n);
-  for (auto& x : v) x = int8_t(d(rng));
-  return v;
-}
 }  // namespace
 
 TEST_P(KernelsInt8, QuantizeRoundsHalfToEvenAndClamps) {

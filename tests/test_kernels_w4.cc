@@ -11,16 +11,10 @@
 #include "util.h"
 
 using namespace mambaq;
+using mqtest::rand_codes;
 using mqtest::rel_err;
 
 namespace {
-std::vector<int8_t> rand_codes(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int> d(-127, 127);
-  std::vector<int8_t> v(n);
-  for (auto& x : v) x = int8_t(d(rng));
-  return v;
-}
 // A random S4 weight {N, K}: codes in [-8, 7] (the full nibble range), positive group scales.
 QTensor rand_s4(int N, int K, int group, uint32_t seed) {
   std::mt19937 rng(seed);

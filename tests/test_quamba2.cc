@@ -29,22 +29,16 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// A preset's settings without the Mamba2 head grouping (tested on its own below): the preset as
+// it applies to a Mamba1 config.
 QuantMeta preset(const std::string& p) {
   QuantMeta m;
-  m.recipe = "quamba2";
-  m.preset = p;
-  m.w_bits = p == "w8a8" ? 8 : 4;
-  m.a_bits = p == "w4a16" ? 16 : 8;
-  m.granularity = m.w_bits == 4 ? Granularity::Group : Granularity::Tensor;
-  m.rotate_residual = true;
-  m.quantize_embedding = m.quantize_lm_head = true;
-  m.gptq = p != "w8a8";
+  ModelConfig mamba1;
+  mamba1.arch = Arch::Mamba1;
+  apply_quamba2_preset(m, p, mamba1);
   return m;
 }
 
-struct Made {
-  std::unique_ptr<Model> fp, q;
-};
 const Model& fp_model(const std::string& rel) {
   static std::map<std::string, std::unique_ptr<Model>> cache;
   auto& m = cache[rel];

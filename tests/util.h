@@ -27,6 +27,14 @@ inline std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.f, floa
   for (auto& x : v) x = d(rng);
   return v;
 }
+// Random int8 codes in [-127, 127].
+inline std::vector<int8_t> rand_codes(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> d(-127, 127);
+  std::vector<int8_t> v(n);
+  for (auto& x : v) x = int8_t(d(rng));
+  return v;
+}
 inline std::vector<float> uniform(size_t n, uint32_t seed, float lo, float hi) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> d(lo, hi);

@@ -49,11 +49,7 @@ Runner register_info(CLI::App& app) {
     if (m->is_quantized()) {
       const QuantMeta& qm = m->quantized()->meta;
       fmt::print("quantized     {}\n", qm.summary());
-      if (!qm.layers.empty()) {
-        std::string s;
-        for (size_t l = 0; l < qm.layers.size(); ++l) s += fmt::format("{}{} {}", l ? ", " : "", l, qm.layers[l].name());
-        fmt::print("layer prec.   {}\n", s);
-      }
+      if (!qm.layers.empty()) fmt::print("layer prec.   {}\n", qm.layers_str());
       fmt::print("weights       {:.1f} MiB in int8 mode\n", double(m->weight_bytes()) / (1 << 20));
     }
     if (!o->json.empty()) {

@@ -96,11 +96,7 @@ Runner register_scales(CLI::App& app) {
     if (o->b.empty()) {
       const QuantMeta& qm = ma->quantized()->meta;
       fmt::print("{}\n", qm.summary());
-      if (!qm.layers.empty()) {
-        std::string s;
-        for (size_t l = 0; l < qm.layers.size(); ++l) s += fmt::format("{}{} {}", l ? ", " : "", l, qm.layers[l].name());
-        fmt::print("layer precision: {}\n", s);
-      }
+      if (!qm.layers.empty()) fmt::print("layer precision: {}\n", qm.layers_str());
       fmt::print("{:>5}  {:<28} {:<14} {:>12}  {}\n", "layer", "kind", "observer", "scale", "tensor");
       std::map<std::string, std::vector<double>> by;
       nlohmann::json rows = nlohmann::json::array();

@@ -59,6 +59,12 @@ std::string QuantMeta::summary() const {
   return s;
 }
 
+std::string QuantMeta::layers_str() const {
+  std::string s;
+  for (size_t l = 0; l < layers.size(); ++l) s += fmt::format("{}{} {}", l ? ", " : "", l, layers[l].name());
+  return s;
+}
+
 bool QuantMeta::any_a8() const {
   if (layers.empty()) return a_bits == 8;
   for (const auto& l : layers)

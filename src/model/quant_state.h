@@ -78,6 +78,7 @@ struct QuantMeta {
   nlohmann::json to_json() const;
   // One line for tables: "quamba2 W4A8 (preset w4a8): 4-bit weights in groups of 128, GPTQ, ..."
   std::string summary() const;
+  std::string layers_str() const;  // "0 W4A8, 1 W4A16, ..." ("" without a per-layer list)
   // Errors name `source` (the config file) and the field.
   static QuantMeta from_json(const nlohmann::json& j, const std::string& source);
 };
