@@ -53,6 +53,10 @@ struct SeqState {
   std::vector<std::vector<float>> ssm;   // per layer Mamba1 {d_inner, d_state}; Mamba2 {nheads, d_state, headdim}
   std::vector<std::vector<int8_t>> conv_q, ssm_q;  // the same shapes, int8 (empty when float)
   int64_t pos = 0;                       // tokens consumed
+  // The SSM state stays float between calls, with no (fake) quantization at call boundaries:
+  // running a sequence in several calls then gives what one call gives (shared-prefix scoring).
+  // Decoding as deployed keeps it false (the state is stored as the plan says).
+  bool exact = false;
 };
 
 // How a model computes: fp32 ignores quantization (a quantized model runs its dequantized
@@ -150,7 +154,7 @@ class Model {
   int64_t num_params() const;
   size_t weight_bytes() const;  // bytes of weights the plan reads per decoded token
 
-  SeqState new_state() const;
+  SeqState new_state(bool exact = false) const;
 
   // Run the backbone over `lens.size()` sequences packed back to back in `tokens`
   // (sum(lens) tokens). If `states` is non-null, states[i] is the state of sequence i

@@ -1,22 +1,84 @@
+// mambaq eval MODEL --tasks ...: lm-evaluation-harness tasks, one run per execution mode, results
+// as a table and in lm-eval's JSON shape.
 #include <fmt/format.h>
 
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <sstream>
 
 #include "analysis/explog.h"
 #include "core/threads.h"
 
 #include "cli/common.h"
+#include "io/json_file.h"
 #include "io/mmap_file.h"
 #include "mambaq/error.h"
 #include "mambaq/eval.h"
+#include "model/quant_state.h"
+#include "quant/quantized.h"
+
+namespace fs = std::filesystem;
 
 namespace mambaq::cli {
 
+namespace {
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string t; std::getline(ss, t, sep);)
+    if (!t.empty()) out.push_back(t);
+  return out;
+}
+
+// One execution mode: "fp32", "fake", "int8", or "fake+fp-ops=ssm:linear".
+struct ModeSpec {
+  std::string label;
+  ExecMode mode;
+  unsigned fp_ops = 0;
+};
+
+ModeSpec parse_mode_spec(const std::string& s, const char* flag) {
+  ModeSpec m;
+  m.label = s;
+  const size_t plus = s.find('+');
+  try {
+    m.mode = parse_mode(s.substr(0, plus));
+  } catch (const Error& e) {
+    fail("{}: '{}': {}", flag, s, e.what());
+  }
+  if (plus != std::string::npos) {
+    const std::string rest = s.substr(plus + 1);
+    if (!rest.starts_with("fp-ops="))
+      fail("{}: '{}': after '+' only fp-ops=OP:OP... is understood (e.g. fake+fp-ops=ssm)", flag, s);
+    std::string ops = rest.substr(7);
+    for (char& c : ops)
+      if (c == ':') c = ',';
+    m.fp_ops = parse_fp_ops(ops);
+    if (m.mode != ExecMode::Fake) fail("{}: '{}': --fp-ops runs in the fake-quant simulation: use fake+fp-ops=...", flag, s);
+  }
+  return m;
+}
+
+std::string metric_str(const Metric& m) {
+  return m.value >= 1e5 ? fmt::format("{:.1f}", m.value) : fmt::format("{:.4f}", m.value);
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  if (!f) fail("--output-path: cannot write '{}'", path);
+  f << text;
+  if (!f.flush()) fail("--output-path: write to '{}' failed", path);
+}
+
+}  // namespace
+
 Runner register_eval(CLI::App& app) {
   struct Opts {
-    std::string model, tasks = "lambada_openai", json, mode, log = "experiments.jsonl";
-    bool no_log = false;
+    std::string model, tasks = "lambada_openai", json, output_path, mode, modes, fp_ops, fp_model,
+        log = "experiments.jsonl";
+    bool no_log = false, no_shared_prefix = false;
     std::string log_extra;
     EvalOptions e;
     bool quiet = false;
@@ -24,16 +86,32 @@ Runner register_eval(CLI::App& app) {
     Common c;
   };
   auto o = std::make_shared<Opts>();
-  auto* sub = app.add_subcommand("eval", "Evaluate a model on lm-evaluation-harness style tasks");
+  auto* sub = app.add_subcommand("eval", "Evaluate a model on lm-evaluation-harness tasks");
   sub->add_option("MODEL", o->model, "Model folder")->required();
   sub->add_option("--tasks,--task_list", o->tasks,
-                  "Comma-separated: lambada_openai, wikitext2, lastword:FILE.jsonl, ppl:FILE.txt")
+                  "Comma-separated: lambada_openai, arc_easy, arc_challenge, piqa, winogrande, hellaswag, wikitext "
+                  "(lm-eval's), wikitext2 (fixed windows), lastword:FILE.jsonl, ppl:FILE.txt")
       ->capture_default_str();
-  sub->add_option("--json", o->json, "Write results as JSON to FILE ('-' = stdout)");
-  sub->add_option("--ppl-seqlen", o->e.ppl_seqlen, "Window length of perplexity tasks")
+  sub->add_option("--json", o->json, "Write the results in lm-eval's shape to FILE ('-' = stdout, nothing else)");
+  sub->add_option("--output-path,--output_path", o->output_path,
+                  "As lm-eval: DIR (writes DIR/results.json) or FILE.json; --log-samples files beside it");
+  sub->add_flag("--log-samples,--log_samples", o->e.log_samples,
+                "Write per-document records samples_TASK.jsonl (needs --output-path)");
+  sub->add_option("--modes", o->modes,
+                  "Run every task once per mode and print one table: e.g. fp32,fake,int8,fake+fp-ops=ssm "
+                  "(several op kinds: fake+fp-ops=linear:ssm)");
+  sub->add_option("--fp-ops", o->fp_ops,
+                  "Fake mode: keep these op kinds in FP32 (linear, conv, ssm, norm, hadamard, head; as compare)");
+  sub->add_option("--fp-model", o->fp_model,
+                  "The FP model the quantized one was made from (--fp-ops linear/conv/head take its weights; "
+                  "default: the folder recorded at quantization)");
+  sub->add_option("--ppl-seqlen", o->e.ppl_seqlen, "Window length of wikitext2 / ppl: tasks")
       ->capture_default_str()
       ->check(between(2, 1 << 20));
-  sub->add_option("--limit", o->e.limit, "Only the first N documents (lastword) or windows (ppl); leave out for all")
+  sub->add_option("--max-length", o->e.max_length, "lm-eval's max_length: tokens a request reads (mamba_ssm: 2048)")
+      ->capture_default_str()
+      ->check(between(1, 1 << 20));
+  sub->add_option("--limit", o->e.limit, "Only the first N documents (or windows); leave out for all")
       ->check(at_least(1));
   sub->add_option("--batch_size", o->batch_size,
                   "Accepted for lm-eval/Quamba habits and ignored: mambaq packs documents by tokens "
@@ -41,6 +119,13 @@ Runner register_eval(CLI::App& app) {
   sub->add_option("--batch-tokens", o->e.batch_tokens, "Tokens packed into one forward pass")
       ->capture_default_str()
       ->check(at_least(1));
+  sub->add_flag("--no-shared-prefix", o->no_shared_prefix,
+                "Score every (context, choice) pair from scratch instead of continuing each choice from the "
+                "context's state (same results, slower)");
+  sub->add_option("--bootstrap-iters,--bootstrap_iters", o->e.bootstrap_iters,
+                  "lm-eval's bootstrap resamples for perplexity's standard error (0: none)")
+      ->capture_default_str()
+      ->check(between(0, 10000000));
   sub->add_flag("-q,--quiet", o->quiet, "No progress bar");
   sub->add_option("--log", o->log, "Experiment log (JSONL, appended)")->capture_default_str();
   sub->add_flag("--no-log", o->no_log, "Do not append to the experiment log");
@@ -48,61 +133,157 @@ Runner register_eval(CLI::App& app) {
   add_mode(sub, o->mode);
   add_common(sub, o->c);
   return [o] {
-    const auto t0 = std::chrono::steady_clock::now();
     apply_common(o->c);
     check_output_file(o->json, "--json");
     check_output_file(o->log, "--log");
+    if (o->e.log_samples && o->output_path.empty())
+      fail("--log-samples: give --output-path DIR (the samples files are written there, as lm-eval)");
+    const bool out_is_file = o->output_path.ends_with(".json") || o->output_path.ends_with(".jsonl");
+    if (!o->output_path.empty()) {
+      if (out_is_file) check_output_file(o->output_path, "--output-path");
+      else check_output_dir(o->output_path, "--output-path");
+    }
     const nlohmann::json extra = parse_log_extra(o->log_extra);
     o->e.data_dir = o->c.data_dir;
     o->e.progress = !o->quiet;
-    std::vector<std::string> tasks;
-    std::stringstream ss(o->tasks);
-    for (std::string t; std::getline(ss, t, ',');)
-      if (!t.empty()) tasks.push_back(t);
+    o->e.shared_prefix = !o->no_shared_prefix;
+    const std::vector<std::string> tasks = split(o->tasks, ',');
     if (tasks.empty()) fail("--tasks: no task given");
-    auto m = load_model(o->model, o->mode);
+    if (!o->modes.empty() && (!o->mode.empty() || !o->fp_ops.empty()))
+      fail("--modes: give the modes there (e.g. --modes fp32,fake+fp-ops=ssm), not also --mode / --fp-ops");
+    auto m = Model::load(o->model);
+    // the modes to run
+    std::vector<ModeSpec> modes;
+    if (!o->modes.empty()) {
+      for (const auto& s : split(o->modes, ',')) modes.push_back(parse_mode_spec(s, "--modes"));
+      if (modes.empty()) fail("--modes: no mode given");
+    } else {
+      ModeSpec one;
+      one.mode = o->mode.empty() ? m->mode() : parse_mode(o->mode);
+      one.fp_ops = parse_fp_ops(o->fp_ops);
+      if (one.fp_ops && one.mode != ExecMode::Fake)
+        fail("--fp-ops runs in the fake-quant simulation: add --mode fake (not {})", mode_name(one.mode));
+      one.label = mode_name(one.mode) + (one.fp_ops ? "+fp-ops=" + fp_ops_str(one.fp_ops) : std::string());
+      modes.push_back(one);
+    }
+    for (const auto& md : modes)
+      if (md.mode != ExecMode::FP32 && !m->is_quantized())
+        fail("mode '{}' needs a quantized model: {} is not one (quantize it with `mambaq quantize`)", md.label, o->model);
+    // --fp-ops linear/conv/head read the FP model's weights, in the quantized model's basis
+    std::unique_ptr<Model> fp;
+    unsigned all_ops = 0;
+    for (const auto& md : modes) all_ops |= md.fp_ops;
+    if (all_ops & (kFpLinear | kFpConv | kFpHead | kFpHadamard)) {
+      std::string src = o->fp_model;
+      if (src.empty()) src = m->quantized()->meta.source_model;
+      if (src.empty() || !fs::exists(src))
+        fail("--fp-ops {}: needs the FP model's weights: give --fp-model DIR (the folder {} was quantized from)",
+             fp_ops_str(all_ops), o->model);
+      fp = Model::load(src);
+      if (changes_basis(*m->quantized())) fp = fp_in_quantized_basis(*fp, *m->quantized());
+    }
     auto tok = load_tokenizer(o->model, o->c);
-    nlohmann::json results = nlohmann::json::object();
-    std::vector<TaskResult> rs;
-    for (const auto& t : tasks) {
-      rs.push_back(run_task(*m, *tok, t, o->e));
-      results[rs.back().key] = rs.back().json;
-      results[rs.back().key]["seconds"] = rs.back().seconds;
-    }
-    // `--json -` keeps stdout for the JSON alone: the table goes to stderr then.
+    // The table goes to stdout, or to stderr when stdout carries the JSON.
     std::FILE* table = o->json == "-" ? stderr : stdout;
-    fmt::print(table, "{:<16} {:>10} {:>14} {:>10} {:>9} {:>8}\n", "task", "acc", "ppl", "n/scored", "tokens", "time_s");
-    for (const auto& r : rs) {
-      if (r.kind == "lastword")
-        fmt::print(table, "{:<16} {:>10.4f} {:>14.4f} {:>10} {:>9} {:>8.1f}\n", r.key, r.json["acc"].get<double>(),
-                   r.json["ppl"].get<double>(), r.json["n"].get<int>(), r.json["target_tokens"].get<int64_t>(),
-                   r.seconds);
-      else
-        fmt::print(table, "{:<16} {:>10} {:>14.4f} {:>10} {:>9} {:>8.1f}\n", r.key, "-", r.json["ppl"].get<double>(),
-                   r.json["scored"].get<int64_t>(), r.json["tokens"].get<int64_t>(), r.seconds);
+    std::vector<std::vector<TaskResult>> runs;
+    std::vector<nlohmann::json> lm;
+    for (const auto& md : modes) {
+      const auto t0 = std::chrono::steady_clock::now();
+      m->set_mode(md.mode);
+      if (md.fp_ops) m->set_fp_ops(md.fp_ops, fp.get());
+      if (modes.size() > 1 && !o->quiet) fmt::print(stderr, "mode {}\n", md.label);
+      std::vector<TaskResult> rs;
+      for (const auto& t : tasks) rs.push_back(run_task(*m, *tok, t, o->e));
+      LmEvalRun run;
+      run.model_path = o->model;
+      run.model_args = "pretrained=" + o->model + ",mode=" + mode_name(md.mode);
+      if (md.fp_ops) run.model_args += ",fp_ops=" + fp_ops_str(md.fp_ops);
+      if (m->is_quantized()) {
+        const auto& q = m->quantized()->meta;
+        run.model_args += fmt::format(",recipe={},w_bits={},a_bits={},percentile_alpha={}", q.recipe, q.w_bits, q.a_bits,
+                                      q.alpha);
+      }
+      run.batch_tokens = o->e.batch_tokens;
+      run.limit = o->e.limit;
+      run.bootstrap_iters = o->e.bootstrap_iters;
+      run.extra = {{"mode", md.label}, {"threads", num_threads()}, {"shared_prefix", o->e.shared_prefix},
+                   {"max_length", o->e.max_length}, {"ppl_seqlen", o->e.ppl_seqlen}};
+      if (m->is_quantized()) run.extra["quantization"] = m->config().raw["quantization"];
+      lm.push_back(lm_eval_results(rs, run));
+      if (!o->no_log) {
+        nlohmann::json r = log_header("eval");
+        r["model"] = o->model;
+        r["mode"] = mode_name(md.mode);
+        if (md.fp_ops) r["fp_ops"] = fp_ops_str(md.fp_ops);
+        if (m->is_quantized()) r["quantization"] = m->config().raw["quantization"];
+        r["flags"] = {{"tasks", o->tasks},
+                      {"mode", mode_name(md.mode)},
+                      {"fp_ops", fp_ops_str(md.fp_ops)},
+                      {"ppl_seqlen", o->e.ppl_seqlen},
+                      {"max_length", o->e.max_length},
+                      {"limit", o->e.limit},
+                      {"batch_tokens", o->e.batch_tokens},
+                      {"threads", num_threads()}};
+        r["results"] = lm.back()["mambaq"]["results"];
+        r["wall_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        r["peak_rss_mib"] = peak_rss_mib();
+        r.update(extra);
+        append_log(o->log, r);
+      }
+      runs.push_back(std::move(rs));
     }
-    if (!o->no_log) {
-      nlohmann::json r = log_header("eval");
-      r["model"] = o->model;
-      r["mode"] = mode_name(m->mode());
-      if (m->is_quantized()) r["quantization"] = m->config().raw["quantization"];
-      r["flags"] = {{"tasks", o->tasks},
-                    {"mode", mode_name(m->mode())},
-                    {"ppl_seqlen", o->e.ppl_seqlen},
-                    {"limit", o->e.limit},
-                    {"batch_tokens", o->e.batch_tokens},
-                    {"threads", num_threads()}};
-      r["results"] = results;
-      r["wall_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      r["peak_rss_mib"] = peak_rss_mib();
-      r.update(extra);
-      append_log(o->log, r);
+    // one table: a row per task metric, a column per mode (and its difference to the first)
+    std::string head = fmt::format("{:<16} {:<16}", "task", "metric");
+    for (size_t i = 0; i < modes.size(); ++i) {
+      head += fmt::format(" {:>20}", modes[i].label.substr(0, 20));
+      if (i > 0) head += fmt::format(" {:>9}", "diff");
     }
-    if (!o->json.empty())
-      write_json(o->json, {{"model", o->model},
-                           {"mode", mode_name(m->mode())},
-                           {"results", results},
-                           {"config", {{"ppl_seqlen", o->e.ppl_seqlen}, {"limit", o->e.limit}}}});
+    fmt::print(table, "{} {:>7} {:>8}\n", head, "n", "time_s");
+    for (size_t t = 0; t < tasks.size(); ++t) {
+      const TaskResult& r0 = runs[0][t];
+      for (size_t k = 0; k < r0.metrics.size(); ++k) {
+        std::string line = fmt::format("{:<16} {:<16}", r0.key, r0.metrics[k].name);
+        double secs = 0;
+        for (size_t i = 0; i < modes.size(); ++i) {
+          const Metric& mt = runs[i][t].metrics[k];
+          line += fmt::format(" {:>20}", mt.stderr_ >= 0 ? fmt::format("{} ±{:.4f}", metric_str(mt), mt.stderr_)
+                                                         : metric_str(mt));
+          if (i > 0) line += fmt::format(" {:>+9.4f}", mt.value - r0.metrics[k].value);
+          secs += runs[i][t].seconds;
+        }
+        fmt::print(table, "{} {:>7} {:>8.1f}\n", line, r0.n_effective, secs);
+      }
+    }
+    // lm-eval's shape: one results object per mode
+    nlohmann::json out;
+    if (modes.size() == 1) {
+      out = lm[0];
+    } else {
+      out = nlohmann::json::object();
+      for (size_t i = 0; i < modes.size(); ++i) out[modes[i].label] = lm[i];
+    }
+    if (!o->json.empty()) write_json(o->json, out);
+    if (!o->output_path.empty()) {
+      for (size_t i = 0; i < modes.size(); ++i) {
+        fs::path dir = out_is_file ? fs::path(o->output_path).parent_path() : fs::path(o->output_path);
+        fs::path file = out_is_file ? fs::path(o->output_path) : dir / "results.json";
+        if (modes.size() > 1) {  // one folder per mode
+          std::string folder = modes[i].label;
+          for (char& c : folder)
+            if (c == '/' || c == ',') c = '_';
+          dir = dir / folder;
+          file = dir / (out_is_file ? fs::path(o->output_path).filename() : fs::path("results.json"));
+        }
+        if (!dir.empty()) fs::create_directories(dir);
+        write_json(file.string(), lm[i]);
+        if (o->e.log_samples)
+          for (const auto& r : runs[i]) {
+            std::string lines;
+            for (const auto& s : r.samples) lines += s.dump() + "\n";
+            write_text((dir / ("samples_" + r.key + ".jsonl")).string(), lines);
+          }
+      }
+    }
     return 0;
   };
 }

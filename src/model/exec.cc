@@ -253,8 +253,9 @@ Act Exec::conv1d_silu(Act in, const Weight& bias, const char* out_tap, int slot,
   return Act::floats(out, T, C, C);
 }
 
-// The SSM states of the sequences, int8 codes between calls, float during the scan; each use of
-// the state's tap is a run of elements with one scale (one run, or Quamba2's grouped runs).
+// The SSM states of the sequences, int8 codes between calls (float for exact states), float
+// during the scan; each use of the state's tap is a run of elements with one scale (one run, or
+// Quamba2's grouped runs).
 std::vector<float*> Exec::states_as_float(const TapExec& te) {
   const size_t n = cfg_.ssm_state_size();
   std::vector<float*> f(size_t(nseq), nullptr);
@@ -266,13 +267,16 @@ std::vector<float*> Exec::states_as_float(const TapExec& te) {
         k.state_dequantize(ssm_q_[s], f[size_t(s)], g->H, g->N, g->P, g->ndg, g->scale.data(), g->dim_end.data());
       else for (const auto& u : te.uses)
         k.dequantize(ssm_q_[s] + u.c0, 1, u.c1 - u.c0, u.c1 - u.c0, u.scale, f[size_t(s)] + u.c0, u.c1 - u.c0);
+    } else {
+      f[size_t(s)] = ssm_f_[s];  // an exact state (or none)
     }
   return f;
 }
 
 void Exec::states_store(const std::vector<float*>& f, const TapExec& te) {
   for (int s = 0; s < nseq; ++s)
-    if (const StateScales* g = te.state.get(); f[size_t(s)] && g)
+    if (!ssm_q_[s]) continue;  // exact float states are kept as they are
+    else if (const StateScales* g = te.state.get(); f[size_t(s)] && g)
       k.state_quantize(f[size_t(s)], ssm_q_[s], g->H, g->N, g->P, g->ndg, g->scale.data(), g->dim_end.data());
     else if (f[size_t(s)])
       for (const auto& u : te.uses)
@@ -286,7 +290,8 @@ void Exec::state_point(const TapExec* te) {
   const int one[2] = {0, 1};
   for (int s = 0; s < nseq; ++s) {
     float* st = ssm_f_[s];
-    if (te && te->int8) {
+    const bool exact = exact_ && exact_[s];
+    if (te && te->int8 && !exact) {
       if (!ssm_q_[s] || !tap_) continue;
       st = scratch(kSlotTapView, size_t(n));
       if (const StateScales* g = te->state.get())
@@ -297,7 +302,9 @@ void Exec::state_point(const TapExec* te) {
       continue;
     }
     if (!st) continue;
-    if (const StateScales* g = te ? te->state.get() : nullptr; g && te->fake)
+    if (exact) {
+      // kept as computed
+    } else if (const StateScales* g = te ? te->state.get() : nullptr; g && te->fake)
       k.state_fake_quantize(st, g->H, g->N, g->P, g->ndg, g->scale.data(), g->dim_end.data(), p_.a_bits);
     else if (te && te->fake)
       for (const auto& u : te->uses) k.fake_quantize(st + u.c0, 1, u.c1 - u.c0, u.c1 - u.c0, u.scale, p_.a_bits);

@@ -87,6 +87,10 @@ class Exec {
   void set_layer(int l, const LayerWeights* L, float* const* conv_f, int8_t* const* conv_q, float* const* ssm_f,
                  int8_t* const* ssm_q);
 
+  // Sequences whose kept SSM state stays exact float between calls (SeqState::exact): no
+  // (fake) quantization at the call boundary. Null: none.
+  void set_exact(const char* exact) { exact_ = exact; }
+
   const Backend& k;
   const int T, nseq;
 
@@ -123,6 +127,7 @@ class Exec {
   int8_t* const* conv_q_ = nullptr;
   float* const* ssm_f_ = nullptr;
   int8_t* const* ssm_q_ = nullptr;
+  const char* exact_ = nullptr;
   void call_tap(std::string_view name, const Act& a);
   void state_point(const TapExec* te);
   std::vector<float*> states_as_float(const TapExec& te);

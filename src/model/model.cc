@@ -154,6 +154,9 @@ void Model::run_layers(float* r, std::span<const int> offs, int l0, int l1, SeqS
   const size_t nseq = offs.size() - 1;
   std::vector<float*> conv_f(nseq, nullptr), ssm_f(nseq, nullptr);
   std::vector<int8_t*> conv_q(nseq, nullptr), ssm_q(nseq, nullptr);
+  std::vector<char> exact(nseq, 0);
+  for (size_t s = 0; s < nseq && states; ++s) exact[s] = states[s] && states[s]->exact;
+  X.set_exact(exact.data());
   for (int l = l0; l < l1; ++l) {
     const LayerWeights& L = w_.layers[size_t(l)];
     // each sequence's state, in the format this layer's plan keeps it
@@ -171,7 +174,7 @@ void Model::run_layers(float* r, std::span<const int> offs, int l0, int l1, SeqS
         if (int8) qp[s] = q[size_t(l)].data(); else fp[s] = f[size_t(l)].data();
       };
       pick(st->conv, st->conv_q, conv8, conv_f, conv_q);
-      pick(st->ssm, st->ssm_q, ssm8, ssm_f, ssm_q);
+      pick(st->ssm, st->ssm_q, ssm8 && !st->exact, ssm_f, ssm_q);
     }
     block_norm(r, L.norm, L.norm_b, x, T);
     X.set_layer(l, &L, conv_f.data(), conv_q.data(), ssm_f.data(), ssm_q.data());
@@ -245,14 +248,15 @@ size_t Model::weight_bytes() const {
   return n;
 }
 
-SeqState Model::new_state() const {
+SeqState Model::new_state(bool exact) const {
   const ExecPlan& plan = this->plan();
   SeqState s;
+  s.exact = exact;
   const size_t L = size_t(cfg_.n_layer), conv = size_t(cfg_.d_conv - 1) * cfg_.conv_dim(), ssm = cfg_.ssm_state_size();
   s.conv.resize(L), s.ssm.resize(L), s.conv_q.resize(L), s.ssm_q.resize(L);
   for (size_t l = 0; l < L; ++l) {
     if (plan.at(int(l), OpKind::Conv) == Prec::Int8) s.conv_q[l].assign(conv, 0); else s.conv[l].assign(conv, 0.f);
-    if (plan.at(int(l), OpKind::Ssm) == Prec::Int8) s.ssm_q[l].assign(ssm, 0); else s.ssm[l].assign(ssm, 0.f);
+    if (plan.at(int(l), OpKind::Ssm) == Prec::Int8 && !exact) s.ssm_q[l].assign(ssm, 0); else s.ssm[l].assign(ssm, 0.f);
   }
   return s;
 }
