@@ -289,6 +289,17 @@ TEST(Sweep, ExamplePercentileSweepWithLimit) {
     }
   EXPECT_EQ(evals, 4u);
   EXPECT_NE(out.find("lastword acc"), std::string::npos) << out;  // the final table
+  EXPECT_NE(out.find(" ±0.0"), std::string::npos) << out;          // differences to the first cell, with stderr
+}
+
+TEST(Sweep, ResultTextShowsDifferenceToTheFirstCellWithStderr) {
+  const nlohmann::json a = {{"results", {{"arc_easy", {{"acc", 0.5}, {"acc_stderr", 0.03}}}}}};
+  const nlohmann::json b = {{"results", {{"arc_easy", {{"acc", 0.54}, {"acc_stderr", 0.04}}}}}};
+  EXPECT_EQ(mambaq::sweep_result_text(a, "arc_easy acc", &a), "0.5000");
+  EXPECT_EQ(mambaq::sweep_result_text(b, "arc_easy acc", &a), "0.5400 (+0.0400 ±0.0500)");  // sqrt(.03^2 + .04^2)
+  EXPECT_EQ(mambaq::sweep_result_text(b, "arc_easy acc_norm", &a), "-");
+  const nlohmann::json old = {{"results", {{"arc_easy", {{"acc", 0.52}}}}}};  // a record without stderr
+  EXPECT_EQ(mambaq::sweep_result_text(old, "arc_easy acc", &a), "0.5200 (+0.0200)");
 }
 
 TEST(Sweep, ResumesAfterBeingKilled) {

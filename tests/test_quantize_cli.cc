@@ -115,7 +115,7 @@ TEST(QuantizeCli, QuantizeEvalLogSnapshot) {
   // eval, logits, generate load it directly (int8 by default)
   r = run_cli("eval " + out + " --tasks ppl:corpus/heldout.txt --limit 2 -q --log " + log + " --json " + d + "/e.json");
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_EQ(mambaq::read_json_file(d + "/e.json")["mode"], "int8");
+  EXPECT_EQ(mambaq::read_json_file(d + "/e.json")["mambaq"]["mode"], "int8");
   r = run_cli("eval " + out + " --mode fake --tasks ppl:corpus/heldout.txt --limit 2 -q --log " + log);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(run_cli("logits " + out + " --prompt 'Call me'").code, 0);
@@ -186,6 +186,41 @@ TEST(QuantizeCli, QuantizeEvalLogSnapshot) {
     EXPECT_EQ(float(first), a.front());
     EXPECT_EQ(float(last), a.back());
   }
+
+  // eval --modes on the quantized folder: one table, a column per mode and its difference
+  const std::string log2 = d + "/modes.jsonl";
+  r = run_cli("eval " + out + " --tasks arc_easy,winogrande --limit 24 -q --bootstrap-iters 0 --log " + log2 +
+              " --modes fp32,fake,int8,fake+fp-ops=ssm:linear --fp-model " + mqtest::model_dir("mamba-tiny") +
+              " --json " + d + "/modes.json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const char* col : {"fp32", "fake", "int8", "fake+fp-ops=ssm:linear", "diff", "acc_norm"})
+    EXPECT_NE(r.out.find(col), std::string::npos) << col << "\n" << r.out;
+  const auto mj = mambaq::read_json_file(d + "/modes.json");
+  ASSERT_EQ(mj.size(), 4u);
+  EXPECT_TRUE(mj["int8"]["results"]["arc_easy"].contains("acc_norm,none"));
+  EXPECT_NE(mj["int8"]["config"]["model_args"].get<std::string>().find("mode=int8"), std::string::npos);
+  // fp-ops keeping every kind in FP32 gives the FP model's numbers exactly
+  r = run_cli("eval " + out + " --tasks winogrande --limit 24 -q --no-log --json - --mode fake "
+              "--fp-ops linear,conv,ssm,hadamard --fp-model " + mqtest::model_dir("mamba-tiny"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto rf = run_cli("eval " + mqtest::model_dir("mamba-tiny") + " --tasks winogrande --limit 24 -q --no-log --json -");
+  ASSERT_EQ(rf.code, 0) << rf.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["mambaq"]["results"]["winogrande"]["acc"],
+            nlohmann::json::parse(rf.out)["mambaq"]["results"]["winogrande"]["acc"]);
+  // the log got one record per mode; logs --compare shows each metric's difference and stderr
+  ASSERT_EQ(mambaq::read_log(log2).size(), 4u);
+  r = run_cli("logs " + log2 + " --compare 0 2 --json " + d + "/cmp.json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("difference ±stderr"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("arc_easy acc_norm"), std::string::npos) << r.out;
+  const auto cmp = mambaq::read_json_file(d + "/cmp.json")["results_diff"]["arc_easy"]["acc"];
+  const auto l2 = mambaq::read_log(log2);
+  const double sa = l2[0]["results"]["arc_easy"]["acc_stderr"], sb = l2[2]["results"]["arc_easy"]["acc_stderr"];
+  EXPECT_NEAR(cmp["stderr"].get<double>(), std::sqrt(sa * sa + sb * sb), 1e-12);
+  EXPECT_NEAR(cmp["diff"].get<double>(),
+              l2[2]["results"]["arc_easy"]["acc"].get<double>() - l2[0]["results"]["arc_easy"]["acc"].get<double>(), 1e-12);
+  mqtest::expect_one_line_error(run_cli("eval " + out + " --tasks winogrande -q --no-log --modes fp32,int8+fp-ops=ssm"),
+                                "fake");
 }
 
 TEST(ExperimentLog, ConcurrentWritersNeverTearLines) {

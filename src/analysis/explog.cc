@@ -10,7 +10,10 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <cstring>
+
+#include <fmt/format.h>
 #include <ctime>
 #include <fstream>
 
@@ -100,6 +103,28 @@ nlohmann::json log_header(const std::string& kind) {
   std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
   return {{"timestamp", buf}, {"kind", kind}, {"command", command_line()}, {"version", version()},
           {"git", git_describe()}};
+}
+
+bool metric_diff(const nlohmann::json& a, const nlohmann::json& b, const std::string& metric, MetricDiff& out) {
+  auto num = [&](const nlohmann::json& j, const std::string& k, double& v) {
+    if (!j.is_object() || !j.contains(k) || !j[k].is_number()) return false;
+    v = j[k].get<double>();
+    return true;
+  };
+  if (!num(a, metric, out.a) || !num(b, metric, out.b)) return false;
+  out.diff = out.b - out.a;
+  double sa, sb;
+  out.se = num(a, metric + "_stderr", sa) && num(b, metric + "_stderr", sb) ? std::sqrt(sa * sa + sb * sb) : -1;
+  return true;
+}
+
+std::string diff_str(const MetricDiff& d) {
+  return d.se >= 0 ? fmt::format("{:+.4f} ±{:.4f}", d.diff, d.se) : fmt::format("{:+.4f}", d.diff);
+}
+
+const std::vector<std::string>& result_metrics() {
+  static const std::vector<std::string> m = {"acc", "acc_norm", "ppl"};
+  return m;
 }
 
 }  // namespace mambaq

@@ -22,6 +22,19 @@ std::vector<std::pair<std::string, nlohmann::json>> flatten(const nlohmann::json
 // Common fields of a record: timestamp (UTC ISO 8601), command line, version, git describe.
 nlohmann::json log_header(const std::string& kind);
 
+// One task metric of two runs' results (the log's per-task objects, e.g. results["arc_easy"]):
+// values, difference b - a, and its standard error sqrt(se_a^2 + se_b^2) from the runs'
+// `METRIC_stderr` fields (se < 0 when either lacks one). Treating the runs as independent
+// overstates the error of two runs on the same documents: a difference beyond 2 se is real.
+struct MetricDiff {
+  double a = 0, b = 0, diff = 0, se = -1;
+};
+bool metric_diff(const nlohmann::json& task_a, const nlohmann::json& task_b, const std::string& metric, MetricDiff& out);
+// "+0.0123 ±0.0087" (no ± without a standard error)
+std::string diff_str(const MetricDiff& d);
+// The metrics a log's task result may hold, in display order.
+const std::vector<std::string>& result_metrics();
+
 // The command line as typed (set once by main()).
 void set_command_line(int argc, char** argv);
 const std::string& command_line();

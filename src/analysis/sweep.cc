@@ -218,19 +218,26 @@ std::vector<std::string> sweep_result_columns(const SweepSpec& s, const std::map
     const nlohmann::json res = it->second.value("results", nlohmann::json::object());
     if (!res.is_object()) continue;
     for (auto& [task, v] : res.items())
-      for (const char* m : {"acc", "ppl"})
+      for (const auto& m : result_metrics())
         if (v.is_object() && v.contains(m) && std::find(cols.begin(), cols.end(), task + " " + m) == cols.end())
           cols.push_back(task + " " + m);
   }
   return cols;
 }
 
-std::string sweep_result_text(const nlohmann::json& record, const std::string& column) {
+std::string sweep_result_text(const nlohmann::json& record, const std::string& column, const nlohmann::json* base) {
   const auto sp = column.rfind(' ');
-  const auto res = record.value("results", nlohmann::json::object());
-  const auto v = res.is_object() ? res.value(column.substr(0, sp), nlohmann::json::object()) : nlohmann::json();
+  auto task_of = [&](const nlohmann::json& r) {
+    const auto res = r.value("results", nlohmann::json::object());
+    return res.is_object() ? res.value(column.substr(0, sp), nlohmann::json::object()) : nlohmann::json();
+  };
+  const auto v = task_of(record);
   const std::string m = column.substr(sp + 1);
-  return v.is_object() && v.contains(m) && v[m].is_number() ? fmt::format("{:.4f}", v[m].get<double>()) : "-";
+  if (!v.is_object() || !v.contains(m) || !v[m].is_number()) return "-";
+  std::string s = fmt::format("{:.4f}", v[m].get<double>());
+  MetricDiff d;
+  if (base && base != &record && metric_diff(task_of(*base), v, m, d)) s += " (" + diff_str(d) + ")";
+  return s;
 }
 
 }  // namespace mambaq

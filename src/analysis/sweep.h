@@ -54,7 +54,10 @@ struct SweepCommands {
 SweepCommands sweep_cell_commands(const SweepCell& c, const SweepSpec& s, int threads, const std::string& data_dir);
 // The result table: columns "task metric" found in the finished cells, and one cell's text.
 std::vector<std::string> sweep_result_columns(const SweepSpec& s, const std::map<std::string, nlohmann::json>& done);
-std::string sweep_result_text(const nlohmann::json& record, const std::string& column);
+// With `base` (the first cell's record), the text adds the difference to it and its standard
+// error: "0.4512 (+0.0123 ±0.0087)".
+std::string sweep_result_text(const nlohmann::json& record, const std::string& column,
+                              const nlohmann::json* base = nullptr);
 
 // 64-bit FNV-1a, hex: stable across runs and builds.
 std::string stable_hash(const std::string& s);

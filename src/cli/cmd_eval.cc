@@ -233,9 +233,11 @@ Runner register_eval(CLI::App& app) {
       runs.push_back(std::move(rs));
     }
     // one table: a row per task metric, a column per mode (and its difference to the first)
+    std::vector<size_t> width;
+    for (const auto& md : modes) width.push_back(std::max<size_t>(20, md.label.size()));
     std::string head = fmt::format("{:<16} {:<16}", "task", "metric");
     for (size_t i = 0; i < modes.size(); ++i) {
-      head += fmt::format(" {:>20}", modes[i].label.substr(0, 20));
+      head += fmt::format(" {:>{}}", modes[i].label, width[i]);
       if (i > 0) head += fmt::format(" {:>9}", "diff");
     }
     fmt::print(table, "{} {:>7} {:>8}\n", head, "n", "time_s");
@@ -246,8 +248,8 @@ Runner register_eval(CLI::App& app) {
         double secs = 0;
         for (size_t i = 0; i < modes.size(); ++i) {
           const Metric& mt = runs[i][t].metrics[k];
-          line += fmt::format(" {:>20}", mt.stderr_ >= 0 ? fmt::format("{} ±{:.4f}", metric_str(mt), mt.stderr_)
-                                                         : metric_str(mt));
+          line += fmt::format(" {:>{}}", mt.stderr_ >= 0 ? fmt::format("{} ±{:.4f}", metric_str(mt), mt.stderr_)
+                                                         : metric_str(mt), width[i]);
           if (i > 0) line += fmt::format(" {:>+9.4f}", mt.value - r0.metrics[k].value);
           secs += runs[i][t].seconds;
         }

@@ -64,7 +64,7 @@ void print_markdown(const std::vector<nlohmann::json>& recs, int first) {
   for (size_t i = size_t(first); i < recs.size(); ++i)
     if (str(at(recs[i], {"kind"})) == "eval" && at(recs[i], {"results"}).is_object())
       for (auto& [task, v] : recs[i]["results"].items())
-        for (const char* m : {"acc", "ppl"})
+        for (const auto& m : result_metrics())
           if (v.contains(m) && std::find(cols.begin(), cols.end(), task + " " + m) == cols.end())
             cols.push_back(task + " " + m);
   fmt::print("| model | mode | alpha | percentile | weights |");
@@ -88,7 +88,8 @@ void print_markdown(const std::vector<nlohmann::json>& recs, int first) {
       const nlohmann::json v = res.is_object() && res.contains(task) ? res[task] : nlohmann::json();
       const std::string m = c.substr(sp + 1);
       if (v.is_object() && v.contains(m))
-        fmt::print(" {} |", num(v[m], m == "acc" ? "{:.4f}" : "{:.3f}"));
+        fmt::print(" {}{} |", num(v[m], m == "ppl" ? "{:.3f}" : "{:.4f}"),
+                   v.contains(m + "_stderr") ? " ±" + num(v[m + "_stderr"], "{:.4f}") : "");
       else
         fmt::print(" - |");
     }
@@ -145,7 +146,28 @@ Runner register_logs(CLI::App& app) {
         fmt::print("{:<48} {:>28} {:>28}\n", k, v.first.empty() ? "-" : v.first, v.second.empty() ? "-" : v.second);
         diff[k] = {v.first, v.second};
       }
-      if (!o->json.empty()) write_json(o->json, {{"a", a}, {"b", b}, {"differences", diff}});
+      // every task metric both records hold: the difference and its standard error
+      nlohmann::json rdiff = nlohmann::json::object();
+      const auto& ra = at(recs[size_t(a)], {"results"});
+      const auto& rb = at(recs[size_t(b)], {"results"});
+      if (ra.is_object() && rb.is_object()) {
+        bool head = false;
+        for (auto& [task, va] : ra.items()) {
+          if (!rb.contains(task)) continue;
+          for (const auto& m : result_metrics()) {
+            MetricDiff d;
+            if (!metric_diff(va, rb[task], m, d)) continue;
+            if (!head) fmt::print("\n{:<28} {:>12} {:>12} {:>24} {:>6}\n", "task metric", fmt::format("#{}", a),
+                                  fmt::format("#{}", b), "difference ±stderr", "z"), head = true;
+            fmt::print("{:<28} {:>12.4f} {:>12.4f} {:>24} {:>6}\n", task + " " + m, d.a, d.b, diff_str(d),
+                       d.se > 0 ? fmt::format("{:.1f}", d.diff / d.se) : "-");
+            rdiff[task][m] = {{"a", d.a}, {"b", d.b}, {"diff", d.diff}};
+            if (d.se >= 0) rdiff[task][m]["stderr"] = d.se;
+          }
+        }
+      }
+      if (!o->json.empty())
+        write_json(o->json, {{"a", a}, {"b", b}, {"differences", diff}, {"results_diff", rdiff}});
       return 0;
     }
     const int first = std::max(0, n - o->last);

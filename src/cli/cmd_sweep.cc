@@ -122,20 +122,21 @@ Runner register_sweep(CLI::App& app) {
       bar.add(1);
     }
     bar.finish();
-    // final table from the log
+    // final table from the log; each cell's difference to the first with its standard error
     done = sweep_done(s.log);
     const std::vector<std::string> cols = sweep_result_columns(s, done);
     fmt::print("\n{:<12}  {:<24}", "cell", "model");
     for (const auto& k : s.varying)
       if (k != "model") fmt::print("  {:<18}", k);
-    for (const auto& c : cols) fmt::print("  {:>18}", c);
+    for (const auto& c : cols) fmt::print("  {:>34}", c);
     fmt::print("\n");
+    const nlohmann::json* base = s.cells.empty() ? nullptr : &done.at(s.cells[0].id);
     for (const auto& c : s.cells) {
       const auto& r = done.at(c.id);
       fmt::print("{:<12}  {:<24}", c.id, fs::path(c.model).filename().string());
       for (const auto& k : s.varying)
         if (k != "model") fmt::print("  {:<18}", sweep_cell_value(c, k));
-      for (const auto& col : cols) fmt::print("  {:>18}", sweep_result_text(r, col));
+      for (const auto& col : cols) fmt::print("  {:>34}", sweep_result_text(r, col, base));
       fmt::print("\n");
     }
     return 0;
