@@ -73,18 +73,24 @@ TEST(Cli, EvalJsonShape) {
   auto r = run_cli("eval " + mqtest::model_dir("mamba-tiny") + " --tasks lambada_openai,wikitext2,ppl:corpus/heldout.txt,lastword:corpus/lastword.jsonl --limit 3 --ppl-seqlen 256 --json " + j);
   ASSERT_EQ(r.code, 0) << r.err;
   auto e = mambaq::read_json_file(j);
-  for (const char* k : {"acc", "correct", "n", "ppl"}) EXPECT_TRUE(e["results"]["lambada_openai"].contains(k)) << k;
-  for (const char* k : {"ppl", "tokens", "scored", "seqlen"}) EXPECT_TRUE(e["results"]["wikitext2"].contains(k)) << k;
+  // lm-eval's keys, and mambaq's own fields under "mambaq"
+  for (const char* k : {"acc,none", "acc_stderr,none", "perplexity,none", "perplexity_stderr,none", "alias"})
+    EXPECT_TRUE(e["results"]["lambada_openai"].contains(k)) << k;
+  EXPECT_TRUE(e["results"]["wikitext2"].contains("perplexity,none"));
+  const auto& own = e["mambaq"]["results"];
+  for (const char* k : {"acc", "correct", "n", "ppl"}) EXPECT_TRUE(own["lambada_openai"].contains(k)) << k;
+  for (const char* k : {"ppl", "tokens", "scored", "seqlen"}) EXPECT_TRUE(own["wikitext2"].contains(k)) << k;
   EXPECT_TRUE(e["results"].contains("heldout"));
   EXPECT_TRUE(e["results"].contains("lastword"));
-  EXPECT_EQ(e["results"]["wikitext2"]["seqlen"], 256);
-  EXPECT_EQ(e["results"]["lambada_openai"]["n"], 3);
+  EXPECT_EQ(own["wikitext2"]["seqlen"], 256);
+  EXPECT_EQ(own["lambada_openai"]["n"], 3);
+  EXPECT_EQ(e["n-samples"]["lambada_openai"]["effective"], 3);
   EXPECT_NE(r.out.find("lambada_openai"), std::string::npos);  // the table
 }
 
 TEST(Cli, OneLineErrors) {
   mqtest::expect_one_line_error(run_cli("info /no/such/model"), "/no/such/model");
-  mqtest::expect_one_line_error(run_cli("eval " + mqtest::model_dir("mamba-tiny") + " --tasks piqa"), "piqa");
+  mqtest::expect_one_line_error(run_cli("eval " + mqtest::model_dir("mamba-tiny") + " --tasks piqaa"), "piqaa");
   mqtest::expect_one_line_error(run_cli("eval " + mqtest::model_dir("mamba-tiny") + " --data-dir /no/data"), "--data-dir");
   mqtest::expect_one_line_error(run_cli("bench --synthetic mamba-9b"), "mamba-9b");
   mqtest::expect_one_line_error(run_cli("bench"), "--synthetic");

@@ -140,7 +140,8 @@ TEST_P(SharedReference, MatchesReferenceJson) {
 TEST(EvalErrors, BadTasksAndFiles) {
   auto m = Model::load(mqtest::repo("models/mamba-tiny"));
   const std::string d = mqtest::temp_dir("evalerr");
-  EXPECT_ERROR(run_task(*m, mqtest::tokenizer(), "hellaswag", opts()), "unknown task", "hellaswag");
+  EXPECT_ERROR(run_task(*m, mqtest::tokenizer(), "hellaswagg", opts()), "unknown task", "hellaswagg");
+  EXPECT_ERROR(run_task(*m, mqtest::tokenizer(), "hellaswag", opts()), "hellaswag_val.jsonl", "not found");  // not bundled
   EXPECT_ERROR(run_task(*m, mqtest::tokenizer(), "ppl:" + d + "/none.txt", opts()), "none.txt", "not found");
   mqtest::write_file(d + "/bad.jsonl", "{\"text\": \"a b\"}\n{not json}\n");
   EXPECT_ERROR(run_task(*m, mqtest::tokenizer(), "lastword:" + d + "/bad.jsonl", opts()), "bad.jsonl:2", "malformed");

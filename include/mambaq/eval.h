@@ -75,7 +75,8 @@ struct RequestScore {
 // from scratch); without, each request is read from scratch. A request longer than
 // opt.max_length + 1 tokens reads its last max_length + 1 tokens minus one, as lm-eval.
 std::vector<std::vector<RequestScore>> score_requests(const Model& m, const std::vector<std::vector<Request>>& docs,
-                                                      const EvalOptions& opt, Progress* bar = nullptr);
+                                                      const EvalOptions& opt, Progress* bar = nullptr,
+                                                      int64_t* tokens_read = nullptr);
 
 // A multiple-choice document as lm-eval builds it: request i = (contexts[i], continuations[i]);
 // choice_chars[i] = Python len() of choice i (acc_norm's divisor; 0 when the task has no acc_norm).

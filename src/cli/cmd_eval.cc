@@ -168,7 +168,8 @@ Runner register_eval(CLI::App& app) {
     }
     for (const auto& md : modes)
       if (md.mode != ExecMode::FP32 && !m->is_quantized())
-        fail("mode '{}' needs a quantized model: {} is not one (quantize it with `mambaq quantize`)", md.label, o->model);
+        fail("{} {}: {} is not quantized (make one with `mambaq quantize`, or run it in mode fp32)",
+             o->modes.empty() ? "--mode" : "--modes", md.label, o->model);
     // --fp-ops linear/conv/head read the FP model's weights, in the quantized model's basis
     std::unique_ptr<Model> fp;
     unsigned all_ops = 0;

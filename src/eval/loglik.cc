@@ -141,7 +141,7 @@ size_t state_floats(const SeqState& s) {
 }  // namespace
 
 std::vector<std::vector<RequestScore>> score_requests(const Model& m, const std::vector<std::vector<Request>>& docs,
-                                                      const EvalOptions& opt, Progress* bar) {
+                                                      const EvalOptions& opt, Progress* bar, int64_t* tokens_read) {
   if (opt.max_length < 1) fail_option("max_length", "max_length must be at least 1 (got {})", opt.max_length);
   const int dm = m.config().d_model;
   std::vector<std::vector<RequestScore>> out(docs.size());
@@ -163,6 +163,7 @@ std::vector<std::vector<RequestScore>> score_requests(const Model& m, const std:
       ++d1;
     }
     const size_t nd = d1 - d0;
+    if (tokens_read) *tokens_read += tokens;
     // Phase 1: the shared prefixes, each from an empty exact state.
     std::vector<SeqState> saved(nd);
     std::vector<float> h1;

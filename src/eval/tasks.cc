@@ -130,7 +130,8 @@ TaskResult run_mc(const Model& m, const Tokenizer& tok, const std::string& key, 
       }
     }
   Progress bar(key, int64_t(docs.size()), opt.progress);
-  const auto sc = score_requests(m, docs, opt, &bar);
+  int64_t tokens_read = 0;
+  const auto sc = score_requests(m, docs, opt, &bar, &tokens_read);
   bar.finish();
   const bool has_norm = !mc.empty() && mc[0].choice_chars[0] > 0;
   TaskResult res;
@@ -178,6 +179,7 @@ TaskResult run_mc(const Model& m, const Tokenizer& tok, const std::string& key, 
     res.json["acc_norm_stderr"] = mean_stderr(acc_norm);
   }
   res.json["correct"] = int(mean(acc) * double(mc.size()) + 0.5);
+  res.json["tokens_read"] = tokens_read;  // tokens the model read (shared prefixes once)
   nlohmann::json metric_list = {{{"metric", "acc"}, {"aggregation", "mean"}, {"higher_is_better", true}}};
   if (has_norm) metric_list.push_back({{"metric", "acc_norm"}, {"aggregation", "mean"}, {"higher_is_better", true}});
   res.config = {{"task", key}, {"output_type", "multiple_choice"}, {"target_delimiter", " "},
