@@ -61,8 +61,9 @@ ModeSpec parse_mode_spec(const std::string& s, const char* flag) {
   return m;
 }
 
+std::string num_str(double v) { return v >= 1e4 ? fmt::format("{:.1f}", v) : fmt::format("{:.4f}", v); }
 std::string metric_str(const Metric& m) {
-  return m.value >= 1e5 ? fmt::format("{:.1f}", m.value) : fmt::format("{:.4f}", m.value);
+  return m.stderr_ >= 0 ? num_str(m.value) + " ±" + num_str(m.stderr_) : num_str(m.value);
 }
 
 void write_text(const std::string& path, const std::string& text) {
@@ -235,7 +236,7 @@ Runner register_eval(CLI::App& app) {
     }
     // one table: a row per task metric, a column per mode (and its difference to the first)
     std::vector<size_t> width;
-    for (const auto& md : modes) width.push_back(std::max<size_t>(20, md.label.size()));
+    for (const auto& md : modes) width.push_back(std::max<size_t>(24, md.label.size()));
     std::string head = fmt::format("{:<16} {:<16}", "task", "metric");
     for (size_t i = 0; i < modes.size(); ++i) {
       head += fmt::format(" {:>{}}", modes[i].label, width[i]);
@@ -249,8 +250,7 @@ Runner register_eval(CLI::App& app) {
         double secs = 0;
         for (size_t i = 0; i < modes.size(); ++i) {
           const Metric& mt = runs[i][t].metrics[k];
-          line += fmt::format(" {:>{}}", mt.stderr_ >= 0 ? fmt::format("{} ±{:.4f}", metric_str(mt), mt.stderr_)
-                                                         : metric_str(mt), width[i]);
+          line += fmt::format(" {:>{}}", metric_str(mt), width[i]);
           if (i > 0) line += fmt::format(" {:>+9.4f}", mt.value - r0.metrics[k].value);
           secs += runs[i][t].seconds;
         }
