@@ -7,4 +7,4 @@ M=models/mamba-tiny
 echo
 ./build/mambaq generate "$M" --prompt "The president said that the nation" -n 24 --stats
 echo
-./build/mambaq eval "$M" --tasks lambada_openai,ppl:corpus/heldout.txt --limit 200
+./build/mambaq eval "$M" --tasks lambada_openai,ppl:corpus/heldout.txt,arc_easy,piqa,winogrande --limit 200
