@@ -16,7 +16,8 @@ TEST_P(FakeQuantBoth, HeldoutPerplexityStaysNearFp32) {
   CalibOptions co;
   co.progress = false;
   const Calibration cal = calibrate(*fp, cs, co);
-  auto fq = quantize_model(*fp, cal, QuantMeta{});
+  const QuantMeta meta;
+  auto fq = quantize_model(*fp, cal, meta);
   fq->set_mode(ExecMode::Fake);
   EvalOptions eo;
   eo.data_dir = mqtest::repo("data");

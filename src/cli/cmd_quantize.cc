@@ -16,6 +16,7 @@
 #include "mambaq/error.h"
 #include "mambaq/version.h"
 #include "quant/quantized.h"
+#include "quant/scale_rules.h"
 
 namespace mambaq::cli {
 
@@ -59,6 +60,7 @@ Runner register_quantize(CLI::App& app) {
     bool force = false, verbose = false, quiet = false, no_log = false, group_heads = false, gptq = false,
          q_embedding = false, q_lm_head = false, no_rotate = false, gptq_act_order = false, grouped_pct = false;
     std::string log_extra;
+    std::vector<std::string> overrides;
     Common c;
   };
   auto o = std::make_shared<Opts>();
@@ -85,6 +87,12 @@ Runner register_quantize(CLI::App& app) {
   sub->add_flag("--quantize-embedding,--quantize_embedding", o->q_embedding, "quamba2: embedding rows at the weight bits");
   sub->add_flag("--quantize-lm-head,--quantize_lm_head", o->q_lm_head, "quamba2: the LM head at the weight (and activation) bits");
   sub->add_flag("--no-residual-rotation", o->no_rotate, "quamba2: do not rotate the residual stream (ablation)");
+  sub->add_option("--scale-override", o->overrides,
+                  "Change activation scales at calibration, repeatable: POINT[@LAYERS]=*FACTOR, POINT[@LAYERS]=VALUE "
+                  "or POINT[@LAYERS]:alpha=A (e.g. 'x_proj:input@0=*1.5', 'ssm_state_act:input@0-3:alpha=1'); "
+                  "recorded in the folder's config")
+      ->take_all()
+      ->allow_extra_args(false);
   sub->add_option("--layer-config", o->layer_config,
                   "quamba2: JSON list of one precision per layer (W4A8, W4A16, W8A8, FP16), like the reference's hybrid blocks");
   sub->add_option("--calib-data", o->calib_data,
@@ -174,6 +182,7 @@ Runner register_quantize(CLI::App& app) {
     }
     auto fp = Model::load(o->model);
     if (fp->is_quantized()) fail("{}: the model is already quantized", o->model);
+    for (const auto& t : o->overrides) parse_scale_rule(t, fp->config(), "--scale-override");  // before calibrating
     if (fp->config().arch == Arch::Mamba2 && o->recipe == "quamba1")
       fmt::print(stderr, "note: the reference implementation quantizes Mamba2 with the Quamba2 recipe; quamba1 applies "
                          "Quamba's W8A8 scheme to Mamba2's points (docs/quantize.md)\n");
@@ -223,6 +232,7 @@ Runner register_quantize(CLI::App& app) {
     }
     meta.source_model = o->model;
     meta.version = std::string(version()) + " (" + git_describe() + ")";
+    meta.scale_overrides = o->overrides;
     qi.calib = &cs;
     qi.calib_opts = co;
     qi.gptq.damp = o->gptq_damp;
@@ -269,6 +279,8 @@ Runner register_quantize(CLI::App& app) {
         if (o->gptq) r["flags"]["gptq_data"] = o->gptq_data, r["flags"]["gptq_num"] = o->gptq_num,
                      r["flags"]["gptq_seqlen"] = o->gptq_seqlen;
       }
+      if (!o->overrides.empty()) r["flags"]["scale_override"] = o->overrides;
+      if (!res.overrides.empty()) r["scale_overrides"] = res.overrides;
       r["calibration"] = {{"samples", cs.samples.size()}, {"available", cs.available},
                           {"documents", cs.documents},    {"seqlen", o->calib_seqlen},
                           {"sha256", meta.calib_sha256},  {"scales", scale_stats(cal)}};

@@ -12,6 +12,14 @@
 #include "core/stats.h"
 #include "model/points.h"
 #include "model/quant_state.h"
+#include "analysis/explog.h"
+#include "io/json_file.h"
+#include "io/safetensors.h"
+#include "quant/scale_rules.h"
+
+#include <filesystem>
+#include <fstream>
+namespace fs = std::filesystem;
 
 namespace mambaq::cli {
 
@@ -77,25 +85,125 @@ Stat stat(std::vector<double> v) {
 }
 }  // namespace
 
+// `scales set`: rewrite some activation scales of a saved folder (every other byte kept) and
+// append the edit to config.json's quantization.edits.
+struct SetOpts {
+  std::string model, out, point, layers = "all", note, log = "experiments.jsonl";
+  double factor = 0, value = 0;
+  bool in_place = false, force = false, no_log = false;
+};
+
+int run_set(const SetOpts& s) {
+  if (!s.out.empty() && s.in_place) fail("scales set: give -o NEW or --in-place, not both");
+  if (s.out.empty() && !s.in_place)
+    fail("scales set: give -o NEW (a copy with the edit) or --in-place (edit {} itself)", s.model);
+  if ((s.factor > 0) == (s.value > 0)) fail("scales set: give one of --factor F or --value V (positive)");
+  if (!s.no_log) check_output_file(s.log, "--log");
+  const fs::path src(s.model);
+  if (fs::is_regular_file(src)) fail("scales set: {} is a file; give the quantized model's folder", s.model);
+  auto m = Model::load(s.model);
+  const QuantState* q = m->quantized();
+  if (!q) fail("scales set: {} is not a quantized model (its config.json has no \"quantization\" section)", s.model);
+  const std::string rule_text =
+      s.point + "@" + s.layers + (s.factor > 0 ? fmt::format("=*{}", s.factor) : fmt::format("={}", s.value));
+  const ScaleRule rule = parse_scale_rule(rule_text, m->config(), "scales set");
+  ScaleTable table = q->scales;
+  nlohmann::json rec = apply_scale_rules(table, {rule}, "scales set")[0];
+  fs::path dst = src;
+  if (!s.out.empty()) {
+    dst = s.out;
+    if (fs::exists(dst) && fs::equivalent(src, dst)) fail("-o {}: is the model itself (use --in-place)", s.out);
+    if (fs::exists(dst) && !s.force) fail("-o {}: already exists (add --force to replace its files)", s.out);
+    check_output_dir(s.out, "-o");
+    fs::create_directories(dst);
+    for (const auto& e : fs::directory_iterator(src))
+      if (e.is_regular_file())
+        fs::copy_file(e.path(), dst / e.path().filename(), fs::copy_options::overwrite_existing);
+  }
+  const std::string weights = (dst / "model.safetensors").string();
+  std::map<std::string, std::vector<float>> patch;
+  for (const auto& p : table.points) {
+    const PointScale* old = q->scales.find(p.layer, p.point);
+    if (old && old->scale == p.scale && old->values == p.values) continue;
+    patch[scale_tensor_name(m->config().arch, p.layer, p.point)] = p.values.empty() ? std::vector<float>{p.scale} : p.values;
+  }
+  patch_safetensors_f32(weights, patch);
+  const std::string cfg_path = (dst / "config.json").string();
+  nlohmann::json cfg = read_json_file(cfg_path);
+  rec["time"] = log_header("edit")["timestamp"];
+  if (!s.note.empty()) rec["note"] = s.note;
+  if (!s.out.empty()) rec["from"] = s.model;
+  cfg["quantization"]["edits"].push_back(rec);
+  {
+    std::ofstream f(cfg_path, std::ios::trunc);
+    f << cfg.dump(2) << "\n";
+    if (!f.flush()) fail("{}: write failed", cfg_path);
+  }
+  // the folder reloads with exactly the new scales
+  auto check = Model::load(dst.string());
+  for (const auto& p : table.points) {
+    const PointScale* got = check->quantized()->scales.find(p.layer, p.point);
+    if (!got || got->scale != p.scale) fail("internal error: {} did not reload with the edited scale", dst.string());
+  }
+  if (!s.no_log) {
+    nlohmann::json r = log_header("scales_set");
+    r["model"] = s.model;
+    r["output"] = dst.string();
+    r["edit"] = rec;
+    append_log(s.log, r);
+  }
+  const auto& layers = rec["layers"];
+  fmt::print("{} in {} layer(s) ({}): {} -> {}{}; written to {}\n", s.point, layers.size(), layers.dump(),
+             rec["old"][0].get<double>(), rec["new"][0].get<double>(),
+             s.factor > 0 ? fmt::format(" (x{})", s.factor) : "", dst.string());
+  return 0;
+}
+
+void print_edits(const std::string& who, const QuantMeta& qm) {
+  for (const auto& e : qm.edits)
+    fmt::print("{}edit {}: {} layers {}{}\n", who, e.value("time", ""), e.value("rule", ""), e.value("layers", nlohmann::json()).dump(),
+               e.contains("note") ? " (" + e["note"].get<std::string>() + ")" : "");
+  if (!qm.scale_overrides.empty())
+    fmt::print("{}calibrated with --scale-override {}\n", who, nlohmann::json(qm.scale_overrides).dump());
+}
+
 Runner register_scales(CLI::App& app) {
   struct Opts {
     std::string a, b, json;
     double threshold = 0.01;
+    SetOpts set;
   };
   auto o = std::make_shared<Opts>();
-  auto* sub = app.add_subcommand("scales", "List the scales of a quantized model, or compare two models' scales");
-  sub->add_option("MODEL", o->a, "Quantized model folder")->required();
+  auto* sub = app.add_subcommand("scales", "List the scales of a quantized model, compare two models' scales, or "
+                                           "change some (scales set)");
+  auto* set = sub->add_subcommand("set", "Rewrite activation scales of a quantized folder (every other byte kept); "
+                                         "the edit is appended to config.json's quantization.edits");
+  set->add_option("MODEL", o->set.model, "Quantized model folder")->required();
+  set->add_option("-o,--output", o->set.out, "Write the edited copy here (the folder is copied, then edited)");
+  set->add_flag("--in-place", o->set.in_place, "Edit MODEL itself");
+  set->add_flag("--force", o->set.force, "-o: replace the files of an existing folder");
+  set->add_option("--point", o->set.point, "Scale point, e.g. x_proj:input (`mambaq scales MODEL` lists them)")->required();
+  set->add_option("--layers", o->set.layers, "all, N, N-M or a comma list (head: the LM head's input)")->capture_default_str();
+  set->add_option("--factor", o->set.factor, "Multiply the scales by F")->check(CLI::PositiveNumber);
+  set->add_option("--value", o->set.value, "Set the scales to V")->check(CLI::PositiveNumber);
+  set->add_option("--note", o->set.note, "Why: kept with the edit in the folder's history");
+  set->add_option("--log", o->set.log, "Experiment log (JSONL, appended)")->capture_default_str();
+  set->add_flag("--no-log", o->set.no_log, "Do not append to the experiment log");
+  sub->add_option("MODEL", o->a, "Quantized model folder");
   sub->add_option("MODEL_B", o->b, "Second quantized model: show both side by side");
   sub->add_option("--threshold", o->threshold, "List scales whose relative difference exceeds this")
       ->capture_default_str();
   sub->add_option("--json", o->json, "Write the rows and the summary as JSON to FILE ('-' = stdout)");
-  return [o] {
+  return [o, set] {
+    if (set->parsed()) return run_set(o->set);
+    if (o->a.empty()) fail("scales: MODEL is required (or: scales set MODEL --point P ...)");
     check_output_file(o->json, "--json");
     auto ma = Model::load(o->a);
     const auto ra = scale_rows(*ma, o->a);
     if (o->b.empty()) {
       const QuantMeta& qm = ma->quantized()->meta;
       fmt::print("{}\n", qm.summary());
+      print_edits("", qm);
       if (!qm.layers.empty()) fmt::print("layer precision: {}\n", qm.layers_str());
       fmt::print("{:>5}  {:<28} {:<14} {:>12}  {}\n", "layer", "kind", "observer", "scale", "tensor");
       std::map<std::string, std::vector<double>> by;
@@ -129,6 +237,8 @@ Runner register_scales(CLI::App& app) {
            "do not correspond",
            o->a, o->b, arch_name(ca.arch), ca.n_layer, ca.d_model, arch_name(cb.arch), cb.n_layer, cb.d_model);
     const auto rb = scale_rows(*mb, o->b);
+    print_edits("A: ", ma->quantized()->meta);
+    print_edits("B: ", mb->quantized()->meta);
     std::map<std::pair<int, std::string>, const ScaleRow*> idx;
     for (const auto& r : rb) idx[{r.layer, r.kind}] = &r;
     fmt::print("{:>5}  {:<28} {:<12} {:>12} {:>12} {:>10}\n", "layer", "kind", "observer", "A", "B", "rel diff");
@@ -162,7 +272,8 @@ Runner register_scales(CLI::App& app) {
     for (const auto& l : over) fmt::print("{}\n", l);
     if (!o->json.empty())
       write_json(o->json, {{"a", o->a}, {"b", o->b}, {"threshold", o->threshold}, {"scales", rows},
-                           {"summary", summary}, {"over_threshold", big}});
+                           {"summary", summary}, {"over_threshold", big},
+                           {"edits_a", ma->quantized()->meta.edits}, {"edits_b", mb->quantized()->meta.edits}});
     return 0;
   };
 }

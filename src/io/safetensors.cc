@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -126,6 +127,34 @@ void save_safetensors(const std::string& path, const std::vector<NamedTensor>& t
   for (const auto& t : tensors)
     out.write(static_cast<const char*>(t.data), std::streamsize(uint64_t(numel(t.shape)) * dtype_size(t.dtype)));
   if (!out) fail("{}: write failed", path);
+}
+
+void patch_safetensors_f32(const std::string& path, const std::map<std::string, std::vector<float>>& values) {
+  TensorStore check;
+  load_safetensors(path, check);  // validates the whole header first
+  std::string bytes = read_text_file(path);
+  uint64_t hlen = 0;
+  for (int i = 7; i >= 0; --i) hlen = (hlen << 8) | uint8_t(bytes[size_t(i)]);
+  const nlohmann::json header = parse_json(std::string_view(bytes.data() + 8, size_t(hlen)), path + ": safetensors header");
+  for (const auto& [name, v] : values) {
+    if (!header.contains(name)) fail("{}: no tensor '{}'", path, name);
+    const auto& info = header[name];
+    if (info["dtype"] != "F32") fail("{}: tensor '{}' is {}, not F32", path, name, info["dtype"].get<std::string>());
+    const auto off = info["data_offsets"].get<std::vector<uint64_t>>();
+    if (off[1] - off[0] != v.size() * sizeof(float))
+      fail("{}: tensor '{}' holds {} values, not {}", path, name, (off[1] - off[0]) / sizeof(float), v.size());
+    std::memcpy(bytes.data() + 8 + hlen + off[0], v.data(), v.size() * sizeof(float));
+  }
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    if (!f) fail("{}: cannot write", tmp);
+    f.write(bytes.data(), std::streamsize(bytes.size()));
+    if (!f.flush()) fail("{}: write failed", tmp);
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) fail("{}: cannot replace with {}: {}", path, tmp, ec.message());
 }
 
 }  // namespace mambaq

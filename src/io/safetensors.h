@@ -1,5 +1,7 @@
 #pragma once
+#include <map>
 #include <string>
+#include <vector>
 
 #include "mambaq/tensor.h"
 
@@ -19,5 +21,11 @@ struct NamedTensor {
 };
 void save_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
                       const std::map<std::string, std::string>& metadata = {});
+
+// Rewrite the values of some F32 tensors of a .safetensors file, keeping every other byte: the
+// header and all other tensors stay as they are. Each name must exist, be F32 and hold exactly
+// values.size() elements (errors name the file and tensor). Written to a temporary file beside
+// it, then renamed over it.
+void patch_safetensors_f32(const std::string& path, const std::map<std::string, std::vector<float>>& values);
 
 }  // namespace mambaq

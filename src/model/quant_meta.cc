@@ -20,7 +20,7 @@ PointScale* ScaleTable::find(int layer, const std::string& point) {
 
 std::string LayerPrecision::name() const {
   if (fp()) return "FP16";
-  return "W" + std::to_string(w_bits) + "A" + std::to_string(a_bits);
+  return fmt::format("W{}A{}", w_bits, a_bits);
 }
 
 LayerPrecision LayerPrecision::parse(const std::string& s, const std::string& where) {
@@ -114,6 +114,8 @@ nlohmann::json QuantMeta::to_json() const {
     auto& a = j["layer_precision"] = nlohmann::json::array();
     for (const auto& l : layers) a.push_back(l.name());
   }
+  if (!scale_overrides.empty()) j["scale_overrides"] = scale_overrides;
+  if (!edits.empty()) j["edits"] = edits;
   return j;
 }
 
@@ -188,6 +190,18 @@ QuantMeta QuantMeta::from_json(const nlohmann::json& j, const std::string& src) 
       if (!a[i].is_string()) fail("{}: layer_precision[{}] is not a string", w, i);
       m.layers.push_back(LayerPrecision::parse(a[i].get<std::string>(), fmt::format("{}: layer_precision[{}]", w, i)));
     }
+  }
+  if (j.contains("scale_overrides")) {
+    const auto& a = j["scale_overrides"];
+    if (!a.is_array()) fail("{}: field 'scale_overrides' is not a list", w);
+    for (size_t i = 0; i < a.size(); ++i) {
+      if (!a[i].is_string()) fail("{}: scale_overrides[{}] is not a string", w, i);
+      m.scale_overrides.push_back(a[i].get<std::string>());
+    }
+  }
+  if (j.contains("edits")) {
+    if (!j["edits"].is_array()) fail("{}: field 'edits' is not a list", w);
+    m.edits = j["edits"];
   }
   return m;
 }

@@ -75,6 +75,10 @@ struct QuantMeta {
   int calib_seqlen = 512;
   std::string version;       // mambaq version and git describe
   std::string source_model;  // the FP model folder it was made from
+  // --scale-override rules applied at calibration (quant/scale_rules.h), as written
+  std::vector<std::string> scale_overrides;
+  // `scales set` edits of the saved folder, oldest first: {rule, point, layers, old, new, note, time}
+  nlohmann::json edits = nlohmann::json::array();
   nlohmann::json to_json() const;
   // One line for tables: "quamba2 W4A8 (preset w4a8): 4-bit weights in groups of 128, GPTQ, ..."
   std::string summary() const;

@@ -72,8 +72,10 @@ class CalibTap final : public Tap {
               gr.pct.push_back(make_percentile_observer(opt_.alpha, opt_.mode, expected));  // an upper bound per block
           continue;
         }
-        obs_[{l, sp.name}] = r.percentile(sp) ? make_percentile_observer(opt_.alpha, opt_.mode, expected)
-                                              : make_minmax_observer();
+        const auto pa = opt_.point_alpha.find({l, sp.name});
+        obs_[{l, sp.name}] = pa != opt_.point_alpha.end() ? make_percentile_observer(pa->second, opt_.mode, expected)
+                             : r.percentile(sp)             ? make_percentile_observer(opt_.alpha, opt_.mode, expected)
+                                                            : make_minmax_observer();
       }
   }
 
@@ -197,9 +199,12 @@ Calibration calibrate(const Model& m, const CalibSamples& cs, const CalibOptions
   Calibration res = calib_tap.result();
   res.samples = cs.samples.size();
   if (opt.verbose)
-    for (const auto& p : res.points)
+    for (const auto& p : res.points) {
+      const auto pa = opt.point_alpha.find({p.layer, p.point});
+      const double a = pa != opt.point_alpha.end() ? pa->second : p.observer == "percentile" ? opt.alpha : 1.0;
       fmt::print(stderr, "calib layer {:>3} {:<22} {:<10} alpha {:<8} max {:.6g} scale {:.6g}\n", p.layer, p.point,
-                 p.observer, p.observer == "percentile" ? opt.alpha : 1.0, p.amax, p.scale);
+                 p.observer, a, p.amax, p.scale);
+    }
   return res;
 }
 

@@ -41,6 +41,9 @@ struct CalibOptions {
   // with groups: the percentile observer (alpha, mode) per block on the points the recipe
   // calibrates with a percentile (x after the conv, the state) instead of min-max
   bool grouped_percentile = false;
+  // --scale-override POINT@LAYERS:alpha=A: a percentile observer with that alpha at those
+  // (layer, point)s, whatever the recipe's observer there (not for grouped points)
+  std::map<std::pair<int, std::string>, double> point_alpha;
 };
 
 // The activation scales a calibration run found (a ScaleTable) and how it ran.

@@ -1,5 +1,6 @@
 // Building a quantized model from an FP model and a calibration, through a recipe; saving it.
 #include "quant/quantized.h"
+#include "quant/scale_rules.h"
 
 #include <chrono>
 #include <filesystem>
@@ -147,12 +148,19 @@ QuantizeResult quantize(const Model& fp, const QuantMeta& meta, const QuantizeIn
   const auto tm = Model::from_weights(cfg, std::move(tw), fp.tensor_info(), nullptr);
   QuantizeResult res;
   using clock = std::chrono::steady_clock;
+  if (!meta.scale_overrides.empty() && !meta.any_a8())
+    fail_option("scale_override", "scale_override: this precision keeps activations in float: there is no activation "
+                "scale to override");
   if (meta.any_a8()) {
     if (!in.calib) fail("internal error: quantize without calibration samples");
     const auto t0 = clock::now();
     CalibOptions co = in.calib_opts;
     if (meta.group_heads) co.groups = &groups, co.grouped_percentile = meta.grouped_percentile;
+    std::vector<ScaleRule> rules;
+    for (const auto& t : meta.scale_overrides) rules.push_back(parse_scale_rule(t, cfg, "--scale-override"));
+    co.point_alpha = rule_alphas(rules, cfg);
     res.calibration = calibrate(*tm, *in.calib, co);
+    res.overrides = apply_scale_rules(res.calibration, rules, "--scale-override");
     res.calibrate_s = std::chrono::duration<double>(clock::now() - t0).count();
   }
   std::unique_ptr<ModelWeights> gw;

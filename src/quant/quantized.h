@@ -43,6 +43,7 @@ struct QuantizeResult {
   Calibration calibration;  // empty when no activation is quantized
   double calibrate_s = 0, gptq_s = 0;
   std::vector<HeadGroups> groups;  // meta.group_heads: per layer
+  nlohmann::json overrides = nlohmann::json::array();  // what meta.scale_overrides changed (scale_rules.h)
 };
 QuantizeResult quantize(const Model& fp, const QuantMeta& meta, const QuantizeInputs& in);
 
