@@ -292,6 +292,21 @@ TEST(Sweep, ExamplePercentileSweepWithLimit) {
   EXPECT_NE(out.find(" ±0.0"), std::string::npos) << out;          // differences to the first cell, with stderr
 }
 
+TEST(Sweep, Quamba1MatrixExamplePlansEightCells) {
+  // The Quamba1 part of the user's 20-experiment plan: 4 Mamba1 sizes x alpha {0.9995, 1.0}. The
+  // checkpoints are the user's downloads: the plan shows them missing; a run refuses before work.
+  const std::string spec = mqtest::repo("examples/sweeps/quamba1_matrix.toml");
+  const std::string d = mqtest::temp_dir("sweep_q1");
+  auto r = run_cli("sweep " + spec + " --dry-run --log " + d + "/log.jsonl --out-dir " + d);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("8 cells"), std::string::npos) << r.out;
+  for (const char* m : {"mamba-130m", "mamba-370m", "mamba-1.4b", "mamba-2.8b"}) EXPECT_NE(r.out.find(m), std::string::npos) << m;
+  EXPECT_NE(r.out.find("1.0 "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("model not found"), std::string::npos) << r.out;
+  mqtest::expect_one_line_error(run_cli("sweep " + spec + " --yes --log " + d + "/log.jsonl --out-dir " + d),
+                                "not found: pretrained_models/mamba-130m");
+}
+
 TEST(Sweep, ResultTextShowsDifferenceToTheFirstCellWithStderr) {
   const nlohmann::json a = {{"results", {{"arc_easy", {{"acc", 0.5}, {"acc_stderr", 0.03}}}}}};
   const nlohmann::json b = {{"results", {{"arc_easy", {{"acc", 0.54}, {"acc_stderr", 0.04}}}}}};

@@ -77,10 +77,13 @@ Runner register_sweep(CLI::App& app) {
     fmt::print("  status\n");
     // throughput probe: one 512-token forward per distinct model
     std::map<std::string, double> tps;
+    std::vector<std::string> missing;
     double est = 0;
     for (size_t i = 0; i < s.cells.size(); ++i) {
       const auto& c = s.cells[i];
-      if (!done.count(c.id)) {
+      const bool absent = !fs::exists(c.model);
+      if (absent && std::find(missing.begin(), missing.end(), c.model) == missing.end()) missing.push_back(c.model);
+      if (!done.count(c.id) && !absent) {
         if (!tps.count(c.model)) {
           auto m = Model::load(c.model);
           std::vector<int32_t> toks(512, 100);
@@ -95,11 +98,13 @@ Runner register_sweep(CLI::App& app) {
       fmt::print("{:>3}  {:<12}  {:<28}", i, c.id, c.model);
       for (const auto& k : s.varying)
         if (k != "model") fmt::print("  {:<18}", sweep_cell_value(c, k));
-      fmt::print("  {}\n", done.count(c.id) ? "done (skipped)" : "to run");
+      fmt::print("  {}\n", done.count(c.id) ? "done (skipped)" : absent ? "model not found" : "to run");
     }
     const size_t todo = s.cells.size() - std::min(s.cells.size(), done.size());
     fmt::print("{} cells to run, estimated {:.0f} min\n", todo, est / 60);
     if (o->dry) return 0;
+    if (!missing.empty())
+      fail("sweep: model folder(s) not found: {} (edit the spec's [matrix] model list)", fmt::join(missing, ", "));
     if (todo > 0 && !o->yes) {
       if (!isatty(STDIN_FILENO)) fail("sweep: confirmation needed and stdin is not a terminal: add --yes");
       fmt::print("run them? [y/N] ");
