@@ -45,6 +45,9 @@ std::string summary(const nlohmann::json& r) {
       if (v.is_object() && v.contains("ppl")) s += " ppl=" + num(v["ppl"], "{:.4f}");
       s += "  ";
     }
+  } else if (str(at(r, {"kind"})) == "scales_set") {
+    s = fmt::format("-> {}  {}", str(at(r, {"output"})), str(at(r, {"edit", "rule"})));
+    if (at(r, {"edit", "note"}).is_string()) s += "  (" + str(at(r, {"edit", "note"})) + ")";
   } else if (res.is_object()) {
     s = fmt::format("-> {}  calib {:.1f}s", str(at(r, {"output"})), at(r, {"results", "calibrate_s"}).is_number()
                                                                          ? at(r, {"results", "calibrate_s"}).get<double>()

@@ -127,7 +127,7 @@ Runner register_sweep(CLI::App& app) {
       bar.add(1);
     }
     bar.finish();
-    // final table from the log; each cell's difference to the first with its standard error
+    // final table from the log; each cell's difference to its model's first cell, with its standard error
     done = sweep_done(s.log);
     const std::vector<std::string> cols = sweep_result_columns(s, done);
     fmt::print("\n{:<12}  {:<24}", "cell", "model");
@@ -135,13 +135,14 @@ Runner register_sweep(CLI::App& app) {
       if (k != "model") fmt::print("  {:<18}", k);
     for (const auto& c : cols) fmt::print("  {:>34}", c);
     fmt::print("\n");
-    const nlohmann::json* base = s.cells.empty() ? nullptr : &done.at(s.cells[0].id);
+    std::map<std::string, const nlohmann::json*> base;  // each model's first cell
+    for (const auto& c : s.cells) base.emplace(c.model, &done.at(c.id));
     for (const auto& c : s.cells) {
       const auto& r = done.at(c.id);
       fmt::print("{:<12}  {:<24}", c.id, fs::path(c.model).filename().string());
       for (const auto& k : s.varying)
         if (k != "model") fmt::print("  {:<18}", sweep_cell_value(c, k));
-      for (const auto& col : cols) fmt::print("  {:>34}", sweep_result_text(r, col, base));
+      for (const auto& col : cols) fmt::print("  {:>34}", sweep_result_text(r, col, base.at(c.model)));
       fmt::print("\n");
     }
     return 0;
