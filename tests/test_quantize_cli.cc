@@ -134,16 +134,40 @@ TEST(QuantizeCli, QuantizeEvalLogSnapshot) {
   EXPECT_LE(sc["median"].get<double>(), sc["max"].get<double>());
   EXPECT_EQ(recs[1]["mode"], "int8");
   EXPECT_EQ(recs[2]["mode"], "fake");
-  r = run_cli("logs " + log + " --last 2");
+  r = run_cli("logs " + log + " --records --last 2");
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("fake"), std::string::npos);
   EXPECT_EQ(r.out.find("quantize"), std::string::npos);  // only the last two
-  r = run_cli("logs " + log + " --compare -1 -2");
+  r = run_cli("logs " + log + " --records --compare -1 -2");
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("flags.mode"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("results.heldout.ppl"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("flags.tasks"), std::string::npos) << r.out;  // equal in both: not shown
-  mqtest::expect_one_line_error(run_cli("logs " + log + " --compare 0 7"), "record 7");
+  mqtest::expect_one_line_error(run_cli("logs " + log + " --records --compare 0 7"), "record 7");
+  // experiments: the quantize run and both evals of its output are one unit
+  r = run_cli("logs " + log);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("heldout [int8] ppl="), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("heldout [fake] ppl="), std::string::npos) << r.out;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 2) << r.out;  // header + one experiment
+  mqtest::expect_one_line_error(run_cli("logs " + log + " --compare 0 1"), "experiment 1");
+  r = run_cli("logs " + log + " --filter recipe=quamba1 --filter bits=W8A8 --json " + d + "/exp.json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto ex = mambaq::read_json_file(d + "/exp.json");
+  ASSERT_EQ(ex.size(), 1u);
+  EXPECT_EQ(ex[0]["records"], nlohmann::json({0, 1, 2}));
+  EXPECT_EQ(ex[0]["output"], out);
+  EXPECT_EQ(mambaq::read_json_file(d + "/exp.json").size(), 1u);
+  r = run_cli("logs " + log + " --filter recipe=quamba2 --json " + d + "/none.json");
+  EXPECT_EQ(mambaq::read_json_file(d + "/none.json").size(), 0u);
+  mqtest::expect_one_line_error(run_cli("logs " + log + " --filter colour=red"), "unknown key 'colour'");
+  {  // a malformed line is reported (file:line) and skipped
+    const std::string bad = d + "/bad.jsonl";
+    mqtest::write_file(bad, mqtest::read_file(log) + "{not json\n");
+    r = run_cli("logs " + bad);
+    EXPECT_EQ(r.code, 0) << r.err;
+    EXPECT_NE(r.err.find("bad.jsonl:4"), std::string::npos) << r.err;
+  }
   r = run_cli("info " + out);
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("quamba1 W8A8, weights per channel, percentile alpha 0.9995 (exact)"), std::string::npos)
@@ -209,7 +233,7 @@ TEST(QuantizeCli, QuantizeEvalLogSnapshot) {
             nlohmann::json::parse(rf.out)["mambaq"]["results"]["winogrande"]["acc"]);
   // the log got one record per mode; logs --compare shows each metric's difference and stderr
   ASSERT_EQ(mambaq::read_log(log2).size(), 4u);
-  r = run_cli("logs " + log2 + " --compare 0 2 --json " + d + "/cmp.json");
+  r = run_cli("logs " + log2 + " --records --compare 0 2 --json " + d + "/cmp.json");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("difference ±stderr"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("arc_easy acc_norm"), std::string::npos) << r.out;

@@ -1,5 +1,7 @@
 #include "analysis/explog.h"
 
+#include <filesystem>
+#include <map>
 #include <sstream>
 #include "io/json_file.h"
 #include "io/mmap_file.h"
@@ -17,6 +19,7 @@
 #include <ctime>
 #include <fstream>
 
+#include "mambaq/checkpoint.h"
 #include "mambaq/error.h"
 #include "mambaq/version.h"
 
@@ -45,16 +48,21 @@ void append_log(const std::string& path, const nlohmann::json& record) {
   ::close(fd);  // releases the lock
 }
 
-std::vector<nlohmann::json> read_log(const std::string& path) {
+std::vector<nlohmann::json> read_log(const std::string& path, std::vector<std::string>* skipped) {
   if (!file_exists(path)) fail("{}: cannot open experiment log (file not found)", path);
   std::istringstream in(read_text_file(path));
   std::vector<nlohmann::json> out;
   std::string line;
   for (int no = 1; std::getline(in, line); ++no) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    nlohmann::json j = parse_json(line, path + ":" + std::to_string(no) + ": malformed JSONL line");
-    if (!j.is_object()) fail("{}:{}: malformed JSONL line (not a JSON object)", path, no);
-    out.push_back(std::move(j));
+    try {
+      nlohmann::json j = parse_json(line, path + ":" + std::to_string(no) + ": malformed JSONL line");
+      if (!j.is_object()) fail("{}:{}: malformed JSONL line (not a JSON object)", path, no);
+      out.push_back(std::move(j));
+    } catch (const Error& e) {
+      if (!skipped) throw;
+      skipped->push_back(e.what());
+    }
   }
   return out;
 }
@@ -125,6 +133,45 @@ std::string diff_str(const MetricDiff& d) {
 const std::vector<std::string>& result_metrics() {
   static const std::vector<std::string> m = {"acc", "acc_norm", "ppl"};
   return m;
+}
+
+std::string model_identity(const std::string& dir) {
+  try {
+    const std::string cfg = dir + "/config.json";
+    if (!file_exists(cfg)) return "";
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(find_weights_file(dir), ec);
+    return sha256_file(cfg).substr(0, 16) + ":" + std::to_string(ec ? 0 : size);
+  } catch (const Error&) {
+    return "";
+  }
+}
+
+std::vector<Experiment> group_experiments(const std::vector<nlohmann::json>& recs) {
+  std::vector<Experiment> out;
+  std::map<std::string, size_t> by_key;  // "id:..." / "path:..." -> experiment
+  const auto sv = [](const nlohmann::json& r, const char* k) {
+    return r.contains(k) && r[k].is_string() ? r[k].get<std::string>() : std::string();
+  };
+  for (size_t i = 0; i < recs.size(); ++i) {
+    const auto& r = recs[i];
+    const std::string kind = sv(r, "kind");
+    if (kind == "quantize" || kind == "scales_set") {
+      out.push_back({int(i), {}});
+      if (!sv(r, "output_id").empty()) by_key["id:" + sv(r, "output_id")] = out.size() - 1;
+      if (!sv(r, "output").empty()) by_key["path:" + sv(r, "output")] = out.size() - 1;
+    } else if (kind == "eval") {
+      auto it = sv(r, "model_id").empty() ? by_key.end() : by_key.find("id:" + sv(r, "model_id"));
+      if (it == by_key.end()) it = by_key.find("path:" + sv(r, "model"));
+      if (it == by_key.end()) {
+        out.push_back({-1, {}});
+        if (!sv(r, "model_id").empty()) by_key["id:" + sv(r, "model_id")] = out.size() - 1;
+        it = by_key.insert_or_assign("path:" + sv(r, "model"), out.size() - 1).first;
+      }
+      out[it->second].evals.push_back(int(i));
+    }
+  }
+  return out;
 }
 
 }  // namespace mambaq

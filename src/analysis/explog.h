@@ -13,8 +13,23 @@ namespace mambaq {
 // interleave or tear lines. Never truncates or rewrites the file.
 void append_log(const std::string& path, const nlohmann::json& record);
 
-// Every record of a log; a line that is not a JSON object is an error naming file and line.
-std::vector<nlohmann::json> read_log(const std::string& path);
+// Every record of a log; a line that is not a JSON object is an error naming file and line, or,
+// with `skipped`, is skipped and described there ("FILE:LINE: ...").
+std::vector<nlohmann::json> read_log(const std::string& path, std::vector<std::string>* skipped = nullptr);
+
+// A model folder's identity, for linking a quantize run to the evals of its output: sha256 of its
+// config.json (which, for a quantized folder, records every setting and scale edit) and the size
+// of its weights file. "" when the folder cannot be read.
+std::string model_identity(const std::string& dir);
+
+// Experiments: a record that makes a model (quantize, scales_set: "output", "output_id") and the
+// evals of that model (linked by identity, else by path), in log order. Evals of a model no
+// record made (an FP checkpoint) form an experiment of their own per model.
+struct Experiment {
+  int producer = -1;         // record index of the quantize / scales_set, or -1
+  std::vector<int> evals;    // record indices
+};
+std::vector<Experiment> group_experiments(const std::vector<nlohmann::json>& records);
 
 // {"a": {"b": 1}} -> {"a.b": 1}: leaves keyed by dotted path (arrays stay whole).
 std::vector<std::pair<std::string, nlohmann::json>> flatten(const nlohmann::json& j);

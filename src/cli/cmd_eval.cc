@@ -215,6 +215,7 @@ Runner register_eval(CLI::App& app) {
       if (!o->no_log) {
         nlohmann::json r = log_header("eval");
         r["model"] = o->model;
+        r["model_id"] = model_identity(o->model);
         r["mode"] = mode_name(md.mode);
         if (md.fp_ops) r["fp_ops"] = fp_ops_str(md.fp_ops);
         if (m->is_quantized()) r["quantization"] = m->config().raw["quantization"];

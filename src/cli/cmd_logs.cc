@@ -1,8 +1,11 @@
-// mambaq logs [FILE] --last N | --compare I J: read the experiment log.
+// mambaq logs [FILE] [--records] [--filter K=V] --last N | --compare I J: read the experiment log,
+// as experiments (a quantize run and the evals of its output) or single records.
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <filesystem>
+#include <cmath>
+#include <cstdlib>
 #include <map>
 
 #include "analysis/explog.h"
@@ -102,6 +105,90 @@ void print_markdown(const std::vector<nlohmann::json>& recs, int first) {
   }
 }
 
+// An experiment as one record-like object: what made the model (flags, calibration scales, the
+// edit) and every eval of it, results keyed "task [mode]".
+nlohmann::json experiment_view(const Experiment& e, const std::vector<nlohmann::json>& recs) {
+  nlohmann::json j = nlohmann::json::object();
+  if (e.producer >= 0) {
+    const auto& p = recs[size_t(e.producer)];
+    j["kind"] = at(p, {"kind"});
+    j["timestamp"] = at(p, {"timestamp"});
+    j["model"] = at(p, {"model"});
+    j["output"] = at(p, {"output"});
+    if (at(p, {"flags"}).is_object()) j["flags"] = p["flags"];
+    if (at(p, {"edit"}).is_object()) j["edit"] = p["edit"];
+    if (at(p, {"calibration", "scales"}).is_object()) j["scales"] = p["calibration"]["scales"];
+    if (at(p, {"scale_overrides"}).is_array()) j["scale_overrides"] = p["scale_overrides"];
+  } else {
+    const auto& f = recs[size_t(e.evals.at(0))];
+    j["kind"] = "eval";
+    j["timestamp"] = at(f, {"timestamp"});
+    j["model"] = at(f, {"model"});
+    if (at(f, {"quantization"}).is_object()) j["quantization"] = f["quantization"];
+  }
+  j["results"] = nlohmann::json::object();
+  for (int i : e.evals) {
+    const auto& r = recs[size_t(i)];
+    std::string mode = str(at(r, {"mode"}));
+    if (at(r, {"fp_ops"}).is_string()) mode += "+fp-ops=" + r["fp_ops"].get<std::string>();
+    if (at(r, {"results"}).is_object())
+      for (auto& [task, v] : r["results"].items()) j["results"][task + " [" + mode + "]"] = v;
+  }
+  j["records"] = nlohmann::json(e.producer >= 0 ? std::vector<int>{e.producer} : std::vector<int>{});
+  for (int i : e.evals) j["records"].push_back(i);
+  return j;
+}
+
+// --filter KEY=VALUE on an experiment (or record) view.
+bool matches(const nlohmann::json& v, const std::vector<std::string>& filters) {
+  for (const auto& f : filters) {
+    const size_t eq = f.find('=');
+    if (eq == std::string::npos) fail("--filter '{}': expected KEY=VALUE (keys: model, recipe, alpha, bits, mode, since, until)", f);
+    const std::string k = f.substr(0, eq), want = f.substr(eq + 1);
+    const auto& flags = at(v, {"flags"});
+    if (k == "model") {
+      if (str(at(v, {"model"})).find(want) == std::string::npos && str(at(v, {"output"})).find(want) == std::string::npos)
+        return false;
+    } else if (k == "recipe") {
+      const std::string r = at(flags, {"recipe"}).is_string() ? str(at(flags, {"recipe"}))
+                                                               : str(at(v, {"quantization", "recipe"}));
+      if (r != want) return false;
+    } else if (k == "alpha") {
+      const auto& a = at(flags, {"percentile_alpha"}).is_number() ? at(flags, {"percentile_alpha"})
+                                                                   : at(v, {"quantization", "observers", "percentile_alpha"});
+      if (!a.is_number() || std::abs(a.get<double>() - std::atof(want.c_str())) > 1e-12) return false;
+    } else if (k == "bits") {
+      const auto& w = at(flags, {"w_bits"}).is_number() ? at(flags, {"w_bits"}) : at(v, {"quantization", "w_bits"});
+      const auto& a = at(flags, {"a_bits"}).is_number() ? at(flags, {"a_bits"}) : at(v, {"quantization", "a_bits"});
+      if (!w.is_number() || !a.is_number() || fmt::format("W{}A{}", w.get<int>(), a.get<int>()) != want) return false;
+    } else if (k == "mode") {
+      bool any = str(at(v, {"mode"})) == want;
+      if (at(v, {"results"}).is_object())
+        for (auto& [key, x] : v["results"].items()) any = any || key.find("[" + want) != std::string::npos;
+      if (!any) return false;
+    } else if (k == "since" || k == "until") {
+      const std::string t = str(at(v, {"timestamp"}));
+      if (k == "since" ? t < want : t.substr(0, want.size()) > want) return false;
+    } else {
+      fail("--filter '{}': unknown key '{}' (keys: model, recipe, alpha, bits, mode, since, until)", f, k);
+    }
+  }
+  return true;
+}
+
+// One line of results for an experiment: "task metric=v±se [mode]".
+std::string results_line(const nlohmann::json& res) {
+  std::string s;
+  if (!res.is_object()) return s;
+  for (auto& [key, v] : res.items()) {
+    for (const auto& m : result_metrics())
+      if (v.is_object() && v.contains(m))
+        s += fmt::format("{} {}={}{}  ", key, m, num(v[m], m == "ppl" ? "{:.3f}" : "{:.4f}"),
+                         v.contains(m + "_stderr") ? "±" + num(v[m + "_stderr"], "{:.4f}") : "");
+  }
+  return s;
+}
+
 }  // namespace
 
 Runner register_logs(CLI::App& app) {
@@ -109,30 +196,59 @@ Runner register_logs(CLI::App& app) {
     std::string file = "experiments.jsonl", json;
     int last = 10;
     std::vector<int> compare;
-    bool markdown = false;
+    std::vector<std::string> filters;
+    bool markdown = false, records = false;
   };
   auto o = std::make_shared<Opts>();
-  auto* sub = app.add_subcommand("logs", "Show the experiment log: the last runs, or what differs between two");
+  auto* sub = app.add_subcommand("logs", "Show the experiment log: experiments (a quantize run and the evals of its "
+                                         "output), or what differs between two");
   sub->add_option("FILE", o->file, "Experiment log")->capture_default_str();
-  sub->add_option("--last", o->last, "Show the last N records")->capture_default_str()->check(at_least(1));
-  sub->add_option("--compare", o->compare, "Show the flags and results that differ between records I and J "
-                                           "(0-based; negative counts from the end)")
+  sub->add_option("--last", o->last, "Show the last N experiments (records with --records)")
+      ->capture_default_str()
+      ->check(at_least(1));
+  sub->add_option("--compare", o->compare, "Show the flags, scales and results that differ between experiments I "
+                                           "and J (records with --records; 0-based; negative counts from the end)")
       ->expected(2);
+  sub->add_flag("--records", o->records, "Work on single records (each quantize / eval run) instead of experiments");
+  sub->add_option("--filter", o->filters, "KEY=VALUE, repeatable: model (substring), recipe, alpha, bits (W8A8), "
+                                          "mode, since / until (ISO date prefix)")
+      ->allow_extra_args(false);
   sub->add_option("--json", o->json, "Write the selected records as JSON to FILE ('-' = stdout)");
   sub->add_flag("--markdown", o->markdown,
                 "Print the selected eval records as a Markdown results table (one column per task metric)");
   return [o] {
     check_output_file(o->json, "--json");
-    const auto recs = read_log(o->file);
+    std::vector<std::string> skipped;
+    const auto all = read_log(o->file, &skipped);
+    for (const auto& w : skipped) fmt::print(stderr, "warning: skipped {}\n", w);
+    // the units shown: experiments, or records; then the filters
+    std::vector<nlohmann::json> recs;
+    if (o->records) {
+      recs = all;
+    } else {
+      int k = 0;
+      for (const auto& e : group_experiments(all)) {
+        recs.push_back(experiment_view(e, all));
+        recs.back()["experiment"] = k++;
+      }
+    }
+    if (!o->filters.empty()) {
+      std::vector<nlohmann::json> kept;
+      for (auto& r : recs)
+        if (matches(r, o->filters)) kept.push_back(std::move(r));
+      recs = std::move(kept);
+    }
     const int n = int(recs.size());
     if (o->markdown) {
-      print_markdown(recs, std::max(0, n - o->last));
+      print_markdown(all, std::max(0, int(all.size()) - o->last));
       return 0;
     }
     if (!o->compare.empty()) {
       auto idx = [&](int i) {
         const int k = i < 0 ? n + i : i;
-        if (k < 0 || k >= n) fail("--compare: record {} does not exist ({} has {} records)", i, o->file, n);
+        if (k < 0 || k >= n)
+          fail("--compare: {} {} does not exist ({} has {} {}{})", o->records ? "record" : "experiment", i, o->file, n,
+               o->records ? "records" : "experiments", o->filters.empty() ? "" : " after --filter");
         return k;
       };
       const int a = idx(o->compare[0]), b = idx(o->compare[1]);
@@ -144,7 +260,9 @@ Runner register_logs(CLI::App& app) {
       for (const auto& [k, v] : rows) {
         if (v.first == v.second || k == "timestamp" || k == "command") continue;
         const bool shown = k.starts_with("flags.") || k.starts_with("results.") || k.starts_with("quantization.") ||
-                           k == "model" || k == "kind" || k == "mode" || k == "wall_s" || k == "peak_rss_mib";
+                           k.starts_with("scales.") || k.starts_with("edit.") || k == "scale_overrides" ||
+                           k == "model" || k == "output" || k == "kind" || k == "mode" || k == "wall_s" ||
+                           k == "peak_rss_mib";
         if (!shown) continue;
         fmt::print("{:<48} {:>28} {:>28}\n", k, v.first.empty() ? "-" : v.first, v.second.empty() ? "-" : v.second);
         diff[k] = {v.first, v.second};
@@ -174,9 +292,29 @@ Runner register_logs(CLI::App& app) {
       return 0;
     }
     const int first = std::max(0, n - o->last);
+    nlohmann::json sel = nlohmann::json::array();
+    if (!o->records) {
+      fmt::print("{:>4}  {:<20} {:<10} {:<24} {:<8} {:<6} {:<7} {:<28} {}\n", "#", "timestamp", "made by", "model",
+                 "recipe", "bits", "alpha", "output", "results [mode]");
+      for (int i = first; i < n; ++i) {
+        const auto& e = recs[size_t(i)];
+        const auto& f = at(e, {"flags"});
+        const std::string bits = at(f, {"w_bits"}).is_number() && at(f, {"a_bits"}).is_number()
+                                     ? fmt::format("W{}A{}", f["w_bits"].get<int>(), f["a_bits"].get<int>())
+                                     : "-";
+        std::string made = str(at(e, {"kind"}));
+        if (made == "scales_set") made = "scales set";
+        fmt::print("{:>4}  {:<20} {:<10} {:<24} {:<8} {:<6} {:<7} {:<28} {}{}\n", i, str(at(e, {"timestamp"})), made,
+                   str(at(e, {"model"})), str(at(f, {"recipe"})), bits, str(at(f, {"percentile_alpha"})),
+                   str(at(e, {"output"})), results_line(at(e, {"results"})),
+                   at(e, {"edit", "rule"}).is_string() ? "edit " + str(e["edit"]["rule"]) : "");
+        sel.push_back(e);
+      }
+      if (!o->json.empty()) write_json(o->json, sel);
+      return 0;
+    }
     fmt::print("{:>4}  {:<20} {:<8} {:<28} {:<6} {:<7} {:<6} {:<8} {}\n", "#", "timestamp", "kind", "model", "mode",
                "alpha", "pmode", "weights", "results");
-    nlohmann::json sel = nlohmann::json::array();
     for (int i = first; i < n; ++i) {
       const auto& r = recs[size_t(i)];
       const bool q = str(at(r, {"kind"})) == "quantize";

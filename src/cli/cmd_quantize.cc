@@ -260,6 +260,7 @@ Runner register_quantize(CLI::App& app) {
       nlohmann::json r = log_header("quantize");
       r["model"] = o->model;
       r["output"] = o->out;
+      r["output_id"] = model_identity(o->out);
       r["recipe"] = o->recipe;
       r["flags"] = {{"recipe", o->recipe},           {"w_bits", o->w_bits},
                     {"a_bits", o->a_bits},           {"calib_data", o->calib_data},

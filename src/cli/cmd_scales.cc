@@ -149,6 +149,7 @@ int run_set(const SetOpts& s) {
     nlohmann::json r = log_header("scales_set");
     r["model"] = s.model;
     r["output"] = dst.string();
+    r["output_id"] = model_identity(dst.string());
     r["edit"] = rec;
     append_log(s.log, r);
   }
