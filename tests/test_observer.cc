@@ -87,3 +87,28 @@ TEST(Observer, ScaleGrowsWithAlphaAndCoversAlpha) {
   }
   EXPECT_ERROR(make_percentile_observer(1.5, PercentileMode::Ema), "percentile_alpha");
 }
+
+TEST(Observer, ClipStatisticsCountWhatTheClipCutsOff) {
+  // The share clipped, from the histogram, against an exact count over the same values; the
+  // histogram is exact up to the values inside the clip's own bin (bound_share).
+  auto obs = make_percentile_observer(0.999, PercentileMode::Ema);
+  std::vector<float> all;
+  for (uint32_t s = 0; s < 4; ++s) {
+    auto v = with_outliers(50000, 10 + s);
+    v[7] = 0.f;  // zeros count as values, never clipped
+    obs->observe(v.data(), v.size());
+    all.insert(all.end(), v.begin(), v.end());
+  }
+  ASSERT_NE(obs->clipping(), nullptr);
+  const ClipStats st = obs->clipping()->stats(obs->amax());
+  double above = 0, mx = 0;
+  for (float x : all) above += std::fabs(x) > obs->amax(), mx = std::max(mx, double(std::fabs(x)));
+  EXPECT_EQ(st.values, int64_t(all.size()));
+  EXPECT_EQ(st.raw_max, float(mx));
+  EXPECT_EQ(st.clip, obs->amax());
+  EXPECT_LE(std::abs(st.share_clipped - above / double(all.size())), st.bound_share + 1e-12);
+  EXPECT_LT(st.bound_share, 1e-3);  // 1/64 octave holds few values at the clip
+  EXPECT_GT(st.share_clipped, 0.0);
+  // min-max clips nothing: no statistics
+  EXPECT_EQ(make_minmax_observer()->clipping(), nullptr);
+}

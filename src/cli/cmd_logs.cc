@@ -118,6 +118,17 @@ nlohmann::json experiment_view(const Experiment& e, const std::vector<nlohmann::
     if (at(p, {"flags"}).is_object()) j["flags"] = p["flags"];
     if (at(p, {"edit"}).is_object()) j["edit"] = p["edit"];
     if (at(p, {"calibration", "scales"}).is_object()) j["scales"] = p["calibration"]["scales"];
+    if (at(p, {"calibration", "clipping"}).is_array()) {  // per point: the largest share clipped, and where
+      nlohmann::json c = nlohmann::json::object();
+      for (const auto& x : p["calibration"]["clipping"]) {
+        const std::string pt = str(at(x, {"point"}));
+        const double sh = at(x, {"share_clipped"}).is_number() ? x["share_clipped"].get<double>() : 0;
+        if (!c.contains(pt) || sh > c[pt]["max_share_clipped"].get<double>())
+          c[pt] = {{"max_share_clipped", sh}, {"layer", at(x, {"layer"})}, {"raw_max", at(x, {"raw_max"})},
+                   {"clip", at(x, {"clip"})}};
+      }
+      j["clipping"] = c;
+    }
     if (at(p, {"scale_overrides"}).is_array()) j["scale_overrides"] = p["scale_overrides"];
   } else {
     const auto& f = recs[size_t(e.evals.at(0))];
@@ -261,6 +272,7 @@ Runner register_logs(CLI::App& app) {
         if (v.first == v.second || k == "timestamp" || k == "command") continue;
         const bool shown = k.starts_with("flags.") || k.starts_with("results.") || k.starts_with("quantization.") ||
                            k.starts_with("scales.") || k.starts_with("edit.") || k == "scale_overrides" ||
+                           k.starts_with("clipping.") ||
                            k == "model" || k == "output" || k == "kind" || k == "mode" || k == "wall_s" ||
                            k == "peak_rss_mib";
         if (!shown) continue;
@@ -304,9 +316,13 @@ Runner register_logs(CLI::App& app) {
                                      : "-";
         std::string made = str(at(e, {"kind"}));
         if (made == "scales_set") made = "scales set";
-        fmt::print("{:>4}  {:<20} {:<10} {:<24} {:<8} {:<6} {:<7} {:<28} {}{}\n", i, str(at(e, {"timestamp"})), made,
+        std::string clip;  // the percentile points' largest clipped share
+        if (at(e, {"clipping"}).is_object())
+          for (auto& [pt, c] : e["clipping"].items())
+            clip += fmt::format("clipped {} ≤{:.3f}%  ", pt, 100 * c.value("max_share_clipped", 0.0));
+        fmt::print("{:>4}  {:<20} {:<10} {:<24} {:<8} {:<6} {:<7} {:<28} {}{}{}\n", i, str(at(e, {"timestamp"})), made,
                    str(at(e, {"model"})), str(at(f, {"recipe"})), bits, str(at(f, {"percentile_alpha"})),
-                   str(at(e, {"output"})), results_line(at(e, {"results"})),
+                   str(at(e, {"output"})), results_line(at(e, {"results"})), clip,
                    at(e, {"edit", "rule"}).is_string() ? "edit " + str(e["edit"]["rule"]) : "");
         sel.push_back(e);
       }

@@ -285,6 +285,11 @@ Runner register_quantize(CLI::App& app) {
       r["calibration"] = {{"samples", cs.samples.size()}, {"available", cs.available},
                           {"documents", cs.documents},    {"seqlen", o->calib_seqlen},
                           {"sha256", meta.calib_sha256},  {"scales", scale_stats(cal)}};
+      nlohmann::json clip = nlohmann::json::array();  // what each percentile point's clip cuts off
+      for (const auto& c : cal.clipping)
+        clip.push_back({{"layer", c.layer}, {"point", c.point}, {"raw_max", c.stats.raw_max}, {"clip", c.stats.clip},
+                        {"share_clipped", c.stats.share_clipped}, {"values", c.stats.values}});
+      r["calibration"]["clipping"] = clip;
       r["results"] = {{"calibrate_s", calib_s},
                       {"gptq_s", res.gptq_s},
                       {"weight_mib_fp32", double(fp->weight_bytes()) / (1 << 20)},

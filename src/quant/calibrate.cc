@@ -120,7 +120,10 @@ class CalibTap final : public Tap {
     Calibration c;
     c.alpha = opt_.alpha;
     c.mode = opt_.mode;
-    for (const auto& [k, o] : obs_) c.points.push_back({k.first, k.second, o->kind(), o->amax(), o->scale(8)});
+    for (const auto& [k, o] : obs_) {
+      c.points.push_back({k.first, k.second, o->kind(), o->amax(), o->scale(8)});
+      if (const ClipHistogram* h = o->clipping()) c.clipping.push_back({k.first, k.second, h->stats(o->amax())});
+    }
     for (const auto& [k, g] : grouped_) {
       PointScale p{k.first, k.second, g.pct.empty() ? "grouped-minmax" : "grouped-percentile", 0.f, 0.f, g.shape, {}};
       std::vector<float> amax = g.amax;
@@ -202,8 +205,12 @@ Calibration calibrate(const Model& m, const CalibSamples& cs, const CalibOptions
     for (const auto& p : res.points) {
       const auto pa = opt.point_alpha.find({p.layer, p.point});
       const double a = pa != opt.point_alpha.end() ? pa->second : p.observer == "percentile" ? opt.alpha : 1.0;
-      fmt::print(stderr, "calib layer {:>3} {:<22} {:<10} alpha {:<8} max {:.6g} scale {:.6g}\n", p.layer, p.point,
-                 p.observer, a, p.amax, p.scale);
+      std::string clip;
+      for (const auto& cl : res.clipping)
+        if (cl.layer == p.layer && cl.point == p.point)
+          clip = fmt::format("  raw max {:.6g}, clipped {:.4f}%", cl.stats.raw_max, 100 * cl.stats.share_clipped);
+      fmt::print(stderr, "calib layer {:>3} {:<22} {:<10} alpha {:<8} max {:.6g} scale {:.6g}{}\n", p.layer, p.point,
+                 p.observer, a, p.amax, p.scale, clip);
     }
   return res;
 }

@@ -51,6 +51,13 @@ struct Calibration : ScaleTable {
   size_t samples = 0;
   double alpha = 1.0;
   PercentileMode mode = PercentileMode::Ema;
+  // every percentile point: what its clip value cuts off (raw max, share of values clipped)
+  struct Clip {
+    int layer;
+    std::string point;
+    ClipStats stats;
+  };
+  std::vector<Clip> clipping;
 };
 
 Calibration calibrate(const Model& model, const CalibSamples& samples, const CalibOptions& opt);

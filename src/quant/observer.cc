@@ -40,14 +40,17 @@ class PercentileEma final : public Observer {
     if (n == 0) return;
     const float q = abs_quantile(x, n, alpha_);
     value_ = samples_ == 0 ? q : value_ + 0.01f * (q - value_);
+    hist_.add(x, n);
     ++samples_;
   }
   float amax() const override { return value_; }
   std::string kind() const override { return "percentile"; }
+  const ClipHistogram* clipping() const override { return &hist_; }
 
  private:
   double alpha_;
   float value_ = 0.f;
+  ClipHistogram hist_;
 };
 
 class PercentileExact final : public Observer {
@@ -68,8 +71,10 @@ class PercentileExact final : public Observer {
       }
     }
     count_ += n;
+    hist_.add(x, n);
     ++samples_;
   }
+  const ClipHistogram* clipping() const override { return &hist_; }
   float amax() const override {
     if (count_ == 0) return 0.f;
     const double pos = alpha_ * double(count_ - 1);
@@ -90,6 +95,7 @@ class PercentileExact final : public Observer {
   double alpha_;
   size_t keep_ = 1, count_ = 0;
   std::priority_queue<float, std::vector<float>, std::greater<float>> heap_;  // min-heap of the largest values
+  ClipHistogram hist_;
   std::vector<float> heap_container() const {
     auto copy = heap_;
     std::vector<float> v;
@@ -107,6 +113,42 @@ void check_alpha(double alpha) {
 }
 
 }  // namespace
+
+// bin = (exponent + 150) * 64 + the mantissa's 1/64 step: |x| = m 2^e, m in [0.5, 1)
+size_t ClipHistogram::bin(float a) {
+  int e;
+  const float m = std::frexp(a, &e);
+  const int j = std::min(kPerOctave - 1, int((m - 0.5f) * 2 * kPerOctave));
+  return size_t(std::clamp(e + 150, 0, kOctaves - 1)) * kPerOctave + size_t(j);
+}
+double ClipHistogram::lower_edge(size_t b) {
+  const int e = int(b / kPerOctave) - 150, j = int(b % kPerOctave);
+  return std::ldexp(0.5 + double(j) / (2 * kPerOctave), e);
+}
+
+void ClipHistogram::add(const float* x, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const float a = std::fabs(x[i]);
+    max_ = std::max(max_, a);
+    if (a == 0.f || !std::isfinite(a)) ++zeros_;
+    else ++bins_[bin(a)];
+  }
+  n_ += int64_t(n);
+}
+
+ClipStats ClipHistogram::stats(float clip) const {
+  ClipStats s;
+  s.raw_max = max_, s.clip = clip, s.values = n_;
+  if (n_ == 0 || !(clip > 0)) return s;
+  const size_t bc = bin(clip);
+  double above = 0;
+  for (size_t b = bc + 1; b < bins_.size(); ++b) above += double(bins_[b]);
+  const double lo = lower_edge(bc), hi = lower_edge(bc + 1);
+  above += double(bins_[bc]) * (hi - clip) / (hi - lo);  // the clip's own bin, split in proportion
+  s.share_clipped = above / double(n_);
+  s.bound_share = double(bins_[bc]) / double(n_);
+  return s;
+}
 
 float abs_quantile(const float* x, size_t n, double alpha) {
   check_alpha(alpha);

@@ -21,6 +21,29 @@
 namespace mambaq {
 
 
+// What a clip value cuts off: the largest |x| seen and the share of values above the clip,
+// counted from a histogram of |x| with 64 bins per octave (the values inside the clip's own bin
+// are split in proportion to where the clip falls in it, so the share is exact up to that one
+// bin's count: bound_share).
+struct ClipStats {
+  float raw_max = 0, clip = 0;
+  double share_clipped = 0, bound_share = 0;
+  int64_t values = 0;
+};
+class ClipHistogram {
+ public:
+  void add(const float* x, size_t n);
+  ClipStats stats(float clip) const;
+
+ private:
+  static constexpr int kPerOctave = 64, kOctaves = 300;  // float exponents -149 .. 128, with margin
+  std::vector<int64_t> bins_ = std::vector<int64_t>(size_t(kPerOctave) * kOctaves, 0);
+  int64_t zeros_ = 0, n_ = 0;
+  float max_ = 0;
+  static size_t bin(float a);
+  static double lower_edge(size_t b);
+};
+
 class Observer {
  public:
   virtual ~Observer() = default;
@@ -29,6 +52,8 @@ class Observer {
   virtual std::string kind() const = 0;                // "minmax" or "percentile"
   float scale(int bits = 8) const { return amax() / float((1 << (bits - 1)) - 1); }
   size_t samples() const { return samples_; }
+  // Percentile observers: what their clip value cuts off (null for min-max, which clips nothing).
+  virtual const ClipHistogram* clipping() const { return nullptr; }
 
  protected:
   size_t samples_ = 0;
