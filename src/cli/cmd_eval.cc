@@ -4,10 +4,9 @@
 
 #include <chrono>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "analysis/explog.h"
+#include "core/stats.h"
 #include "core/threads.h"
 
 #include "cli/common.h"
@@ -23,14 +22,6 @@ namespace fs = std::filesystem;
 namespace mambaq::cli {
 
 namespace {
-
-std::vector<std::string> split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  for (std::string t; std::getline(ss, t, sep);)
-    if (!t.empty()) out.push_back(t);
-  return out;
-}
 
 // One execution mode: "fp32", "fake", "int8", or "fake+fp-ops=ssm:linear".
 struct ModeSpec {
@@ -64,13 +55,6 @@ ModeSpec parse_mode_spec(const std::string& s, const char* flag) {
 std::string num_str(double v) { return v >= 1e4 ? fmt::format("{:.1f}", v) : fmt::format("{:.4f}", v); }
 std::string metric_str(const Metric& m) {
   return m.stderr_ >= 0 ? num_str(m.value) + " ±" + num_str(m.stderr_) : num_str(m.value);
-}
-
-void write_text(const std::string& path, const std::string& text) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  if (!f) fail("--output-path: cannot write '{}'", path);
-  f << text;
-  if (!f.flush()) fail("--output-path: write to '{}' failed", path);
 }
 
 }  // namespace
@@ -148,7 +132,7 @@ Runner register_eval(CLI::App& app) {
     o->e.data_dir = o->c.data_dir;
     o->e.progress = !o->quiet;
     o->e.shared_prefix = !o->no_shared_prefix;
-    const std::vector<std::string> tasks = split(o->tasks, ',');
+    const std::vector<std::string> tasks = split_list(o->tasks);
     if (tasks.empty()) fail("--tasks: no task given");
     if (!o->modes.empty() && (!o->mode.empty() || !o->fp_ops.empty()))
       fail("--modes: give the modes there (e.g. --modes fp32,fake+fp-ops=ssm), not also --mode / --fp-ops");
@@ -156,7 +140,7 @@ Runner register_eval(CLI::App& app) {
     // the modes to run
     std::vector<ModeSpec> modes;
     if (!o->modes.empty()) {
-      for (const auto& s : split(o->modes, ',')) modes.push_back(parse_mode_spec(s, "--modes"));
+      for (const auto& s : split_list(o->modes)) modes.push_back(parse_mode_spec(s, "--modes"));
       if (modes.empty()) fail("--modes: no mode given");
     } else {
       ModeSpec one;
@@ -284,7 +268,7 @@ Runner register_eval(CLI::App& app) {
           for (const auto& r : runs[i]) {
             std::string lines;
             for (const auto& s : r.samples) lines += s.dump() + "\n";
-            write_text((dir / ("samples_" + r.key + ".jsonl")).string(), lines);
+            write_text_file((dir / ("samples_" + r.key + ".jsonl")).string(), lines);
           }
       }
     }

@@ -18,7 +18,6 @@
 #include "quant/scale_rules.h"
 
 #include <filesystem>
-#include <fstream>
 namespace fs = std::filesystem;
 
 namespace mambaq::cli {
@@ -134,11 +133,7 @@ int run_set(const SetOpts& s) {
   if (!s.note.empty()) rec["note"] = s.note;
   if (!s.out.empty()) rec["from"] = s.model;
   cfg["quantization"]["edits"].push_back(rec);
-  {
-    std::ofstream f(cfg_path, std::ios::trunc);
-    f << cfg.dump(2) << "\n";
-    if (!f.flush()) fail("{}: write failed", cfg_path);
-  }
+  write_text_file(cfg_path, cfg.dump(2) + "\n");
   // the folder reloads with exactly the new scales
   auto check = Model::load(dst.string());
   for (const auto& p : table.points) {

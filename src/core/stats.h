@@ -15,6 +15,14 @@ inline double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+// Mean, summed left to right (as Python's sum(x) / len(x)); 0 for none.
+inline double mean(const std::vector<double>& v) {
+  if (v.empty()) return 0;
+  double s = 0;
+  for (double x : v) s += x;
+  return s / double(v.size());
+}
+
 // "a,b,,c" -> {"a", "b", "c"}: empty items dropped, no trimming.
 inline std::vector<std::string> split_list(const std::string& s, char sep = ',') {
   std::vector<std::string> out;

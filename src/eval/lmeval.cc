@@ -5,6 +5,7 @@
 #include <random>
 #include <sstream>
 
+#include "core/stats.h"
 #include "mambaq/error.h"
 #include "mambaq/eval.h"
 #include "mambaq/version.h"
@@ -13,14 +14,8 @@ namespace mambaq {
 
 namespace {
 
-double py_mean(const std::vector<double>& x) {  // Python sum(x) / len(x): left to right
-  double s = 0;
-  for (double v : x) s += v;
-  return s / double(x.size());
-}
-
 double sample_stddev(const std::vector<double>& x) {
-  const double mu = py_mean(x);
+  const double mu = mean(x);
   double s = 0;
   for (double v : x) s += (v - mu) * (v - mu);
   return std::sqrt(s / double(x.size() - 1));

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include "core/stats.h"
 #include "eval/scoring.h"
 #include "io/json_file.h"
 #include "io/mmap_file.h"
@@ -165,11 +166,6 @@ TaskResult run_mc(const Model& m, const Tokenizer& tok, const std::string& key, 
       res.samples.push_back(std::move(rec));
     }
   }
-  auto mean = [](const std::vector<double>& v) {
-    double s = 0;
-    for (double x : v) s += x;
-    return s / double(v.size());
-  };
   if (mc.empty()) fail("{}: no documents", key);
   res.metrics.push_back({"acc", mean(acc), mean_stderr(acc)});
   res.json = {{"acc", mean(acc)}, {"acc_stderr", mean_stderr(acc)}, {"n", mc.size()}};

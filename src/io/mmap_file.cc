@@ -53,6 +53,13 @@ MappedFile::~MappedFile() {
   if (data_) munmap(const_cast<uint8_t*>(data_), size_);
 }
 
+void write_text_file(const std::string& path, const std::string& text) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  if (!f) fail("{}: cannot write: {}", path, std::strerror(errno));
+  f.write(text.data(), std::streamsize(text.size()));
+  if (!f.flush()) fail("{}: write failed", path);
+}
+
 std::string read_text_file(const std::string& path) {
   if (!file_exists(path)) fail("{}: file not found", path);
   check_regular_file(path);

@@ -27,6 +27,8 @@ void check_regular_file(const std::string& path);
 // A whole text file (regular, at most kMaxTextFile bytes); errors name the file.
 constexpr uint64_t kMaxTextFile = uint64_t(4) << 30;
 std::string read_text_file(const std::string& path);
+// Writes (replaces) a whole text file; errors name the file.
+void write_text_file(const std::string& path, const std::string& text);
 bool file_exists(const std::string& path);
 
 // Output paths are checked before long work starts, so a typo does not cost an hour of

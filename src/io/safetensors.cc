@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -131,11 +130,18 @@ void save_safetensors(const std::string& path, const std::vector<NamedTensor>& t
 
 void patch_safetensors_f32(const std::string& path, const std::map<std::string, std::vector<float>>& values) {
   TensorStore check;
-  load_safetensors(path, check);  // validates the whole header first
-  std::string bytes = read_text_file(path);
+  load_safetensors(path, check);  // validates the whole header (and every range) first
+  std::fstream f(path, std::ios::binary | std::ios::in | std::ios::out);
+  if (!f) fail("{}: cannot open for writing", path);
+  // only the header is read: the file may be many GiB
+  unsigned char len[8];
+  f.read(reinterpret_cast<char*>(len), 8);
   uint64_t hlen = 0;
-  for (int i = 7; i >= 0; --i) hlen = (hlen << 8) | uint8_t(bytes[size_t(i)]);
-  const nlohmann::json header = parse_json(std::string_view(bytes.data() + 8, size_t(hlen)), path + ": safetensors header");
+  for (int i = 7; i >= 0; --i) hlen = (hlen << 8) | len[i];
+  std::string head(size_t(hlen), '\0');
+  f.read(head.data(), std::streamsize(hlen));
+  if (!f) fail("{}: cannot read the safetensors header", path);
+  const nlohmann::json header = parse_json(head, path + ": safetensors header");
   for (const auto& [name, v] : values) {
     if (!header.contains(name)) fail("{}: no tensor '{}'", path, name);
     const auto& info = header[name];
@@ -143,18 +149,12 @@ void patch_safetensors_f32(const std::string& path, const std::map<std::string, 
     const auto off = info["data_offsets"].get<std::vector<uint64_t>>();
     if (off[1] - off[0] != v.size() * sizeof(float))
       fail("{}: tensor '{}' holds {} values, not {}", path, name, (off[1] - off[0]) / sizeof(float), v.size());
-    std::memcpy(bytes.data() + 8 + hlen + off[0], v.data(), v.size() * sizeof(float));
   }
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) fail("{}: cannot write", tmp);
-    f.write(bytes.data(), std::streamsize(bytes.size()));
-    if (!f.flush()) fail("{}: write failed", tmp);
+  for (const auto& [name, v] : values) {  // every tensor checked: now write
+    f.seekp(std::streamoff(8 + hlen + header[name]["data_offsets"][0].get<uint64_t>()));
+    f.write(reinterpret_cast<const char*>(v.data()), std::streamsize(v.size() * sizeof(float)));
   }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) fail("{}: cannot replace with {}: {}", path, tmp, ec.message());
+  if (!f.flush()) fail("{}: write failed", path);
 }
 
 }  // namespace mambaq

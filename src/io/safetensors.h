@@ -24,8 +24,9 @@ void save_safetensors(const std::string& path, const std::vector<NamedTensor>& t
 
 // Rewrite the values of some F32 tensors of a .safetensors file, keeping every other byte: the
 // header and all other tensors stay as they are. Each name must exist, be F32 and hold exactly
-// values.size() elements (errors name the file and tensor). Written to a temporary file beside
-// it, then renamed over it.
+// values.size() elements (errors name the file and tensor); all are checked before any byte is
+// written. Only the header is read and only those tensors' bytes are written, in place (the
+// file may be many GiB).
 void patch_safetensors_f32(const std::string& path, const std::map<std::string, std::vector<float>>& values);
 
 }  // namespace mambaq

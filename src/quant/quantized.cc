@@ -4,9 +4,9 @@
 
 #include <chrono>
 #include <filesystem>
-#include <fstream>
 #include <set>
 
+#include "io/mmap_file.h"
 #include "io/safetensors.h"
 #include "mambaq/error.h"
 #include "model/names.h"
@@ -230,10 +230,7 @@ void save_quantized(const Model& m, const std::string& dir, const std::string& t
   qj["observers"]["percentile_points"] = pct;
   c["quantization"] = qj;
   const std::string cp = (fs::path(dir) / "config.json").string();
-  std::ofstream out(cp, std::ios::trunc);
-  if (!out) fail("{}: cannot write", cp);
-  out << c.dump(2) << "\n";
-  if (!out) fail("{}: write failed", cp);
+  write_text_file(cp, c.dump(2) + "\n");
   if (!tokenizer_file.empty()) {
     fs::copy_file(tokenizer_file, fs::path(dir) / "tokenizer.json", fs::copy_options::overwrite_existing, ec);
     if (ec) fail("{}: cannot copy the tokenizer into {}: {}", tokenizer_file, dir, ec.message());
