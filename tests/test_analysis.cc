@@ -6,6 +6,7 @@
 
 #include "analysis/compare.h"
 #include "analysis/explog.h"
+#include "analysis/report.h"
 #include "analysis/sweep.h"
 #include "io/json_file.h"
 #include "io/npz.h"
@@ -98,13 +99,16 @@ TEST(CompareCli, Fp32AgainstInt8) {
   EXPECT_GT(j["logits"]["kl"].get<double>(), 0.0);
   for (const char* k : {"mse", "rmse", "mae", "rel_mse", "rel_mae", "corr", "p50", "p90", "p95", "p99", "max_abs"})
     EXPECT_TRUE(l0.contains(k)) << k;
-  ASSERT_EQ(j["modes"].size(), 2u);
+  ASSERT_EQ(j["runs"].size(), 2u);
   EXPECT_NE(r.out.find("avg corr"), std::string::npos) << r.out;  // the summary across modes
-  // the saved arrays: the reference's layer 0 block output is {positions, d_model}
+  // the saved arrays, one folder per run: the reference's layer 0 block output is {positions, d_model}
+  const std::string ref_dir = j["runs"][0]["reference_saved"], int8_dir = j["runs"][0]["saved"];
+  EXPECT_EQ(ref_dir, j["runs"][1]["reference_saved"]);  // one reference for both modes
   std::vector<size_t> shape;
-  auto v = load_npy(d + "/npy/ref_fp32_layer_0_block_out.npy", &shape);
+  auto v = load_npy(ref_dir + "/layer_0_block_out.npy", &shape);
   EXPECT_EQ(shape, (std::vector<size_t>{256, 256}));
-  EXPECT_TRUE(std::filesystem::exists(d + "/npy/cand_int8_layer_7_mixer_out.npy"));
+  EXPECT_TRUE(std::filesystem::exists(int8_dir + "/layer_7_mixer_out.npy"));
+  EXPECT_NE(int8_dir, j["runs"][1]["saved"].get<std::string>());
   // a second run reuses the saved reference and gets the same numbers
   r = run_cli("compare --ref " + mqtest::model_dir("mamba-tiny") + " --cand " + q + " --samples 2 --seqlen 128 -q --json " + d +
               "/c2.json --save-dir " + d + "/npy");
@@ -128,7 +132,7 @@ TEST(CompareCli, FpOpsAttribution) {
                      "--seqlen 128 -q --json " + d + "/c.json" + (ops.empty() ? "" : " --fp-ops " + ops));
     EXPECT_EQ(r.code, 0) << r.err;
     auto j = read_json_file(d + "/c.json");
-    EXPECT_EQ(j["modes"][0]["fp_ops"], ops);
+    EXPECT_EQ(j["runs"][0]["fp_ops"], ops);
     return j["logits"]["kl"].get<double>();
   };
   const double all = kl("linear,conv,ssm,hadamard"), none = kl(""), lin = kl("linear");
@@ -144,6 +148,128 @@ TEST(CompareCli, FpOpsAttribution) {
   // the library names its options; the CLI says them as flags
   mqtest::expect_one_line_error(run_cli("compare --ref " + mqtest::model_dir("mamba-tiny") + " --cand " + q + " --cand-mode fake --fp-ops norm"),
                         "--fp-ops norm: a Mamba1 model has no quantized norm input");
+}
+
+TEST(CompareStats, DifferenceHistogramAsNumpy) {
+  // d = -1, -0.5, 0, 0.5, 1 in 4 bins of 0.5 over [-1, 1], the last closed:
+  // numpy.histogram(d, 4) -> [1, 1, 1, 2]
+  const float ref[] = {0, 0, 0, 0, 0}, cand[] = {-1, -0.5f, 0, 0.5f, 1};
+  DiffHistogram h = diff_histogram(ref, cand, 5, 4);
+  EXPECT_EQ(h.lo, -1.0);
+  EXPECT_EQ(h.hi, 1.0);
+  EXPECT_EQ(h.counts, (std::vector<uint64_t>{1, 1, 1, 2}));
+  // every difference equal (2): numpy takes [1.5, 2.5] -> numpy.histogram([2, 2, 2], 2) = [0, 3]
+  const float r2[] = {1, 2, 3}, c2[] = {3, 4, 5};
+  h = diff_histogram(r2, c2, 3, 2);
+  EXPECT_EQ(h.lo, 1.5);
+  EXPECT_EQ(h.hi, 2.5);
+  EXPECT_EQ(h.counts, (std::vector<uint64_t>{0, 3}));
+}
+
+TEST(CompareStats, CandidateNamesTellFoldersApart) {
+  EXPECT_EQ(candidate_names({"runs/a9995/q", "runs/a1/q", "x/q8/"}),
+            (std::vector<std::string>{"a9995/q", "a1/q", "q8"}));
+  EXPECT_EQ(candidate_names({"out/alpha1", "out/alpha9995"}), (std::vector<std::string>{"alpha1", "alpha9995"}));
+}
+
+// Two candidates side by side: both kept (JSON, table, one folder each under --save-dir), every
+// statistic recomputed here from the saved arrays, runs reused or recomputed as their inputs say.
+TEST(CompareCli, TwoCandidatesSideBySide) {
+  const std::string d = mqtest::temp_dir("compare_two");
+  const std::string a = quantized_tiny(), b = quantized_tiny("--percentile-alpha 1.0");
+  const std::string ref = mqtest::model_dir("mamba-tiny");
+  const std::string base = "compare --ref " + ref + " --layers 0,2,-1 --seqlen 64 -q --save-dir " + d + "/sd ";
+  auto r = run_cli(base + "--cand " + a + " --cand " + b + " --cand-mode int8 --samples 3 --per-sample --json " + d + "/c.json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto j = read_json_file(d + "/c.json");
+  ASSERT_EQ(j["runs"].size(), 2u);
+  const auto &ra = j["runs"][0], &rb = j["runs"][1];
+  EXPECT_EQ(ra["cand"], a);
+  EXPECT_EQ(rb["cand"], b);
+  EXPECT_EQ(ra["cand_id"], model_identity(a));
+  EXPECT_EQ(rb["cand_id"], model_identity(b));
+  EXPECT_NE(ra["cand_id"], rb["cand_id"]);
+  EXPECT_NE(ra["label"], rb["label"]);  // both folders are named q: their paths tell them apart
+  EXPECT_NE(ra["saved"], rb["saved"]);
+  // the summary table has a row per candidate
+  EXPECT_NE(r.out.find(ra["label"].get<std::string>() + " "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("avg corr"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("sample  tokens"), std::string::npos) << r.out;  // --per-sample
+  // what each folder holds is recorded; the statistics follow from the saved arrays
+  const std::string ref_dir = ra["reference_saved"];
+  for (const auto* run : {&ra, &rb}) {
+    const std::string dir = (*run)["saved"];
+    auto man = read_json_file(dir + "/manifest.json");
+    EXPECT_EQ(man["key"]["model_id"], (*run)["cand_id"]);
+    EXPECT_EQ(man["key"]["mode"], "int8");
+    EXPECT_EQ(man["inputs"]["sample_tokens"], nlohmann::json({64, 64, 64}));
+    EXPECT_EQ(man["files"]["layer_2_mixer_out.npy"]["tensor"], "mixer_out");
+    for (const auto& l : (*run)["layers"]) {
+      const std::string f = fmt::format("/layer_{}_{}.npy", l["layer"].get<int>(), l["tensor"].get<std::string>());
+      const auto rv = load_npy(ref_dir + f), cv = load_npy(dir + f);
+      ASSERT_EQ(rv.size(), cv.size());
+      const TensorStats s = compare_tensors(rv.data(), cv.data(), rv.size());
+      EXPECT_EQ(l["mse"].get<double>(), s.mse);
+      EXPECT_EQ(l["corr"].get<double>(), s.corr);
+      // the histogram holds every difference, from the smallest to the largest
+      double lo = 1e300, hi = -1e300;
+      for (size_t i = 0; i < rv.size(); ++i) lo = std::min(lo, double(cv[i]) - rv[i]), hi = std::max(hi, double(cv[i]) - rv[i]);
+      const auto& h = l["diff_histogram"];
+      EXPECT_EQ(h["lo"].get<double>(), lo);
+      EXPECT_EQ(h["hi"].get<double>(), hi);
+      uint64_t total = 0;
+      for (const auto& c : h["counts"]) total += c.get<uint64_t>();
+      EXPECT_EQ(total, rv.size());
+      EXPECT_EQ(h["counts"].size(), 100u);
+      // per sample: 3 slices of 64 positions; their mean squared errors average to the whole one
+      ASSERT_EQ(l["per_sample"].size(), 3u);
+      double mse = 0;
+      for (const auto& p : l["per_sample"]) mse += p["mse"].get<double>() / 3;
+      EXPECT_NEAR(mse, s.mse, 1e-12 * s.mse + 1e-300);
+      const size_t n1 = rv.size() / 3;
+      EXPECT_EQ(l["per_sample"][1]["mse"].get<double>(), compare_tensors(rv.data() + n1, cv.data() + n1, n1).mse);
+    }
+    // logits: KL per sample, and their mean is the whole mean (equal token counts)
+    const auto& lg = (*run)["logits"];
+    ASSERT_EQ(lg["per_sample"].size(), 3u);
+    double kl = 0;
+    for (const auto& p : lg["per_sample"]) kl += p["kl"].get<double>() / 3;
+    EXPECT_NEAR(kl, lg["kl"].get<double>(), 1e-12);
+    const auto rl = load_npy(ref_dir + "/logits.npy"), cl = load_npy(dir + "/logits.npy");
+    LogitStats ls;
+    const int V = int(rl.size() / 192);
+    ls.add(rl.data() + 64 * size_t(V), cl.data() + 64 * size_t(V), 64, V);
+    EXPECT_EQ(lg["per_sample"][1]["kl"].get<double>(), ls.kl());
+  }
+  const std::string index = mqtest::read_file(d + "/sd/compare-index.json");
+  for (const auto* run : {&ra, &rb})
+    EXPECT_NE(index.find(std::filesystem::path((*run)["saved"].get<std::string>()).filename().string()), std::string::npos);
+
+  // B alone, same inputs: reused; A's folder is left as it was
+  const std::string a_manifest = mqtest::read_file(ra["saved"].get<std::string>() + "/manifest.json");
+  r = run_cli(base + "--cand " + b + " --cand-mode int8 --samples 3 --json " + d + "/c2.json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto j2 = read_json_file(d + "/c2.json");
+  EXPECT_TRUE(j2["runs"][0]["reused"].get<bool>());
+  EXPECT_TRUE(j2["runs"][0]["reference_reused"].get<bool>());
+  EXPECT_EQ(j2["runs"][0]["layers"], rb["layers"]);
+  EXPECT_EQ(mqtest::read_file(ra["saved"].get<std::string>() + "/manifest.json"), a_manifest);
+  // other inputs: the stale reference and candidate are recomputed, and say why
+  r = run_cli(base + "--cand " + b + " --cand-mode int8 --samples 2 --json " + d + "/c3.json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto j3 = read_json_file(d + "/c3.json");
+  EXPECT_FALSE(j3["runs"][0]["reference_reused"].get<bool>());
+  EXPECT_FALSE(j3["runs"][0]["reused"].get<bool>());
+  EXPECT_NE(r.err.find("recomputed: it was saved for other inputs"), std::string::npos) << r.err;
+  EXPECT_EQ(read_json_file(rb["saved"].get<std::string>() + "/manifest.json")["inputs"]["sample_tokens"],
+            nlohmann::json({64, 64}));
+  // a damaged folder is recomputed, not read
+  std::filesystem::remove(rb["saved"].get<std::string>() + "/layer_2_block_out.npy");
+  r = run_cli(base + "--cand " + b + " --cand-mode int8 --samples 2 --json " + d + "/c4.json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("missing or damaged"), std::string::npos) << r.err;
+  EXPECT_EQ(read_json_file(d + "/c4.json")["runs"][0]["layers"], j3["runs"][0]["layers"]);
+  EXPECT_TRUE(std::filesystem::exists(rb["saved"].get<std::string>() + "/layer_2_block_out.npy"));
 }
 
 TEST(CompareCli, BadInput) {
@@ -421,8 +547,11 @@ TEST(Report, WellFormedWithTheExpectedCharts) {
   EXPECT_NE(html.find("W8A8 &lt;mamba-tiny&gt;"), std::string::npos);   // escaped title
   EXPECT_EQ(html.find("<script"), std::string::npos);                   // self-contained, static
   EXPECT_EQ(html.find("http://"), html.find("http://www.w3.org"));       // no external resources
-  EXPECT_EQ(count(html, "<svg"), 4u + 2u + 21u);  // 4 error curves, 2 scale charts, 3 layers x 7 histograms
-  EXPECT_NE(html.find("id=\"compare-0-mse-block_out\""), std::string::npos);
+  // 4 error curves, 2 scale charts, 3 layers x 7 histograms, 2 modes x 8 layers x 2 tensors difference histograms
+  EXPECT_EQ(count(html, "<svg"), 4u + 2u + 21u + 32u);
+  EXPECT_NE(html.find("id=\"overlay-mse-block_out\""), std::string::npos);
+  EXPECT_NE(html.find("id=\"diff-0-1-7-mixer_out\""), std::string::npos);
+  EXPECT_EQ(count(html, "<details"), 1u + 1u + 2u + 1u + 1u);  // overlay, details (+1 per run), scales, snapshot
   EXPECT_NE(html.find("id=\"hist-2-layer_0.x_proj:input\""), std::string::npos);
   EXPECT_EQ(count(html, "<polyline"), 8u);  // 4 charts x 2 modes
   EXPECT_NE(html.find("alpha 0.9999"), std::string::npos);
@@ -431,4 +560,58 @@ TEST(Report, WellFormedWithTheExpectedCharts) {
   EXPECT_NE(run_cli("report -o " + d + "/r2.html --compare " + d + "/s.json").err.find("not a `mambaq compare"),
             std::string::npos);
   EXPECT_NE(run_cli("report -o " + d + "/r3.html").err.find("nothing to report"), std::string::npos);
+}
+
+namespace {
+// The <svg id="ID"> ... </svg> element of a report.
+std::string svg_of(const std::string& html, const std::string& id) {
+  const size_t a = html.find("<svg id=\"" + id + "\"");
+  if (a == std::string::npos) return "";
+  return html.substr(a, html.find("</svg>", a) + 6 - a);
+}
+// A hand-written compare run: block_out and mixer_out of `layers`, MSE = 1e-3 * (layer + 1).
+nlohmann::json fake_run(const std::string& cand, const std::string& mode, const std::string& ops, std::vector<int> layers) {
+  nlohmann::json ls = nlohmann::json::array();
+  for (int l : layers)
+    for (const char* t : {"block_out", "mixer_out"}) ls.push_back({{"layer", l}, {"tensor", t}, {"mse", 1e-3 * (l + 1)}, {"corr", 0.999}});
+  return {{"cand", cand}, {"mode", mode}, {"fp_ops", ops}, {"layers", ls}, {"logits", {{"kl", 0.01}, {"top1", 0.9}}}};
+}
+}  // namespace
+
+TEST(Report, OverlaysCompareFilesOneSeriesPerCandidate) {
+  ReportInputs in;
+  // file 1 (several-candidates shape, labels given): alpha 0.9995 int8 measured at layers 0, 5, 6
+  auto r1 = fake_run("out/a9995", "int8", "", {0, 5, 6});
+  r1["label"] = "a9995 int8";
+  in.compares.push_back({"c1.json", {{"ref", "fp"}, {"ref_mode", "fp32"}, {"samples", 2}, {"seqlen", 64},
+                                     {"runs", {r1}}, {"layers", r1["layers"]}, {"logits", r1["logits"]}}});
+  // file 2 (one candidate, several modes; no labels): alpha 1.0 fake with ssm kept in FP32, layers 0..2
+  auto r2 = fake_run("out/a1", "fake", "ssm", {0, 1, 2});
+  in.compares.push_back({"c2.json", {{"ref", "fp"}, {"ref_mode", "fp32"}, {"samples", 2}, {"seqlen", 64}, {"cand", "out/a1"},
+                                     {"modes", {r2}}, {"layers", r2["layers"]}, {"logits", r2["logits"]}}});
+  const std::string html = render_report(in);
+  EXPECT_EQ(check_well_formed(html), "");
+  for (const char* id : {"overlay-mse-block_out", "overlay-corr-block_out", "overlay-mse-mixer_out", "overlay-corr-mixer_out"}) {
+    const std::string svg = svg_of(html, id);
+    ASSERT_FALSE(svg.empty()) << id;
+    EXPECT_EQ(count(svg, "<g class=\"series\">"), 2u) << id;  // one series per candidate, both files in one chart
+    EXPECT_NE(svg.find("<title>a9995 int8</title>"), std::string::npos);
+    EXPECT_NE(svg.find("<title>a1 fake (FP32: ssm)</title>"), std::string::npos);  // fp-ops runs named by their ops
+    EXPECT_EQ(count(svg, "<circle"), 6u);  // every measured layer drawn
+  }
+  // lines only between adjacent measured layers: a9995's 0 -> 5 gap has none (one line 5-6); a1's 0-1-2 is one line
+  const std::string mse = svg_of(html, "overlay-mse-block_out");
+  const std::string s1 = mse.substr(mse.find("<title>a9995"), mse.find("<title>a1 fake") - mse.find("<title>a9995"));
+  EXPECT_EQ(count(s1, "<polyline"), 1u);
+  const size_t p1 = s1.find("points=\"");
+  EXPECT_EQ(count(s1.substr(p1, s1.find('"', p1 + 8) - p1), ","), 2u);  // two points
+  EXPECT_EQ(count(mse.substr(mse.find("<title>a1 fake")), "<polyline"), 1u);
+  // the same candidate and mode from two files: told apart by the file
+  ReportInputs twice;
+  twice.compares.push_back({"x.json", {{"runs", {r1}}, {"layers", r1["layers"]}, {"logits", r1["logits"]}}});
+  twice.compares.push_back({"y.json", {{"runs", {r1}}, {"layers", r1["layers"]}, {"logits", r1["logits"]}}});
+  const std::string h2 = render_report(twice);
+  EXPECT_NE(h2.find("<title>a9995 int8 [x.json]</title>"), std::string::npos);
+  EXPECT_NE(h2.find("<title>a9995 int8 [y.json]</title>"), std::string::npos);
+  EXPECT_EQ(check_well_formed(h2), "");
 }

@@ -1,10 +1,20 @@
 #include "analysis/compare.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
+#include <ctime>
+#include <filesystem>
 #include <sstream>
 
+#include "analysis/explog.h"
+#include "io/mmap_file.h"
+#include "io/npz.h"
+#include "mambaq/checkpoint.h"
 #include "mambaq/error.h"
+#include "mambaq/eval.h"
+#include "mambaq/version.h"
+#include "quant/quantized.h"
 
 namespace mambaq {
 
@@ -72,23 +82,47 @@ std::string rel_mae_band(double v) {
   return v < 1e-3 ? "excellent" : v < 1e-2 ? "very good" : v < 5e-2 ? "good" : v < 0.1 ? "fair" : "poor";
 }
 
+double row_kl(const float* a, const float* b, int V, bool* agree) {
+  const int ia = int(std::max_element(a, a + V) - a), ib = int(std::max_element(b, b + V) - b);
+  double za = 0, zb = 0;
+  for (int v = 0; v < V; ++v) za += std::exp(double(a[v]) - a[ia]), zb += std::exp(double(b[v]) - b[ib]);
+  const double la = std::log(za) + a[ia], lb = std::log(zb) + b[ib];  // log-sum-exp
+  double kl = 0;
+  for (int v = 0; v < V; ++v) {
+    const double lpa = a[v] - la, lpb = b[v] - lb;
+    kl += std::exp(lpa) * (lpa - lpb);
+  }
+  *agree = ia == ib;
+  return std::max(0.0, kl);
+}
+
 void LogitStats::add(const float* ref, const float* cand, int n, int V) {
   for (int r = 0; r < n; ++r) {
-    const float* a = ref + size_t(r) * V;
-    const float* b = cand + size_t(r) * V;
-    const int ia = int(std::max_element(a, a + V) - a), ib = int(std::max_element(b, b + V) - b);
-    double za = 0, zb = 0;
-    for (int v = 0; v < V; ++v) za += std::exp(double(a[v]) - a[ia]), zb += std::exp(double(b[v]) - b[ib]);
-    const double la = std::log(za) + a[ia], lb = std::log(zb) + b[ib];  // log-sum-exp
-    double kl = 0;
-    for (int v = 0; v < V; ++v) {
-      const double lpa = a[v] - la, lpb = b[v] - lb;
-      kl += std::exp(lpa) * (lpa - lpb);
-    }
-    kl_sum += std::max(0.0, kl);
-    top1_agree += ia == ib;
-    ++rows;
+    bool agree = false;
+    const double kl = row_kl(ref + size_t(r) * V, cand + size_t(r) * V, V, &agree);
+    add_row(kl, agree);
   }
+}
+
+DiffHistogram diff_histogram(const float* ref, const float* cand, size_t n, int bins) {
+  MQ_ASSERT(bins > 0);
+  DiffHistogram h;
+  h.counts.assign(size_t(bins), 0);
+  if (n == 0) return h;
+  double lo = double(cand[0]) - ref[0], hi = lo;
+  for (size_t i = 1; i < n; ++i) {
+    const double d = double(cand[i]) - ref[i];
+    lo = std::min(lo, d), hi = std::max(hi, d);
+  }
+  if (!std::isfinite(lo) || !std::isfinite(hi)) fail("difference histogram: non-finite values in the compared outputs");
+  if (lo == hi) lo -= 0.5, hi += 0.5;
+  h.lo = lo, h.hi = hi;
+  const double scale = double(bins) / (hi - lo);
+  for (size_t i = 0; i < n; ++i) {
+    const double d = double(cand[i]) - ref[i];
+    h.counts[size_t(std::clamp(int((d - lo) * scale), 0, bins - 1))]++;  // the last bin holds hi
+  }
+  return h;
 }
 
 void LayerCapture::on(int layer, std::string_view point, float* data, int rows, int cols, std::span<const int>) {
@@ -122,17 +156,7 @@ std::set<int> parse_layers(const std::string& spec, int n_layer) {
   return out;
 }
 
-}  // namespace mambaq
-
-// ---- runs and the reference cache (library logic `compare` and the report share) ----
-#include <filesystem>
-#include <fstream>
-
-#include "io/mmap_file.h"
-#include "io/npz.h"
-#include "mambaq/eval.h"
-
-namespace mambaq {
+// ---- runs, the --save-dir cache of runs, and the comparison ----
 
 namespace fs = std::filesystem;
 
@@ -156,56 +180,335 @@ RunCapture run_capture(const Model& m, const std::vector<std::vector<int32_t>>& 
   return rc;
 }
 
-std::string npy_name(const std::string& who, const std::string& mode, int layer, const std::string& tensor) {
-  return fmt::format("{}_{}_layer_{}_{}.npy", who, mode, layer, tensor);
+namespace {
+
+// The key of a run as JSON: what makes two runs the same computation (not where or when).
+nlohmann::json key_json(const RunKey& k) {
+  const std::string id = model_identity(k.model);
+  return {{"mambaq", version()},
+          {"role", k.role},
+          {"model_id", id.empty() ? "path:" + fs::weakly_canonical(k.model).string() : id},
+          {"mode", k.mode},
+          {"fp_ops", k.fp_ops},
+          {"fp_source", k.fp_source},
+          {"basis", k.basis}};
 }
 
-RunCapture reference_run(const Model& ref, const ReferenceSource& src, const std::vector<std::vector<int32_t>>& samples,
-                         const std::set<int>& layers, bool progress, bool* reused) {
-  *reused = false;
-  size_t tokens = 0;
-  for (const auto& s : samples) tokens += s.size();
-  const std::string rmode = mode_name(ref.mode());
-  nlohmann::json manifest = {{"ref", fs::weakly_canonical(src.model_path).string()},
-                                   {"ref_mode", rmode},
-                                   {"data_sha256", sha256_file(src.data_file)},
-                                   {"samples", samples.size()},
-                                   {"seqlen", src.seqlen},
-                                   {"layers", layers},
-                                   {"tokens", tokens}};
-  if (!src.basis.empty()) manifest["basis"] = src.basis;
-  const fs::path dir(src.save_dir);
-  if (!src.save_dir.empty()) {
-    fs::create_directories(dir);
-    const fs::path mf = dir / "reference.json";
-    if (fs::exists(mf)) {
-      nlohmann::json old;
+// The inputs as JSON: the data's content (not its path), the tokens of every sample.
+nlohmann::json inputs_json(const RunInputs& in, const std::vector<std::vector<int32_t>>& samples) {
+  std::vector<size_t> toks;
+  for (const auto& s : samples) toks.push_back(s.size());
+  // the token ids themselves, hashed: the same file read with another tokenizer is other input
+  std::string ids;
+  for (const auto& s : samples) ids.append(reinterpret_cast<const char*>(s.data()), s.size() * sizeof(int32_t));
+  return {{"data_sha256", sha256_file(in.data_file)},
+          {"seqlen", in.seqlen},
+          {"sample_tokens", toks},
+          {"tokens_sha256", sha256_string(ids)}};
+}
+
+std::string layer_file(int layer, const std::string& tensor) { return fmt::format("layer_{}_{}.npy", layer, tensor); }
+
+// Names the first field where a saved manifest differs from the run asked for ("" = reusable).
+std::string why_not_reusable(const nlohmann::json& old, const nlohmann::json& key, const nlohmann::json& inputs,
+                             const std::set<int>& layers) {
+  if (!old.is_object() || !old.contains("key") || !old.contains("inputs") || !old.contains("layers"))
+    return "its manifest.json is not one mambaq wrote";
+  for (const auto& [k, v] : key.items())
+    if (old["key"].value(k, nlohmann::json()) != v)
+      return fmt::format("it was saved for {} {} (now {})", k, old["key"].value(k, nlohmann::json()).dump(), v.dump());
+  for (const auto& [k, v] : inputs.items())
+    if (old["inputs"].value(k, nlohmann::json()) != v) return fmt::format("it was saved for other inputs ({} differs)", k);
+  std::set<int> have;
+  for (const auto& l : old["layers"]) have.insert(l.get<int>());
+  for (int l : layers)
+    if (!have.count(l)) return fmt::format("layer {} was not saved there", l);
+  return "";
+}
+
+void write_index(const fs::path& dir) {
+  // compare-index.json: every run folder's key and inputs, for a person or a script looking in
+  nlohmann::json idx = {{"written_by", "mambaq compare"}, {"runs", nlohmann::json::object()}};
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const fs::path mf = e.path() / "manifest.json";
+    if (!e.is_directory() || !fs::exists(mf)) continue;
+    try {
+      auto m = nlohmann::json::parse(read_text_file(mf.string()));
+      idx["runs"][e.path().filename().string()] = {{"model", m.value("model", "")}, {"key", m["key"]}, {"inputs", m["inputs"]},
+                                                   {"layers", m["layers"]}, {"written", m.value("written", "")}};
+    } catch (const std::exception&) {
+      // a manifest being written by another run, or not ours: not indexed
+    }
+  }
+  write_text_file((dir / "compare-index.json").string(), idx.dump(2) + "\n");
+}
+
+std::string now_utc() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+}  // namespace
+
+std::string run_dir_name(const RunKey& key) {
+  std::string name = fs::path(key.model).filename().string();
+  if (name.empty()) name = fs::path(key.model).parent_path().filename().string();  // "dir/"
+  std::string safe;
+  for (char c : name) safe += std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' ? c : '-';
+  std::string ops = key.fp_ops;
+  std::replace(ops.begin(), ops.end(), ',', '+');
+  return fmt::format("{}-{}-{}{}-{}", key.role, safe.substr(0, 40), key.mode, ops.empty() ? "" : "-fp-" + ops,
+                     sha256_string(key_json(key).dump()).substr(0, 8));
+}
+
+CachedRun cached_run(const Model& m, const RunKey& key, const RunInputs& in,
+                     const std::vector<std::vector<int32_t>>& samples, const std::set<int>& layers,
+                     const std::string& save_dir, const std::string& label, bool progress) {
+  CachedRun out;
+  if (save_dir.empty()) {
+    out.cap = run_capture(m, samples, layers, label, progress);
+    return out;
+  }
+  const size_t dm = size_t(m.config().d_model), V = size_t(m.config().padded_vocab);
+  size_t positions = 0;
+  for (const auto& s : samples) positions += s.size();
+  const fs::path dir = fs::path(save_dir) / run_dir_name(key);
+  const fs::path mf = dir / "manifest.json";
+  out.dir = dir.string();
+  const nlohmann::json kj = key_json(key), ij = inputs_json(in, samples);
+  if (fs::exists(mf)) {
+    nlohmann::json old;
+    try {
+      old = nlohmann::json::parse(read_text_file(mf.string()));
+    } catch (const std::exception&) {
+      old = nullptr;
+    }
+    out.note = why_not_reusable(old, kj, ij, layers);
+    if (out.note.empty()) {
       try {
-        old = nlohmann::json::parse(read_text_file(mf.string()));
-      } catch (const std::exception&) {
-        old = nullptr;  // unreadable: recomputed below
-      }
-      if (old == manifest) {
         RunCapture R;
+        std::vector<size_t> shape;
         for (int l : layers)
-          for (const char* t : {"block_out", "mixer_out"})
-            R.layers[{l, t}] = load_npy((dir / npy_name("ref", rmode, l, t)).string());
-        R.logits = load_npy((dir / ("ref_" + rmode + "_logits.npy")).string());
-        *reused = true;
-        return R;
+          for (const char* t : {"block_out", "mixer_out"}) {
+            auto v = load_npy((dir / layer_file(l, t)).string(), &shape);
+            if (shape != std::vector<size_t>{positions, dm}) fail("{}: shape differs", layer_file(l, t));
+            R.layers[{l, t}] = std::move(v);
+          }
+        R.logits = load_npy((dir / "logits.npy").string(), &shape);
+        if (shape != std::vector<size_t>{positions, V}) fail("logits.npy: shape differs");
+        out.cap = std::move(R);
+        out.reused = true;
+        return out;
+      } catch (const Error& e) {
+        out.note = fmt::format("a saved file is missing or damaged ({})", e.what());
       }
     }
   }
-  RunCapture R = run_capture(ref, samples, layers, "reference", progress);
-  if (!src.save_dir.empty()) {
-    const size_t dm = size_t(ref.config().d_model), V = size_t(ref.config().padded_vocab);
-    for (const auto& [k, v] : R.layers) save_npy((dir / npy_name("ref", rmode, k.first, k.second)).string(), v, {v.size() / dm, dm});
-    save_npy((dir / ("ref_" + rmode + "_logits.npy")).string(), R.logits, {R.logits.size() / V, V});
-    std::ofstream out(dir / "reference.json");
-    out << manifest.dump(2) << "\n";
-    if (!out) fail("{}: cannot write", (dir / "reference.json").string());
+  // Computed first (the long part), then the folder rewritten: manifest removed, arrays, manifest.
+  out.cap = run_capture(m, samples, layers, label, progress);
+  fs::create_directories(dir);
+  fs::remove(mf);
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().extension() == ".npy") fs::remove(e.path());
+  nlohmann::json files = nlohmann::json::object();
+  for (const auto& [k, v] : out.cap.layers) {
+    save_npy((dir / layer_file(k.first, k.second)).string(), v, {v.size() / dm, dm});
+    files[layer_file(k.first, k.second)] = {{"layer", k.first}, {"tensor", k.second}, {"shape", {v.size() / dm, dm}}};
   }
-  return R;
+  save_npy((dir / "logits.npy").string(), out.cap.logits, {out.cap.logits.size() / V, V});
+  files["logits.npy"] = {{"tensor", "logits"}, {"shape", {out.cap.logits.size() / V, V}}};
+  nlohmann::json manifest = {{"model", fs::weakly_canonical(key.model).string()},
+                             {"key", kj},
+                             {"inputs", ij},
+                             {"data", fs::weakly_canonical(in.data_file).string()},
+                             {"layers", layers},
+                             {"files", files},
+                             {"git", git_describe()},
+                             {"written", now_utc()}};
+  write_text_file(mf.string(), manifest.dump(2) + "\n");
+  write_index(fs::path(save_dir));
+  return out;
+}
+
+std::vector<std::string> candidate_names(const std::vector<std::string>& paths) {
+  // the last `depth` components of each path, one more for every name two different paths share
+  auto suffix = [](const std::string& p, size_t depth) {
+    std::vector<std::string> parts;
+    for (const auto& c : fs::path(p))
+      if (!c.empty() && c != "/") parts.push_back(c.string());
+    if (depth >= parts.size()) return p;
+    std::string s;
+    for (size_t i = parts.size() - depth; i < parts.size(); ++i) s += (s.empty() ? "" : "/") + parts[i];
+    return s;
+  };
+  std::vector<size_t> depth(paths.size(), 1);
+  std::vector<std::string> names(paths.size());
+  for (size_t round = 0; round < 64; ++round) {
+    for (size_t i = 0; i < paths.size(); ++i) names[i] = suffix(paths[i], depth[i]);
+    bool clash = false;
+    for (size_t i = 0; i < paths.size(); ++i)
+      for (size_t k = 0; k < paths.size(); ++k)
+        if (i != k && names[i] == names[k] && paths[i] != paths[k]) {
+          ++depth[i], clash = true;
+          break;
+        }
+    if (!clash) break;
+  }
+  return names;
+}
+
+nlohmann::json CompareRun::to_json() const {
+  nlohmann::json jl = nlohmann::json::array();
+  for (const auto& l : layers) {
+    nlohmann::json j = l.stats.to_json();
+    j["layer"] = l.layer;
+    j["tensor"] = l.tensor;
+    j["diff_histogram"] = l.hist.to_json();
+    nlohmann::json ps = nlohmann::json::array();
+    for (const auto& s : l.per_sample)
+      ps.push_back({{"tokens", s.tokens}, {"mse", s.mse}, {"mae", s.mae}, {"rel_mae", s.rel_mae}, {"max_abs", s.max_abs},
+                    {"corr", s.corr}});
+    j["per_sample"] = ps;
+    jl.push_back(j);
+  }
+  nlohmann::json lps = nlohmann::json::array();
+  for (const auto& s : logits_per_sample) lps.push_back({{"tokens", s.rows}, {"kl", s.kl()}, {"top1", s.top1()}});
+  return {{"cand", cand},
+          {"cand_id", cand_id},
+          {"label", label},
+          {"mode", mode},
+          {"fp_ops", fp_ops},
+          {"basis", basis},
+          {"saved", saved},
+          {"reused", reused},
+          {"reference_saved", ref_saved},
+          {"reference_reused", ref_reused},
+          {"layers", jl},
+          {"logits", {{"kl", logits.kl()}, {"top1", logits.top1()}, {"positions", logits.rows}, {"per_sample", lps}}}};
+}
+
+std::vector<CompareRun> compare_models(const Model& ref, const std::vector<const Model*>& cands, const CompareSpec& spec,
+                                       const std::vector<std::vector<int32_t>>& samples) {
+  MQ_ASSERT(cands.size() == spec.cand_paths.size() && !cands.empty());
+  const auto& rc = ref.config();
+  const std::string rmode = mode_name(ref.mode());
+  // Every check and every plan before the first long run.
+  for (size_t c = 0; c < cands.size(); ++c) {
+    const auto& cc = cands[c]->config();
+    if (rc.arch != cc.arch || rc.n_layer != cc.n_layer || rc.d_model != cc.d_model || rc.padded_vocab != cc.padded_vocab)
+      fail("--ref {} and --cand {} have different shapes ({} layers x d_model {}, vocab {} vs {} x {}, {})", spec.ref_path,
+           spec.cand_paths[c], rc.n_layer, rc.d_model, rc.padded_vocab, cc.n_layer, cc.d_model, cc.padded_vocab);
+  }
+  if ((spec.fp_ops & (kFpLinear | kFpConv)) && ref.is_quantized())
+    fail_option("fp_ops", "fp_ops {}: keeping linear/conv in FP32 needs the FP model's weights: the reference {} is "
+                "quantized, give the FP model it was made from", fp_ops_str(spec.fp_ops), spec.ref_path);
+  struct Plan {
+    size_t cand;
+    std::string mode;
+  };
+  std::vector<Plan> plans;
+  for (size_t c = 0; c < cands.size(); ++c) {
+    std::vector<std::string> modes = spec.modes;
+    if (modes.empty()) modes.push_back(mode_name(cands[c]->mode()));
+    for (const auto& m : modes) {
+      if (spec.fp_ops && m != "fake")
+        fail_option("fp_ops", "fp_ops {} runs in the fake-quant simulation: run the candidate in mode fake "
+                    "(--cand-mode fake), not {}", fp_ops_str(spec.fp_ops), m);
+      if (m != "fp32" && !cands[c]->is_quantized())
+        fail("--cand-mode {}: {} is not quantized (make one with `mambaq quantize`, or use fp32)", m, spec.cand_paths[c]);
+      plans.push_back({c, m});
+    }
+  }
+  // The reference in every basis the candidates need (Quamba2 rotates the residual stream and may
+  // reorder heads: the FP reference runs in the same basis so that layer outputs correspond).
+  std::map<std::string, std::unique_ptr<Model>> moved;  // basis -> the FP reference in it
+  std::vector<std::string> bases(cands.size());
+  for (size_t c = 0; c < cands.size(); ++c) {
+    const Model& cm = *cands[c];
+    if (!(cm.is_quantized() && changes_basis(*cm.quantized()) && !ref.is_quantized())) continue;
+    std::string b = cm.quantized()->meta.group_heads ? "rotated+reordered" : "rotated";
+    if (cm.quantized()->meta.group_heads) b += ":" + sha256_file(find_weights_file(spec.cand_paths[c]));
+    bases[c] = b;
+    if (!moved.count(b)) {
+      auto r = fp_in_quantized_basis(ref, *cm.quantized());
+      r->set_mode(ref.mode());
+      fmt::print(stderr, "reference: {} in {}'s basis ({} by the {} recipe)\n", spec.ref_path, spec.cand_paths[c],
+                   b.substr(0, b.find(':')), cm.quantized()->meta.recipe);
+      moved.emplace(b, std::move(r));
+    }
+  }
+  auto ref_in = [&](const std::string& basis) -> const Model& { return basis.empty() ? ref : *moved.at(basis); };
+  for (const auto& p : plans) {  // every candidate plan can be built
+    Model probe(*cands[p.cand]);
+    probe.set_mode(parse_mode(p.mode));
+    probe.set_fp_ops(spec.fp_ops, &ref_in(bases[p.cand]));
+  }
+  const RunInputs in{spec.data_file, spec.seqlen};
+  const std::string ref_id = model_identity(spec.ref_path);
+  const std::vector<std::string> names = candidate_names(spec.cand_paths);
+
+  std::map<std::string, CachedRun> refs;  // basis -> the reference run
+  std::vector<CompareRun> out;
+  const int V = rc.padded_vocab, dm = rc.d_model;
+  for (const auto& p : plans) {
+    const std::string& basis = bases[p.cand];
+    if (!refs.count(basis)) {
+      CachedRun r = cached_run(ref_in(basis), {"ref", spec.ref_path, rmode, "", "", basis}, in, samples, spec.layers,
+                               spec.save_dir, "reference", spec.progress);
+      if (!r.note.empty()) fmt::print(stderr, "reference in {} recomputed: {}\n", r.dir, r.note);
+      if (r.reused) fmt::print(stderr, "reference reused from {}\n", r.dir);
+      refs.emplace(basis, std::move(r));
+    }
+    const CachedRun& R = refs.at(basis);
+    Model m(*cands[p.cand]);
+    m.set_mode(parse_mode(p.mode));
+    m.set_fp_ops(spec.fp_ops, &ref_in(basis));
+    const std::string ops = fp_ops_str(spec.fp_ops);
+    const RunKey key{"cand", spec.cand_paths[p.cand], p.mode, ops, spec.fp_ops ? ref_id + "|" + basis : "", ""};
+    const std::string label = names[p.cand] + " " + p.mode + (ops.empty() ? "" : " (FP32: " + ops + ")");
+    CachedRun C = cached_run(m, key, in, samples, spec.layers, spec.save_dir, "cand " + label, spec.progress);
+    if (!C.note.empty()) fmt::print(stderr, "candidate in {} recomputed: {}\n", C.dir, C.note);
+    if (C.reused) fmt::print(stderr, "candidate {} reused from {}\n", label, C.dir);
+
+    CompareRun run;
+    run.cand = spec.cand_paths[p.cand];
+    run.cand_id = model_identity(run.cand);
+    run.label = label, run.mode = p.mode, run.fp_ops = ops, run.basis = basis.substr(0, basis.find(':'));
+    run.saved = C.dir, run.reused = C.reused, run.ref_saved = R.dir, run.ref_reused = R.reused;
+    for (int l : spec.layers)
+      for (const char* t : {"block_out", "mixer_out"}) {
+        const auto& rv = R.cap.layers.at({l, t});
+        const auto& cv = C.cap.layers.at({l, t});
+        MQ_ASSERT(rv.size() == cv.size());
+        LayerResult lr{l, t, compare_tensors(rv.data(), cv.data(), rv.size()),
+                       diff_histogram(rv.data(), cv.data(), rv.size(), spec.hist_bins), {}};
+        size_t off = 0;
+        for (const auto& s : samples) {
+          const size_t n = s.size() * size_t(dm);
+          const TensorStats ts = compare_tensors(rv.data() + off, cv.data() + off, n);
+          lr.per_sample.push_back({s.size(), ts.mse, ts.mae, ts.rel_mae, ts.max_abs, ts.corr});
+          off += n;
+        }
+        run.layers.push_back(std::move(lr));
+      }
+    size_t row = 0;
+    for (const auto& s : samples) {
+      LogitStats ps;
+      for (size_t r = 0; r < s.size(); ++r, ++row) {
+        bool agree = false;
+        const double kl = row_kl(R.cap.logits.data() + row * size_t(V), C.cap.logits.data() + row * size_t(V), V, &agree);
+        ps.add_row(kl, agree);
+        run.logits.add_row(kl, agree);
+      }
+      run.logits_per_sample.push_back(ps);
+    }
+    out.push_back(std::move(run));
+  }
+  return out;
 }
 
 }  // namespace mambaq

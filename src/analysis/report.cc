@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <set>
 
 #include "mambaq/error.h"
 #include "quant/observer.h"
@@ -35,15 +36,21 @@ struct Series {
   std::vector<double> x, y;
 };
 
-// A line chart; log_y plots log10(y) (non-positive values are dropped).
+// A line chart of per-layer values; log_y plots log10(y) (non-positive values are dropped). Each
+// series is one <g class="series"> named by its <title>; points of adjacent layers are joined, a
+// layer that was not measured leaves a gap (no line drawn through it). The legend sits below.
 std::string line_chart(const std::string& id, const std::string& title, const std::string& ylabel,
                        const std::vector<Series>& ss, bool log_y) {
-  const double W = 640, H = 300, L = 70, R = 150, T = 30, B = 40;
+  const double W = 720, L = 70, R = 20, T = 30, B = 40, plot_h = 230;
+  const double H = T + plot_h + B + 16.0 * double(ss.size());
   double x0 = 1e300, x1 = -1e300, y0 = 1e300, y1 = -1e300;
   auto ty = [&](double v) { return log_y ? std::log10(v) : v; };
+  auto usable = [&](const Series& s, size_t i) {
+    return !(log_y && !(s.y[i] > 0)) && std::isfinite(s.x[i]) && std::isfinite(s.y[i]);
+  };
   for (const auto& s : ss)
     for (size_t i = 0; i < s.x.size(); ++i) {
-      if ((log_y && !(s.y[i] > 0)) || !std::isfinite(s.x[i]) || !std::isfinite(s.y[i])) continue;
+      if (!usable(s, i)) continue;
       x0 = std::min(x0, s.x[i]), x1 = std::max(x1, s.x[i]);
       y0 = std::min(y0, ty(s.y[i])), y1 = std::max(y1, ty(s.y[i]));
     }
@@ -52,9 +59,10 @@ std::string line_chart(const std::string& id, const std::string& title, const st
   if (x0 > x1) return o + R"~(<text x="80" y="150">no data</text></svg>)~";
   if (x1 == x0) x1 = x0 + 1;
   if (y1 == y0) y1 = y0 + 1, y0 -= 1;
-  auto px = [&](double v) { return L + (v - x0) / (x1 - x0) * (W - L - R); };
-  auto py = [&](double v) { return H - B - (v - y0) / (y1 - y0) * (H - T - B); };
-  o += fmt::format(R"~(<rect x="{}" y="{}" width="{}" height="{}" fill="none" stroke="#999"/>)~", L, T, W - L - R, H - T - B);
+  // points kept 10 px inside the frame, so that the first and last layers are not drawn on it
+  auto px = [&](double v) { return L + 10 + (v - x0) / (x1 - x0) * (W - L - R - 20); };
+  auto py = [&](double v) { return T + plot_h - 10 - (v - y0) / (y1 - y0) * (plot_h - 20); };
+  o += fmt::format(R"~(<rect x="{}" y="{}" width="{}" height="{}" fill="none" stroke="#999"/>)~", L, T, W - L - R, plot_h);
   for (int k = 0; k <= 4; ++k) {
     const double v = y0 + (y1 - y0) * k / 4;
     o += fmt::format(R"~(<text x="{}" y="{:.1f}" font-size="10" text-anchor="end">{}</text>)~", L - 4, py(v) + 3,
@@ -66,22 +74,69 @@ std::string line_chart(const std::string& id, const std::string& title, const st
     for (double x : s.x) whole = whole && (!std::isfinite(x) || x == std::floor(x));
   const double step = whole ? std::max(1.0, std::ceil((x1 - x0) / 12)) : (x1 - x0) / 4;
   for (double v = x0; v <= x1 + 1e-9; v += step)
-    o += fmt::format(R"~(<text x="{:.1f}" y="{}" font-size="10" text-anchor="middle">{:.3g}</text>)~", px(v), H - B + 14, v);
-  o += fmt::format(R"~(<text x="{}" y="{}" font-size="11" text-anchor="middle">layer</text>)~", L + (W - L - R) / 2, H - 6);
+    o += fmt::format(R"~(<text x="{:.1f}" y="{}" font-size="10" text-anchor="middle">{:.3g}</text>)~", px(v),
+                     T + plot_h + 14, v);
+  o += fmt::format(R"~(<text x="{}" y="{}" font-size="11" text-anchor="middle">layer</text>)~", L + (W - L - R) / 2,
+                   T + plot_h + 30);
   o += fmt::format(R"~(<text x="14" y="{}" font-size="11" transform="rotate(-90 14 {})" text-anchor="middle">{}</text>)~",
-                   T + (H - T - B) / 2, T + (H - T - B) / 2, esc(ylabel));
+                   T + plot_h / 2, T + plot_h / 2, esc(ylabel));
   for (size_t si = 0; si < ss.size(); ++si) {
     const char* col = kColors[si % 8];
+    const Series& s = ss[si];
+    o += R"~(<g class="series"><title>)~" + esc(s.name) + "</title>";
     std::string pts;
-    for (size_t i = 0; i < ss[si].x.size(); ++i) {
-      if ((log_y && !(ss[si].y[i] > 0)) || !std::isfinite(ss[si].x[i]) || !std::isfinite(ss[si].y[i])) continue;
-      pts += fmt::format("{:.1f},{:.1f} ", px(ss[si].x[i]), py(ty(ss[si].y[i])));
-      o += fmt::format(R"~(<circle cx="{:.1f}" cy="{:.1f}" r="2.5" fill="{}"/>)~", px(ss[si].x[i]), py(ty(ss[si].y[i])), col);
+    int npts = 0;
+    double prev = NAN;
+    auto flush = [&] {
+      if (npts > 1) o += fmt::format(R"~(<polyline points="{}" fill="none" stroke="{}" stroke-width="1.5"/>)~", pts, col);
+      pts.clear(), npts = 0;
+    };
+    for (size_t i = 0; i < s.x.size(); ++i) {
+      if (!usable(s, i)) {
+        flush();
+        continue;
+      }
+      if (npts && whole && s.x[i] - prev != 1) flush();  // a layer in between was not measured
+      pts += fmt::format("{:.1f},{:.1f} ", px(s.x[i]), py(ty(s.y[i])));
+      ++npts, prev = s.x[i];
+      o += fmt::format(R"~(<circle cx="{:.1f}" cy="{:.1f}" r="2.5" fill="{}"/>)~", px(s.x[i]), py(ty(s.y[i])), col);
     }
-    o += fmt::format(R"~(<polyline points="{}" fill="none" stroke="{}" stroke-width="1.5"/>)~", pts, col);
-    o += fmt::format(R"~(<text x="{}" y="{}" font-size="11" fill="{}">{}</text>)~", W - R + 8, T + 14 + 16 * si, col,
-                     esc(ss[si].name));
+    flush();
+    const double ly = T + plot_h + B + 12 + 16.0 * double(si);
+    o += fmt::format(R"~(<line x1="{}" y1="{:.0f}" x2="{}" y2="{:.0f}" stroke="{}" stroke-width="2"/>)~", L, ly - 4, L + 18,
+                     ly - 4, col);
+    o += fmt::format(R"~(<text x="{}" y="{:.0f}" font-size="11" fill="{}">{}</text></g>)~", L + 24, ly, col, esc(s.name));
   }
+  return o + "</svg>";
+}
+
+// numpy-style histogram of differences (cand - ref): bars of log count over [lo, hi], a line at 0.
+std::string diff_hist_chart(const std::string& id, const std::string& title, const nlohmann::json& h) {
+  const double W = 720, H = 200, L = 50, R = 20, T = 30, B = 34;
+  const double lo = h.at("lo").get<double>(), hi = h.at("hi").get<double>();
+  const auto counts = h.at("counts").get<std::vector<uint64_t>>();
+  std::string o = fmt::format(R"~(<svg id="{}" xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" viewBox="0 0 {} {}">)~", esc(id), W, H, W, H);
+  o += fmt::format(R"~(<text x="{}" y="18" font-size="13" font-weight="bold">{}</text>)~", L, esc(title));
+  if (counts.empty() || !(hi > lo)) return o + R"~(<text x="80" y="100">no data</text></svg>)~";
+  uint64_t total = 0, cmax = 0;
+  for (auto c : counts) total += c, cmax = std::max(cmax, c);
+  const double pw = W - L - R, ph = H - T - B, lmax = std::log10(1.0 + double(cmax));
+  const double bw = pw / double(counts.size());
+  for (size_t b = 0; b < counts.size(); ++b) {
+    const double hh = lmax > 0 ? std::log10(1.0 + double(counts[b])) / lmax * ph : 0;
+    o += fmt::format(R"~(<rect x="{:.1f}" y="{:.1f}" width="{:.2f}" height="{:.1f}" fill="#9ecae1"/>)~", L + bw * double(b),
+                     T + ph - hh, bw, hh);
+  }
+  o += fmt::format(R"~(<rect x="{}" y="{}" width="{}" height="{}" fill="none" stroke="#999"/>)~", L, T, pw, ph);
+  if (lo < 0 && hi > 0) {
+    const double x0 = L + (0 - lo) / (hi - lo) * pw;
+    o += fmt::format(R"~(<line x1="{:.1f}" y1="{}" x2="{:.1f}" y2="{}" stroke="#d62728" stroke-dasharray="4 2"/>)~", x0, T,
+                     x0, T + ph);
+  }
+  o += fmt::format(R"~(<text x="{}" y="{}" font-size="10">{:.4g}</text><text x="{}" y="{}" font-size="10" text-anchor="end">{:.4g}</text>)~",
+                   L, T + ph + 13, lo, L + pw, T + ph + 13, hi);
+  o += fmt::format(R"~(<text x="{}" y="{}" font-size="11" text-anchor="middle">cand - ref ({} values, {} bins; bar height: log count)</text>)~",
+                   L + pw / 2, H - 6, total, counts.size());
   return o + "</svg>";
 }
 
@@ -153,6 +208,133 @@ std::string bars(const std::string& id, const std::string& title, const std::vec
   return o + "</svg>";
 }
 
+// ---- compare files: every run of every file overlaid, then each file's details ----
+
+// The runs of one compare JSON: "runs" (mambaq >= 0.x with several candidates), "modes" (one
+// candidate, several modes), or the single run at the top level.
+std::vector<nlohmann::json> runs_of(const nlohmann::json& j) {
+  if (j.contains("runs")) return j.at("runs").get<std::vector<nlohmann::json>>();
+  if (j.contains("modes")) return j.at("modes").get<std::vector<nlohmann::json>>();
+  return {{{"mode", j.value("cand_mode", "cand")}, {"layers", j.at("layers")}, {"logits", j.at("logits")}}};
+}
+
+std::string base_name(const std::string& p) {
+  std::string s = p;
+  while (s.size() > 1 && s.back() == '/') s.pop_back();
+  const size_t k = s.rfind('/');
+  return k == std::string::npos ? s : s.substr(k + 1);
+}
+
+struct RunRef {
+  size_t file;
+  std::string label;
+  nlohmann::json run;
+};
+
+std::string compare_sections(const std::vector<std::pair<std::string, nlohmann::json>>& files, std::string& current) {
+  if (files.empty()) return "";
+  std::vector<RunRef> runs;
+  for (size_t f = 0; f < files.size(); ++f) {
+    const auto& [file, j] = files[f];
+    current = file;
+    for (auto& r : runs_of(j)) {
+      std::string label = r.value("label", "");
+      if (label.empty()) {  // files from before labels: the candidate's folder name, mode and fp-ops
+        const std::string ops = r.value("fp_ops", "");
+        label = base_name(r.value("cand", j.value("cand", "cand"))) + " " + r.value("mode", "?") +
+                (ops.empty() ? "" : " (FP32: " + ops + ")");
+      }
+      runs.push_back({f, label, std::move(r)});
+    }
+  }
+  // the same label from two files (same candidate, other inputs or reference): say which file
+  std::map<std::string, int> uses;
+  for (const auto& r : runs) uses[r.label]++;
+  for (auto& r : runs)
+    if (uses[r.label] > 1) r.label += " [" + base_name(files[r.file].first) + "]";
+  std::string h = fmt::format("<details open=\"open\"><summary>Layer errors: {} run{} from {} compare file{}</summary>\n",
+                              runs.size(), runs.size() == 1 ? "" : "s", files.size(), files.size() == 1 ? "" : "s");
+  h += "<ul>";
+  std::set<std::string> inputs;
+  for (const auto& [file, j] : files) {
+    const std::string in = fmt::format("{} ({}), {} samples x {} tokens, data {}", j.value("ref", "?"), j.value("ref_mode", "?"),
+                                       j.value("samples", 0), j.value("seqlen", 0), j.value("data", "?"));
+    inputs.insert(in);
+    h += "<li>" + esc(file) + ": reference " + esc(in) + "</li>";
+  }
+  h += "</ul>\n";
+  if (inputs.size() > 1)
+    h += "<p><b>These files were measured against other references or inputs</b>: their curves are not strictly "
+         "comparable.</p>\n";
+  for (const char* tensor : {"block_out", "mixer_out"}) {
+    std::vector<Series> mse, corr;
+    for (const auto& r : runs) {
+      current = files[r.file].first;
+      Series a{r.label, {}, {}}, c{r.label, {}, {}};
+      for (const auto& l : r.run.at("layers"))
+        if (l.value("tensor", "") == tensor) {
+          a.x.push_back(l.at("layer").get<double>()), a.y.push_back(l.at("mse").get<double>());
+          c.x.push_back(l.at("layer").get<double>()), c.y.push_back(1.0 - l.at("corr").get<double>());
+        }
+      mse.push_back(a), corr.push_back(c);
+    }
+    h += line_chart(fmt::format("overlay-mse-{}", tensor), fmt::format("MSE of {} by layer", tensor), "MSE (log)", mse, true) +
+         "\n";
+    h += line_chart(fmt::format("overlay-corr-{}", tensor), fmt::format("1 - correlation of {} by layer", tensor),
+                    "1 - corr (log)", corr, true) + "\n";
+  }
+  h += "<table><tr><th>run</th><th>file</th><th>layers measured</th><th>mean KL(ref || cand)</th><th>top-1 agreement</th></tr>";
+  for (const auto& r : runs) {
+    current = files[r.file].first;
+    std::set<int> ls;
+    for (const auto& l : r.run.at("layers")) ls.insert(l.at("layer").get<int>());
+    std::string lstr;
+    for (int l : ls) lstr += fmt::format("{}{}", lstr.empty() ? "" : ",", l);
+    h += fmt::format("<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.6g}</td><td>{:.4f}</td></tr>", esc(r.label),
+                     esc(base_name(files[r.file].first)), lstr, r.run.at("logits").value("kl", 0.0),
+                     r.run.at("logits").value("top1", 0.0));
+  }
+  h += "</table>\n</details>\n";
+
+  // Details per file: per-sample statistics and difference histograms, closed until opened.
+  for (size_t f = 0; f < files.size(); ++f) {
+    current = files[f].first;
+    h += "<details><summary>Details: " + esc(files[f].first) + "</summary>\n";
+    size_t k = 0;
+    for (const auto& r : runs) {
+      if (r.file != f) continue;
+      h += "<h3>" + esc(r.label) + "</h3>\n";
+      const auto& lg = r.run.at("logits");
+      const nlohmann::json* last = nullptr;  // block_out of the last layer measured
+      for (const auto& l : r.run.at("layers"))
+        if (l.value("tensor", "") == "block_out") last = &l;
+      if (lg.contains("per_sample") && last && last->contains("per_sample")) {
+        h += fmt::format("<table><tr><th>sample</th><th>tokens</th><th>KL</th><th>top-1</th><th>MSE (layer {} block_out)</th>"
+                         "<th>corr</th><th>max |d|</th></tr>", last->at("layer").get<int>());
+        const auto& ps = lg.at("per_sample");
+        const auto& ls = last->at("per_sample");
+        for (size_t i = 0; i < ps.size() && i < ls.size(); ++i)
+          h += fmt::format("<tr><td>{}</td><td>{}</td><td>{:.4g}</td><td>{:.4f}</td><td>{:.4e}</td><td>{:.6f}</td><td>{:.4g}</td></tr>",
+                           i, ps[i].value("tokens", 0), ps[i].value("kl", 0.0), ps[i].value("top1", 0.0),
+                           ls[i].value("mse", 0.0), ls[i].value("corr", 0.0), ls[i].value("max_abs", 0.0));
+        h += "</table>\n";
+      } else {
+        h += "<p>No per-sample statistics in this file (written by an older mambaq compare).</p>\n";
+      }
+      std::string charts;
+      for (const auto& l : r.run.at("layers"))
+        if (l.contains("diff_histogram"))
+          charts += diff_hist_chart(fmt::format("diff-{}-{}-{}-{}", f, k, l.at("layer").get<int>(), l.value("tensor", "")),
+                                    fmt::format("layer {} {}: difference", l.at("layer").get<int>(), l.value("tensor", "")),
+                                    l.at("diff_histogram")) + "\n";
+      if (!charts.empty()) h += "<details><summary>Difference histograms: " + esc(r.label) + "</summary>\n" + charts + "</details>\n";
+      ++k;
+    }
+    h += "</details>\n";
+  }
+  return h;
+}
+
 }  // namespace
 
 static std::string render_impl(const ReportInputs& in, std::string& current);
@@ -172,43 +354,15 @@ static std::string render_impl(const ReportInputs& in, std::string& current) {
                   "</title><style>body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}"
                   "h2{border-bottom:1px solid #ccc}table{border-collapse:collapse;font-size:12px}"
                   "td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}svg{display:block;margin:1em 0}"
+                  "summary{font-size:1.3em;font-weight:bold;margin:1em 0 .5em;cursor:pointer}"
+                  "details details summary{font-size:1em}"
                   "</style></head><body>\n<h1>" + esc(in.title) + "</h1>\n";
   int n = 0;
-  for (const auto& [file, j] : in.compares) {
-    current = file;
-    h += "<h2>Layer errors: " + esc(file) + "</h2>\n<p>" +
-         esc(fmt::format("{} vs {} ({}), {} samples x {} tokens", j.value("cand", "?"), j.value("ref", "?"),
-                         j.value("ref_mode", "?"), j.value("samples", 0), j.value("seqlen", 0))) + "</p>\n";
-    const nlohmann::json modes = j.contains("modes") ? j["modes"]
-                                                     : nlohmann::json::array({{{"mode", j.value("cand_mode", "cand")},
-                                                                               {"layers", j["layers"]},
-                                                                               {"logits", j["logits"]}}});
-    for (const char* tensor : {"block_out", "mixer_out"}) {
-      std::vector<Series> mse, corr;
-      for (const auto& m : modes) {
-        Series a{m.value("mode", "?"), {}, {}}, c{m.value("mode", "?"), {}, {}};
-        for (const auto& l : m["layers"])
-          if (l.value("tensor", "") == tensor) {
-            a.x.push_back(l["layer"].get<double>()), a.y.push_back(l["mse"].get<double>());
-            c.x.push_back(l["layer"].get<double>()), c.y.push_back(1.0 - l["corr"].get<double>());
-          }
-        mse.push_back(a), corr.push_back(c);
-      }
-      h += line_chart(fmt::format("compare-{}-mse-{}", n, tensor), fmt::format("MSE of {} by layer", tensor), "MSE (log)",
-                      mse, true) + "\n";
-      h += line_chart(fmt::format("compare-{}-corr-{}", n, tensor), fmt::format("1 - correlation of {} by layer", tensor),
-                      "1 - corr (log)", corr, true) + "\n";
-    }
-    h += "<table><tr><th>mode</th><th>mean KL(ref || cand)</th><th>top-1 agreement</th></tr>";
-    for (const auto& m : modes)
-      h += fmt::format("<tr><td>{}</td><td>{:.6g}</td><td>{:.4f}</td></tr>", esc(m.value("mode", "?")),
-                       m["logits"].value("kl", 0.0), m["logits"].value("top1", 0.0));
-    h += "</table>\n";
-    ++n;
-  }
+  h += compare_sections(in.compares, current);
+  n = int(in.compares.size());  // ids of the later sections count on from the compare files
   for (const auto& [file, j] : in.scales) {
     current = file;
-    h += "<h2>Scale differences: " + esc(file) + "</h2>\n<p>" +
+    h += "<details open=\"open\"><summary>Scale differences: " + esc(file) + "</summary>\n<p>" +
          esc(fmt::format("{} vs {}", j.value("a", "?"), j.value("b", "?"))) + "</p>\n";
     std::vector<std::pair<std::string, double>> kinds;
     const nlohmann::json summary = j.value("summary", nlohmann::json::object());
@@ -222,13 +376,16 @@ static std::string render_impl(const ReportInputs& in, std::string& current) {
         rows.emplace_back(fmt::format("L{} {}", s.value("layer", 0), s.value("kind", "")), 100 * s.value("rel_diff", 0.0));
     if (!rows.empty())
       h += bars(fmt::format("scales-{}-percentile", n), "percentile-observer scales: relative difference (B vs A)", rows) + "\n";
+    h += "</details>\n";
     ++n;
   }
   for (const auto& [file, arrays] : in.snapshots) {
-    h += "<h2>Activations: " + esc(file) + "</h2>\n<p>Dashed lines: the clip value (|x| quantile) each alpha would choose "
+    h += std::string(in.snapshots.size() == 1 ? "<details open=\"open\">" : "<details>") + "<summary>Activations: " +
+         esc(file) + "</summary>\n<p>Dashed lines: the clip value (|x| quantile) each alpha would choose "
          "on these sampled values.</p>\n";
     for (const auto& [k, v] : arrays)
       h += histogram(fmt::format("hist-{}-{}", n, k), k, v, in.alphas) + "\n";
+    h += "</details>\n";
     ++n;
   }
   if (in.compares.empty() && in.scales.empty() && in.snapshots.empty()) h += "<p>No inputs.</p>\n";

@@ -126,16 +126,13 @@ void check_output_dir(const std::string& path, const std::string& flag) {
 }
 
 // SHA-256 through OpenSSL's libcrypto (Debian-packaged, and already a dependency).
-std::string sha256_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("{}: cannot open", path);
+namespace {
+// OpenSSL's SHA-256 over chunks handed by `feed` (which calls the updater until it returns).
+template <class Feed>
+std::string sha256_hex(Feed&& feed) {
   EVP_MD_CTX* ctx = EVP_MD_CTX_new();
   EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
-  std::vector<char> buf(1 << 20);
-  while (in) {
-    in.read(buf.data(), std::streamsize(buf.size()));
-    EVP_DigestUpdate(ctx, buf.data(), size_t(in.gcount()));
-  }
+  feed([&](const char* p, size_t n) { EVP_DigestUpdate(ctx, p, n); });
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   EVP_DigestFinal_ex(ctx, md, &len);
@@ -143,6 +140,23 @@ std::string sha256_file(const std::string& path) {
   std::string hex;
   for (unsigned i = 0; i < len; ++i) hex += fmt::format("{:02x}", md[i]);
   return hex;
+}
+}  // namespace
+
+std::string sha256_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("{}: cannot open", path);
+  return sha256_hex([&](auto&& update) {
+    std::vector<char> buf(1 << 20);
+    while (in) {
+      in.read(buf.data(), std::streamsize(buf.size()));
+      update(buf.data(), size_t(in.gcount()));
+    }
+  });
+}
+
+std::string sha256_string(const std::string& bytes) {
+  return sha256_hex([&](auto&& update) { update(bytes.data(), bytes.size()); });
 }
 
 }  // namespace mambaq

@@ -40,5 +40,7 @@ void check_output_dir(const std::string& path, const std::string& flag);
 
 // Hex SHA-256 of a file's bytes (errors name the file).
 std::string sha256_file(const std::string& path);
+// Hex SHA-256 of a byte string.
+std::string sha256_string(const std::string& bytes);
 
 }  // namespace mambaq
