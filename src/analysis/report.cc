@@ -42,7 +42,7 @@ struct Series {
 std::string line_chart(const std::string& id, const std::string& title, const std::string& ylabel,
                        const std::vector<Series>& ss, bool log_y) {
   const double W = 720, L = 70, R = 20, T = 30, B = 40, plot_h = 230;
-  const double H = T + plot_h + B + 16.0 * double(ss.size());
+  const double H = T + plot_h + B + 16.0 * double(ss.size()) + 8;
   double x0 = 1e300, x1 = -1e300, y0 = 1e300, y1 = -1e300;
   auto ty = [&](double v) { return log_y ? std::log10(v) : v; };
   auto usable = [&](const Series& s, size_t i) {
