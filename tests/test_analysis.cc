@@ -522,6 +522,12 @@ std::string check_well_formed(const std::string& s) {
   }
   return stack.empty() ? "" : "unclosed <" + stack.back() + ">";
 }
+// The <svg id="ID"> ... </svg> element of a report.
+std::string svg_of(const std::string& html, const std::string& id) {
+  const size_t a = html.find("<svg id=\"" + id + "\"");
+  if (a == std::string::npos) return "";
+  return html.substr(a, html.find("</svg>", a) + 6 - a);
+}
 size_t count(const std::string& s, const std::string& what) {
   size_t n = 0;
   for (size_t p = s.find(what); p != std::string::npos; p = s.find(what, p + 1)) ++n;
@@ -547,8 +553,10 @@ TEST(Report, WellFormedWithTheExpectedCharts) {
   EXPECT_NE(html.find("W8A8 &lt;mamba-tiny&gt;"), std::string::npos);   // escaped title
   EXPECT_EQ(html.find("<script"), std::string::npos);                   // self-contained, static
   EXPECT_EQ(html.find("http://"), html.find("http://www.w3.org"));       // no external resources
-  // 4 error curves, 2 scale charts, 3 layers x 7 histograms, 2 modes x 8 layers x 2 tensors difference histograms
-  EXPECT_EQ(count(html, "<svg"), 4u + 2u + 21u + 32u);
+  // 4 error curves, 2 scale charts, 3 layers x 7 histograms, 2 modes x 8 layers x 2 tensors difference
+  // histograms, a sample x layer heatmap per mode
+  EXPECT_EQ(count(html, "<svg"), 4u + 2u + 21u + 32u + 2u);
+  EXPECT_EQ(count(svg_of(html, "samples-0-1"), "<rect"), 8u);  // 1 sample x 8 layers
   EXPECT_NE(html.find("id=\"overlay-mse-block_out\""), std::string::npos);
   EXPECT_NE(html.find("id=\"diff-0-1-7-mixer_out\""), std::string::npos);
   EXPECT_EQ(count(html, "<details"), 1u + 1u + 2u + 1u + 1u);  // overlay, details (+1 per run), scales, snapshot
@@ -563,12 +571,6 @@ TEST(Report, WellFormedWithTheExpectedCharts) {
 }
 
 namespace {
-// The <svg id="ID"> ... </svg> element of a report.
-std::string svg_of(const std::string& html, const std::string& id) {
-  const size_t a = html.find("<svg id=\"" + id + "\"");
-  if (a == std::string::npos) return "";
-  return html.substr(a, html.find("</svg>", a) + 6 - a);
-}
 // A hand-written compare run: block_out and mixer_out of `layers`, MSE = 1e-3 * (layer + 1).
 nlohmann::json fake_run(const std::string& cand, const std::string& mode, const std::string& ops, std::vector<int> layers) {
   nlohmann::json ls = nlohmann::json::array();

@@ -208,6 +208,49 @@ std::string bars(const std::string& id, const std::string& title, const std::vec
   return o + "</svg>";
 }
 
+// Heatmap of block_out MSE, one row per sample and one column per measured layer (log colour scale,
+// white = smallest, dark red = largest), the value in each cell's tooltip.
+std::string sample_heatmap(const std::string& id, const std::string& title, const nlohmann::json& layers) {
+  std::vector<int> cols;
+  std::vector<std::vector<double>> v;  // [layer column][sample]
+  for (const auto& l : layers)
+    if (l.value("tensor", "") == "block_out" && l.contains("per_sample")) {
+      cols.push_back(l.at("layer").get<int>());
+      std::vector<double> c;
+      for (const auto& p : l.at("per_sample")) c.push_back(p.value("mse", 0.0));
+      v.push_back(c);
+    }
+  if (cols.empty() || v[0].empty()) return "";
+  const size_t ns = v[0].size();
+  double lo = 1e300, hi = -1e300;
+  for (const auto& c : v)
+    for (double x : c)
+      if (x > 0 && std::isfinite(x)) lo = std::min(lo, std::log10(x)), hi = std::max(hi, std::log10(x));
+  if (lo > hi) lo = hi = 0;
+  const double L = 70, T = 30, cw = std::max(12.0, std::min(48.0, 600.0 / double(cols.size()))), ch = 16;
+  const double W = L + cw * double(cols.size()) + 20, H = T + ch * double(ns) + 40;
+  std::string o = fmt::format(R"~(<svg id="{}" xmlns="http://www.w3.org/2000/svg" width="{:.0f}" height="{:.0f}" viewBox="0 0 {:.0f} {:.0f}">)~",
+                              esc(id), W, H, W, H);
+  o += fmt::format(R"~(<text x="10" y="18" font-size="13" font-weight="bold">{}</text>)~", esc(title));
+  for (size_t c = 0; c < cols.size(); ++c)
+    for (size_t r = 0; r < ns && r < v[c].size(); ++r) {
+      const double x = v[c][r];
+      const double t = x > 0 && std::isfinite(x) && hi > lo ? (std::log10(x) - lo) / (hi - lo) : 0;
+      const int g = int(255 * (1 - t)), rr = int(255 - 90 * t);  // white -> dark red
+      o += fmt::format(R"~(<rect x="{:.1f}" y="{:.1f}" width="{:.1f}" height="{}" fill="rgb({},{},{})"><title>sample {} layer {}: MSE {:.4e}</title></rect>)~",
+                       L + cw * double(c), T + ch * double(r), cw - 1, ch - 1, rr, g, g, r, cols[c], x);
+    }
+  for (size_t r = 0; r < ns; ++r)
+    o += fmt::format(R"~(<text x="{}" y="{:.1f}" font-size="10" text-anchor="end">sample {}</text>)~", L - 4,
+                     T + ch * double(r) + 11, r);
+  for (size_t c = 0; c < cols.size(); ++c)
+    o += fmt::format(R"~(<text x="{:.1f}" y="{:.1f}" font-size="10" text-anchor="middle">{}</text>)~",
+                     L + cw * (double(c) + 0.5), T + ch * double(ns) + 12, cols[c]);
+  o += fmt::format(R"~(<text x="{}" y="{:.1f}" font-size="10">layer (block_out); colour: log MSE from {:.3g} (white) to {:.3g} (red)</text>)~",
+                   L, T + ch * double(ns) + 30, std::pow(10.0, lo), std::pow(10.0, hi));
+  return o + "</svg>";
+}
+
 // ---- compare files: every run of every file overlaid, then each file's details ----
 
 // The runs of one compare JSON: "runs" (mambaq >= 0.x with several candidates), "modes" (one
@@ -318,6 +361,7 @@ std::string compare_sections(const std::vector<std::pair<std::string, nlohmann::
                            i, ps[i].value("tokens", 0), ps[i].value("kl", 0.0), ps[i].value("top1", 0.0),
                            ls[i].value("mse", 0.0), ls[i].value("corr", 0.0), ls[i].value("max_abs", 0.0));
         h += "</table>\n";
+        h += sample_heatmap(fmt::format("samples-{}-{}", f, k), "MSE by sample and layer: " + r.label, r.run.at("layers")) + "\n";
       } else {
         h += "<p>No per-sample statistics in this file (written by an older mambaq compare).</p>\n";
       }
