@@ -53,18 +53,12 @@ struct Capture final : Tap {
 
 // Two packed sequences; returns the logits of every position and captures layer outputs.
 std::vector<float> run(const Model& m, Tap* cap) {
-  auto a = mqtest::tokenizer().encode("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
-                        "must be in want of a wife. However little known the feelings or views of such a man may be");
-  auto b = mqtest::tokenizer().encode("Call me Ishmael. Some years ago, never mind how long precisely, having little or no money "
-                        "in my purse, and nothing particular to interest me on shore, I thought I would sail about");
-  std::vector<int32_t> toks(a);
-  toks.insert(toks.end(), b.begin(), b.end());
-  const int lens[2] = {int(a.size()), int(b.size())};
-  const int T = int(toks.size()), dm = m.config().d_model;
-  std::vector<float> hidden(size_t(T) * dm), logits(size_t(T) * m.config().padded_vocab);
-  m.forward(toks, lens, nullptr, hidden.data(), cap);
-  m.lm_head(hidden.data(), T, logits.data());
-  return logits;
+  return mqtest::packed_logits(m,
+                               "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+                               "must be in want of a wife. However little known the feelings or views of such a man may be",
+                               "Call me Ishmael. Some years ago, never mind how long precisely, having little or no money "
+                               "in my purse, and nothing particular to interest me on shore, I thought I would sail about",
+                               cap);
 }
 }  // namespace
 

@@ -76,6 +76,36 @@ TEST(ScaleRules, ApplyChangesOnlyTheTargets) {
   EXPECT_ERROR(apply_scale_rules(g, {parse_scale_rule("out_proj:input=*2", c, "f")}, "f"), "no scale at out_proj:input");
 }
 
+// The notes' `cur_max = cur_max + 2025`: the clip value moves by C, the scale by C / qmax.
+TEST(ScaleRules, AddToTheClipValue) {
+  const auto c = mamba1(3);
+  const auto r = parse_scale_rule("x_proj:input@1=+2025", c, "f");
+  EXPECT_EQ(r.kind, ScaleRule::AddClip);
+  EXPECT_EQ(r.x, 2025.0);
+  EXPECT_EQ(parse_scale_rule("x_proj:input=-0.5", c, "f").x, -0.5);
+  EXPECT_ERROR(parse_scale_rule("x_proj:input=+0", c, "f"), "non-zero");
+  EXPECT_ERROR(parse_scale_rule("x_proj:input=+x", c, "f"), "not a number");
+  ScaleTable t;
+  for (int l = 0; l < 3; ++l) t.points.push_back({l, "x_proj:input", "percentile", 12.7f, 0.1f});  // qmax 127
+  const auto recs = apply_scale_rules(t, {r}, "f");
+  EXPECT_FLOAT_EQ(t.find(1, "x_proj:input")->amax, 2037.7f);
+  EXPECT_FLOAT_EQ(t.find(1, "x_proj:input")->scale, 2037.7f / 127);
+  EXPECT_EQ(t.find(0, "x_proj:input")->scale, 0.1f);
+  EXPECT_EQ(recs[0]["clip_offset"], 2025.0);
+  // grouped: amax 2 at scale 0.02 (qmax 100); every block's clip value + 1 -> scale + 0.01
+  ScaleTable g;
+  g.points.push_back({0, "x_proj:input", "grouped-minmax", 2.f, 0.02f, {2}, {0.01f, 0.02f}});
+  apply_scale_rules(g, {parse_scale_rule("x_proj:input=+1", c, "f")}, "f");
+  EXPECT_FLOAT_EQ(g.points[0].values[0], 0.02f);
+  EXPECT_FLOAT_EQ(g.points[0].values[1], 0.03f);
+  EXPECT_FLOAT_EQ(g.points[0].scale, 0.03f);
+  EXPECT_FLOAT_EQ(g.points[0].amax, 3.f);
+  // a clip value that would reach zero or below is refused (layer 0's is 12.7; the smallest block's
+  // is now 2, the largest 3: -2.5 would leave one block negative)
+  EXPECT_ERROR(apply_scale_rules(t, {parse_scale_rule("x_proj:input@0=-13", c, "f")}, "f"), "would not be positive");
+  EXPECT_ERROR(apply_scale_rules(g, {parse_scale_rule("x_proj:input=-2.5", c, "f")}, "f"), "would not be positive");
+}
+
 TEST(ScaleRules, OverridesAtCalibration) {
   auto fp = Model::load(mqtest::repo("models/mamba-tiny"));
   const auto cs = make_calib_samples(mqtest::tokenizer(), mqtest::repo("data/corpus/calib.jsonl"), 128, 4);
@@ -153,6 +183,12 @@ TEST(ScalesSet, EditsOnlyTheTargetedTensorsAndKeepsHistory) {
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(read_json_file(d + "/e/config.json")["quantization"]["edits"].size(), 2u);
   EXPECT_EQ(Model::load(d + "/e")->quantized()->scales.find(1, "out_proj:input")->scale, 0.03f);
+  // --add-clip: the notes' +2025 on one layer's clip value (qmax 127 for 8-bit activations)
+  r = mqtest::run_cli("scales set " + d + "/e --in-place --point out_proj:input --layers 2 --add-clip 2025 --no-log");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const PointScale* was = s0.find(2, "out_proj:input");
+  EXPECT_FLOAT_EQ(Model::load(d + "/e")->quantized()->scales.find(2, "out_proj:input")->scale, (was->amax + 2025) / 127);
+  EXPECT_EQ(read_json_file(d + "/e/config.json")["quantization"]["edits"][2]["rule"], "out_proj:input@2=+2025");
   // refusals
   const std::string set = "scales set --no-log ";
   mqtest::expect_one_line_error(mqtest::run_cli(set + mqtest::model_dir("mamba-tiny") + " -o " + d + "/x --point x_proj:input --factor 2"),

@@ -56,4 +56,16 @@ const mambaq::Tokenizer& tokenizer() {
   return *t;
 }
 
+std::vector<float> packed_logits(const mambaq::Model& m, const std::string& a, const std::string& b, mambaq::Tap* cap) {
+  const auto ta = tokenizer().encode(a), tb = tokenizer().encode(b);
+  std::vector<int32_t> toks(ta);
+  toks.insert(toks.end(), tb.begin(), tb.end());
+  const int lens[2] = {int(ta.size()), int(tb.size())};
+  const int T = int(toks.size()), dm = m.config().d_model;
+  std::vector<float> hidden(size_t(T) * dm), logits(size_t(T) * m.config().padded_vocab);
+  m.forward(toks, lens, nullptr, hidden.data(), cap);
+  m.lm_head(hidden.data(), T, logits.data());
+  return logits;
+}
+
 }  // namespace mqtest

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "mambaq/error.h"
+#include "mambaq/model.h"
 #include "mambaq/tokenizer.h"
 
 #include <cmath>
@@ -76,6 +77,11 @@ void expect_one_line_error(const CliResult& r, const std::string& frag);
 
 // The bundled GPT-NeoX tokenizer (loaded once) and bundled model folders.
 const mambaq::Tokenizer& tokenizer();
+
+// Texts a and b tokenized and run as one ragged packed batch of two sequences; the logits of
+// every position {T, padded_vocab}, layer outputs handed to `cap`.
+std::vector<float> packed_logits(const mambaq::Model& m, const std::string& a, const std::string& b,
+                                 mambaq::Tap* cap = nullptr);
 inline std::string model_dir(const std::string& name) { return repo("models/" + name); }
 
 }  // namespace mqtest

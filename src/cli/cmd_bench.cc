@@ -25,10 +25,6 @@ namespace {
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
 // Read bandwidth: sum a 1 GiB buffer with all threads, best of 5. 64 independent partial sums
 // per thread (4 AVX-512 registers) so the loop is bound by memory, not by add latency.
 double read_bandwidth_gbs() {

@@ -30,6 +30,14 @@ struct ModeSpec {
   unsigned fp_ops = 0;
 };
 
+// FP32-kept ops exist only in the fake-quant simulation: one check and one message for both
+// spellings (--mode fake --fp-ops OPS, --modes fake+fp-ops=OPS); `where` names what was given.
+void check_fp_ops_mode(const ModeSpec& m, const std::string& where) {
+  if (m.fp_ops && m.mode != ExecMode::Fake)
+    fail("{}: fp-ops {} run in the fake-quant simulation: use mode fake (--mode fake, or fake+fp-ops=... in --modes), "
+         "not {}", where, fp_ops_str(m.fp_ops), mode_name(m.mode));
+}
+
 ModeSpec parse_mode_spec(const std::string& s, const char* flag) {
   ModeSpec m;
   m.label = s;
@@ -47,8 +55,8 @@ ModeSpec parse_mode_spec(const std::string& s, const char* flag) {
     for (char& c : ops)
       if (c == ':') c = ',';
     m.fp_ops = parse_fp_ops(ops);
-    if (m.mode != ExecMode::Fake) fail("{}: '{}': --fp-ops runs in the fake-quant simulation: use fake+fp-ops=...", flag, s);
   }
+  check_fp_ops_mode(m, fmt::format("{} '{}'", flag, s));
   return m;
 }
 
@@ -146,8 +154,7 @@ Runner register_eval(CLI::App& app) {
       ModeSpec one;
       one.mode = o->mode.empty() ? m->mode() : parse_mode(o->mode);
       one.fp_ops = parse_fp_ops(o->fp_ops);
-      if (one.fp_ops && one.mode != ExecMode::Fake)
-        fail("--fp-ops runs in the fake-quant simulation: add --mode fake (not {})", mode_name(one.mode));
+      check_fp_ops_mode(one, "--fp-ops " + o->fp_ops);
       one.label = mode_name(one.mode) + (one.fp_ops ? "+fp-ops=" + fp_ops_str(one.fp_ops) : std::string());
       modes.push_back(one);
     }

@@ -88,8 +88,9 @@ Runner register_quantize(CLI::App& app) {
   sub->add_flag("--quantize-lm-head,--quantize_lm_head", o->q_lm_head, "quamba2: the LM head at the weight (and activation) bits");
   sub->add_flag("--no-residual-rotation", o->no_rotate, "quamba2: do not rotate the residual stream (ablation)");
   sub->add_option("--scale-override", o->overrides,
-                  "Change activation scales at calibration, repeatable: POINT[@LAYERS]=*FACTOR, POINT[@LAYERS]=VALUE "
-                  "or POINT[@LAYERS]:alpha=A (e.g. 'x_proj:input@0=*1.5', 'ssm_state_act:input@0-3:alpha=1'); "
+                  "Change activation scales at calibration, repeatable: POINT[@LAYERS]=*FACTOR, POINT[@LAYERS]=VALUE, "
+                  "POINT[@LAYERS]=+C (add C to the clip value) or POINT[@LAYERS]:alpha=A (e.g. 'x_proj:input@0=*1.5', "
+                  "'x_proj:input=+2025', 'ssm_state_act:input@0-3:alpha=1'); "
                   "recorded in the folder's config")
       ->take_all()
       ->allow_extra_args(false);

@@ -88,7 +88,7 @@ Stat stat(std::vector<double> v) {
 // append the edit to config.json's quantization.edits.
 struct SetOpts {
   std::string model, out, point, layers = "all", note, log = "experiments.jsonl";
-  double factor = 0, value = 0;
+  double factor = 0, value = 0, add_clip = NAN;
   bool in_place = false, force = false, no_log = false;
 };
 
@@ -96,7 +96,9 @@ int run_set(const SetOpts& s) {
   if (!s.out.empty() && s.in_place) fail("scales set: give -o NEW or --in-place, not both");
   if (s.out.empty() && !s.in_place)
     fail("scales set: give -o NEW (a copy with the edit) or --in-place (edit {} itself)", s.model);
-  if ((s.factor > 0) == (s.value > 0)) fail("scales set: give one of --factor F or --value V (positive)");
+  const bool add = !std::isnan(s.add_clip);
+  if (int(s.factor > 0) + int(s.value > 0) + int(add) != 1)
+    fail("scales set: give one of --factor F, --value V (positive) or --add-clip C");
   if (!s.no_log) check_output_file(s.log, "--log");
   const fs::path src(s.model);
   if (fs::is_regular_file(src)) fail("scales set: {} is a file; give the quantized model's folder", s.model);
@@ -104,7 +106,8 @@ int run_set(const SetOpts& s) {
   const QuantState* q = m->quantized();
   if (!q) fail("scales set: {} is not a quantized model (its config.json has no \"quantization\" section)", s.model);
   const std::string rule_text =
-      s.point + "@" + s.layers + (s.factor > 0 ? fmt::format("=*{}", s.factor) : fmt::format("={}", s.value));
+      s.point + "@" + s.layers +
+      (s.factor > 0 ? fmt::format("=*{}", s.factor) : add ? fmt::format("={:+}", s.add_clip) : fmt::format("={}", s.value));
   const ScaleRule rule = parse_scale_rule(rule_text, m->config(), "scales set");
   ScaleTable table = q->scales;
   nlohmann::json rec = apply_scale_rules(table, {rule}, "scales set")[0];
@@ -151,7 +154,7 @@ int run_set(const SetOpts& s) {
   const auto& layers = rec["layers"];
   fmt::print("{} in {} layer(s) ({}): {} -> {}{}; written to {}\n", s.point, layers.size(), layers.dump(),
              rec["old"][0].get<double>(), rec["new"][0].get<double>(),
-             s.factor > 0 ? fmt::format(" (x{})", s.factor) : "", dst.string());
+             s.factor > 0 ? fmt::format(" (x{})", s.factor) : add ? fmt::format(" (clip {:+})", s.add_clip) : "", dst.string());
   return 0;
 }
 
@@ -182,6 +185,8 @@ Runner register_scales(CLI::App& app) {
   set->add_option("--layers", o->set.layers, "all, N, N-M or a comma list (head: the LM head's input)")->capture_default_str();
   set->add_option("--factor", o->set.factor, "Multiply the scales by F")->check(CLI::PositiveNumber);
   set->add_option("--value", o->set.value, "Set the scales to V")->check(CLI::PositiveNumber);
+  set->add_option("--add-clip", o->set.add_clip,
+                  "Add C to the clip value (scale = (clip + C) / qmax; the notes' cur_max + 2025); C may be negative");
   set->add_option("--note", o->set.note, "Why: kept with the edit in the folder's history");
   set->add_option("--log", o->set.log, "Experiment log (JSONL, appended)")->capture_default_str();
   set->add_flag("--no-log", o->set.no_log, "Do not append to the experiment log");

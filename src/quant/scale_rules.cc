@@ -72,16 +72,22 @@ ScaleRule parse_scale_rule(const std::string& text, const ModelConfig& cfg, cons
   } else {
     const size_t eq = text.rfind('=');
     if (eq == std::string::npos)
-      fail("{}: expected POINT[@LAYERS]=*FACTOR, POINT[@LAYERS]=VALUE or POINT[@LAYERS]:alpha=A", what);
+      fail("{}: expected POINT[@LAYERS]=*FACTOR, POINT[@LAYERS]=VALUE, POINT[@LAYERS]=+CLIP_OFFSET or "
+           "POINT[@LAYERS]:alpha=A", what);
     lhs = text.substr(0, eq), rhs = text.substr(eq + 1);
     if (!rhs.empty() && rhs[0] == '*') {
       r.kind = ScaleRule::Factor;
       r.x = parse_number(rhs.substr(1), what + ": factor");
+    } else if (!rhs.empty() && (rhs[0] == '+' || rhs[0] == '-')) {
+      r.kind = ScaleRule::AddClip;
+      r.x = parse_number(rhs, what + ": clip offset");
+      if (r.x == 0 || !std::isfinite(r.x)) fail("{}: a clip offset must be a finite non-zero number (got {})", what, rhs);
     } else {
       r.kind = ScaleRule::Value;
       r.x = parse_number(rhs, what + ": value");
     }
-    if (!(r.x > 0)) fail("{}: a scale {} must be positive (got {})", what, r.kind == ScaleRule::Factor ? "factor" : "value", r.x);
+    if (r.kind != ScaleRule::AddClip && !(r.x > 0))
+      fail("{}: a scale {} must be positive (got {})", what, r.kind == ScaleRule::Factor ? "factor" : "value", r.x);
   }
   const size_t at = lhs.find('@');
   r.point = lhs.substr(0, at);
@@ -114,17 +120,33 @@ nlohmann::json apply_scale_rules(ScaleTable& t, const std::vector<ScaleRule>& ru
     for (auto& p : t.points) {
       if (p.point != r.point) continue;
       if (!r.layers.empty() && !std::binary_search(r.layers.begin(), r.layers.end(), p.layer)) continue;
-      const double f = r.kind == ScaleRule::Factor ? r.x : r.x / double(p.scale);
       olds.push_back(p.scale);
-      p.scale = float(r.kind == ScaleRule::Factor ? p.scale * r.x : r.x);
-      p.amax = float(p.amax * f);
-      for (auto& v : p.values) v = float(v * f);
+      if (r.kind == ScaleRule::AddClip) {
+        // clip + C, at the point's own qmax (= clip / scale): every block of a grouped scale moves
+        // its clip value by C alike
+        const double qmax = double(p.amax) / double(p.scale);
+        if (!(p.scale > 0) || !(qmax > 0) || !std::isfinite(qmax))
+          fail("{} '{}': layer {} {} has no usable clip value (amax {}, scale {})", flag, r.text, p.layer, p.point, p.amax, p.scale);
+        const double d = r.x / qmax;
+        const double lowest = p.values.empty() ? double(p.scale) : double(*std::min_element(p.values.begin(), p.values.end()));
+        if (!(lowest + d > 0))
+          fail("{} '{}': layer {} {}: the clip value {} {:+} would not be positive", flag, r.text, p.layer, p.point,
+               p.values.empty() ? double(p.amax) : lowest * qmax, r.x);
+        p.scale = float(double(p.scale) + d);
+        p.amax = float(double(p.amax) + r.x);
+        for (auto& v : p.values) v = float(double(v) + d);
+      } else {
+        const double f = r.kind == ScaleRule::Factor ? r.x : r.x / double(p.scale);
+        p.scale = float(r.kind == ScaleRule::Factor ? p.scale * r.x : r.x);
+        p.amax = float(p.amax * f);
+        for (auto& v : p.values) v = float(v * f);
+      }
       layers.push_back(p.layer);
       news.push_back(p.scale);
     }
     if (layers.empty()) fail("{} '{}': the model has no scale at {} in those layers", flag, r.text, r.point);
     nlohmann::json rec = {{"rule", r.text}, {"point", r.point}, {"layers", layers}, {"old", olds}, {"new", news}};
-    rec[r.kind == ScaleRule::Factor ? "factor" : "value"] = r.x;
+    rec[r.kind == ScaleRule::Factor ? "factor" : r.kind == ScaleRule::Value ? "value" : "clip_offset"] = r.x;
     recs.push_back(rec);
   }
   return recs;

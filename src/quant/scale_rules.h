@@ -1,8 +1,10 @@
 // Changing activation scales by rule (the user's note on where percentile scales are used): at
 // calibration (`quantize --scale-override RULE`) or in a saved folder (`scales set`).
 //
-// A rule: POINT[@LAYERS]=*FACTOR (multiply the scale), POINT[@LAYERS]=VALUE (set it), or
-// POINT[@LAYERS]:alpha=A (calibration only: a percentile observer with alpha A at that point).
+// A rule: POINT[@LAYERS]=*FACTOR (multiply the scale), POINT[@LAYERS]=VALUE (set it),
+// POINT[@LAYERS]=+C or =-C (add C to the clip value the observer chose, the notes' `cur_max + 2025`:
+// scale = (clip + C) / qmax), or POINT[@LAYERS]:alpha=A (calibration only: a percentile observer
+// with alpha A at that point).
 // POINT is a scale point of the architecture (`mambaq scales` lists them, e.g. x_proj:input);
 // LAYERS is "all" (the default), N, N-M, or a comma list of those; layer -1 / "head" is the LM
 // head's input.
@@ -20,7 +22,7 @@
 namespace mambaq {
 
 struct ScaleRule {
-  enum Kind { Factor, Value, Alpha };
+  enum Kind { Factor, Value, AddClip, Alpha };
   std::string text;        // as written
   std::string point;
   std::vector<int> layers;  // empty: every layer that has the point

@@ -67,6 +67,9 @@ void permute64(const int8_t* a, int K, int8_t* out) {
 
 // sum_g ws[g] * sum_{k in g} u[k] a[k] over one row; the caller subtracts 8 * sum_g ws[g] sa[g].
 // `ap` is the row permuted by permute64. Needs group % 64 == 0 (else the portable version).
+// Two functions rather than one template over the accumulate step: a function's target attribute
+// decides which instructions the compiler may emit anywhere in it, and the AVX512BW version runs
+// on CPUs without VNNI, so it must not be compiled for a VNNI target.
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) float row_dot_vnni(const uint8_t* w, const int8_t* ap,
                                                                                  int K, const float* ws, int group) {
   const __m256i mask = _mm256_set1_epi8(0x0F);
