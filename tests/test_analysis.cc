@@ -418,6 +418,26 @@ TEST(Sweep, ExamplePercentileSweepWithLimit) {
   EXPECT_NE(out.find(" ±0.0"), std::string::npos) << out;          // differences to the first cell, with stderr
 }
 
+// A fresh checkout has no sweeps/ folder: the spec's log folder is created when the sweep runs
+// (not by a dry run), as the out_dir is.
+TEST(Sweep, CreatesTheLogFolderOfTheSpec) {
+  const std::string d = mqtest::temp_dir("sweep_logdir");
+  mqtest::write_file(d + "/s.toml", "[sweep]\nname = \"t\"\ntasks = [\"ppl:corpus/heldout.txt\"]\nlimit = 2\nout_dir = \"" + d +
+                                    "/new/models\"\nlog = \"" + d + "/new/logs/log.jsonl\"\n[matrix]\nmodel = [\"" +
+                                    mqtest::model_dir("mamba-tiny") + "\"]\ncalib_num = [4]\ncalib_seqlen = [128]\n");
+  auto r = run_cli("sweep " + d + "/s.toml --dry-run");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(d + "/new"));
+  r = run_cli("sweep " + d + "/s.toml --yes");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(read_log(d + "/new/logs/log.jsonl").size(), 2u);  // quantize + eval
+  // a log folder that cannot be made is still refused before any work
+  mqtest::write_file(d + "/afile", "x");
+  mqtest::write_file(d + "/s2.toml", "[sweep]\nname = \"t\"\ntasks = [\"ppl:corpus/heldout.txt\"]\nlog = \"" + d +
+                                     "/afile/log.jsonl\"\n[matrix]\nmodel = [\"" + mqtest::model_dir("mamba-tiny") + "\"]\n");
+  mqtest::expect_one_line_error(run_cli("sweep " + d + "/s2.toml --yes"), "--log");
+}
+
 TEST(Sweep, Quamba1MatrixExamplePlansEightCells) {
   // The Quamba1 part of the user's 20-experiment plan: 4 Mamba1 sizes x alpha {0.9995, 1.0}. The
   // checkpoints are the user's downloads: the plan shows them missing; a run refuses before work.

@@ -64,7 +64,10 @@ Runner register_sweep(CLI::App& app) {
     if (o->limit >= 0) set_sweep_limit(s, o->limit);
     if (!o->log.empty()) s.log = o->log;
     if (!o->out_dir.empty()) s.out_dir = o->out_dir;
-    check_output_file(s.log, "--log");
+    // the log's folder is the sweep's own (the spec names it, e.g. sweeps/): created when it runs
+    const fs::path log_dir = fs::path(s.log).parent_path();
+    if (!log_dir.empty() && !fs::is_directory(log_dir)) check_output_dir(log_dir.string(), "--log");
+    else check_output_file(s.log, "--log");
     check_output_dir(s.out_dir, "--out-dir");
     // cells already done: an eval record of this sweep cell in the log
     std::map<std::string, nlohmann::json> done = sweep_done(s.log);
@@ -117,6 +120,7 @@ Runner register_sweep(CLI::App& app) {
       }
     }
     fs::create_directories(s.out_dir);
+    if (!log_dir.empty()) fs::create_directories(log_dir);
     Progress bar("sweep", int64_t(s.cells.size()), true);
     bar.add(int64_t(s.cells.size() - todo));
     for (const auto& c : s.cells) {
