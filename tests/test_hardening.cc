@@ -133,6 +133,25 @@ TEST(Hardening, ReportNamesTheFileOfAMalformedCompareJson) {
   ReportInputs in;
   in.compares.push_back({"broken.json", nlohmann::json{{"layers", "not a list"}, {"logits", 3}}});
   EXPECT_ERROR(render_report(in), "broken.json");
+  // the second of two files is the broken one: the error names it, not the first
+  const nlohmann::json good = {{"layers", nlohmann::json::array()}, {"logits", {{"kl", 0.1}, {"top1", 1.0}}}};
+  for (const nlohmann::json& bad : {nlohmann::json{{"runs", 3}}, nlohmann::json{{"runs", {{{"label", "x"}}}}},
+                                    nlohmann::json{{"runs", {{{"layers", {{{"layer", "0"}, {"tensor", "block_out"}}}},
+                                                              {"logits", {{"kl", 0.1}}}}}}}}) {
+    ReportInputs two;
+    two.compares = {{"good.json", good}, {"bad.json", bad}};
+    EXPECT_ERROR(render_report(two), "bad.json");
+  }
+  // a difference histogram with non-finite bounds is drawn as "no data", never as NaN coordinates
+  nlohmann::json run = {{"label", "r"},
+                        {"layers", {{{"layer", 0}, {"tensor", "block_out"}, {"mse", 1e-3}, {"corr", 0.99},
+                                     {"diff_histogram", {{"lo", -INFINITY}, {"hi", 1.0}, {"counts", {1, 2}}}}}}},
+                        {"logits", {{"kl", 0.1}, {"top1", 1.0}}}};
+  ReportInputs inf;
+  inf.compares = {{"inf.json", {{"runs", {run}}}}};
+  const std::string html = render_report(inf);
+  EXPECT_EQ(html.find("nan"), std::string::npos);
+  EXPECT_NE(html.find("no data"), std::string::npos);
 }
 
 // ---------------------------------------------------------------- pickle records

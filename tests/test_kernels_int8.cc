@@ -171,6 +171,70 @@ TEST_P(KernelsInt8, SsdScanS8PackedWithState) {
   for (int s = 0; s < nseq; ++s) EXPECT_LT(rel_err(st_fast[size_t(s)], st_ref[size_t(s)]), 2e-5);
 }
 
+// The decode step on int8 states against (1) the same backend's unfused path, which it must equal
+// exactly (it replaces that path in decode: results must not change), and (2) the reference
+// definition (dequantize, one scan step, quantize): y to 2e-5 relative (the float kernels' bound
+// above), and state codes equal except where the float state lands within rounding of a .5
+// boundary (at most one code step, on a tiny share).
+TEST_P(KernelsInt8, SsdDecodeStepOnInt8StatesEqualsTheUnfusedPath) {
+  const Backend& B = backend(bparam());
+  const int nseq = 3, H = 8, P = 64, G = 2, N = 16, ndg = 3, ldx = H * P + 5, lddt = H + 2, ldbc = 2 * G * N + 3;
+  auto x = rand_codes(size_t(nseq) * ldx, 50), dt = rand_codes(size_t(nseq) * lddt, 51),
+       bc = rand_codes(size_t(nseq) * ldbc, 52);
+  auto A = mqtest::uniform(size_t(H), 53, -8.f, -0.5f), bias = mqtest::randn(size_t(H), 54, 0.5f, -2.f);
+  auto Dsk = mqtest::randn(size_t(H), 55);
+  auto sx = mqtest::uniform(size_t(H) * P, 56, 0.01f, 0.03f), sb = mqtest::uniform(size_t(G) * N, 57, 0.02f, 0.04f),
+       sc = mqtest::uniform(size_t(G) * N, 58, 0.02f, 0.04f);
+  // grouped state scales {H, N, ndg}, runs of P ending at dim_end {H, ndg}: uneven, per head
+  auto sst = mqtest::uniform(size_t(H) * N * ndg, 59, 0.002f, 0.02f);
+  std::vector<int> dim_end;
+  for (int h = 0; h < H; ++h) dim_end.insert(dim_end.end(), {8 + 2 * h, 40 + h, P});
+  std::vector<std::vector<int8_t>> q0;
+  for (int s = 0; s < nseq; ++s) q0.push_back(rand_codes(size_t(H) * N * P, 60 + uint32_t(s)));
+  // (1) the unfused path on this backend
+  auto q_unf = q0;
+  std::vector<std::vector<float>> f(nseq, std::vector<float>(size_t(H) * N * P));
+  std::vector<float*> fp;
+  for (int s = 0; s < nseq; ++s) {
+    B.state_dequantize(q_unf[size_t(s)].data(), f[size_t(s)].data(), H, N, P, ndg, sst.data(), dim_end.data());
+    fp.push_back(f[size_t(s)].data());
+  }
+  const std::vector<int> offs{0, 1, 2, 3};
+  std::vector<float> y_unf(size_t(nseq) * H * P), y_fused(y_unf.size()), y_ref(y_unf.size());
+  B.ssd_scan_s8(nseq, offs.data(), H, P, G, N, x.data(), ldx, sx.data(), dt.data(), lddt, 0.01f, bias.data(), A.data(),
+                bc.data(), ldbc, sb.data(), bc.data() + G * N, ldbc, sc.data(), Dsk.data(), fp.data(), y_unf.data(), H * P);
+  for (int s = 0; s < nseq; ++s)
+    B.state_quantize(f[size_t(s)].data(), q_unf[size_t(s)].data(), H, N, P, ndg, sst.data(), dim_end.data());
+  // the fused step
+  auto q_fused = q0;
+  std::vector<int8_t*> qp;
+  for (auto& q : q_fused) qp.push_back(q.data());
+  B.ssd_step_s8_qstate(nseq, H, P, G, N, x.data(), ldx, sx.data(), dt.data(), lddt, 0.01f, bias.data(), A.data(),
+                       bc.data(), ldbc, sb.data(), bc.data() + G * N, ldbc, sc.data(), Dsk.data(), qp.data(), ndg,
+                       sst.data(), dim_end.data(), y_fused.data(), H * P);
+  EXPECT_EQ(y_fused, y_unf);
+  EXPECT_EQ(q_fused, q_unf);
+  size_t moved = 0;
+  for (int s = 0; s < nseq; ++s) moved += q_fused[size_t(s)] != q0[size_t(s)];
+  EXPECT_EQ(moved, size_t(nseq));  // the step changed every state (not a no-op)
+  // (2) the reference definition
+  auto q_ref = q0;
+  std::vector<int8_t*> rp;
+  for (auto& q : q_ref) rp.push_back(q.data());
+  backend("ref").ssd_step_s8_qstate(nseq, H, P, G, N, x.data(), ldx, sx.data(), dt.data(), lddt, 0.01f, bias.data(),
+                                    A.data(), bc.data(), ldbc, sb.data(), bc.data() + G * N, ldbc, sc.data(), Dsk.data(),
+                                    rp.data(), ndg, sst.data(), dim_end.data(), y_ref.data(), H * P);
+  EXPECT_LT(rel_err(y_fused, y_ref), 2e-5);
+  size_t diff = 0, total = 0;
+  for (int s = 0; s < nseq; ++s)
+    for (size_t i = 0; i < q_ref[size_t(s)].size(); ++i, ++total) {
+      const int d = std::abs(int(q_fused[size_t(s)][i]) - int(q_ref[size_t(s)][i]));
+      EXPECT_LE(d, 1);
+      diff += d != 0;
+    }
+  EXPECT_LE(diff, total / 1000);
+}
+
 TEST_P(KernelsInt8, DequantizeAndFakeQuantizeMatchReference) {
   const Backend& B = backend(bparam());
   const int rows = 21, cols = 130, ld = 140;

@@ -117,7 +117,8 @@ std::string diff_hist_chart(const std::string& id, const std::string& title, con
   const auto counts = h.at("counts").get<std::vector<uint64_t>>();
   std::string o = fmt::format(R"~(<svg id="{}" xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" viewBox="0 0 {} {}">)~", esc(id), W, H, W, H);
   o += fmt::format(R"~(<text x="{}" y="18" font-size="13" font-weight="bold">{}</text>)~", L, esc(title));
-  if (counts.empty() || !(hi > lo)) return o + R"~(<text x="80" y="100">no data</text></svg>)~";
+  if (counts.empty() || !(hi > lo) || !std::isfinite(lo) || !std::isfinite(hi))
+    return o + R"~(<text x="80" y="100">no data</text></svg>)~";
   uint64_t total = 0, cmax = 0;
   for (auto c : counts) total += c, cmax = std::max(cmax, c);
   const double pw = W - L - R, ph = H - T - B, lmax = std::log10(1.0 + double(cmax));

@@ -72,6 +72,21 @@ void r_ssd_scan_s8(int nseq, const int* offs, int H, int P, int G, int N, const 
   }
 }
 
+// The decode step as its definition: dequantize the state, one step of the scan, quantize it.
+void r_ssd_step_s8_qstate(int nseq, int H, int P, int G, int N, const int8_t* x, int ldx, const float* sx,
+                          const int8_t* dt, int lddt, float sdt, const float* dt_bias, const float* A, const int8_t* B,
+                          int ldb, const float* sB, const int8_t* C, int ldc, const float* sC, const float* Dskip,
+                          int8_t* const* qstates, int ndg, const float* state_scale, const int* dim_end, float* y,
+                          int ldy) {
+  std::vector<float> st(size_t(H) * N * P);
+  for (int s = 0; s < nseq; ++s) {
+    ref::state_dequantize(qstates[s], st.data(), H, N, P, ndg, state_scale, dim_end);
+    ref::ssd_scan_s8(1, H, P, G, N, x + size_t(s) * ldx, ldx, sx, dt + size_t(s) * lddt, lddt, sdt, dt_bias, A,
+                     B + size_t(s) * ldb, ldb, sB, C + size_t(s) * ldc, ldc, sC, Dskip, st.data(), y + size_t(s) * ldy, ldy);
+    ref::state_quantize(st.data(), qstates[s], H, N, P, ndg, state_scale, dim_end);
+  }
+}
+
 // The dense orthonormal H_n times each row, in double: O(n^2) per row, obviously right.
 void r_hadamard(float* x, int rows, int n, int ld, bool transpose) {
   const std::vector<double> H = ref::hadamard_dense(n);
@@ -93,7 +108,7 @@ const Backend kRef = {
     ref::gated_rmsnorm, ref::gemm,           ref::log_softmax_at, ref::add,   r_hadamard,
     ref::quantize,   ref::dequantize,        ref::fake_quantize, ref::gemm_s8, r_conv1d_s8_silu,
     r_selective_scan_s8, r_ssd_scan_s8, ref::state_quantize, ref::state_dequantize, ref::state_fake_quantize,
-    ref::gemm_w4, ref::gemm_s8w4,
+    r_ssd_step_s8_qstate, ref::gemm_w4, ref::gemm_s8w4,
 };
 
 // One table per instruction-set variant of the cpu kernels (same sources, compiled for
@@ -103,8 +118,8 @@ const Backend kRef = {
     NAME, ISA, NS::rmsnorm, NS::layernorm, NS::conv1d_silu, NS::selective_scan, NS::ssd_scan,               \
         NS::gated_rmsnorm, NS::gemm, NS::log_softmax_at, NS::add, hadamard_transform, NS::quantize,        \
         NS::dequantize, NS::fake_quantize, NS::gemm_s8, NS::conv1d_s8_silu, NS::selective_scan_s8,         \
-        NS::ssd_scan_s8, NS::state_quantize, NS::state_dequantize, NS::state_fake_quantize, NS::gemm_w4,   \
-        NS::gemm_s8w4                                                                                      \
+        NS::ssd_scan_s8, NS::state_quantize, NS::state_dequantize, NS::state_fake_quantize,                \
+        NS::ssd_step_s8_qstate, NS::gemm_w4, NS::gemm_s8w4                                                 \
   }
 
 const Backend kCpuV4 = MAMBAQ_CPU_TABLE(cpu_v4, "cpu-v4", "x86-64-v4 (AVX-512)");

@@ -64,6 +64,15 @@ struct Backend {
   void (*state_dequantize)(const int8_t* q, float* x, int H, int N, int P, int ndg, const float* scale,
                            const int* dim_end);
   void (*state_fake_quantize)(float* x, int H, int N, int P, int ndg, const float* scale, const int* dim_end, int bits);
+  // One decode step of ssd_scan_s8 (row s is sequence s's one token) on states kept as int8 codes
+  // with the grouped scales (qstates[s] {H, N, P}, none null): the same numbers as state_dequantize,
+  // ssd_scan_s8 with T = 1 and state_quantize, without a float state (1 byte an element read and
+  // written instead of 1 + 4 + 4 + 4 + 4 + 1).
+  void (*ssd_step_s8_qstate)(int nseq, int H, int P, int G, int N, const int8_t* x, int ldx, const float* sx,
+                             const int8_t* dt, int lddt, float sdt, const float* dt_bias, const float* A,
+                             const int8_t* B, int ldb, const float* sB, const int8_t* C, int ldc, const float* sC,
+                             const float* Dskip, int8_t* const* qstates, int ndg, const float* state_scale,
+                             const int* dim_end, float* y, int ldy);
 
   // ---- 4-bit weights, packed S4 (include/mambaq/tensor.h), scales {N, ceil(K / group)} ----
   // W4A16: float activations.

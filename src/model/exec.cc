@@ -336,6 +336,19 @@ void Exec::ssd_scan(Act x, Act dt, Act B, Act C, float* y) {
   const TapExec* st = le_->tap("ssm_state");
   if (x.codes()) {
     MQ_ASSERT(dt.codes() && B.codes() && C.codes() && st && st->int8);
+    // Decode (one token per sequence, every state int8 with grouped scales): the state is updated
+    // in its codes, never written as floats; the same numbers as the path below.
+    bool step = st->state != nullptr && ssm_q_ != nullptr;
+    for (int s = 0; step && s < nseq; ++s) step = ssm_q_[s] != nullptr && offs_[size_t(s) + 1] - offs_[size_t(s)] == 1;
+    if (step) {
+      const StateScales& g = *st->state;
+      MQ_ASSERT(g.H == H && g.N == N && g.P == P);
+      k.ssd_step_s8_qstate(nseq, H, P, G, N, x.q, x.ld, x.scale, dt.q, dt.ld, dt.s(), L.dt_bias.data, L.A.data(), B.q,
+                           B.ld, B.scale, C.q, C.ld, C.scale, L.D.data, ssm_q_, g.ndg, g.scale.data(),
+                           g.dim_end.data(), y, di);
+      state_point(st);
+      return;
+    }
     const auto fs = states_as_float(*st);
     k.ssd_scan_s8(nseq, offs_.data(), H, P, G, N, x.q, x.ld, x.scale, dt.q, dt.ld, dt.s(), L.dt_bias.data, L.A.data(),
                   B.q, B.ld, B.scale, C.q, C.ld, C.scale, L.D.data, fs.data(), y, di);

@@ -301,4 +301,68 @@ void state_fake_quantize(float* x, int H, int N, int P, int ndg, const float* sc
   });
 }
 
+// The float arithmetic of ssd_scan (ops_cpu.cc) for T = 1, element by element in the same order
+// and statement shapes, with the state row dequantized before and requantized after in local
+// buffers: the same values as state_dequantize -> ssd_scan_s8 -> state_quantize (tested equal).
+void ssd_step_s8_qstate(int nseq, int H, int P, int G, int N, const int8_t* x, int ldx, const float* sx, const int8_t* dt,
+                        int lddt, float sdt, const float* dt_bias, const float* A, const int8_t* B, int ldb,
+                        const float* sB, const int8_t* C, int ldc, const float* sC, const float* Dskip,
+                        int8_t* const* qstates, int ndg, const float* state_scale, const int* dim_end, float* y, int ldy) {
+  constexpr int kMaxHeadDim = 512;
+  MQ_ASSERT(P <= kMaxHeadDim && G > 0 && H % G == 0 && ndg > 0);
+  const int hpg = H / G;
+  // the token rows dequantized as ssd_scan_s8 does (small: nseq rows)
+  const float* xf = dequant(kSlotQDeq0, x, nseq, H * P, ldx, sx);
+  const float* df = dequant(kSlotQDeq1, dt, nseq, H, lddt, sdt);
+  const float* bf = dequant(kSlotQDeq2, B, nseq, G * N, ldb, sB);
+  const float* cf = dequant(kSlotQDeq3, C, nseq, G * N, ldc, sC);
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int s = 0; s < nseq; ++s)
+    for (int hd = 0; hd < H; ++hd) {
+      const int g = hd / hpg;
+      int8_t* q = qstates[s] + size_t(hd) * N * P;
+      const float* sc = state_scale + size_t(hd) * N * ndg;
+      const int* de = dim_end + size_t(hd) * ndg;
+      float acc[kMaxHeadDim], dx[kMaxHeadDim], hn[kMaxHeadDim];
+      const float Ah = A[hd], Dh = Dskip[hd], bh = dt_bias[hd];
+      const float d = softplus(df[size_t(s) * H + hd] + bh);
+      const float dA = std::exp(d * Ah);
+      const float* xr = xf + size_t(s) * H * P + size_t(hd) * P;
+      const float* Br = bf + size_t(s) * G * N + size_t(g) * N;
+      const float* Cr = cf + size_t(s) * G * N + size_t(g) * N;
+#pragma omp simd
+      for (int p = 0; p < P; ++p) {
+        dx[p] = d * xr[p];
+        acc[p] = 0.f;
+      }
+      for (int n = 0; n < N; ++n) {
+        const float bn = Br[n], cn = Cr[n];
+        int8_t* qn = q + size_t(n) * P;
+        const float* sn = sc + size_t(n) * ndg;
+        for (int j = 0, p0 = 0; j < ndg; ++j) {  // dequantize: each run of P with its scale
+          const int p1 = de[j];
+          const float sj = sn[j];
+#pragma omp simd
+          for (int p = p0; p < p1; ++p) hn[p] = float(qn[p]) * sj;
+          p0 = p1;
+        }
+#pragma omp simd
+        for (int p = 0; p < P; ++p) {
+          hn[p] = dA * hn[p] + dx[p] * bn;
+          acc[p] += hn[p] * cn;
+        }
+        for (int j = 0, p0 = 0; j < ndg; ++j) {  // requantize as state_quantize
+          const int p1 = de[j];
+          const float inv = 1.0f / sn[j];
+#pragma omp simd
+          for (int p = p0; p < p1; ++p) qn[p] = code(hn[p] * inv);
+          p0 = p1;
+        }
+      }
+      float* yr = y + size_t(s) * ldy + size_t(hd) * P;
+#pragma omp simd
+      for (int p = 0; p < P; ++p) yr[p] = acc[p] + Dh * xr[p];
+    }
+}
+
 }  // namespace mambaq::MAMBAQ_CPU_NS
