@@ -18,7 +18,14 @@ namespace mambaq::MAMBAQ_CPU_NS {
 namespace {
 // Saturating; NaN (possible only from an overflow upstream) becomes 0 instead of an undefined
 // float-to-int conversion. The forward pass's finiteness check reports overflows of the float parts.
-inline int8_t code(float v) { return v == v ? int8_t(std::clamp(std::nearbyint(v), -127.0f, 127.0f)) : int8_t(0); }
+// Written with selects rather than std::clamp (a reference, and fmin/fmax are libm calls): GCC
+// vectorises this form in every quantizing loop (vrndscaleps, min/max, a blend for NaN).
+inline int8_t code(float v) {
+  float r = std::nearbyint(v);
+  r = r < -127.0f ? -127.0f : r;
+  r = r > 127.0f ? 127.0f : r;
+  return v == v ? int8_t(r) : int8_t(0);
+}
 
 // Exact int8 dot product of length K with int32 accumulation. Two versions, one chosen at run
 // time from the CPU's feature bits (Intel with or without AMX, AMD Zen 4: all have AVX-512 BW
@@ -308,8 +315,8 @@ void ssd_step_s8_qstate(int nseq, int H, int P, int G, int N, const int8_t* x, i
                         int lddt, float sdt, const float* dt_bias, const float* A, const int8_t* B, int ldb,
                         const float* sB, const int8_t* C, int ldc, const float* sC, const float* Dskip,
                         int8_t* const* qstates, int ndg, const float* state_scale, const int* dim_end, float* y, int ldy) {
-  constexpr int kMaxHeadDim = 512;
-  MQ_ASSERT(P <= kMaxHeadDim && G > 0 && H % G == 0 && ndg > 0);
+  constexpr int kMaxHeadDim = 512, kMaxGroups = 64;
+  MQ_ASSERT(P <= kMaxHeadDim && G > 0 && H % G == 0 && ndg > 0 && ndg <= kMaxGroups);
   const int hpg = H / G;
   // the token rows dequantized as ssd_scan_s8 does (small: nseq rows)
   const float* xf = dequant(kSlotQDeq0, x, nseq, H * P, ldx, sx);
@@ -335,29 +342,27 @@ void ssd_step_s8_qstate(int nseq, int H, int P, int G, int N, const int8_t* x, i
         dx[p] = d * xr[p];
         acc[p] = 0.f;
       }
+      int grp[kMaxHeadDim];  // the scale group of each column of this head's state rows
+      for (int j = 0, p0 = 0; j < ndg; ++j) {
+        for (int p = p0; p < de[j]; ++p) grp[p] = j;
+        p0 = de[j];
+      }
+      float inv[kMaxGroups];
       for (int n = 0; n < N; ++n) {
         const float bn = Br[n], cn = Cr[n];
         int8_t* qn = q + size_t(n) * P;
         const float* sn = sc + size_t(n) * ndg;
-        for (int j = 0, p0 = 0; j < ndg; ++j) {  // dequantize: each run of P with its scale
-          const int p1 = de[j];
-          const float sj = sn[j];
+        for (int j = 0; j < ndg; ++j) inv[j] = 1.0f / sn[j];  // as state_quantize: x * (1 / s)
+        // dequantize (state_dequantize), the step (ssd_scan's statements), requantize (state_quantize)
 #pragma omp simd
-          for (int p = p0; p < p1; ++p) hn[p] = float(qn[p]) * sj;
-          p0 = p1;
-        }
+        for (int p = 0; p < P; ++p) hn[p] = float(qn[p]) * sn[grp[p]];
 #pragma omp simd
         for (int p = 0; p < P; ++p) {
           hn[p] = dA * hn[p] + dx[p] * bn;
           acc[p] += hn[p] * cn;
         }
-        for (int j = 0, p0 = 0; j < ndg; ++j) {  // requantize as state_quantize
-          const int p1 = de[j];
-          const float inv = 1.0f / sn[j];
 #pragma omp simd
-          for (int p = p0; p < p1; ++p) qn[p] = code(hn[p] * inv);
-          p0 = p1;
-        }
+        for (int p = 0; p < P; ++p) qn[p] = code(hn[p] * inv[grp[p]]);
       }
       float* yr = y + size_t(s) * ldy + size_t(hd) * P;
 #pragma omp simd
