@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
-#include <ctime>
 #include <filesystem>
 #include <sstream>
 
@@ -201,7 +200,7 @@ nlohmann::json inputs_json(const RunInputs& in, const std::vector<std::vector<in
   // the token ids themselves, hashed: the same file read with another tokenizer is other input
   std::string ids;
   for (const auto& s : samples) ids.append(reinterpret_cast<const char*>(s.data()), s.size() * sizeof(int32_t));
-  return {{"data_sha256", sha256_file(in.data_file)},
+  return {{"data_sha256", in.data_sha256},
           {"seqlen", in.seqlen},
           {"sample_tokens", toks},
           {"tokens_sha256", sha256_string(ids)}};
@@ -243,18 +242,8 @@ void write_index(const fs::path& dir) {
   write_text_file((dir / "compare-index.json").string(), idx.dump(2) + "\n");
 }
 
-std::string now_utc() {
-  const std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
-}  // namespace
-
-std::string run_dir_name(const RunKey& key) {
+// The folder of a run: readable, unique per key (kj = key_json(key)).
+std::string dir_name(const RunKey& key, const nlohmann::json& kj) {
   std::string name = fs::path(key.model).filename().string();
   if (name.empty()) name = fs::path(key.model).parent_path().filename().string();  // "dir/"
   std::string safe;
@@ -262,8 +251,12 @@ std::string run_dir_name(const RunKey& key) {
   std::string ops = key.fp_ops;
   std::replace(ops.begin(), ops.end(), ',', '+');
   return fmt::format("{}-{}-{}{}-{}", key.role, safe.substr(0, 40), key.mode, ops.empty() ? "" : "-fp-" + ops,
-                     sha256_string(key_json(key).dump()).substr(0, 8));
+                     sha256_string(kj.dump()).substr(0, 8));
 }
+
+}  // namespace
+
+std::string run_dir_name(const RunKey& key) { return dir_name(key, key_json(key)); }
 
 CachedRun cached_run(const Model& m, const RunKey& key, const RunInputs& in,
                      const std::vector<std::vector<int32_t>>& samples, const std::set<int>& layers,
@@ -276,10 +269,10 @@ CachedRun cached_run(const Model& m, const RunKey& key, const RunInputs& in,
   const size_t dm = size_t(m.config().d_model), V = size_t(m.config().padded_vocab);
   size_t positions = 0;
   for (const auto& s : samples) positions += s.size();
-  const fs::path dir = fs::path(save_dir) / run_dir_name(key);
+  const nlohmann::json kj = key_json(key), ij = inputs_json(in, samples);
+  const fs::path dir = fs::path(save_dir) / dir_name(key, kj);
   const fs::path mf = dir / "manifest.json";
   out.dir = dir.string();
-  const nlohmann::json kj = key_json(key), ij = inputs_json(in, samples);
   if (fs::exists(mf)) {
     nlohmann::json old;
     try {
@@ -328,7 +321,7 @@ CachedRun cached_run(const Model& m, const RunKey& key, const RunInputs& in,
                              {"layers", layers},
                              {"files", files},
                              {"git", git_describe()},
-                             {"written", now_utc()}};
+                             {"written", utc_timestamp()}};
   write_text_file(mf.string(), manifest.dump(2) + "\n");
   write_index(fs::path(save_dir));
   return out;
@@ -447,7 +440,7 @@ std::vector<CompareRun> compare_models(const Model& ref, const std::vector<const
     probe.set_mode(parse_mode(p.mode));
     probe.set_fp_ops(spec.fp_ops, &ref_in(bases[p.cand]));
   }
-  const RunInputs in{spec.data_file, spec.seqlen};
+  const RunInputs in{spec.data_file, sha256_file(spec.data_file), spec.seqlen};  // hashed once for every run
   const std::string ref_id = model_identity(spec.ref_path);
   const std::vector<std::string> names = candidate_names(spec.cand_paths);
 

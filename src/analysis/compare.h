@@ -92,6 +92,7 @@ struct RunKey {
 // The inputs a run saw: the data file's hash, the tokens per sample, the layers captured.
 struct RunInputs {
   std::string data_file;
+  std::string data_sha256;  // of data_file's bytes
   int seqlen = 0;
 };
 // "cand-q8-int8-1a2b3c4d": readable, and unique per key (the hash covers the model identity, mode,

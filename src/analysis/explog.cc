@@ -102,14 +102,17 @@ void set_command_line(int argc, char** argv) {
 
 const std::string& command_line() { return cmdline(); }
 
-nlohmann::json log_header(const std::string& kind) {
-  const auto now = std::chrono::system_clock::now();
-  const std::time_t t = std::chrono::system_clock::to_time_t(now);
+std::string utc_timestamp() {
+  const std::time_t t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
   std::tm tm{};
   gmtime_r(&t, &tm);
   char buf[32];
   std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return {{"timestamp", buf}, {"kind", kind}, {"command", command_line()}, {"version", version()},
+  return buf;
+}
+
+nlohmann::json log_header(const std::string& kind) {
+  return {{"timestamp", utc_timestamp()}, {"kind", kind}, {"command", command_line()}, {"version", version()},
           {"git", git_describe()}};
 }
 

@@ -35,6 +35,8 @@ std::vector<Experiment> group_experiments(const std::vector<nlohmann::json>& rec
 std::vector<std::pair<std::string, nlohmann::json>> flatten(const nlohmann::json& j);
 
 // Common fields of a record: timestamp (UTC ISO 8601), command line, version, git describe.
+// "2026-11-22T15:39:41Z": now, UTC, to the second (the log's and the saved folders' timestamps).
+std::string utc_timestamp();
 nlohmann::json log_header(const std::string& kind);
 
 // One task metric of two runs' results (the log's per-task objects, e.g. results["arc_easy"]):

@@ -132,7 +132,7 @@ int run_set(const SetOpts& s) {
   patch_safetensors_f32(weights, patch);
   const std::string cfg_path = (dst / "config.json").string();
   nlohmann::json cfg = read_json_file(cfg_path);
-  rec["time"] = log_header("edit")["timestamp"];
+  rec["time"] = utc_timestamp();
   if (!s.note.empty()) rec["note"] = s.note;
   if (!s.out.empty()) rec["from"] = s.model;
   cfg["quantization"]["edits"].push_back(rec);
