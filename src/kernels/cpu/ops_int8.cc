@@ -130,16 +130,45 @@ void gemm_s8(int M, int N, int K, const int8_t* A, int lda, float a_scale, const
     gemv(M, N, K, A, lda, a_scale, W, w_scale, w_per_row, bias, C, ldc);
     return;
   }
-  if (K >= 32 && K < 512) {
+  // oneDNN's s8s8s32 GEMM is exact only with VNNI (vpdpbusd): on AVX2 / AVX-512 without it, it
+  // multiplies with vpmaddubsw, whose 16-bit pair sums saturate (255 * 127 * 2 > 32767) and give
+  // wrong products (measured: 19 % relative error on random codes, AMD EPYC with AVX2 only).
+  // There, every int8 GEMM takes the exact float path below.
+  static const bool vnni = __builtin_cpu_supports("avx512vnni");
+  if ((K >= 32 && K < 512) || !vnni) {
+    // float GEMMs over the codes in chunks of at most 1024 columns: each chunk's partial sums are
+    // integers below 1024 * 127^2 < 2^24, exact in float; the chunks add up in int32.
+    constexpr int kChunk = 1024;
+    const int nch = (K + kChunk - 1) / kChunk;
     float* af = scratch(kSlotQGemmA, size_t(M) * K);
-    float* wf = scratch(kSlotQGemmW, size_t(N) * K);
+    float* wf = scratch(kSlotQGemmW, size_t(N) * K);  // chunk after chunk, each {N, kc}
 #pragma omp parallel for schedule(static) if (size_t(M) * K > 65536)
     for (int m = 0; m < M; ++m)
 #pragma omp simd
       for (int k = 0; k < K; ++k) af[size_t(m) * K + k] = float(A[size_t(m) * lda + k]);
-#pragma omp parallel for simd schedule(static) if (size_t(N) * K > 65536)
-    for (size_t i = 0; i < size_t(N) * K; ++i) wf[i] = float(W[i]);
-    gemm(M, N, K, af, K, wf, nullptr, C, ldc);  // C holds the exact integer sums
+    for (int c = 0; c < nch; ++c) {
+      const int k0 = c * kChunk, kc = std::min(kChunk, K - k0);
+      float* wc = wf + size_t(N) * k0;
+#pragma omp parallel for schedule(static) if (size_t(N) * kc > 65536)
+      for (int n = 0; n < N; ++n)
+#pragma omp simd
+        for (int k = 0; k < kc; ++k) wc[size_t(n) * kc + k] = float(W[size_t(n) * K + k0 + k]);
+    }
+    if (nch == 1) {
+      gemm(M, N, K, af, K, wf, nullptr, C, ldc);  // C holds the exact integer sums
+    } else {
+      auto* acc = reinterpret_cast<int32_t*>(scratch(kSlotQAcc, size_t(M) * N));
+      float* part = scratch(kSlotQDeq0, size_t(M) * N);
+      std::fill(acc, acc + size_t(M) * N, 0);
+      for (int c = 0; c < nch; ++c) {
+        const int k0 = c * kChunk, kc = std::min(kChunk, K - k0);
+        gemm(M, N, kc, af + k0, K, wf + size_t(N) * k0, nullptr, part, N);
+#pragma omp parallel for simd schedule(static) if (size_t(M) * N > 65536)
+        for (size_t i = 0; i < size_t(M) * N; ++i) acc[i] += int32_t(part[i]);
+      }
+      for (int m = 0; m < M; ++m)
+        for (int n = 0; n < N; ++n) C[size_t(m) * ldc + n] = float(acc[size_t(m) * N + n]);
+    }
 #pragma omp parallel for schedule(static) if (M > 16)
     for (int m = 0; m < M; ++m) {
       float* c = C + size_t(m) * ldc;
