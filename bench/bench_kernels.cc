@@ -11,7 +11,17 @@
 using namespace mambaq;
 
 // The kernels runs use: the widest cpu variant this CPU has (kernels/backend.h).
-static const Backend& cpu() { return default_backend(); }
+// The default backend (cpu: the widest variant this CPU runs); its memory is the host's.
+static const Backend& cpu() {
+  static const BackendRef b = default_backend();
+  return b->get();
+}
+static void* cx() { return cpu().ctx; }
+static GemmArgs gemm_args(int M, int N, int K, ActView A, WeightView W, float* C) {
+  GemmArgs g;
+  g.M = M, g.N = N, g.K = K, g.A = A, g.W = W, g.C = C, g.ldc = N;
+  return g;
+}
 
 static std::vector<float> rnd(size_t n, float mean = 0.f, float sd = 1.f) {
   std::mt19937 rng(1);
@@ -26,7 +36,8 @@ static void BM_Gemm(benchmark::State& s) {
   const int M = int(s.range(0)), N = int(s.range(1)), K = int(s.range(2));
   auto A = rnd(size_t(M) * K), W = rnd(size_t(N) * K);
   std::vector<float> C(size_t(M) * N);
-  for (auto _ : s) cpu().gemm(M, N, K, A.data(), K, W.data(), nullptr, C.data(), N);
+  const GemmArgs g = gemm_args(M, N, K, act_f32(A.data(), K), w_f32(W.data(), N, K), C.data());
+  for (auto _ : s) cpu().gemm(cx(), g);
   s.counters["GFLOPS"] = benchmark::Counter(2.0 * M * N * K, benchmark::Counter::kIsIterationInvariantRate,
                                             benchmark::Counter::kIs1000);
 }
@@ -42,7 +53,8 @@ static void BM_GemmS8(benchmark::State& s) {
   for (auto& x : W) x = int8_t(int(rng() % 255) - 127);
   std::vector<float> C(size_t(M) * N);
   const float ws = 0.01f;
-  for (auto _ : s) cpu().gemm_s8(M, N, K, A.data(), K, 0.02f, W.data(), &ws, false, nullptr, C.data(), N);
+  const GemmArgs g = gemm_args(M, N, K, act_s8(A.data(), K, 0.02f), w_s8(W.data(), N, K, &ws, false, ws), C.data());
+  for (auto _ : s) cpu().gemm(cx(), g);
   s.counters["GOPS"] = benchmark::Counter(2.0 * M * N * K, benchmark::Counter::kIsIterationInvariantRate,
                                           benchmark::Counter::kIs1000);
 }
@@ -64,7 +76,8 @@ static void BM_GemmW4A16(benchmark::State& s) {
   auto W = rnd_s4(size_t(N) * K / 2);
   auto ws = rnd(size_t(N) * K / 128, 0.02f, 0.001f);
   std::vector<float> C(size_t(M) * N);
-  for (auto _ : s) cpu().gemm_w4(M, N, K, A.data(), K, W.data(), ws.data(), 128, nullptr, C.data(), N);
+  const GemmArgs g = gemm_args(M, N, K, act_f32(A.data(), K), w_s4(W.data(), N, K, 128, ws.data()), C.data());
+  for (auto _ : s) cpu().gemm(cx(), g);
   s.counters["GB/s"] = benchmark::Counter(double(N) * K / 2 + double(N) * K / 32, benchmark::Counter::kIsIterationInvariantRate,
                                           benchmark::Counter::kIs1000);
 }
@@ -77,7 +90,8 @@ static void BM_GemmW4A8(benchmark::State& s) {
   auto W = rnd_s4(size_t(N) * K / 2);
   auto ws = rnd(size_t(N) * K / 128, 0.02f, 0.001f);
   std::vector<float> C(size_t(M) * N);
-  for (auto _ : s) cpu().gemm_s8w4(M, N, K, A.data(), K, 0.02f, W.data(), ws.data(), 128, nullptr, C.data(), N);
+  const GemmArgs g = gemm_args(M, N, K, act_s8(A.data(), K, 0.02f), w_s4(W.data(), N, K, 128, ws.data()), C.data());
+  for (auto _ : s) cpu().gemm(cx(), g);
   s.counters["GB/s"] = benchmark::Counter(double(N) * K / 2 + double(N) * K / 32, benchmark::Counter::kIsIterationInvariantRate,
                                           benchmark::Counter::kIs1000);
 }
@@ -93,8 +107,12 @@ static void BM_Conv1dS8(benchmark::State& s) {
   auto b = rnd(size_t(C));
   std::vector<float> os(size_t(C), 0.02f);
   const int offs[2] = {0, T};
-  for (auto _ : s)
-    cpu().conv1d_s8_silu(1, offs, x.data(), C, 0.02f, C, K, w.data(), 0.01f, b.data(), nullptr, os.data(), out.data(), C);
+  const float wsc = 0.01f;
+  ConvArgs a;
+  a.b = host_batch(1, offs), a.C = C, a.K = K, a.x = act_s8(x.data(), C, 0.02f);
+  a.w = w_s8(w.data(), C, K, &wsc, false, wsc), a.bias = b.data(), a.st.dtype = DType::I8;
+  a.out = out.data(), a.ldo = C, a.out_scale = os.data();
+  for (auto _ : s) cpu().conv1d_silu(cx(), a);
   s.SetItemsProcessed(int64_t(s.iterations()) * T);
 }
 BENCHMARK(BM_Conv1dS8)->Arg(1024)->UseRealTime();
@@ -106,9 +124,12 @@ static void BM_SelectiveScan(benchmark::State& s) {
   auto A = rnd(size_t(D) * N, -4.f, 1.f);
   std::vector<float> y(size_t(T) * D);
   const int offs[2] = {0, T};
-  for (auto _ : s)
-    cpu().selective_scan(1, offs, D, N, u.data(), D, dl.data(), D, nullptr, A.data(), bc.data(), 2 * N, bc.data() + N,
-                        2 * N, nullptr, z.data(), D, nullptr, y.data(), D);
+  ScanArgs a;
+  a.b = host_batch(1, offs), a.D = D, a.N = N;
+  a.u = act_f32(u.data(), D), a.delta = act_f32(dl.data(), D), a.B = act_f32(bc.data(), 2 * N);
+  a.C = act_f32(bc.data() + N, 2 * N), a.z = act_f32(z.data(), D), a.A = A.data();
+  a.y = y.data(), a.ldy = D;
+  for (auto _ : s) cpu().selective_scan(cx(), a);
   s.SetItemsProcessed(int64_t(s.iterations()) * T);
 }
 BENCHMARK(BM_SelectiveScan)->Arg(1)->Arg(1024)->UseRealTime();
@@ -120,9 +141,12 @@ static void BM_SsdScan(benchmark::State& s) {
   auto bias = rnd(size_t(H)), Dk = rnd(size_t(H));
   std::vector<float> y(size_t(T) * H * P);
   const int offs[2] = {0, T};
-  for (auto _ : s)
-    cpu().ssd_scan(1, offs, H, P, 1, N, x.data(), H * P, dt.data(), H, bias.data(), A.data(), bc.data(), 2 * N,
-                  bc.data() + N, 2 * N, Dk.data(), nullptr, y.data(), H * P);
+  SsdArgs a;
+  a.b = host_batch(1, offs), a.H = H, a.P = P, a.G = 1, a.N = N;
+  a.x = act_f32(x.data(), H * P), a.dt = act_f32(dt.data(), H), a.B = act_f32(bc.data(), 2 * N);
+  a.C = act_f32(bc.data() + N, 2 * N), a.dt_bias = bias.data(), a.A = A.data(), a.Dskip = Dk.data();
+  a.y = y.data(), a.ldy = H * P;
+  for (auto _ : s) cpu().ssd_scan(cx(), a);
   s.SetItemsProcessed(int64_t(s.iterations()) * T);
 }
 BENCHMARK(BM_SsdScan)->Arg(1)->Arg(1024)->UseRealTime();
@@ -132,19 +156,25 @@ static void BM_Conv1d(benchmark::State& s) {
   auto x = rnd(size_t(T) * C), w = rnd(size_t(C) * K), b = rnd(size_t(C));
   std::vector<float> y(size_t(T) * C);
   const int offs[2] = {0, T};
-  for (auto _ : s) cpu().conv1d_silu(1, offs, x.data(), C, C, K, w.data(), b.data(), nullptr, y.data(), C);
+  ConvArgs a;
+  a.b = host_batch(1, offs), a.C = C, a.K = K, a.x = act_f32(x.data(), C), a.w = w_f32(w.data(), C, K);
+  a.bias = b.data(), a.out = y.data(), a.ldo = C;
+  for (auto _ : s) cpu().conv1d_silu(cx(), a);
   s.SetItemsProcessed(int64_t(s.iterations()) * T);
 }
 BENCHMARK(BM_Conv1d)->Arg(1024)->UseRealTime();
 
-static void BM_LogSoftmaxRow(benchmark::State& s) {
+static void BM_ScoreRow(benchmark::State& s) {
   const int V = 50280;
   auto l = rnd(size_t(V));
   double lp;
-  int arg;
+  int32_t arg;
+  const int32_t target = 17;
+  ScoreArgs a;
+  a.rows = 1, a.V = V, a.ld = V, a.logits = l.data(), a.targets = &target, a.logprob = &lp, a.argmax = &arg;
   for (auto _ : s) {
-    cpu().log_softmax_at(l.data(), V, 17, &lp, &arg);
+    cpu().score_rows(cx(), a);
     benchmark::DoNotOptimize(lp);
   }
 }
-BENCHMARK(BM_LogSoftmaxRow);
+BENCHMARK(BM_ScoreRow);

@@ -149,8 +149,8 @@ void t_model_folder(const uint8_t* d, size_t n) {
   const std::vector<int32_t> toks = {1, 2, 3};
   for (ExecMode mode : {ExecMode::FP32, ExecMode::Fake, ExecMode::Int8}) {
     if (mode != ExecMode::FP32 && !m->is_quantized()) break;
-    m->set_mode(mode);
-    const auto logits = m->last_logits(toks);
+    Session S(*m, {.mode = mode});
+    const auto logits = S.last_logits(toks);
     for (float v : logits)
       if (!std::isfinite(v)) {
         std::fprintf(stderr, "model_folder: non-finite logit returned without an error (mode %s)\n", mode_name(mode));

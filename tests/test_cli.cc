@@ -52,7 +52,7 @@ TEST(Cli, GenerateGreedyStreamsTheArgmaxContinuation) {
   auto ids = tok->encode("The president said that");
   std::vector<int32_t> gen;
   for (int i = 0; i < 8; ++i) {
-    auto l = m->last_logits(ids);
+    auto l = mambaq::Session(*m).last_logits(ids);
     const int32_t t = int32_t(std::max_element(l.begin(), l.end()) - l.begin());
     ids.push_back(t);
     gen.push_back(t);

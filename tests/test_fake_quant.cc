@@ -18,13 +18,13 @@ TEST_P(FakeQuantBoth, HeldoutPerplexityStaysNearFp32) {
   const Calibration cal = calibrate(*fp, cs, co);
   const QuantMeta meta;
   auto fq = quantize_model(*fp, cal, meta);
-  fq->set_mode(ExecMode::Fake);
+  Session fake(*fq, {.mode = ExecMode::Fake});
   EvalOptions eo;
   eo.data_dir = mqtest::repo("data");
   eo.progress = false;
   eo.limit = 20;
   const double ppl_fp = run_task(*fp, mqtest::tokenizer(), "ppl:corpus/heldout.txt", eo).json["ppl"];
-  const double ppl_fq = run_task(*fq, mqtest::tokenizer(), "ppl:corpus/heldout.txt", eo).json["ppl"];
+  const double ppl_fq = run_task(fake, mqtest::tokenizer(), "ppl:corpus/heldout.txt", eo).json["ppl"];
   RecordProperty("ppl_fp32", std::to_string(ppl_fp));
   RecordProperty("ppl_w8a8_fake", std::to_string(ppl_fq));
   std::printf("%s held-out ppl (20 windows of 1024): fp32 %.3f, W8A8 fake %.3f (%+.2f%%)\n", GetParam(), ppl_fp, ppl_fq,
@@ -44,7 +44,6 @@ TEST(FakeQuant, HadamardFusionAloneChangesNothing) {
     L.out_proj = QTensor::from_weight(Weight::from_vector(std::move(w), L.out_proj.shape));
     L.out_proj_rotated = true;
   }
-  fused.set_mode(ExecMode::FP32);
   auto ids = mqtest::tokenizer().encode("It is a truth universally acknowledged, that a single man");
-  EXPECT_LT(mqtest::rel_err(fused.last_logits(ids), fp->last_logits(ids)), 1e-5);
+  EXPECT_LT(mqtest::rel_err(Session(fused).last_logits(ids), Session(*fp).last_logits(ids)), 1e-5);
 }

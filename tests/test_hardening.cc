@@ -105,7 +105,7 @@ TEST(Hardening, OverflowInsideTheForwardPassNamesTheLayer) {
     for (float& v : t.at("backbone.layers.1.norm.weight")) v = 3e38f;  // in_proj's dot products overflow
     auto m = Model::load(save_tiny(t, "overflow"));
     const std::vector<int32_t> toks = {1, 2, 3, 4, 5, 6};
-    EXPECT_ERROR(m->last_logits(toks), "non-finite", "layer 1", "fp32 mode");
+    EXPECT_ERROR(Session(*m).last_logits(toks), "non-finite", "layer 1", "fp32 mode");
   }
 }
 
@@ -339,7 +339,7 @@ TEST(Hardening, LayerNormKernelMatchesHandComputedValues) {
   const double expect[4] = {-2 * r * 1 + 0.1, -1 * r * 2, 0 * r * 0.5 - 0.2, 3 * r * -1 + 1};
   float o_ref[4], o_cpu[4];
   ref::layernorm(x, w, b, o_ref, 1, 4, 1e-5f);
-  backend("cpu").layernorm(x, w, b, o_cpu, 1, 4, 1e-5f);
+  host_backend().layernorm(nullptr, x, w, b, o_cpu, 1, 4, 1e-5f);  // cpu: host memory
   for (int i = 0; i < 4; ++i) {
     EXPECT_NEAR(o_ref[i], expect[i], 1e-6);
     EXPECT_NEAR(o_cpu[i], expect[i], 1e-6);
@@ -350,7 +350,7 @@ TEST(Hardening, LayerNormKernelMatchesHandComputedValues) {
   auto xs = mqtest::randn(size_t(T) * D, 5, 3.f, 100.f), ws = mqtest::randn(D, 6), bs = mqtest::randn(D, 7);
   std::vector<float> a(xs.size()), c(xs.size());
   ref::layernorm(xs.data(), ws.data(), bs.data(), a.data(), T, D, 1e-5f);
-  backend("cpu").layernorm(xs.data(), ws.data(), bs.data(), c.data(), T, D, 1e-5f);
+  host_backend().layernorm(nullptr, xs.data(), ws.data(), bs.data(), c.data(), T, D, 1e-5f);
   EXPECT_LT(mqtest::rel_err(c, a), 1e-5);
 }
 
@@ -374,7 +374,7 @@ TEST(Hardening, RmsNormFalseRunsLayerNormWithBiases) {
   const std::vector<int32_t> toks = {7};
   const int lens[1] = {1};
   std::vector<float> hidden(16);
-  ln->forward(toks, lens, nullptr, hidden.data(), &grab);
+  Session(*ln).forward(toks, lens, nullptr, hidden.data(), &grab);
   ASSERT_EQ(grab.v.size(), 16u);
   const float* e = t.at("backbone.embedding.weight").data() + 7 * 16;
   double mean = 0, var = 0;

@@ -7,6 +7,7 @@
 #include "kernels/hadamard.h"
 #include "kernels/ref/ops.h"
 #include "kernels/cpu/vmath.h"
+#include "dev.h"
 #include "util.h"
 
 using namespace mambaq;
@@ -14,12 +15,14 @@ using mqtest::rel_err;
 using namespace mambaq::MAMBAQ_CPU_NS;  // vmath.h
 
 // Every test runs on every backend (the reference backend included: its packed wrappers are
-// checked against the one-sequence reference kernels).
+// checked against the one-sequence reference kernels; and the checked backend, which refuses any
+// pointer it did not allocate). Inputs are built on the host, uploaded, run, downloaded
+// (tests/dev.h), so a device backend runs these tests unchanged.
 class Kernels : public ::testing::TestWithParam<std::string> {
  protected:
   std::string bparam() const { return GetParam(); }
 };
-INSTANTIATE_TEST_SUITE_P(Backends, Kernels, ::testing::ValuesIn(backend_names()));
+INSTANTIATE_TEST_SUITE_P(Backends, Kernels, ::testing::ValuesIn(mqtest::test_backends()));
 
 TEST(VMath, ExpLogSoftplusMatchLibm) {
   double worst_exp = 0, worst_log = 0, worst_sp = 0;
@@ -35,22 +38,28 @@ TEST(VMath, ExpLogSoftplusMatchLibm) {
 }
 
 TEST_P(Kernels, RmsNorm) {
-  const Backend& B = backend(bparam());
-  const int T = 37, d = 200;
-  auto x = mqtest::randn(size_t(T) * d, 1, 2.f), w = mqtest::randn(size_t(d), 2, 1.f, 1.f);
+  mqtest::Dev d(bparam());
+  const int T = 37, D = 200;
+  auto x = mqtest::randn(size_t(T) * D, 1, 2.f), w = mqtest::randn(size_t(D), 2, 1.f, 1.f);
   std::vector<float> a(x.size()), b(x.size());
-  ref::rmsnorm(x.data(), w.data(), a.data(), T, d, 1e-5f);
-  B.rmsnorm(x.data(), w.data(), b.data(), T, d, 1e-5f);
+  ref::rmsnorm(x.data(), w.data(), a.data(), T, D, 1e-5f);
+  float* o = d.alloc<float>(b.size());
+  d.k.rmsnorm(d.ctx, d.up(x), d.up(w), o, T, D, 1e-5f);
+  d.down_into(b, o);
   EXPECT_LT(rel_err(b, a), 1e-6);
 }
 
 TEST_P(Kernels, Gemm) {
-  const Backend& B = backend(bparam());
+  mqtest::Dev d(bparam());
   const int M = 19, N = 70, K = 33, lda = 40, ldc = 75;
   auto A = mqtest::randn(size_t(M) * lda, 3), W = mqtest::randn(size_t(N) * K, 4), bias = mqtest::randn(size_t(N), 5);
   std::vector<float> a(size_t(M) * ldc, 0.f), b(size_t(M) * ldc, 0.f);
   ref::gemm(M, N, K, A.data(), lda, W.data(), bias.data(), a.data(), ldc);
-  B.gemm(M, N, K, A.data(), lda, W.data(), bias.data(), b.data(), ldc);
+  GemmArgs g;
+  g.M = M, g.N = N, g.K = K, g.A = act_f32(d.up(A), lda), g.W = w_f32(d.up(W), N, K), g.bias = d.up(bias);
+  g.C = d.up(b), g.ldc = ldc;
+  d.k.gemm(d.ctx, g);
+  d.down_into(b, g.C);
   EXPECT_LT(rel_err(b, a), 1e-6);
 }
 
@@ -67,28 +76,30 @@ struct Packed {
 };
 
 TEST_P(Kernels, Conv1dSiluPackedWithState) {
-  const Backend& B = backend(bparam());
+  mqtest::Dev d(bparam());
   Packed p;
   const int C = 150, K = 4, ldx = 170, ldo = 160;
   auto x = mqtest::randn(size_t(p.T) * ldx, 6), w = mqtest::randn(size_t(C) * K, 7, 0.5f), b = mqtest::randn(size_t(C), 8);
   std::vector<float> a(size_t(p.T) * ldo, 0.f), o(size_t(p.T) * ldo, 0.f);
-  std::vector<std::vector<float>> st_ref, st_fast;
-  std::vector<float*> sp;
-  for (int s = 0; s < p.n(); ++s) {
-    st_ref.push_back(mqtest::randn(size_t(K - 1) * C, 100 + uint32_t(s)));
-    st_fast.push_back(st_ref.back());
-  }
-  for (int s = 0; s < p.n(); ++s) sp.push_back(s == 1 ? nullptr : st_fast[size_t(s)].data());
+  std::vector<std::vector<float>> st_ref;
+  for (int s = 0; s < p.n(); ++s)
+    st_ref.push_back(s == 1 ? std::vector<float>{} : mqtest::randn(size_t(K - 1) * C, 100 + uint32_t(s)));
+  auto st = d.states(st_ref);
   for (int s = 0; s < p.n(); ++s)
     ref::conv1d_silu(x.data() + size_t(p.offs[size_t(s)]) * ldx, ldx, p.lens[size_t(s)], C, K, w.data(), b.data(),
                      s == 1 ? nullptr : st_ref[size_t(s)].data(), a.data() + size_t(p.offs[size_t(s)]) * ldo, ldo);
-  B.conv1d_silu(p.n(), p.offs.data(), x.data(), ldx, C, K, w.data(), b.data(), sp.data(), o.data(), ldo);
+  ConvArgs c;
+  c.b = d.batch(p.offs), c.C = C, c.K = K, c.x = act_f32(d.up(x), ldx), c.w = w_f32(d.up(w), C, K), c.bias = d.up(b);
+  c.st = st.view(DType::F32), c.out = d.up(o), c.ldo = ldo;
+  d.k.conv1d_silu(d.ctx, c);
+  d.down_into(o, static_cast<float*>(c.out));
   EXPECT_LT(rel_err(o, a), 1e-5);
+  const auto st_fast = d.down_states(st, st_ref);
   for (int s = 0; s < p.n(); ++s) EXPECT_EQ(st_fast[size_t(s)], st_ref[size_t(s)]) << "state of sequence " << s;
 }
 
 TEST_P(Kernels, SelectiveScanPackedWithState) {
-  const Backend& B = backend(bparam());
+  mqtest::Dev d(bparam());
   Packed p;
   const int D = 64, N = 16, ld = 3 * D, ldbc = 2 * N + 5;
   auto u = mqtest::randn(size_t(p.T) * ld, 10), delta = mqtest::randn(size_t(p.T) * ld, 11, 1.f, -3.f);
@@ -96,21 +107,24 @@ TEST_P(Kernels, SelectiveScanPackedWithState) {
   auto A = mqtest::uniform(size_t(D) * N, 14, -16.f, -0.5f), bias = mqtest::randn(size_t(D), 15, 0.5f);
   auto Dk = mqtest::randn(size_t(D), 16);
   std::vector<float> a(size_t(p.T) * D, 0.f), o(size_t(p.T) * D, 0.f);
-  std::vector<std::vector<float>> st_ref, st_fast;
-  std::vector<float*> sp;
-  for (int s = 0; s < p.n(); ++s) {
-    st_ref.push_back(mqtest::randn(size_t(D) * N, 200 + uint32_t(s)));
-    st_fast.push_back(st_ref.back());
-  }
-  for (int s = 0; s < p.n(); ++s) sp.push_back(s == 3 ? nullptr : st_fast[size_t(s)].data());
+  std::vector<std::vector<float>> st_ref;
+  for (int s = 0; s < p.n(); ++s)
+    st_ref.push_back(s == 3 ? std::vector<float>{} : mqtest::randn(size_t(D) * N, 200 + uint32_t(s)));
+  auto st = d.states(st_ref);
   for (int s = 0; s < p.n(); ++s) {
     const size_t o0 = size_t(p.offs[size_t(s)]);
     ref::selective_scan(p.lens[size_t(s)], D, N, u.data() + o0 * ld, ld, delta.data() + o0 * ld, ld, bias.data(), A.data(),
                         bc.data() + o0 * ldbc, ldbc, bc.data() + o0 * ldbc + N, ldbc, Dk.data(), z.data() + o0 * ld, ld,
                         s == 3 ? nullptr : st_ref[size_t(s)].data(), a.data() + o0 * D, D);
   }
-  B.selective_scan(p.n(), p.offs.data(), D, N, u.data(), ld, delta.data(), ld, bias.data(), A.data(), bc.data(), ldbc,
-                      bc.data() + N, ldbc, Dk.data(), z.data(), ld, sp.data(), o.data(), D);
+  ScanArgs sa;
+  float* bcd = d.up(bc);
+  sa.b = d.batch(p.offs), sa.D = D, sa.N = N, sa.u = act_f32(d.up(u), ld), sa.delta = act_f32(d.up(delta), ld);
+  sa.delta_bias = d.up(bias), sa.A = d.up(A), sa.B = act_f32(bcd, ldbc), sa.C = act_f32(bcd + N, ldbc);
+  sa.Dskip = d.up(Dk), sa.z = act_f32(d.up(z), ld), sa.st = st.view(DType::F32), sa.y = d.up(o), sa.ldy = D;
+  d.k.selective_scan(d.ctx, sa);
+  d.down_into(o, sa.y);
+  const auto st_fast = d.down_states(st, st_ref);
   EXPECT_LT(rel_err(o, a), 2e-5);
   for (int s = 0; s < p.n(); ++s)
     if (s != 3) {
@@ -124,87 +138,159 @@ class SsdScan : public ::testing::TestWithParam<std::tuple<std::string, int>> { 
 };
 
 TEST_P(SsdScan, PackedWithState) {
-  const Backend& B = backend(bparam());
+  mqtest::Dev d(bparam());
   Packed p;
   const int G = std::get<1>(GetParam()), H = 8, P = 16, N = 32, ldx = H * P + 7, ldbc = 2 * G * N + 3, lddt = H + 2;
   auto x = mqtest::randn(size_t(p.T) * ldx, 20), bc = mqtest::randn(size_t(p.T) * ldbc, 21);
   auto dt = mqtest::randn(size_t(p.T) * lddt, 22, 1.f, -2.f), A = mqtest::uniform(size_t(H), 23, -8.f, -1.f);
   auto dtb = mqtest::randn(size_t(H), 24, 0.5f), Dk = mqtest::randn(size_t(H), 25);
   std::vector<float> a(size_t(p.T) * H * P, 0.f), o(a.size(), 0.f);
-  std::vector<std::vector<float>> st_ref, st_fast;
-  std::vector<float*> sp;
-  for (int s = 0; s < p.n(); ++s) {
-    st_ref.push_back(mqtest::randn(size_t(H) * P * N, 300 + uint32_t(s)));
-    st_fast.push_back(st_ref.back());
-  }
-  for (int s = 0; s < p.n(); ++s) sp.push_back(s == 0 ? nullptr : st_fast[size_t(s)].data());
+  std::vector<std::vector<float>> st_ref;
+  for (int s = 0; s < p.n(); ++s)
+    st_ref.push_back(s == 0 ? std::vector<float>{} : mqtest::randn(size_t(H) * P * N, 300 + uint32_t(s)));
+  auto st = d.states(st_ref);
   for (int s = 0; s < p.n(); ++s) {
     const size_t o0 = size_t(p.offs[size_t(s)]);
     ref::ssd_scan(p.lens[size_t(s)], H, P, G, N, x.data() + o0 * ldx, ldx, dt.data() + o0 * lddt, lddt, dtb.data(), A.data(),
                   bc.data() + o0 * ldbc, ldbc, bc.data() + o0 * ldbc + G * N, ldbc, Dk.data(),
                   s == 0 ? nullptr : st_ref[size_t(s)].data(), a.data() + o0 * H * P, H * P);
   }
-  B.ssd_scan(p.n(), p.offs.data(), H, P, G, N, x.data(), ldx, dt.data(), lddt, dtb.data(), A.data(), bc.data(), ldbc,
-                bc.data() + G * N, ldbc, Dk.data(), sp.data(), o.data(), H * P);
+  SsdArgs sa;
+  float* bcd = d.up(bc);
+  sa.b = d.batch(p.offs), sa.H = H, sa.P = P, sa.G = G, sa.N = N, sa.x = act_f32(d.up(x), ldx);
+  sa.dt = act_f32(d.up(dt), lddt), sa.dt_bias = d.up(dtb), sa.A = d.up(A), sa.B = act_f32(bcd, ldbc);
+  sa.C = act_f32(bcd + G * N, ldbc), sa.Dskip = d.up(Dk), sa.st = st.view(DType::F32), sa.y = d.up(o), sa.ldy = H * P;
+  d.k.ssd_scan(d.ctx, sa);
+  d.down_into(o, sa.y);
+  const auto st_fast = d.down_states(st, st_ref);
   EXPECT_LT(rel_err(o, a), 2e-5);
   for (int s = 1; s < p.n(); ++s) EXPECT_LT(rel_err(st_fast[size_t(s)], st_ref[size_t(s)]), 2e-5);
 }
-INSTANTIATE_TEST_SUITE_P(Groups, SsdScan, ::testing::Combine(::testing::ValuesIn(backend_names()), ::testing::Values(1, 2, 4)));
+INSTANTIATE_TEST_SUITE_P(Groups, SsdScan, ::testing::Combine(::testing::ValuesIn(mqtest::test_backends()), ::testing::Values(1, 2, 4)));
 
 TEST_P(Kernels, GatedRmsNormBothOrders) {
-  const Backend& B = backend(bparam());
+  mqtest::Dev d(bparam());
   const int T = 9, D = 96, ldz = 110;
   for (int group : {96, 24})
     for (bool nbg : {false, true}) {
       auto y = mqtest::randn(size_t(T) * D, 30), z = mqtest::randn(size_t(T) * ldz, 31), w = mqtest::randn(size_t(D), 32, 0.2f, 1.f);
       auto a = y, b = y;
       ref::gated_rmsnorm(a.data(), z.data(), ldz, w.data(), T, D, group, 1e-5f, nbg);
-      B.gated_rmsnorm(b.data(), z.data(), ldz, w.data(), T, D, group, 1e-5f, nbg);
+      float* yd = d.up(b);
+      d.k.gated_rmsnorm(d.ctx, yd, d.up(z), ldz, d.up(w), T, D, group, 1e-5f, nbg);
+      d.down_into(b, yd);
       EXPECT_LT(rel_err(b, a), 1e-6) << "group " << group << " norm_before_gate " << nbg;
     }
 }
 
 TEST_P(Kernels, ResultsDoNotDependOnThreadCount) {
-  const Backend& B = backend(bparam());
+  mqtest::Dev d(bparam());
   Packed p;
   const int D = 128, N = 16;
   auto u = mqtest::randn(size_t(p.T) * D, 40), delta = mqtest::randn(size_t(p.T) * D, 41, 1.f, -3.f);
   auto bc = mqtest::randn(size_t(p.T) * 2 * N, 42), A = mqtest::uniform(size_t(D) * N, 43, -4.f, -1.f);
   std::vector<float> y1(size_t(p.T) * D), y2(y1.size());
+  ScanArgs sa;
+  float* bcd = d.up(bc);
+  sa.b = d.batch(p.offs), sa.D = D, sa.N = N, sa.u = act_f32(d.up(u), D), sa.delta = act_f32(d.up(delta), D);
+  sa.A = d.up(A), sa.B = act_f32(bcd, 2 * N), sa.C = act_f32(bcd + N, 2 * N), sa.y = d.up(y1), sa.ldy = D;
   set_num_threads(1);
-  B.selective_scan(p.n(), p.offs.data(), D, N, u.data(), D, delta.data(), D, nullptr, A.data(), bc.data(), 2 * N,
-                      bc.data() + N, 2 * N, nullptr, nullptr, 0, nullptr, y1.data(), D);
+  d.k.selective_scan(d.ctx, sa);
+  d.down_into(y1, sa.y);
   set_num_threads(2);
-  B.selective_scan(p.n(), p.offs.data(), D, N, u.data(), D, delta.data(), D, nullptr, A.data(), bc.data(), 2 * N,
-                      bc.data() + N, 2 * N, nullptr, nullptr, 0, nullptr, y2.data(), D);
+  d.k.selective_scan(d.ctx, sa);
+  d.down_into(y2, sa.y);
   set_num_threads(0);
   EXPECT_EQ(y1, y2);
 }
 
-TEST_P(Kernels, LogSoftmaxAt) {
-  const Backend& B = backend(bparam());
-  const int V = 50280;
-  auto l = mqtest::randn(size_t(V), 50, 3.f);
-  l[777] = 25.f;  // a clear maximum
-  for (int target : {0, 777, 4242, V - 1}) {
-    double a, b;
-    int aa, ba;
-    ref::log_softmax_at(l.data(), V, target, &a, &aa);
-    B.log_softmax_at(l.data(), V, target, &b, &ba);
-    EXPECT_NEAR(b, a, 1e-5 * std::max(1.0, std::abs(a)));
-    EXPECT_EQ(ba, aa);
-    EXPECT_EQ(ba, 777);
+// score_rows: per row the log-softmax at the target and the argmax (the first maximum).
+TEST_P(Kernels, ScoreRows) {
+  mqtest::Dev d(bparam());
+  const int V = 50280, rows = 5, ld = V + 8;
+  auto l = mqtest::randn(size_t(rows) * ld, 50, 3.f);
+  const std::vector<int32_t> targets = {0, 777, 4242, V - 1, 3};
+  for (int r = 0; r < rows; ++r) l[size_t(r) * ld + 777 + size_t(r)] = 25.f;  // a clear maximum per row
+  l[size_t(4) * ld + 9] = 25.f;  // a tie in row 4: the first maximum (index 9) wins
+  ScoreArgs a;
+  a.rows = rows, a.V = V, a.ld = ld, a.logits = d.up(l), a.targets = d.up(targets);
+  a.logprob = d.alloc<double>(rows), a.argmax = d.alloc<int32_t>(rows);
+  d.k.score_rows(d.ctx, a);
+  const auto lp = d.down(a.logprob, rows);
+  const auto am = d.down(a.argmax, rows);
+  for (int r = 0; r < rows; ++r) {
+    double want;
+    int wa;
+    ref::log_softmax_at(l.data() + size_t(r) * ld, V, targets[size_t(r)], &want, &wa);
+    EXPECT_NEAR(lp[size_t(r)], want, 1e-5 * std::max(1.0, std::abs(want))) << "row " << r;
+    EXPECT_EQ(am[size_t(r)], wa) << "row " << r;
+    EXPECT_EQ(am[size_t(r)], r == 4 ? 9 : 777 + r) << "row " << r;
   }
 }
 
+// embed: rows of a float table, and of an int8 table with per-row scales, dequantized.
+TEST_P(Kernels, EmbedGathersRows) {
+  mqtest::Dev d(bparam());
+  const int V = 40, dm = 24, T = 6, ldo = 30;
+  auto E = mqtest::randn(size_t(V) * dm, 60);
+  auto q = mqtest::rand_codes(size_t(V) * dm, 61);
+  auto sc = mqtest::uniform(size_t(V), 62, 0.01f, 0.1f);
+  const std::vector<int32_t> ids = {3, 0, 39, 3, 17, 8};
+  for (bool quant : {false, true}) {
+    std::vector<float> out(size_t(T) * ldo, -1.f);
+    EmbedArgs a;
+    a.T = T, a.ids = d.up(ids), a.out = d.up(out), a.ldo = ldo;
+    a.table = quant ? w_s8(d.up(q), V, dm, d.up(sc), true, sc[0]) : w_f32(d.up(E), V, dm);
+    d.k.embed(d.ctx, a);
+    d.down_into(out, a.out);
+    for (int t = 0; t < T; ++t)
+      for (int c = 0; c < dm; ++c) {
+        const size_t i = size_t(ids[size_t(t)]) * dm + size_t(c);
+        const float want = quant ? float(q[i]) * sc[size_t(ids[size_t(t)])] : E[i];
+        ASSERT_EQ(out[size_t(t) * ldo + size_t(c)], want) << (quant ? "s8" : "f32") << " token " << t << " col " << c;
+      }
+    EXPECT_EQ(out[size_t(ldo) - 1], -1.f);  // the row stride's gap untouched
+  }
+}
+
+// check_finite records the first non-finite element once; gather_rows copies rows by index.
+TEST_P(Kernels, CheckFiniteAndGatherRows) {
+  mqtest::Dev d(bparam());
+  auto x = mqtest::randn(1000, 63);
+  NonFinite none;
+  NonFinite* rec = d.up(std::vector<NonFinite>{none});
+  d.k.check_finite(d.ctx, d.up(x), 1000, 5, rec);
+  EXPECT_LT(d.down(rec, 1)[0].index, 0);
+  x[700] = std::numeric_limits<float>::quiet_NaN();
+  x[900] = std::numeric_limits<float>::infinity();
+  d.k.check_finite(d.ctx, d.up(x), 1000, 6, rec);
+  x[100] = std::numeric_limits<float>::infinity();
+  d.k.check_finite(d.ctx, d.up(x), 1000, 7, rec);  // a record is kept: the first call that saw one
+  const NonFinite r = d.down(rec, 1)[0];
+  EXPECT_EQ(r.index, 700);
+  EXPECT_EQ(r.tag, 6);
+  EXPECT_TRUE(std::isnan(r.value));
+  const int cols = 7, lds = 10, ldd = 8;
+  auto src = mqtest::randn(size_t(20) * lds, 64);
+  const std::vector<int32_t> idx = {19, 0, 5, 5};
+  std::vector<float> dst(idx.size() * ldd, 0.f);
+  float* dd = d.up(dst);
+  d.k.gather_rows(d.ctx, d.up(src), lds, d.up(idx), int(idx.size()), cols, dd, ldd);
+  d.down_into(dst, dd);
+  for (size_t i = 0; i < idx.size(); ++i)
+    for (int c = 0; c < cols; ++c) EXPECT_EQ(dst[i * ldd + size_t(c)], src[size_t(idx[i]) * lds + size_t(c)]);
+}
+
 TEST_P(Kernels, HadamardMatchesDenseMatrix) {
-  const Backend& B = backend(bparam());
+  mqtest::Dev d(bparam());
   for (int n : {64, 96, 160, 224, 320}) {  // 2^k and 12, 20, 28 (x 8), 40 (x 8) bases
     const int rows = 5, ld = n + 3;
     auto x = mqtest::randn(size_t(rows) * ld, uint32_t(n));
     for (bool tr : {false, true}) {
       auto y = x;
-      B.hadamard(y.data(), rows, n, ld, tr);
+      float* yd = d.up(y);
+      d.k.hadamard(d.ctx, yd, rows, n, ld, tr);
+      d.down_into(y, yd);
       const auto H = ref::hadamard_dense(n);
       std::vector<float> want(x);
       for (int r = 0; r < rows; ++r)

@@ -7,6 +7,7 @@
 #include "core/threads.h"
 #include "kernels/backend.h"
 #include "kernels/ref/ops.h"
+#include "dev.h"
 #include "util.h"
 
 using namespace mambaq;
@@ -19,17 +20,20 @@ class KernelsInt8 : public ::testing::TestWithParam<std::string> {
  protected:
   std::string bparam() const { return GetParam(); }
 };
-INSTANTIATE_TEST_SUITE_P(Backends, KernelsInt8, ::testing::ValuesIn(backend_names()));
+INSTANTIATE_TEST_SUITE_P(Backends, KernelsInt8, ::testing::ValuesIn(mqtest::test_backends()));
 
 namespace {
 }  // namespace
 
 TEST_P(KernelsInt8, QuantizeRoundsHalfToEvenAndClamps) {
-  const Backend& B = backend(bparam());
+  mqtest::Dev d(bparam());
   const float x[] = {0.5f, 1.5f, 2.5f, -0.5f, -2.5f, 126.6f, 300.f, -300.f, 0.49f, 3.2f};
   int8_t a[10], b[10];
   ref::quantize(x, 1, 10, 10, 1.0f, a, 10);
-  B.quantize(x, 1, 10, 10, 1.0f, b, 10);
+  int8_t* qd = d.alloc<int8_t>(10);
+  d.k.quantize(d.ctx, d.up(std::vector<float>(x, x + 10)), 1, 10, 10, 1.0f, qd, 10);
+  const auto bq = d.down(qd, 10);
+  std::copy(bq.begin(), bq.end(), b);
   const int8_t want[] = {0, 2, 2, 0, -2, 127, 127, -127, 0, 3};  // by hand
   for (int i = 0; i < 10; ++i) {
     EXPECT_EQ(a[i], want[i]) << i;
@@ -38,12 +42,14 @@ TEST_P(KernelsInt8, QuantizeRoundsHalfToEvenAndClamps) {
 }
 
 TEST_P(KernelsInt8, QuantizeMatchesReference) {
-  const Backend& B = backend(bparam());
+  mqtest::Dev d(bparam());
   const int rows = 33, cols = 300, ldx = 310, ldq = 305;
   auto x = mqtest::randn(size_t(rows) * ldx, 1, 3.f);
   std::vector<int8_t> a(size_t(rows) * ldq), b(size_t(rows) * ldq);
   ref::quantize(x.data(), rows, cols, ldx, 0.05f, a.data(), ldq);
-  B.quantize(x.data(), rows, cols, ldx, 0.05f, b.data(), ldq);
+  int8_t* qd = d.up(b);
+  d.k.quantize(d.ctx, d.up(x), rows, cols, ldx, 0.05f, qd, ldq);
+  d.down_into(b, qd);
   for (int r = 0; r < rows; ++r)
     for (int c = 0; c < cols; ++c) ASSERT_EQ(a[size_t(r) * ldq + c], b[size_t(r) * ldq + c]) << r << "," << c;
 }
@@ -55,7 +61,7 @@ class GemmS8 : public ::testing::TestWithParam<std::tuple<std::string, int, bool
   std::string bparam() const { return std::get<0>(GetParam()); }
 };
 TEST_P(GemmS8, MatchesReference) {
-  const Backend& B = backend(bparam());
+  mqtest::Dev d(bparam());
   const auto [name, M, per_row, K] = GetParam();
   const int N = 70, lda = 610, ldc = 75;
   auto A = rand_codes(size_t(M) * lda, 2), W = rand_codes(size_t(N) * K, 3);
@@ -63,21 +69,26 @@ TEST_P(GemmS8, MatchesReference) {
   auto bias = mqtest::randn(size_t(N), 5);
   std::vector<float> a(size_t(M) * ldc, 0.f), b(size_t(M) * ldc, 0.f);
   ref::gemm_s8(M, N, K, A.data(), lda, 0.03f, W.data(), ws.data(), per_row, bias.data(), a.data(), ldc);
-  B.gemm_s8(M, N, K, A.data(), lda, 0.03f, W.data(), ws.data(), per_row, bias.data(), b.data(), ldc);
+  GemmArgs g;
+  g.M = M, g.N = N, g.K = K, g.A = act_s8(d.up(A), lda, 0.03f), g.W = w_s8(d.up(W), N, K, d.up(ws), per_row, ws[0]);
+  g.bias = d.up(bias), g.C = d.up(b), g.ldc = ldc;
+  d.k.gemm(d.ctx, g);
+  d.down_into(b, g.C);
   EXPECT_LT(rel_err(b, a), 1e-6);
   // Without bias, exact integer products: compare the int32 sums recovered from the outputs.
-  ref::gemm_s8(M, N, K, A.data(), lda, 1.f, W.data(), std::vector<float>(size_t(N), 1.f).data(), per_row, nullptr,
-               a.data(), ldc);
-  B.gemm_s8(M, N, K, A.data(), lda, 1.f, W.data(), std::vector<float>(size_t(N), 1.f).data(), per_row, nullptr,
-               b.data(), ldc);
+  const std::vector<float> ones(size_t(N), 1.f);
+  ref::gemm_s8(M, N, K, A.data(), lda, 1.f, W.data(), ones.data(), per_row, nullptr, a.data(), ldc);
+  g.A.scale = 1.f, g.W = w_s8(g.W.s8(), N, K, d.up(ones), per_row, 1.f), g.bias = nullptr;
+  d.k.gemm(d.ctx, g);
+  d.down_into(b, g.C);
   EXPECT_EQ(a, b);
 }
 INSTANTIATE_TEST_SUITE_P(Shapes, GemmS8,
-                         ::testing::Combine(::testing::ValuesIn(backend_names()), ::testing::Values(1, 3, 37), ::testing::Values(false, true),
+                         ::testing::Combine(::testing::ValuesIn(mqtest::test_backends()), ::testing::Values(1, 3, 37), ::testing::Values(false, true),
                                             ::testing::Values(16, 77, 600)));
 
 TEST_P(KernelsInt8, Conv1dS8SiluPackedWithState) {
-  const Backend& B = backend(bparam());
+  mqtest::Dev d(bparam());
   const std::vector<int> lens{5, 1, 17, 3, 64};
   std::vector<int> offs{0};
   for (int l : lens) offs.push_back(offs.back() + l);
@@ -86,23 +97,26 @@ TEST_P(KernelsInt8, Conv1dS8SiluPackedWithState) {
   auto b = mqtest::randn(size_t(C), 8), os = mqtest::uniform(size_t(C), 9, 0.005f, 0.02f);
   const float sx = 0.02f, sw = 0.01f;
   std::vector<int8_t> a(size_t(T) * ldo, 0), o(size_t(T) * ldo, 0);
-  std::vector<std::vector<int8_t>> st_ref, st_fast;
-  for (int s = 0; s < nseq; ++s) st_ref.push_back(rand_codes(size_t(K - 1) * C, 100 + uint32_t(s)));
-  st_fast = st_ref;
-  std::vector<int8_t*> sp;
-  for (int s = 0; s < nseq; ++s) sp.push_back(s == 1 ? nullptr : st_fast[size_t(s)].data());
+  std::vector<std::vector<int8_t>> st_ref;
+  for (int s = 0; s < nseq; ++s)
+    st_ref.push_back(s == 1 ? std::vector<int8_t>{} : rand_codes(size_t(K - 1) * C, 100 + uint32_t(s)));
+  auto st = d.states(st_ref);
   for (int s = 0; s < nseq; ++s)
     ref::conv1d_s8_silu(x.data() + size_t(offs[size_t(s)]) * ldx, ldx, sx, lens[size_t(s)], C, K, w.data(), sw,
                         b.data(), s == 1 ? nullptr : st_ref[size_t(s)].data(), os.data(),
                         a.data() + size_t(offs[size_t(s)]) * ldo, ldo);
-  B.conv1d_s8_silu(nseq, offs.data(), x.data(), ldx, sx, C, K, w.data(), sw, b.data(), sp.data(), os.data(),
-                      o.data(), ldo);
+  ConvArgs c;
+  c.b = d.batch(offs), c.C = C, c.K = K, c.x = act_s8(d.up(x), ldx, sx), c.w = w_s8(d.up(w), C, K, d.up(std::vector<float>{sw}), false, sw);
+  c.bias = d.up(b), c.st = st.view(DType::I8), c.out = d.up(o), c.ldo = ldo, c.out_scale = d.up(os);
+  d.k.conv1d_silu(d.ctx, c);
+  d.down_into(o, static_cast<int8_t*>(c.out));
+  const auto st_fast = d.down_states(st, st_ref);
   int off_by_one = 0, nonzero = 0;
   for (int t = 0; t < T; ++t)
     for (int c = 0; c < C; ++c) {
-      const int d = std::abs(int(a[size_t(t) * ldo + c]) - int(o[size_t(t) * ldo + c]));
-      ASSERT_LE(d, 1) << t << "," << c;
-      off_by_one += d;
+      const int dd = std::abs(int(a[size_t(t) * ldo + c]) - int(o[size_t(t) * ldo + c]));
+      ASSERT_LE(dd, 1) << t << "," << c;
+      off_by_one += dd;
       nonzero += a[size_t(t) * ldo + c] != 0;
     }
   EXPECT_LT(off_by_one, T * C / 100);
@@ -111,7 +125,7 @@ TEST_P(KernelsInt8, Conv1dS8SiluPackedWithState) {
 }
 
 TEST_P(KernelsInt8, SelectiveScanS8PackedWithState) {
-  const Backend& B = backend(bparam());
+  mqtest::Dev d(bparam());
   const std::vector<int> lens{5, 1, 17, 3, 64};
   std::vector<int> offs{0};
   for (int l : lens) offs.push_back(offs.back() + l);
@@ -121,11 +135,9 @@ TEST_P(KernelsInt8, SelectiveScanS8PackedWithState) {
   auto A = mqtest::uniform(size_t(D) * N, 14, -16.f, -0.5f), bias = mqtest::randn(size_t(D), 15, 0.5f, -2.f);
   auto Dsk = mqtest::randn(size_t(D), 16);
   std::vector<float> a(size_t(T) * D), o(size_t(T) * D);
-  std::vector<std::vector<float>> st_ref, st_fast;
+  std::vector<std::vector<float>> st_ref;
   for (int s = 0; s < nseq; ++s) st_ref.push_back(mqtest::randn(size_t(D) * N, 200 + uint32_t(s)));
-  st_fast = st_ref;
-  std::vector<float*> sp;
-  for (int s = 0; s < nseq; ++s) sp.push_back(st_fast[size_t(s)].data());
+  auto st = d.states(st_ref);
   for (int s = 0; s < nseq; ++s) {
     const size_t o0 = size_t(offs[size_t(s)]);
     ref::selective_scan_s8(lens[size_t(s)], D, N, u.data() + o0 * ld, ld, 0.02f, delta.data() + o0 * ld, ld, 0.01f,
@@ -133,15 +145,20 @@ TEST_P(KernelsInt8, SelectiveScanS8PackedWithState) {
                            0.03f, Dsk.data(), z.data() + o0 * ld, ld, 0.04f, st_ref[size_t(s)].data(),
                            a.data() + o0 * D, D);
   }
-  B.selective_scan_s8(nseq, offs.data(), D, N, u.data(), ld, 0.02f, delta.data(), ld, 0.01f, bias.data(), A.data(),
-                         bc.data(), ldbc, 0.03f, bc.data() + N, ldbc, 0.03f, Dsk.data(), z.data(), ld, 0.04f,
-                         sp.data(), o.data(), D);
+  ScanArgs sa;
+  int8_t* bcd = d.up(bc);
+  sa.b = d.batch(offs), sa.D = D, sa.N = N, sa.u = act_s8(d.up(u), ld, 0.02f), sa.delta = act_s8(d.up(delta), ld, 0.01f);
+  sa.delta_bias = d.up(bias), sa.A = d.up(A), sa.B = act_s8(bcd, ldbc, 0.03f), sa.C = act_s8(bcd + N, ldbc, 0.03f);
+  sa.Dskip = d.up(Dsk), sa.z = act_s8(d.up(z), ld, 0.04f), sa.st = st.view(DType::F32), sa.y = d.up(o), sa.ldy = D;
+  d.k.selective_scan(d.ctx, sa);
+  d.down_into(o, sa.y);
+  const auto st_fast = d.down_states(st, st_ref);
   EXPECT_LT(rel_err(o, a), 2e-5);
   for (int s = 0; s < nseq; ++s) EXPECT_LT(rel_err(st_fast[size_t(s)], st_ref[size_t(s)]), 2e-5);
 }
 
 TEST_P(KernelsInt8, SsdScanS8PackedWithState) {
-  const Backend& B = backend(bparam());
+  mqtest::Dev d(bparam());
   const std::vector<int> lens{5, 1, 17, 3, 64};
   std::vector<int> offs{0};
   for (int l : lens) offs.push_back(offs.back() + l);
@@ -151,11 +168,9 @@ TEST_P(KernelsInt8, SsdScanS8PackedWithState) {
   auto A = mqtest::uniform(size_t(H), 23, -8.f, -0.5f), bias = mqtest::randn(size_t(H), 24, 0.5f, -2.f);
   auto Dsk = mqtest::randn(size_t(H), 25);
   std::vector<float> a(size_t(T) * H * P), o(size_t(T) * H * P);
-  std::vector<std::vector<float>> st_ref, st_fast;
+  std::vector<std::vector<float>> st_ref;
   for (int s = 0; s < nseq; ++s) st_ref.push_back(mqtest::randn(size_t(H) * N * P, 300 + uint32_t(s)));
-  st_fast = st_ref;
-  std::vector<float*> sp;
-  for (int s = 0; s < nseq; ++s) sp.push_back(st_fast[size_t(s)].data());
+  auto st = d.states(st_ref);
   // per-channel x scales and per-column B, C scales (Quamba2's grouped scales), all different
   auto sx = mqtest::uniform(size_t(H) * P, 26, 0.01f, 0.03f), sb = mqtest::uniform(size_t(G) * N, 27, 0.02f, 0.04f),
        sc = mqtest::uniform(size_t(G) * N, 28, 0.02f, 0.04f);
@@ -165,8 +180,15 @@ TEST_P(KernelsInt8, SsdScanS8PackedWithState) {
                      0.01f, bias.data(), A.data(), bc.data() + o0 * ldbc, ldbc, sb.data(), bc.data() + o0 * ldbc + G * N,
                      ldbc, sc.data(), Dsk.data(), st_ref[size_t(s)].data(), a.data() + o0 * H * P, H * P);
   }
-  B.ssd_scan_s8(nseq, offs.data(), H, P, G, N, x.data(), ldx, sx.data(), dt.data(), lddt, 0.01f, bias.data(), A.data(),
-                   bc.data(), ldbc, sb.data(), bc.data() + G * N, ldbc, sc.data(), Dsk.data(), sp.data(), o.data(), H * P);
+  SsdArgs sa;
+  int8_t* bcd = d.up(bc);
+  sa.b = d.batch(offs), sa.H = H, sa.P = P, sa.G = G, sa.N = N, sa.x = act_s8(d.up(x), ldx, sx[0], d.up(sx));
+  sa.dt = act_s8(d.up(dt), lddt, 0.01f), sa.dt_bias = d.up(bias), sa.A = d.up(A);
+  sa.B = act_s8(bcd, ldbc, sb[0], d.up(sb)), sa.C = act_s8(bcd + G * N, ldbc, sc[0], d.up(sc)), sa.Dskip = d.up(Dsk);
+  sa.st = st.view(DType::F32), sa.y = d.up(o), sa.ldy = H * P;
+  d.k.ssd_scan(d.ctx, sa);
+  d.down_into(o, sa.y);
+  const auto st_fast = d.down_states(st, st_ref);
   EXPECT_LT(rel_err(o, a), 2e-5);
   for (int s = 0; s < nseq; ++s) EXPECT_LT(rel_err(st_fast[size_t(s)], st_ref[size_t(s)]), 2e-5);
 }
@@ -177,7 +199,7 @@ TEST_P(KernelsInt8, SsdScanS8PackedWithState) {
 // above), and state codes equal except where the float state lands within rounding of a .5
 // boundary (at most one code step, on a tiny share).
 TEST_P(KernelsInt8, SsdDecodeStepOnInt8StatesEqualsTheUnfusedPath) {
-  const Backend& B = backend(bparam());
+  mqtest::Dev d(bparam());
   const int nseq = 3, H = 8, P = 64, G = 2, N = 16, ndg = 3, ldx = H * P + 5, lddt = H + 2, ldbc = 2 * G * N + 3;
   auto x = rand_codes(size_t(nseq) * ldx, 50), dt = rand_codes(size_t(nseq) * lddt, 51),
        bc = rand_codes(size_t(nseq) * ldbc, 52);
@@ -191,69 +213,84 @@ TEST_P(KernelsInt8, SsdDecodeStepOnInt8StatesEqualsTheUnfusedPath) {
   for (int h = 0; h < H; ++h) dim_end.insert(dim_end.end(), {8 + 2 * h, 40 + h, P});
   std::vector<std::vector<int8_t>> q0;
   for (int s = 0; s < nseq; ++s) q0.push_back(rand_codes(size_t(H) * N * P, 60 + uint32_t(s)));
-  // (1) the unfused path on this backend
-  auto q_unf = q0;
-  std::vector<std::vector<float>> f(nseq, std::vector<float>(size_t(H) * N * P));
-  std::vector<float*> fp;
-  for (int s = 0; s < nseq; ++s) {
-    B.state_dequantize(q_unf[size_t(s)].data(), f[size_t(s)].data(), H, N, P, ndg, sst.data(), dim_end.data());
-    fp.push_back(f[size_t(s)].data());
-  }
+  const StateScalesView ss{ndg, d.up(sst), d.up(dim_end)};
+  int8_t* bcd = d.up(bc);
+  SsdArgs sa;
   const std::vector<int> offs{0, 1, 2, 3};
+  sa.b = d.batch(offs), sa.H = H, sa.P = P, sa.G = G, sa.N = N, sa.x = act_s8(d.up(x), ldx, sx[0], d.up(sx));
+  sa.dt = act_s8(d.up(dt), lddt, 0.01f), sa.dt_bias = d.up(bias), sa.A = d.up(A);
+  sa.B = act_s8(bcd, ldbc, sb[0], d.up(sb)), sa.C = act_s8(bcd + G * N, ldbc, sc[0], d.up(sc)), sa.Dskip = d.up(Dsk);
+  sa.ldy = H * P;
+  // (1) the unfused path on this backend: dequantize, the scan with T = 1, quantize
+  auto qs = d.states(q0);
+  std::vector<std::vector<float>> f0(nseq, std::vector<float>(size_t(H) * N * P));
+  auto fs = d.states(f0);
+  for (int s = 0; s < nseq; ++s) d.k.state_dequantize(d.ctx, qs.ptrs[size_t(s)], fs.ptrs[size_t(s)], H, N, P, ss);
   std::vector<float> y_unf(size_t(nseq) * H * P), y_fused(y_unf.size()), y_ref(y_unf.size());
-  B.ssd_scan_s8(nseq, offs.data(), H, P, G, N, x.data(), ldx, sx.data(), dt.data(), lddt, 0.01f, bias.data(), A.data(),
-                bc.data(), ldbc, sb.data(), bc.data() + G * N, ldbc, sc.data(), Dsk.data(), fp.data(), y_unf.data(), H * P);
-  for (int s = 0; s < nseq; ++s)
-    B.state_quantize(f[size_t(s)].data(), q_unf[size_t(s)].data(), H, N, P, ndg, sst.data(), dim_end.data());
-  // the fused step
-  auto q_fused = q0;
-  std::vector<int8_t*> qp;
-  for (auto& q : q_fused) qp.push_back(q.data());
-  B.ssd_step_s8_qstate(nseq, H, P, G, N, x.data(), ldx, sx.data(), dt.data(), lddt, 0.01f, bias.data(), A.data(),
-                       bc.data(), ldbc, sb.data(), bc.data() + G * N, ldbc, sc.data(), Dsk.data(), qp.data(), ndg,
-                       sst.data(), dim_end.data(), y_fused.data(), H * P);
+  sa.st = fs.view(DType::F32), sa.y = d.up(y_unf);
+  d.k.ssd_scan(d.ctx, sa);
+  d.down_into(y_unf, sa.y);
+  for (int s = 0; s < nseq; ++s) d.k.state_quantize(d.ctx, fs.ptrs[size_t(s)], qs.ptrs[size_t(s)], H, N, P, ss);
+  const auto q_unf = d.down_states(qs, q0);
+  // the fused step: int8 states in the arguments
+  auto qf = d.states(q0);
+  sa.st = qf.view(DType::I8), sa.qs = ss, sa.y = d.up(y_fused);
+  d.k.ssd_scan(d.ctx, sa);
+  d.down_into(y_fused, sa.y);
+  const auto q_fused = d.down_states(qf, q0);
   EXPECT_EQ(y_fused, y_unf);
   EXPECT_EQ(q_fused, q_unf);
   size_t moved = 0;
   for (int s = 0; s < nseq; ++s) moved += q_fused[size_t(s)] != q0[size_t(s)];
   EXPECT_EQ(moved, size_t(nseq));  // the step changed every state (not a no-op)
-  // (2) the reference definition
+  // (2) the reference definition, by hand from the one-sequence references
   auto q_ref = q0;
-  std::vector<int8_t*> rp;
-  for (auto& q : q_ref) rp.push_back(q.data());
-  backend("ref").ssd_step_s8_qstate(nseq, H, P, G, N, x.data(), ldx, sx.data(), dt.data(), lddt, 0.01f, bias.data(),
-                                    A.data(), bc.data(), ldbc, sb.data(), bc.data() + G * N, ldbc, sc.data(), Dsk.data(),
-                                    rp.data(), ndg, sst.data(), dim_end.data(), y_ref.data(), H * P);
+  std::vector<float> stf(size_t(H) * N * P);
+  for (int s = 0; s < nseq; ++s) {
+    ref::state_dequantize(q_ref[size_t(s)].data(), stf.data(), H, N, P, ndg, sst.data(), dim_end.data());
+    ref::ssd_scan_s8(1, H, P, G, N, x.data() + size_t(s) * ldx, ldx, sx.data(), dt.data() + size_t(s) * lddt, lddt, 0.01f,
+                     bias.data(), A.data(), bc.data() + size_t(s) * ldbc, ldbc, sb.data(), bc.data() + size_t(s) * ldbc + G * N,
+                     ldbc, sc.data(), Dsk.data(), stf.data(), y_ref.data() + size_t(s) * H * P, H * P);
+    ref::state_quantize(stf.data(), q_ref[size_t(s)].data(), H, N, P, ndg, sst.data(), dim_end.data());
+  }
   EXPECT_LT(rel_err(y_fused, y_ref), 2e-5);
   size_t diff = 0, total = 0;
   for (int s = 0; s < nseq; ++s)
     for (size_t i = 0; i < q_ref[size_t(s)].size(); ++i, ++total) {
-      const int d = std::abs(int(q_fused[size_t(s)][i]) - int(q_ref[size_t(s)][i]));
-      EXPECT_LE(d, 1);
-      diff += d != 0;
+      const int dd = std::abs(int(q_fused[size_t(s)][i]) - int(q_ref[size_t(s)][i]));
+      EXPECT_LE(dd, 1);
+      diff += dd != 0;
     }
   EXPECT_LE(diff, total / 1000);
 }
 
 TEST_P(KernelsInt8, DequantizeAndFakeQuantizeMatchReference) {
-  const Backend& B = backend(bparam());
+  mqtest::Dev d(bparam());
   const int rows = 21, cols = 130, ld = 140;
   auto codes = rand_codes(size_t(rows) * ld, 40);
   std::vector<float> a(size_t(rows) * ld, 7.f), b(a);
   ref::dequantize(codes.data(), rows, cols, ld, 0.037f, a.data(), ld);
-  B.dequantize(codes.data(), rows, cols, ld, 0.037f, b.data(), ld);
+  float* bd = d.up(b);
+  d.k.dequantize(d.ctx, d.up(codes), rows, cols, ld, 0.037f, bd, ld);
+  d.down_into(b, bd);
   EXPECT_EQ(a, b);  // one float multiply each: exact
   // fake quantization: round half to even and clamp, by hand, then against the reference
-  float x[] = {0.5f, 1.5f, -2.5f, 200.f, -200.f, 0.26f};
-  B.fake_quantize(x, 1, 6, 6, 1.0f, 8);
+  std::vector<float> x = {0.5f, 1.5f, -2.5f, 200.f, -200.f, 0.26f};
+  float* xd = d.up(x);
+  d.k.fake_quantize(d.ctx, xd, 1, 6, 6, 1.0f, 8);
+  d.down_into(x, xd);
   const float want[] = {0.f, 2.f, -2.f, 127.f, -127.f, 0.f};
   for (int i = 0; i < 6; ++i) EXPECT_EQ(x[i], want[i]) << i;
   auto v = mqtest::randn(size_t(rows) * ld, 41, 3.f), w = v;
   ref::fake_quantize(v.data(), rows, cols, ld, 0.05f, 8);
-  B.fake_quantize(w.data(), rows, cols, ld, 0.05f, 8);
+  float* wd = d.up(w);
+  d.k.fake_quantize(d.ctx, wd, rows, cols, ld, 0.05f, 8);
+  d.down_into(w, wd);
   EXPECT_EQ(v, w);  // the same float division and rounding; the stride leaves the gap untouched
   auto y = mqtest::randn(size_t(rows) * ld, 42), r1 = mqtest::randn(size_t(rows) * ld, 43), r2 = r1;
   ref::add(r1.data(), y.data(), y.size());
-  B.add(r2.data(), y.data(), y.size());
+  float* rd = d.up(r2);
+  d.k.add(d.ctx, rd, d.up(y), y.size());
+  d.down_into(r2, rd);
   EXPECT_EQ(r1, r2);
 }

@@ -8,6 +8,7 @@
 #include "kernels/backend.h"
 #include "kernels/ref/ops.h"
 #include "kernels/wquant.h"
+#include "dev.h"
 #include "util.h"
 
 using namespace mambaq;
@@ -76,14 +77,19 @@ TEST(S4, SplitScalesByHand) {
 class GemmW4 : public ::testing::TestWithParam<std::tuple<std::string, int, int, int>> {};
 TEST_P(GemmW4, W4A16MatchesReference) {
   const auto [name, M, K, group] = GetParam();
-  const Backend& B = backend(name);
+  mqtest::Dev d(name);
   const int N = 70, lda = K + 9, ldc = 75;
   const QTensor W = rand_s4(N, K, group, 3);
   auto A = mqtest::randn(size_t(M) * lda, 4);
   auto bias = mqtest::randn(size_t(N), 5);
   std::vector<float> a(size_t(M) * ldc, 0.f), b(size_t(M) * ldc, 0.f);
   ref::gemm_w4(M, N, K, A.data(), lda, W.s4(), W.scales.data(), group, bias.data(), a.data(), ldc);
-  B.gemm_w4(M, N, K, A.data(), lda, W.s4(), W.scales.data(), group, bias.data(), b.data(), ldc);
+  GemmArgs g;
+  g.M = M, g.N = N, g.K = K, g.A = act_f32(d.up(A), lda);
+  g.W = w_s4(d.up(std::vector<uint8_t>(W.s4(), W.s4() + size_t(N) * K / 2)), N, K, group, d.up(W.scales));
+  g.bias = d.up(bias), g.C = d.up(b), g.ldc = ldc;
+  d.k.gemm(d.ctx, g);
+  d.down_into(b, g.C);
   EXPECT_LT(rel_err(b, a), 1e-5);
   // the reference is the float GEMM over the dequantized weights (an independent path)
   const auto Wf = dequantize_weight(W);
@@ -93,19 +99,26 @@ TEST_P(GemmW4, W4A16MatchesReference) {
 }
 TEST_P(GemmW4, W4A8MatchesReferenceAndIsExactOnIntegers) {
   const auto [name, M, K, group] = GetParam();
-  const Backend& B = backend(name);
+  mqtest::Dev d(name);
   const int N = 70, lda = K + 9, ldc = 75;
   const QTensor W = rand_s4(N, K, group, 6);
   auto A = rand_codes(size_t(M) * lda, 7);
   auto bias = mqtest::randn(size_t(N), 8);
   std::vector<float> a(size_t(M) * ldc, 0.f), b(size_t(M) * ldc, 0.f);
   ref::gemm_s8w4(M, N, K, A.data(), lda, 0.03f, W.s4(), W.scales.data(), group, bias.data(), a.data(), ldc);
-  B.gemm_s8w4(M, N, K, A.data(), lda, 0.03f, W.s4(), W.scales.data(), group, bias.data(), b.data(), ldc);
+  GemmArgs g;
+  const uint8_t* wd = d.up(std::vector<uint8_t>(W.s4(), W.s4() + size_t(N) * K / 2));
+  g.M = M, g.N = N, g.K = K, g.A = act_s8(d.up(A), lda, 0.03f), g.W = w_s4(wd, N, K, group, d.up(W.scales));
+  g.bias = d.up(bias), g.C = d.up(b), g.ldc = ldc;
+  d.k.gemm(d.ctx, g);
+  d.down_into(b, g.C);
   EXPECT_LT(rel_err(b, a), 1e-5);
   // unit scales: every output is an integer sum below K * 127 * 8 < 2^24, exact in float
   const std::vector<float> ones(W.scales.size(), 1.f);
   ref::gemm_s8w4(M, N, K, A.data(), lda, 1.f, W.s4(), ones.data(), group, nullptr, a.data(), ldc);
-  B.gemm_s8w4(M, N, K, A.data(), lda, 1.f, W.s4(), ones.data(), group, nullptr, b.data(), ldc);
+  g.A.scale = 1.f, g.W = w_s4(wd, N, K, group, d.up(ones)), g.bias = nullptr;
+  d.k.gemm(d.ctx, g);
+  d.down_into(b, g.C);
   EXPECT_EQ(a, b);
   // independent: the int8 GEMM over the unpacked codes with unit scales
   std::vector<int8_t> codes(size_t(N) * K);
@@ -118,7 +131,7 @@ TEST_P(GemmW4, W4A8MatchesReferenceAndIsExactOnIntegers) {
     for (int n = 0; n < N; ++n) ASSERT_EQ(a[size_t(m) * ldc + n], c[size_t(m) * ldc + n]) << m << "," << n;
 }
 INSTANTIATE_TEST_SUITE_P(Shapes, GemmW4,
-                         ::testing::Combine(::testing::ValuesIn(backend_names()), ::testing::Values(1, 3, 37),
+                         ::testing::Combine(::testing::ValuesIn(mqtest::test_backends()), ::testing::Values(1, 3, 37),
                                             ::testing::Values(96, 320, 512), ::testing::Values(32, 128)));
 
 // The grouped SSM-state kernels: a hand case, then every backend against the reference.
@@ -137,9 +150,9 @@ TEST(StateKernels, GroupedScalesByHand) {
 }
 
 class StateKernels : public ::testing::TestWithParam<std::string> {};
-INSTANTIATE_TEST_SUITE_P(Backends, StateKernels, ::testing::ValuesIn(backend_names()));
+INSTANTIATE_TEST_SUITE_P(Backends, StateKernels, ::testing::ValuesIn(mqtest::test_backends()));
 TEST_P(StateKernels, MatchReference) {
-  const Backend& B = backend(GetParam());
+  mqtest::Dev d(GetParam());
   const int H = 6, N = 16, P = 24, ndg = 4, n = H * N * P;
   const auto x = mqtest::randn(size_t(n), 51, 0.3f);
   const auto sc = mqtest::uniform(size_t(H) * N * ndg, 52, 0.002f, 0.01f);
@@ -148,15 +161,22 @@ TEST_P(StateKernels, MatchReference) {
     for (int j : {1 + h % 3, 9, 20, P}) de.push_back(j);  // uneven groups, different per head
   std::vector<int8_t> a(static_cast<size_t>(n)), b(static_cast<size_t>(n));
   ref::state_quantize(x.data(), a.data(), H, N, P, ndg, sc.data(), de.data());
-  B.state_quantize(x.data(), b.data(), H, N, P, ndg, sc.data(), de.data());
+  const StateScalesView ss{ndg, d.up(sc), d.up(de)};
+  int8_t* bd = d.up(b);
+  d.k.state_quantize(d.ctx, d.up(x), bd, H, N, P, ss);
+  d.down_into(b, bd);
   EXPECT_EQ(a, b);  // one multiply and one rounding each: exact
   std::vector<float> fa(static_cast<size_t>(n)), fb(static_cast<size_t>(n));
   ref::state_dequantize(a.data(), fa.data(), H, N, P, ndg, sc.data(), de.data());
-  B.state_dequantize(a.data(), fb.data(), H, N, P, ndg, sc.data(), de.data());
+  float* fbd = d.up(fb);
+  d.k.state_dequantize(d.ctx, d.up(a), fbd, H, N, P, ss);
+  d.down_into(fb, fbd);
   EXPECT_EQ(fa, fb);
   std::vector<float> ga(x), gb(x);
   ref::state_fake_quantize(ga.data(), H, N, P, ndg, sc.data(), de.data(), 8);
-  B.state_fake_quantize(gb.data(), H, N, P, ndg, sc.data(), de.data(), 8);
+  float* gbd = d.up(gb);
+  d.k.state_fake_quantize(d.ctx, gbd, H, N, P, ss, 8);
+  d.down_into(gb, gbd);
   EXPECT_EQ(ga, gb);
   EXPECT_EQ(ga, fa);  // fake = dequantize(quantize)
 }

@@ -24,7 +24,7 @@ void check_reference_logits(const std::string& dir, const std::string& ref_dir) 
   auto ref = read_json_file(ref_dir + "/reference.json");
   for (const auto& r : ref["reference_logits"]) {
     const auto ids = r["ids"].get<std::vector<int32_t>>();
-    auto logits = m->last_logits(ids);
+    auto logits = Session(*m).last_logits(ids);
     const auto top_ids = r["top_ids"].get<std::vector<int>>();
     const auto top_logits = r["top_logits"].get<std::vector<float>>();
     std::vector<int> order(logits.size());
@@ -87,7 +87,7 @@ std::string to_hf(const std::string& n) {
   return n == "backbone.embedding.weight" ? "backbone.embeddings.weight" : n;
 }
 
-std::vector<float> prompt_logits(const Model& m) { return m.last_logits(mqtest::tokenizer().encode("It was the best of times, it was")); }
+std::vector<float> prompt_logits(const Model& m) { return Session(m).last_logits(mqtest::tokenizer().encode("It was the best of times, it was")); }
 
 }  // namespace
 
@@ -106,20 +106,21 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, BothArchs, ::testing::Values("models/mamba-ti
 
 TEST_P(BothArchs, DecodeAfterPrefillEqualsFullForward) {
   auto m = Model::load(mqtest::repo(GetParam()));
+  Session S(*m);
   const auto ids = mqtest::tokenizer().encode("Call me Ishmael. Some years ago, never mind how long precisely, having little money");
   const int T = int(ids.size()), dm = m->config().d_model, pre = 5;
   std::vector<float> full(size_t(T) * dm);
   const int lens[1] = {T};
-  m->forward(ids, lens, nullptr, full.data());
-  SeqState st = m->new_state();
+  S.forward(ids, lens, nullptr, full.data());
+  SeqState st = S.new_state();
   SeqState* sp[1] = {&st};
   std::vector<float> h(size_t(pre) * dm);
   const int lp[1] = {pre};
-  m->forward(std::span<const int32_t>(ids.data(), size_t(pre)), lp, sp, h.data());
+  S.forward(std::span<const int32_t>(ids.data(), size_t(pre)), lp, sp, h.data());
   EXPECT_LT(mqtest::rel_err(h.data(), full.data(), size_t(pre) * dm), 1e-5);
   const int one[1] = {1};
   for (int t = pre; t < T; ++t) {
-    m->forward(std::span<const int32_t>(ids.data() + t, 1), one, sp, h.data());
+    S.forward(std::span<const int32_t>(ids.data() + t, 1), one, sp, h.data());
     EXPECT_LT(mqtest::rel_err(h.data(), full.data() + size_t(t) * dm, size_t(dm)), 1e-5) << "position " << t;
   }
   EXPECT_EQ(st.pos, T);
@@ -127,6 +128,7 @@ TEST_P(BothArchs, DecodeAfterPrefillEqualsFullForward) {
 
 TEST_P(BothArchs, PackedBatchEqualsSeparateRuns) {
   auto m = Model::load(mqtest::repo(GetParam()));
+  Session S(*m);
   const int dm = m->config().d_model;
   std::vector<std::vector<int32_t>> seqs = {mqtest::tokenizer().encode("The president said that the nation"), mqtest::tokenizer().encode("She"),
                                             mqtest::tokenizer().encode("In the beginning of the year, the committee met to decide"),
@@ -138,12 +140,12 @@ TEST_P(BothArchs, PackedBatchEqualsSeparateRuns) {
     lens.push_back(int(s.size()));
   }
   std::vector<float> hp(packed.size() * size_t(dm));
-  m->forward(packed, lens, nullptr, hp.data());
+  S.forward(packed, lens, nullptr, hp.data());
   size_t off = 0;
   for (auto& s : seqs) {
     std::vector<float> h(s.size() * size_t(dm));
     const int l[1] = {int(s.size())};
-    m->forward(s, l, nullptr, h.data());
+    S.forward(s, l, nullptr, h.data());
     EXPECT_LT(mqtest::rel_err(hp.data() + off * size_t(dm), h.data(), h.size()), 1e-6);
     off += s.size();
   }
@@ -192,15 +194,16 @@ TEST(Layouts, Mamba2GroupsRunAndDecodeMatches) {
   auto cfg = parse_config(nlohmann::json::parse(R"({"d_model": 128, "n_layer": 2, "vocab_size": 1000,
       "ssm_cfg": {"layer": "Mamba2", "ngroups": 4, "headdim": 16, "d_state": 32}})"), "g4.json");
   auto m = Model::random(cfg, 7);
+  Session S(*m);
   std::vector<int32_t> ids = {5, 17, 300, 2, 999, 41, 7};
   const int T = int(ids.size()), dm = 128;
   std::vector<float> full(size_t(T) * dm), h(static_cast<size_t>(dm));
   const int lens[1] = {T}, one[1] = {1};
-  m->forward(ids, lens, nullptr, full.data());
-  SeqState st = m->new_state();
+  S.forward(ids, lens, nullptr, full.data());
+  SeqState st = S.new_state();
   SeqState* sp[1] = {&st};
   for (int t = 0; t < T; ++t) {
-    m->forward(std::span<const int32_t>(ids.data() + t, 1), one, sp, h.data());
+    S.forward(std::span<const int32_t>(ids.data() + t, 1), one, sp, h.data());
     EXPECT_LT(mqtest::rel_err(h.data(), full.data() + size_t(t) * dm, size_t(dm)), 1e-5);
   }
 }
@@ -253,7 +256,7 @@ TEST(BadCheckpoints, MissingUnexpectedMisshapenAndUnsupported) {
   // token ids outside the vocabulary
   auto m = Model::load(src);
   std::vector<int32_t> bad = {1, 2, 99999};
-  EXPECT_ERROR(m->last_logits(bad), "99999", "vocabulary");
+  EXPECT_ERROR(Session(*m).last_logits(bad), "99999", "vocabulary");
 }
 
 // A tied head stored under its own name (state-spaces checkpoints) is one tensor: held once, so

@@ -52,13 +52,17 @@ struct Capture final : Tap {
 };
 
 // Two packed sequences; returns the logits of every position and captures layer outputs.
-std::vector<float> run(const Model& m, Tap* cap) {
+std::vector<float> run(Session& m, Tap* cap) {
   return mqtest::packed_logits(m,
                                "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
                                "must be in want of a wife. However little known the feelings or views of such a man may be",
                                "Call me Ishmael. Some years ago, never mind how long precisely, having little or no money "
                                "in my purse, and nothing particular to interest me on shore, I thought I would sail about",
                                cap);
+}
+std::vector<float> run(const Model& m, Tap* cap) {  // in its own mode (int8 when quantized)
+  Session s(m);
+  return run(s, cap);
 }
 }  // namespace
 
@@ -82,8 +86,7 @@ struct Forced final : Tap {
 
 TEST_P(Quamba, Int8AgreesWithFakeQuantPerLayer) {
   const auto& Q = quantized(GetParam());
-  Model fake(*Q.q);
-  fake.set_mode(ExecMode::Fake);
+  Session fake(*Q.q, {.mode = ExecMode::Fake});
   Capture cf;
   const auto lf = run(fake, &cf);
   Forced forced(cf);
@@ -124,13 +127,12 @@ TEST_P(Quamba, Int8StateBetweenDecodeStepsMatchesFake) {
   // Prefill 20 tokens then decode 10 one by one: int8 mode keeps conv and SSM state as int8,
   // fake mode quantize-dequantizes them at the same points.
   const auto& Q = quantized(GetParam());
-  Model fake(*Q.q);
-  fake.set_mode(ExecMode::Fake);
+  Session fake(*Q.q, {.mode = ExecMode::Fake});
   auto ids = mqtest::tokenizer().encode("The President of the United States shall, from time to time, give to the Congress "
                           "information of the state of the union, and recommend to their consideration such "
                           "measures as he shall judge necessary and expedient");
   ASSERT_GE(ids.size(), 30u);
-  auto decode = [&](const Model& m) {
+  auto decode = [&](Session& m) {
     SeqState st = m.new_state();
     SeqState* sp[1] = {&st};
     const int dm = m.config().d_model;
@@ -145,13 +147,15 @@ TEST_P(Quamba, Int8StateBetweenDecodeStepsMatchesFake) {
     }
     return out;
   };
-  const auto a = decode(fake), b = decode(*Q.q);
+  Session i8(*Q.q);
+  const auto a = decode(fake), b = decode(i8);
   EXPECT_LT(mqtest::rel_err(b, a), 5e-2);  // end-to-end bound (see the top of the file)
   // The int8 state is really int8: its vectors are int8 and the float ones unused.
-  SeqState st = Q.q->new_state();
-  EXPECT_EQ(st.ssm_q.size(), size_t(Q.q->config().n_layer));
-  EXPECT_EQ(st.ssm_q[0].size(), Q.q->config().ssm_state_size());
-  EXPECT_TRUE(st.ssm[0].empty() && st.conv[0].empty());
+  SeqState st = i8.new_state();
+  EXPECT_EQ(st.layers(), Q.q->config().n_layer);
+  EXPECT_TRUE(st.ssm_int8(0) && st.conv_int8(0));
+  const size_t L = size_t(Q.q->config().n_layer);
+  EXPECT_EQ(st.bytes(), L * (Q.q->config().ssm_state_size() + size_t(Q.q->config().d_conv - 1) * Q.q->config().conv_dim()));
 }
 
 TEST_P(Quamba, SavedModelReloadsBitIdentical) {
@@ -161,15 +165,14 @@ TEST_P(Quamba, SavedModelReloadsBitIdentical) {
   ASSERT_TRUE(fs::exists(dir + "/tokenizer.json"));
   auto r = Model::load(dir);
   ASSERT_TRUE(r->is_quantized());
-  EXPECT_EQ(r->mode(), ExecMode::Int8);
+  EXPECT_EQ(Session(*r).mode(), ExecMode::Int8);
   const auto a = run(*Q.q, nullptr), b = run(*r, nullptr);
   EXPECT_EQ(a, b);  // bit-identical
   EXPECT_EQ(r->num_params(), Q.q->num_params());  // the in-memory model lists what the folder holds
   // fake mode of the reloaded model equals fake mode of the in-memory one, too
-  Model f1(*Q.q);
-  f1.set_mode(ExecMode::Fake);
-  r->set_mode(ExecMode::Fake);
-  EXPECT_EQ(run(f1, nullptr), run(*r, nullptr));
+  Session f1(*Q.q, {.mode = ExecMode::Fake});
+  Session rf(*r, {.mode = ExecMode::Fake});
+  EXPECT_EQ(run(f1, nullptr), run(rf, nullptr));
   // every scale survived, with its observer kind
   const auto* qa = Q.q->quantized();
   const auto* qb = r->quantized();
@@ -181,9 +184,8 @@ TEST_P(Quamba, SavedModelReloadsBitIdentical) {
     EXPECT_EQ(s->observer, p.observer);
   }
   // int8 mode reads (and holds) int8 projections: fewer bytes than the FP model; fake mode reads floats
-  EXPECT_EQ(r->weight_bytes(), Q.fp->weight_bytes());
-  r->set_mode(ExecMode::Int8);
-  EXPECT_LT(r->weight_bytes(), Q.fp->weight_bytes());
+  EXPECT_EQ(decode_weight_bytes(*r, ExecMode::Fake), decode_weight_bytes(*Q.fp));
+  EXPECT_LT(decode_weight_bytes(*r, ExecMode::Int8), decode_weight_bytes(*Q.fp));
   EXPECT_EQ(r->weights().layers[0].in_proj.format, WFormat::S8);  // and holds no float copy of them
 
 }
@@ -191,17 +193,14 @@ TEST_P(Quamba, SavedModelReloadsBitIdentical) {
 // --fp-ops: attribution runs of the fake-quant simulation.
 TEST_P(Quamba, FpOpsAllKindsGiveBackFp32) {
   const auto& Q = quantized(GetParam());
-  Model m(*Q.q);
-  m.set_mode(ExecMode::Fake);
   const bool m2 = Q.fp->config().arch == Arch::Mamba2;
-  m.set_fp_ops(parse_fp_ops(m2 ? "linear,conv,ssm,norm,hadamard" : "linear,conv,ssm,hadamard"), Q.fp.get());
+  Session m(*Q.q, {.mode = ExecMode::Fake, .fp_ops = parse_fp_ops(m2 ? "linear,conv,ssm,norm,hadamard" : "linear,conv,ssm,hadamard"),
+                   .fp = Q.fp.get()});
   // Nothing quantized is left and out_proj runs unrotated with the FP weights: the FP model's own
   // computation, the same kernels on the same values.
   EXPECT_EQ(run(m, nullptr), run(*Q.fp, nullptr));
   // With the rotation kept (linear without hadamard), FP32 up to the rounding of H^T H = I.
-  Model r(*Q.q);
-  r.set_mode(ExecMode::Fake);
-  r.set_fp_ops(parse_fp_ops(m2 ? "linear,conv,ssm,norm" : "linear,conv,ssm"), Q.fp.get());
+  Session r(*Q.q, {.mode = ExecMode::Fake, .fp_ops = parse_fp_ops(m2 ? "linear,conv,ssm,norm" : "linear,conv,ssm"), .fp = Q.fp.get()});
   const double e = mqtest::rel_err(run(r, nullptr), run(*Q.fp, nullptr));
   EXPECT_GT(e, 0.0);
   EXPECT_LT(e, 1e-5);
@@ -228,9 +227,7 @@ struct GridCheck final : Tap {  // is each tapped tensor on its int8 grid (x / s
 
 TEST(QuambaFpOps, SsmKeepsOnlyTheScanInputsInFloat) {
   const auto& Q = quantized("models/mamba-tiny");
-  Model m(*Q.q);
-  m.set_mode(ExecMode::Fake);
-  m.set_fp_ops(kFpSsm, nullptr);  // no weights needed for ssm
+  Session m(*Q.q, {.mode = ExecMode::Fake, .fp_ops = kFpSsm, .fp = nullptr});  // no weights needed for ssm
   GridCheck g(Q.q->quantized()->scales);
   run(m, &g);
   EXPECT_TRUE(g.on_grid.at("x_proj:input"));   // x_proj still reads int8 u
@@ -239,16 +236,14 @@ TEST(QuambaFpOps, SsmKeepsOnlyTheScanInputsInFloat) {
   EXPECT_TRUE(g.on_grid.at("out_proj:input"));
   EXPECT_FALSE(g.on_grid.at("dt_proj:output"));  // delta is the scan's input
   // and plain fake mode has both on the grid
-  Model f(*Q.q);
-  f.set_mode(ExecMode::Fake);
+  Session f(*Q.q, {.mode = ExecMode::Fake});
   GridCheck g2(Q.q->quantized()->scales);
   run(f, &g2);
   EXPECT_TRUE(g2.on_grid.at("ssm:input"));
   EXPECT_TRUE(g2.on_grid.at("dt_proj:output"));
   // errors
-  Model i8(*Q.q);
-  EXPECT_ERROR(i8.set_fp_ops(kFpSsm, nullptr), "fp_ops", "fake");
-  EXPECT_ERROR(m.set_fp_ops(kFpLinear, nullptr), "fp_ops", "FP model");
+  EXPECT_ERROR(Session(*Q.q, {.mode = ExecMode::Int8, .fp_ops = kFpSsm}), "fp_ops", "fake");
+  EXPECT_ERROR(Session(*Q.q, {.mode = ExecMode::Fake, .fp_ops = kFpLinear}), "fp_ops", "FP model");
   EXPECT_ERROR(parse_fp_ops("linear,attention"), "fp_ops", "attention");
   EXPECT_EQ(parse_fp_ops("ssm,linear"), unsigned(kFpSsm | kFpLinear));
 }
@@ -264,7 +259,7 @@ TEST(QuambaErrors, RecipeAndBits) {
   EXPECT_ERROR(quantize_model(*fp, cal, m), "w_bits 4");
   m.w_bits = 8;
   EXPECT_ERROR(quantize_model(*fp, cal, m), "no scale");  // empty calibration
-  EXPECT_ERROR(fp->set_mode(ExecMode::Int8), "not quantized");
+  EXPECT_ERROR(Session(*fp, {.mode = ExecMode::Int8}), "not quantized");
   EXPECT_ERROR(parse_mode("int4"), "mode", "int4");
 }
 
@@ -311,16 +306,13 @@ struct UseGrid final : Tap {  // per (tap, scale point): are those columns on th
 TEST_P(Quamba, EachFpOpsKindActs) {
   const auto& Q = quantized(GetParam());
   const auto& cfg = Q.q->config();
-  Model fake(*Q.q);
-  fake.set_mode(ExecMode::Fake);
+  Session fake(*Q.q, {.mode = ExecMode::Fake});
   const auto base = run(fake, nullptr);
   std::vector<unsigned> kinds = {kFpLinear, kFpConv, kFpSsm, kFpHadamard};
   if (cfg.arch == Arch::Mamba2) kinds.push_back(kFpNorm);
   for (unsigned kind : kinds) {
     SCOPED_TRACE(fp_ops_str(kind));
-    Model m(*Q.q);
-    m.set_mode(ExecMode::Fake);
-    m.set_fp_ops(kind, Q.fp.get());
+    Session m(*Q.q, {.mode = ExecMode::Fake, .fp_ops = kind, .fp = Q.fp.get()});
     UseGrid g(cfg, Q.q->quantized()->scales);
     const auto out = run(m, &g);
     EXPECT_NE(out, base);
@@ -337,18 +329,17 @@ TEST_P(Quamba, EachFpOpsKindActs) {
   if (cfg.arch == Arch::Mamba1) {
     const std::string x = "in_proj:output/in_proj:output@0", z = "in_proj:output/in_proj:output@" + std::to_string(cfg.d_inner);
     for (unsigned kind : {kFpConv, kFpSsm}) {
-      Model m(*Q.q);
-      m.set_mode(ExecMode::Fake);
-      m.set_fp_ops(kind, Q.fp.get());
+      Session m(*Q.q, {.mode = ExecMode::Fake, .fp_ops = kind, .fp = Q.fp.get()});
       UseGrid g(cfg, Q.q->quantized()->scales);
       run(m, &g);
       EXPECT_EQ(g.on_grid.at(x), kind != kFpConv);
       EXPECT_EQ(g.on_grid.at(z), kind != kFpSsm);
     }
   }
-  Model m(*Q.q);
-  m.set_mode(ExecMode::Fake);
-  EXPECT_ERROR(m.set_fp_ops(kFpHead, Q.fp.get()), "fp_ops head", "not quantized");
-  if (cfg.arch == Arch::Mamba1) EXPECT_ERROR(m.set_fp_ops(kFpNorm, nullptr), "fp_ops norm", "Mamba1");
-  EXPECT_ERROR(m.set_fp_ops(kFpHadamard, nullptr), "fp_ops hadamard", "FP model");
+  auto fake_with = [&](unsigned ops, const Model* fp) {
+    return Session(*Q.q, {.mode = ExecMode::Fake, .fp_ops = ops, .fp = fp});
+  };
+  EXPECT_ERROR(fake_with(kFpHead, Q.fp.get()), "fp_ops head", "not quantized");
+  if (cfg.arch == Arch::Mamba1) EXPECT_ERROR(fake_with(kFpNorm, nullptr), "fp_ops norm", "Mamba1");
+  EXPECT_ERROR(fake_with(kFpHadamard, nullptr), "fp_ops hadamard", "FP model");
 }

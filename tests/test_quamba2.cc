@@ -61,12 +61,16 @@ const Model& quantized(const std::string& rel, const std::string& p) {
   return *m;
 }
 
-std::vector<float> run(const Model& m) {
+std::vector<float> run(Session& m) {
   return mqtest::packed_logits(m,
                                "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
                                "must be in want of a wife. However little known the feelings or views of such a man",
                                "Call me Ishmael. Some years ago, never mind how long precisely, having little or no "
                                "money in my purse, and nothing particular to interest me on shore");
+}
+std::vector<float> run(const Model& m) {  // in its own mode (int8 when quantized)
+  Session s(m);
+  return run(s);
 }
 
 int top1_agreement(const std::vector<float>& a, const std::vector<float>& b, int V) {
@@ -111,8 +115,7 @@ TEST_P(Quamba2Preset, Int8AgreesWithFakeQuantAndStaysNearFp) {
   const auto [rel, p] = GetParam();
   const Model& q = quantized(rel, p);
   const Model& fp = fp_model(rel);
-  Model fake(q);
-  fake.set_mode(ExecMode::Fake);
+  Session fake(q, {.mode = ExecMode::Fake});
   const auto li = run(q), lf = run(fake), l0 = run(fp);
   const int V = q.config().padded_vocab, T = int(li.size() / size_t(V));
   const double e = mqtest::rel_err(li, lf), eq = mqtest::rel_err(lf, l0);
@@ -137,7 +140,7 @@ TEST_P(Quamba2Preset, Int8AgreesWithFakeQuantAndStaysNearFp) {
   // the fixtures are embedding-dominated (50280 x 256 of 16.4 M parameters) and the rotation
   // unties the head: two matrices of the vocabulary at 4 (8) bits against one in float, so the
   // bytes a token reads fall to about 1/4 (1/2), scales included
-  EXPECT_LT(q.weight_bytes(), fp.weight_bytes() / (wf == WFormat::S4 ? 4 : 2));
+  EXPECT_LT(decode_weight_bytes(q), decode_weight_bytes(fp) / (wf == WFormat::S4 ? 4 : 2));
 }
 
 TEST_P(Quamba2Preset, SavedFolderReloadsBitIdentically) {
@@ -147,10 +150,9 @@ TEST_P(Quamba2Preset, SavedFolderReloadsBitIdentically) {
   save_quantized(q, dir, "");
   auto r = Model::load(dir);
   EXPECT_EQ(run(q), run(*r));
-  Model f1(q);
-  f1.set_mode(ExecMode::Fake);
-  r->set_mode(ExecMode::Fake);
-  EXPECT_EQ(run(f1), run(*r));
+  Session f1(q, {.mode = ExecMode::Fake});
+  Session rf(*r, {.mode = ExecMode::Fake});
+  EXPECT_EQ(run(f1), run(rf));
   EXPECT_EQ(r->num_params(), q.num_params());
   // the folder, as docs/format.md says
   const TensorStore st = load_checkpoint(dir);
@@ -190,15 +192,14 @@ TEST(Quamba2, LayerConfigGivesEachLayerItsPrecision) {
   EXPECT_EQ(L[3].in_proj.format, WFormat::F32);  // FP16: nothing quantized,
   EXPECT_FALSE(L[3].out_proj_rotated);           // no online transform
   // the plan: A16 and FP16 layers keep float states, A8 layers int8 ones
-  SeqState s = q->new_state();
-  EXPECT_FALSE(s.ssm_q[0].empty());
-  EXPECT_TRUE(s.ssm_q[1].empty());
-  EXPECT_TRUE(s.ssm_q[3].empty());
+  SeqState s = Session(*q).new_state();
+  EXPECT_TRUE(s.ssm_int8(0));
+  EXPECT_FALSE(s.ssm_int8(1));
+  EXPECT_FALSE(s.ssm_int8(3));
   // scales only where activations are quantized
   EXPECT_NE(q->quantized()->scales.find(0, "in_proj:input"), nullptr);
   EXPECT_EQ(q->quantized()->scales.find(1, "in_proj:input"), nullptr);
-  Model fake(*q);
-  fake.set_mode(ExecMode::Fake);
+  Session fake(*q, {.mode = ExecMode::Fake});
   const auto li = run(*q), lf = run(fake);
   EXPECT_LT(mqtest::rel_err(li, lf), 5e-2);
   const std::string dir = mqtest::temp_dir("q2_layers");
@@ -223,10 +224,10 @@ TEST(Quamba2, BadOptionsAreRefusedByName) {
   EXPECT_ERROR(make("models/mamba2-tiny-hf", m), "layer_config", "1 layer precisions for a model of 8 layers");
   EXPECT_ERROR(LayerPrecision::parse("W2A8", "cfg.json: layer 3"), "cfg.json: layer 3", "W2A8");
   // --fp-ops that would need the FP model's (unrotated) weights are refused; ssm works
-  Model f(quantized("models/mamba2-tiny-hf", "w8a8"));
-  f.set_mode(ExecMode::Fake);
-  EXPECT_ERROR(f.set_fp_ops(kFpLinear, &fp), "fp_ops linear", "rotated", "fp_in_quantized_basis");
-  f.set_fp_ops(kFpSsm | kFpHead, nullptr);
+  const Model& q8 = quantized("models/mamba2-tiny-hf", "w8a8");
+  EXPECT_ERROR(Session(q8, {.mode = ExecMode::Fake, .fp_ops = kFpLinear, .fp = &fp}), "fp_ops linear", "rotated",
+               "fp_in_quantized_basis");
+  Session f(q8, {.mode = ExecMode::Fake, .fp_ops = kFpSsm | kFpHead});
   EXPECT_EQ(f.fp_ops(), unsigned(kFpSsm | kFpHead));
 }
 
@@ -440,8 +441,7 @@ TEST(HeadGroups, GroupedModelRunsSavesAndDecodes) {
   EXPECT_EQ(q->quantized()->scales.find(2, "B_conv_out")->shape, (std::vector<int64_t>{1}));
   // the grouped scales differ between blocks (the point of grouping)
   EXPECT_NE(*std::min_element(xs->values.begin(), xs->values.end()), *std::max_element(xs->values.begin(), xs->values.end()));
-  Model fake(*q);
-  fake.set_mode(ExecMode::Fake);
+  Session fake(*q, {.mode = ExecMode::Fake});
   const auto li = run(*q), lf = run(fake);
   const int V = q->config().padded_vocab;
   EXPECT_LT(mqtest::rel_err(li, lf), 5e-2);
@@ -449,7 +449,7 @@ TEST(HeadGroups, GroupedModelRunsSavesAndDecodes) {
   // prefill then decode with int8 states (grouped state scales) against fake
   auto ids = mqtest::tokenizer().encode("The President of the United States shall, from time to time, give to the Congress "
                                         "information of the state of the union, and recommend to their consideration");
-  auto decode = [&](const Model& m) {
+  auto decode = [&](Session& m) {
     SeqState st = m.new_state();
     SeqState* sp[1] = {&st};
     const int dm = m.config().d_model;
@@ -464,7 +464,8 @@ TEST(HeadGroups, GroupedModelRunsSavesAndDecodes) {
     }
     return out;
   };
-  EXPECT_LT(mqtest::rel_err(decode(*q), decode(fake)), 5e-2);
+  Session qi(*q);
+  EXPECT_LT(mqtest::rel_err(decode(qi), decode(fake)), 5e-2);
   // saved and reloaded: bit-identical, head groups and shaped scales in the folder
   const std::string dir = mqtest::temp_dir("q2_grouped");
   save_quantized(*q, dir, "");
@@ -481,16 +482,13 @@ TEST(HeadGroups, GroupedModelRunsSavesAndDecodes) {
   auto basis = fp_in_quantized_basis(fp, *r->quantized());
   const auto lb = run(*basis);
   EXPECT_LT(mqtest::rel_err(lb, run(fp)), 1e-4);
-  r->set_mode(ExecMode::Fake);
-  r->set_fp_ops(kFpLinear | kFpConv | kFpSsm | kFpNorm | kFpHadamard | kFpHead, basis.get());
-  EXPECT_EQ(run(*r), lb);
+  Session rall(*r, {.mode = ExecMode::Fake, .fp_ops = kFpLinear | kFpConv | kFpSsm | kFpNorm | kFpHadamard | kFpHead,
+                    .fp = basis.get()});
+  EXPECT_EQ(run(rall), lb);
   // each kind alone moves the fake run towards it
-  Model one(*q);
-  one.set_mode(ExecMode::Fake);
   const double e_all = mqtest::rel_err(lf, lb);
   for (unsigned k : {kFpLinear, kFpSsm, kFpHead}) {
-    one.set_mode(ExecMode::Fake);
-    one.set_fp_ops(k, basis.get());
+    Session one(*q, {.mode = ExecMode::Fake, .fp_ops = k, .fp = basis.get()});
     const auto lk = run(one);
     EXPECT_NE(lk, lf) << fp_ops_str(k);
     EXPECT_LT(mqtest::rel_err(lk, lb), e_all * 1.05) << fp_ops_str(k);
@@ -557,15 +555,18 @@ TEST_P(Quamba2Widths, RotationAndW4A8Work) {
   for (int i = 0; i < dm; ++i) g[size_t(i)] = 0.5f + float(i % 7) / 7.f;
   fw.layers[0].norm = Weight::from_vector(g, {dm});
   fw.norm_f = Weight::from_vector(g, {dm});
-  fp->set_mode(ExecMode::FP32);
   std::vector<int32_t> toks(48);
   for (size_t i = 0; i < toks.size(); ++i) toks[i] = int32_t((i * 37 + 11) % 500);
-  const auto logits = [&](const Model& m) {
+  const auto logits_in = [&](Session& m) {
     const int lens[1] = {48};
     std::vector<float> h(48 * size_t(dm)), lg(48 * size_t(cfg.padded_vocab));
     m.forward(toks, lens, nullptr, h.data());
     m.lm_head(h.data(), 48, lg.data());
     return lg;
+  };
+  const auto logits = [&](const Model& m) {
+    Session s(m);
+    return logits_in(s);
   };
   QuantMeta meta;
   apply_quamba2_preset(meta, "w4a8", cfg);
@@ -587,8 +588,7 @@ TEST_P(Quamba2Widths, RotationAndW4A8Work) {
   if (m2) {
     EXPECT_EQ(q->quantized()->groups[0].G, G);
   }
-  Model fake(*q);
-  fake.set_mode(ExecMode::Fake);
-  const auto li = logits(*q), lf = logits(fake);
+  Session fake(*q, {.mode = ExecMode::Fake});
+  const auto li = logits(*q), lf = logits_in(fake);
   EXPECT_LT(mqtest::rel_err(li, lf), 5e-2);
 }

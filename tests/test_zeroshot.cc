@@ -6,7 +6,7 @@
 #include <cmath>
 #include <filesystem>
 
-#include "eval/scoring.h"
+#include "mambaq/session.h"
 #include "io/json_file.h"
 #include "mambaq/eval.h"
 #include "quant/calibrate.h"
@@ -175,7 +175,6 @@ TEST_P(SharedPrefix, EqualsPairByPair) {
       in.calib_opts.progress = false;
       in.progress = false;
       m = quantize(*fp, meta, in).model;
-      m->set_mode(parse_mode(mo.substr(mo.find('-') + 1)));
     }
   }
   std::vector<std::vector<Request>> docs;
@@ -188,9 +187,11 @@ TEST_P(SharedPrefix, EqualsPairByPair) {
     }
   EvalOptions o = quiet();
   o.batch_tokens = 700;  // several batches
-  const auto shared = score_requests(*m, docs, o);
+  const std::string mo(mode);
+  Session S(*m, {.mode = mo == "fp32" ? ExecMode::FP32 : parse_mode(mo.substr(mo.find('-') + 1))});
+  const auto shared = score_requests(S, docs, o);
   o.shared_prefix = false;
-  const auto pairs = score_requests(*m, docs, o);
+  const auto pairs = score_requests(S, docs, o);
   expect_same_scores(shared, pairs);
 }
 
@@ -224,11 +225,12 @@ TEST(Truncation, ReadsTheLastMaxLengthTokensAsLmEval) {
   const int dm = m->config().d_model, V = m->config().padded_vocab;
   std::vector<float> h(window.size() * size_t(dm)), logits(static_cast<size_t>(V));
   const int len[1] = {W};
-  m->forward(window, len, nullptr, h.data());
+  Session S(*m);
+  S.forward(window, len, nullptr, h.data());
   double want = 0;
   const size_t nc = r.continuation.size();
   for (size_t k = 0; k < nc; ++k) {
-    m->lm_head(h.data() + (window.size() - nc + k) * dm, 1, logits.data());
+    S.lm_head(h.data() + (window.size() - nc + k) * dm, 1, logits.data());
     double mx = -1e300, sum = 0;
     for (float x : logits) mx = std::max(mx, double(x));
     for (float x : logits) sum += std::exp(double(x) - mx);

@@ -57,6 +57,11 @@ const mambaq::Tokenizer& tokenizer() {
 }
 
 std::vector<float> packed_logits(const mambaq::Model& m, const std::string& a, const std::string& b, mambaq::Tap* cap) {
+  mambaq::Session s(m);
+  return packed_logits(s, a, b, cap);
+}
+
+std::vector<float> packed_logits(mambaq::Session& m, const std::string& a, const std::string& b, mambaq::Tap* cap) {
   const auto ta = tokenizer().encode(a), tb = tokenizer().encode(b);
   std::vector<int32_t> toks(ta);
   toks.insert(toks.end(), tb.begin(), tb.end());

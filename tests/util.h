@@ -3,7 +3,8 @@
 #include <gtest/gtest.h>
 
 #include "mambaq/error.h"
-#include "mambaq/model.h"
+#include "mambaq/eval.h"
+#include "mambaq/session.h"
 #include "mambaq/tokenizer.h"
 
 #include <cmath>
@@ -80,11 +81,27 @@ const mambaq::Tokenizer& tokenizer();
 
 // Texts a and b tokenized and run as one ragged packed batch of two sequences; the logits of
 // every position {T, padded_vocab}, layer outputs handed to `cap`.
+std::vector<float> packed_logits(mambaq::Session& m, const std::string& a, const std::string& b,
+                                 mambaq::Tap* cap = nullptr);
+// The same in the model's own mode (int8 when quantized) on the default backend.
 std::vector<float> packed_logits(const mambaq::Model& m, const std::string& a, const std::string& b,
                                  mambaq::Tap* cap = nullptr);
 inline std::string model_dir(const std::string& name) { return repo("models/" + name); }
 
 }  // namespace mqtest
+
+namespace mambaq {
+// Test shorthands: a model run in its own mode on the default backend.
+inline TaskResult run_task(const Model& m, const Tokenizer& tok, const std::string& task, const EvalOptions& opt) {
+  Session s(m);
+  return run_task(s, tok, task, opt);
+}
+inline std::vector<std::vector<RequestScore>> score_requests(const Model& m, const std::vector<std::vector<Request>>& docs,
+                                                             const EvalOptions& opt) {
+  Session s(m);
+  return score_requests(s, docs, opt);
+}
+}  // namespace mambaq
 
 // EXPECT that `stmt` throws mambaq::Error whose message contains every given fragment.
 #define EXPECT_ERROR(stmt, ...)                                                               \

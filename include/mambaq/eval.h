@@ -5,12 +5,11 @@
 #include <string>
 #include <vector>
 
-#include "mambaq/model.h"
+#include "mambaq/progress.h"
+#include "mambaq/session.h"
 #include "mambaq/tokenizer.h"
 
 namespace mambaq {
-
-class Progress;
 
 struct EvalOptions {
   std::string data_dir;      // laid out like ../shared/data
@@ -50,7 +49,7 @@ struct TaskResult {
 // (lm-eval's rolling document perplexity), wikitext2 (fixed windows, the Quamba/GPTQ protocol),
 // lastword:FILE.jsonl, ppl:FILE.txt. A relative FILE is looked up in the current folder, then in
 // data_dir.
-TaskResult run_task(const Model& model, const Tokenizer& tok, const std::string& task, const EvalOptions& opt);
+TaskResult run_task(Session& model, const Tokenizer& tok, const std::string& task, const EvalOptions& opt);
 std::vector<std::string> known_tasks();
 
 // ---- Lower-level protocols, usable on in-memory data ----
@@ -74,7 +73,7 @@ struct RequestScore {
 // continues from its state (exact float states, so the numbers are those of scoring each request
 // from scratch); without, each request is read from scratch. A request longer than
 // opt.max_length + 1 tokens reads its last max_length + 1 tokens minus one, as lm-eval.
-std::vector<std::vector<RequestScore>> score_requests(const Model& m, const std::vector<std::vector<Request>>& docs,
+std::vector<std::vector<RequestScore>> score_requests(Session& m, const std::vector<std::vector<Request>>& docs,
                                                       const EvalOptions& opt, Progress* bar = nullptr,
                                                       int64_t* tokens_read = nullptr);
 
@@ -119,21 +118,5 @@ nlohmann::json lm_eval_results(const std::vector<TaskResult>& tasks, const LmEva
 // Default data folder: $MAMBAQ_DATA, else <repo>/data.
 std::string default_data_dir();
 
-// A progress bar on stderr: redrawn in place on a terminal, a few plain lines otherwise.
-class Progress {
- public:
-  Progress(std::string label, int64_t total, bool enabled = true);
-  ~Progress();
-  void add(int64_t n);
-  void finish();
-
- private:
-  std::string label_;
-  int64_t total_, done_ = 0;
-  bool enabled_, tty_, finished_ = false;
-  double start_, last_ = 0;
-  int last_decile_ = -1;
-  void draw(bool final);
-};
 
 }  // namespace mambaq

@@ -3,7 +3,7 @@
 #include <functional>
 #include <vector>
 
-#include "mambaq/model.h"
+#include "mambaq/session.h"
 
 namespace mambaq {
 
@@ -26,7 +26,7 @@ int32_t sample_token(std::vector<float>& logits, const SampleOptions& opt, uint6
 
 // Prefill the prompt, then decode `n` tokens one at a time carrying the recurrent state.
 // `on_token` is called for every new token as soon as it is chosen; returning false stops.
-std::vector<int32_t> generate(const Model& m, const std::vector<int32_t>& prompt, int n, const SampleOptions& opt,
+std::vector<int32_t> generate(Session& m, const std::vector<int32_t>& prompt, int n, const SampleOptions& opt,
                               const std::function<bool(int32_t)>& on_token = {}, GenStats* stats = nullptr);
 
 }  // namespace mambaq

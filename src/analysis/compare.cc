@@ -159,7 +159,7 @@ std::set<int> parse_layers(const std::string& spec, int n_layer) {
 
 namespace fs = std::filesystem;
 
-RunCapture run_capture(const Model& m, const std::vector<std::vector<int32_t>>& samples, const std::set<int>& layers,
+RunCapture run_capture(Session& m, const std::vector<std::vector<int32_t>>& samples, const std::set<int>& layers,
                        const std::string& label, bool progress) {
   RunCapture rc;
   LayerCapture cap(layers);
@@ -258,7 +258,7 @@ std::string dir_name(const RunKey& key, const nlohmann::json& kj) {
 
 std::string run_dir_name(const RunKey& key) { return dir_name(key, key_json(key)); }
 
-CachedRun cached_run(const Model& m, const RunKey& key, const RunInputs& in,
+CachedRun cached_run(Session& m, const RunKey& key, const RunInputs& in,
                      const std::vector<std::vector<int32_t>>& samples, const std::set<int>& layers,
                      const std::string& save_dir, const std::string& label, bool progress) {
   CachedRun out;
@@ -388,7 +388,11 @@ std::vector<CompareRun> compare_models(const Model& ref, const std::vector<const
                                        const std::vector<std::vector<int32_t>>& samples) {
   MQ_ASSERT(cands.size() == spec.cand_paths.size() && !cands.empty());
   const auto& rc = ref.config();
-  const std::string rmode = mode_name(ref.mode());
+  const std::string rmode = mode_name(parse_mode(spec.ref_mode));
+  const SessionOptions ref_opts{.backend = spec.backend, .mode = parse_mode(spec.ref_mode)};
+  // plans are checked on a host backend (no uploads), before the first long run
+  auto probe = [](SessionOptions o) { return o.backend = "ref", o; };
+  (void)Session(ref, probe(ref_opts));
   // Every check and every plan before the first long run.
   for (size_t c = 0; c < cands.size(); ++c) {
     const auto& cc = cands[c]->config();
@@ -406,7 +410,7 @@ std::vector<CompareRun> compare_models(const Model& ref, const std::vector<const
   std::vector<Plan> plans;
   for (size_t c = 0; c < cands.size(); ++c) {
     std::vector<std::string> modes = spec.modes;
-    if (modes.empty()) modes.push_back(mode_name(cands[c]->mode()));
+    if (modes.empty()) modes.push_back(cands[c]->is_quantized() ? "int8" : "fp32");
     for (const auto& m : modes) {
       if (spec.fp_ops && m != "fake")
         fail_option("fp_ops", "fp_ops {} runs in the fake-quant simulation: run the candidate in mode fake "
@@ -428,18 +432,17 @@ std::vector<CompareRun> compare_models(const Model& ref, const std::vector<const
     bases[c] = b;
     if (!moved.count(b)) {
       auto r = fp_in_quantized_basis(ref, *cm.quantized());
-      r->set_mode(ref.mode());
       fmt::print(stderr, "reference: {} in {}'s basis ({} by the {} recipe)\n", spec.ref_path, spec.cand_paths[c],
                    b.substr(0, b.find(':')), cm.quantized()->meta.recipe);
       moved.emplace(b, std::move(r));
     }
   }
   auto ref_in = [&](const std::string& basis) -> const Model& { return basis.empty() ? ref : *moved.at(basis); };
-  for (const auto& p : plans) {  // every candidate plan can be built
-    Model probe(*cands[p.cand]);
-    probe.set_mode(parse_mode(p.mode));
-    probe.set_fp_ops(spec.fp_ops, &ref_in(bases[p.cand]));
-  }
+  auto cand_opts = [&](const Plan& p) {
+    return SessionOptions{.backend = spec.backend, .mode = parse_mode(p.mode), .fp_ops = spec.fp_ops,
+                          .fp = &ref_in(bases[p.cand])};
+  };
+  for (const auto& p : plans) (void)Session(*cands[p.cand], probe(cand_opts(p)));  // every candidate plan can be built
   const RunInputs in{spec.data_file, sha256_file(spec.data_file), spec.seqlen};  // hashed once for every run
   const std::string ref_id = model_identity(spec.ref_path);
   const std::vector<std::string> names = candidate_names(spec.cand_paths);
@@ -450,16 +453,15 @@ std::vector<CompareRun> compare_models(const Model& ref, const std::vector<const
   for (const auto& p : plans) {
     const std::string& basis = bases[p.cand];
     if (!refs.count(basis)) {
-      CachedRun r = cached_run(ref_in(basis), {"ref", spec.ref_path, rmode, "", "", basis}, in, samples, spec.layers,
+      Session rs(ref_in(basis), ref_opts);
+      CachedRun r = cached_run(rs, {"ref", spec.ref_path, rmode, "", "", basis}, in, samples, spec.layers,
                                spec.save_dir, "reference", spec.progress);
       if (!r.note.empty()) fmt::print(stderr, "reference in {} recomputed: {}\n", r.dir, r.note);
       if (r.reused) fmt::print(stderr, "reference reused from {}\n", r.dir);
       refs.emplace(basis, std::move(r));
     }
     const CachedRun& R = refs.at(basis);
-    Model m(*cands[p.cand]);
-    m.set_mode(parse_mode(p.mode));
-    m.set_fp_ops(spec.fp_ops, &ref_in(basis));
+    Session m(*cands[p.cand], cand_opts(p));
     const std::string ops = fp_ops_str(spec.fp_ops);
     const RunKey key{"cand", spec.cand_paths[p.cand], p.mode, ops, spec.fp_ops ? ref_id + "|" + basis : "", ""};
     const std::string label = names[p.cand] + " " + p.mode + (ops.empty() ? "" : " (FP32: " + ops + ")");

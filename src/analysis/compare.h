@@ -11,7 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "mambaq/model.h"
+#include "mambaq/session.h"
 
 namespace mambaq {
 
@@ -75,7 +75,7 @@ struct RunCapture {
   std::map<std::pair<int, std::string>, std::vector<float>> layers;  // {positions, d_model}
   std::vector<float> logits;                                         // {positions, padded_vocab}
 };
-RunCapture run_capture(const Model& m, const std::vector<std::vector<int32_t>>& samples, const std::set<int>& layers,
+RunCapture run_capture(Session& m, const std::vector<std::vector<int32_t>>& samples, const std::set<int>& layers,
                        const std::string& label, bool progress);
 
 // What a run is (--save-dir keys its folder by it): the model's identity (config hash + weights
@@ -110,7 +110,7 @@ struct CachedRun {
   bool reused = false;
   std::string note;  // why a saved run was not reused ("": nothing was saved there)
 };
-CachedRun cached_run(const Model& m, const RunKey& key, const RunInputs& in,
+CachedRun cached_run(Session& m, const RunKey& key, const RunInputs& in,
                      const std::vector<std::vector<int32_t>>& samples, const std::set<int>& layers,
                      const std::string& save_dir, const std::string& label, bool progress);
 
@@ -139,7 +139,9 @@ struct CompareRun {
 struct CompareSpec {
   std::string ref_path;                 // for identities and messages
   std::vector<std::string> cand_paths;  // one per candidate model
+  std::string ref_mode = "fp32";        // the reference's execution mode
   std::vector<std::string> modes;       // modes every candidate runs in (empty: each its own)
+  std::string backend;                  // where every run computes (empty: the default backend)
   unsigned fp_ops = 0;                  // op kinds kept in FP32 (fake mode only)
   std::string data_file;
   int seqlen = 0;

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "mambaq/model.h"
+#include "mambaq/session.h"
 #include "model/points.h"
 
 namespace mambaq {

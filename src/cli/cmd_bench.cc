@@ -73,7 +73,7 @@ void reset_peak_rss() {
   out << "5";
 }
 
-BenchRun run_once(const Model& m, const std::vector<int32_t>& prompt, int decode, int repeats) {
+BenchRun run_once(Session& m, const std::vector<int32_t>& prompt, int decode, int repeats) {
   const auto& c = m.config();
   const int dm = c.d_model, V = c.padded_vocab, P = int(prompt.size());
   BenchRun r;
@@ -132,6 +132,7 @@ Runner register_bench(CLI::App& app) {
   sub->add_option("--seed", o->seed, "Seed of synthetic weights and prompt")->capture_default_str();
   sub->add_flag("--no-bandwidth", o->no_bw, "Skip the memory bandwidth measurement");
   sub->add_option("--json", o->json, "Write the results as JSON to FILE ('-' = stdout)");
+  add_backend(sub, o->c);
   add_common(sub, o->c);
   return [o] {
     apply_common(o->c);
@@ -156,10 +157,9 @@ Runner register_bench(CLI::App& app) {
       modes.clear();
       for (const auto& v : variants) modes.push_back(v == "fp32" ? ExecMode::FP32 : ExecMode::Int8);
     }
-    if (modes.empty()) modes.push_back(m->mode());
-    for (ExecMode mode : modes)  // before measuring anything
-      if (mode != ExecMode::FP32 && !m->is_quantized() && o->synthetic.empty())
-        fail("--mode {}: {} is not quantized (run `mambaq quantize` first)", mode_name(mode), o->model);
+    if (modes.empty()) modes.push_back(m->is_quantized() ? ExecMode::Int8 : ExecMode::FP32);
+    if (o->synthetic.empty())
+      for (ExecMode mode : modes) check_session_options(*m, {.mode = mode});  // before measuring anything
     // FP modes first: the FP weights are freed before the quantized modes run, so each mode's
     // peak memory is its own (each --quant variant starts again from the seeded random weights).
     if (variants.empty())
@@ -173,6 +173,7 @@ Runner register_bench(CLI::App& app) {
                "prefill_tok/s", "decode_tok/s", "ttft_ms", "weights_MiB", "decode_bound", "peak_MiB");
     nlohmann::json runs = nlohmann::json::array();
     double quantize_s = 0;
+    std::string backend_desc, backend_name;
     for (size_t vi = 0; vi < modes.size(); ++vi) {
       const ExecMode mode = modes[vi];
       const std::string variant = variants.empty() ? mode_name(mode) : variants[vi];
@@ -201,11 +202,13 @@ Runner register_bench(CLI::App& app) {
         m = std::move(q);  // frees the FP projections
         quantize_s = now_s() - tq;
       }
-      m->set_mode(mode);
+      Session S(*m, {.backend = o->c.backend, .mode = mode});
+      backend_desc = S.backend_name() + " (" + S.backend_isa() + ")";
+      backend_name = S.backend_name();
       malloc_trim(0);  // memory the quantization freed goes back to the system before the peak is reset
       reset_peak_rss();
-      const BenchRun r = run_once(*m, prompt, o->decode, o->repeats);
-      const double bytes = double(m->weight_bytes());
+      const BenchRun r = run_once(S, prompt, o->decode, o->repeats);
+      const double bytes = double(S.weight_bytes());
       const double bound = bw > 0 ? bw * 1e9 / bytes : 0;
       fmt::print("{:<28} {:>7} {:>8} {:>12.1f} {:>12.2f} {:>10.1f} {:>12.1f} {:>12.2f} {:>10.1f}\n", name,
                  variant, num_threads(), o->prompt / r.ttft, o->decode / r.dect, 1e3 * r.ttft,
@@ -222,7 +225,7 @@ Runner register_bench(CLI::App& app) {
                       {"peak_rss_mib", r.peak_mib}});
     }
     if (bw > 0) fmt::print("memory read bandwidth {:.1f} GB/s\n", bw);
-    fmt::print("kernels: backend {} ({})\n", default_backend().name, default_backend().isa);
+    fmt::print("kernels: backend {}\n", backend_desc);
     if (runs.size() > 1)
       for (size_t i = 1; i < runs.size(); ++i)
         fmt::print("{} vs {}: prefill x{:.2f}, decode x{:.2f}, peak memory x{:.2f}\n", runs[i]["mode"].get<std::string>(),
@@ -231,7 +234,7 @@ Runner register_bench(CLI::App& app) {
                    runs[i]["decode_tok_s"].get<double>() / runs[0]["decode_tok_s"].get<double>(),
                    runs[i]["peak_rss_mib"].get<double>() / runs[0]["peak_rss_mib"].get<double>());
     if (!o->json.empty()) {
-      nlohmann::json j = {{"model", name},         {"threads", num_threads()}, {"backend", default_backend().name}, {"prompt_len", o->prompt},
+      nlohmann::json j = {{"model", name},         {"threads", num_threads()}, {"backend", backend_name}, {"prompt_len", o->prompt},
                           {"decode_tokens", o->decode}, {"repeats", o->repeats}, {"read_bandwidth_gbs", bw},
                           {"load_s", load_s},      {"quantize_s", quantize_s}, {"runs", runs}};
       for (auto& [k, v] : runs[0].items()) j[k] = v;  // the first mode also at top level (older scripts)

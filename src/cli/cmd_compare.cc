@@ -50,13 +50,14 @@ Runner register_compare(CLI::App& app) {
       ->check(at_least(1));
   sub->add_flag("--per-sample", o->per_sample, "Also print the statistics of every sample (always in --json)");
   sub->add_flag("-q,--quiet", o->quiet, "No progress bar");
+  add_backend(sub, o->c);
   add_common(sub, o->c);
   return [o] {
     apply_common(o->c);
     check_output_file(o->json, "--json");
     if (!o->save_dir.empty()) check_output_dir(o->save_dir, "--save-dir");
     if (o->data.empty()) o->data = (fs::path(o->c.data_dir) / "corpus" / "heldout.txt").string();
-    auto ref = load_model(o->ref, o->ref_mode);
+    auto ref = Model::load(o->ref);
     std::vector<std::unique_ptr<Model>> owned;
     std::vector<const Model*> cands;
     for (const auto& c : o->cands) {
@@ -66,6 +67,8 @@ Runner register_compare(CLI::App& app) {
     CompareSpec spec;
     spec.ref_path = o->ref;
     spec.cand_paths = o->cands;
+    spec.ref_mode = mode_name(parse_mode(o->ref_mode));
+    spec.backend = o->c.backend;
     for (const auto& t : split_list(o->cand_modes.empty() ? o->cand_mode : o->cand_modes))
       spec.modes.push_back(mode_name(parse_mode(t)));
     spec.fp_ops = parse_fp_ops(o->fp_ops);
@@ -79,7 +82,7 @@ Runner register_compare(CLI::App& app) {
     const CalibSamples cs = make_calib_samples(*tok, o->data, o->seqlen, o->samples, "data");
     const std::vector<CompareRun> runs = compare_models(*ref, cands, spec, cs.samples);
 
-    const std::string rmode = mode_name(ref->mode());
+    const std::string rmode = spec.ref_mode;
     for (const auto& run : runs) {
       fmt::print("\n{} vs {} ({}), {} samples x {} tokens\n", run.label, o->ref, rmode, cs.samples.size(),
                  o->seqlen);

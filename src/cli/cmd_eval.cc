@@ -124,6 +124,7 @@ Runner register_eval(CLI::App& app) {
   sub->add_flag("--no-log", o->no_log, "Do not append to the experiment log");
   sub->add_option("--log-extra", o->log_extra, "JSON object merged into the log record (e.g. by sweeps)");
   add_mode(sub, o->mode);
+  add_backend(sub, o->c);
   add_common(sub, o->c);
   return [o] {
     apply_common(o->c);
@@ -152,16 +153,14 @@ Runner register_eval(CLI::App& app) {
       if (modes.empty()) fail("--modes: no mode given");
     } else {
       ModeSpec one;
-      one.mode = o->mode.empty() ? m->mode() : parse_mode(o->mode);
+      one.mode = o->mode.empty() ? (m->is_quantized() ? ExecMode::Int8 : ExecMode::FP32) : parse_mode(o->mode);
       one.fp_ops = parse_fp_ops(o->fp_ops);
       check_fp_ops_mode(one, "--fp-ops " + o->fp_ops);
       one.label = mode_name(one.mode) + (one.fp_ops ? "+fp-ops=" + fp_ops_str(one.fp_ops) : std::string());
       modes.push_back(one);
     }
-    for (const auto& md : modes)
-      if (md.mode != ExecMode::FP32 && !m->is_quantized())
-        fail("{} {}: {} is not quantized (make one with `mambaq quantize`, or run it in mode fp32)",
-             o->modes.empty() ? "--mode" : "--modes", md.label, o->model);
+    for (const auto& md : modes)  // before the FP model and the tokenizer load (the FP model's checks: below)
+      check_session_options(*m, {.mode = md.mode, .fp_ops = md.fp_ops & ~(kFpLinear | kFpConv | kFpHead | kFpHadamard)});
     // --fp-ops linear/conv/head read the FP model's weights, in the quantized model's basis
     std::unique_ptr<Model> fp;
     unsigned all_ops = 0;
@@ -182,11 +181,10 @@ Runner register_eval(CLI::App& app) {
     std::vector<nlohmann::json> lm;
     for (const auto& md : modes) {
       const auto t0 = std::chrono::steady_clock::now();
-      m->set_mode(md.mode);
-      if (md.fp_ops) m->set_fp_ops(md.fp_ops, fp.get());
+      Session S(*m, {.backend = o->c.backend, .mode = md.mode, .fp_ops = md.fp_ops, .fp = fp.get()});
       if (modes.size() > 1 && !o->quiet) fmt::print(stderr, "mode {}\n", md.label);
       std::vector<TaskResult> rs;
-      for (const auto& t : tasks) rs.push_back(run_task(*m, *tok, t, o->e));
+      for (const auto& t : tasks) rs.push_back(run_task(S, *tok, t, o->e));
       LmEvalRun run;
       run.model_path = o->model;
       run.model_args = "pretrained=" + o->model + ",mode=" + mode_name(md.mode);

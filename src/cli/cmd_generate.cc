@@ -29,17 +29,19 @@ Runner register_generate(CLI::App& app) {
   sub->add_flag("--stop-at-eos", o->stop_eos, "Stop after <|endoftext|>");
   sub->add_flag("--stats", o->stats, "Print timing to stderr");
   add_mode(sub, o->mode);
+  add_backend(sub, o->c);
   add_common(sub, o->c);
   return [o] {
     apply_common(o->c);
-    auto m = load_model(o->model, o->mode);
+    auto model = Model::load(o->model);
+    Session S = make_session(*model, o->mode, o->c);
     auto tok = load_tokenizer(o->model, o->c);
     const auto ids = tok->encode(o->prompt);
     if (o->stop_eos) o->s.stop_id = tok->eos_id();
     fmt::print("{}", o->prompt);
     std::fflush(stdout);
     GenStats st;
-    generate(*m, ids, o->n, o->s,
+    generate(S, ids, o->n, o->s,
              [&](int32_t t) {
                const std::string b = tok->token_bytes(t);
                std::fwrite(b.data(), 1, b.size(), stdout);

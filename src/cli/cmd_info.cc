@@ -50,7 +50,7 @@ Runner register_info(CLI::App& app) {
       const QuantMeta& qm = m->quantized()->meta;
       fmt::print("quantized     {}\n", qm.summary());
       if (!qm.layers.empty()) fmt::print("layer prec.   {}\n", qm.layers_str());
-      fmt::print("weights       {:.1f} MiB in int8 mode\n", double(m->weight_bytes()) / (1 << 20));
+      fmt::print("weights       {:.1f} MiB in int8 mode\n", double(decode_weight_bytes(*m)) / (1 << 20));
     }
     if (!o->json.empty()) {
       nlohmann::json j = {{"model", o->model},         {"architecture", arch_name(c.arch)},

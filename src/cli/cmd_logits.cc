@@ -22,14 +22,16 @@ Runner register_logits(CLI::App& app) {
   sub->add_option("--top", o->top, "How many logits to report")->check(at_least(1));
   sub->add_option("--json", o->json, "Write {ids, top_ids, top_logits} to FILE ('-' = stdout)");
   add_mode(sub, o->mode);
+  add_backend(sub, o->c);
   add_common(sub, o->c);
   return [o] {
     apply_common(o->c);
     check_output_file(o->json, "--json");
-    auto m = load_model(o->model, o->mode);
+    auto model = Model::load(o->model);
+    Session S = make_session(*model, o->mode, o->c);
     auto tok = load_tokenizer(o->model, o->c);
     const auto ids = tok->encode(o->prompt);
-    auto logits = m->last_logits(ids);
+    auto logits = S.last_logits(ids);
     const int k = std::min<int>(o->top, int(logits.size()));
     std::vector<int> idx(logits.size());
     std::iota(idx.begin(), idx.end(), 0);

@@ -118,6 +118,7 @@ Runner register_quantize(CLI::App& app) {
   sub->add_flag("--force", o->force, "Overwrite the files of an existing output folder");
   sub->add_flag("-v,--verbose", o->verbose, "Print alpha, max and scale of every quantization point");
   sub->add_flag("-q,--quiet", o->quiet, "No progress bar");
+  add_backend(sub, o->c);
   add_common(sub, o->c);
   return [o] {
     const auto t0 = std::chrono::steady_clock::now();
@@ -236,6 +237,7 @@ Runner register_quantize(CLI::App& app) {
     meta.scale_overrides = o->overrides;
     qi.calib = &cs;
     qi.calib_opts = co;
+    qi.calib_opts.backend = o->c.backend;
     qi.gptq.damp = o->gptq_damp;
     qi.gptq.act_order = o->gptq_act_order;
     qi.progress = !o->quiet;
@@ -255,8 +257,8 @@ Runner register_quantize(CLI::App& app) {
                             : meta.group_heads && !meta.grouped_percentile ? "grouped min-max"
                                                                            : fmt::format("alpha {} {}", o->alpha, o->pmode);
     fmt::print("quantized {} -> {} ({} W{}A{}, {}, {}): {:.1f} MiB -> {:.1f} MiB, {:.1f} s\n", o->model, o->out,
-               o->recipe, o->w_bits, o->a_bits, obs, wdesc, double(fp->weight_bytes()) / (1 << 20),
-               double(q->weight_bytes()) / (1 << 20), wall);
+               o->recipe, o->w_bits, o->a_bits, obs, wdesc, double(decode_weight_bytes(*fp)) / (1 << 20),
+               double(decode_weight_bytes(*q)) / (1 << 20), wall);
     if (!o->no_log) {
       nlohmann::json r = log_header("quantize");
       r["model"] = o->model;
@@ -293,8 +295,8 @@ Runner register_quantize(CLI::App& app) {
       r["calibration"]["clipping"] = clip;
       r["results"] = {{"calibrate_s", calib_s},
                       {"gptq_s", res.gptq_s},
-                      {"weight_mib_fp32", double(fp->weight_bytes()) / (1 << 20)},
-                      {"weight_mib_quantized", double(q->weight_bytes()) / (1 << 20)}};
+                      {"weight_mib_fp32", double(decode_weight_bytes(*fp)) / (1 << 20)},
+                      {"weight_mib_quantized", double(decode_weight_bytes(*q)) / (1 << 20)}};
       r["wall_s"] = wall;
       r["peak_rss_mib"] = peak_rss_mib();
       r.update(extra);

@@ -90,10 +90,10 @@ Runner register_sweep(CLI::App& app) {
         if (!tps.count(c.model)) {
           auto m = Model::load(c.model);
           std::vector<int32_t> toks(512, 100);
-          std::vector<float> h(512 * size_t(m->config().d_model));
+          Session S(*m);
           const int lens[1] = {512};
           const auto t0 = std::chrono::steady_clock::now();
-          m->forward(toks, lens, nullptr, h.data());
+          S.forward(toks, lens, nullptr, nullptr);
           tps[c.model] = 512 / std::max(1e-3, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
         }
         est += sweep_cell_tokens(c, s, o->c.data_dir) / tps[c.model] * 1.5 + 2;  // + LM head, loading

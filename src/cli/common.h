@@ -6,7 +6,7 @@
 #include <string>
 
 #include "io/mmap_file.h"
-#include "mambaq/model.h"
+#include "mambaq/session.h"
 #include "mambaq/tokenizer.h"
 
 namespace mambaq::cli {
@@ -14,6 +14,7 @@ namespace mambaq::cli {
 struct Common {
   int threads = 0;
   std::string data_dir;
+  std::string backend;  // --backend (commands that run a model)
 };
 
 using Runner = std::function<int()>;
@@ -37,7 +38,10 @@ void write_json(const std::string& file, const nlohmann::json& j);
 double peak_rss_mib();
 // --mode fp32|fake|int8 (default: int8 for a quantized model, fp32 otherwise)
 void add_mode(CLI::App* sub, std::string& mode);
-std::unique_ptr<Model> load_model(const std::string& dir, const std::string& mode);
+// --backend NAME (default: $MAMBAQ_BACKEND, else cpu), on every command that runs a model.
+void add_backend(CLI::App* sub, Common& c);
+// A session of `m` in --mode (empty: the model's default) on --backend.
+Session make_session(const Model& m, const std::string& mode, const Common& c);
 // --log-extra: a JSON object (empty string: {}); errors name the flag.
 nlohmann::json parse_log_extra(const std::string& s);
 // SHA-256 of a file, hex (OpenSSL).

@@ -9,6 +9,7 @@
 #include <fmt/ranges.h>
 
 #include "cli/common.h"
+#include "kernels/backend.h"
 #include "core/threads.h"
 #include "mambaq/error.h"
 #include "mambaq/eval.h"
@@ -98,10 +99,17 @@ void add_mode(CLI::App* sub, std::string& mode) {
                   "default int8 for a quantized model, fp32 otherwise");
 }
 
-std::unique_ptr<Model> load_model(const std::string& dir, const std::string& mode) {
-  auto m = Model::load(dir);
-  if (!mode.empty()) m->set_mode(parse_mode(mode));
-  return m;
+void add_backend(CLI::App* sub, Common& c) {
+  sub->add_option("--backend", c.backend,
+                  "Where the model computes: " + fmt::format("{}", fmt::join(backend_names(), ", ")) +
+                      " (default: $MAMBAQ_BACKEND, else cpu = the widest cpu variant this CPU runs)");
+}
+
+Session make_session(const Model& m, const std::string& mode, const Common& c) {
+  SessionOptions o;
+  o.backend = c.backend;
+  if (!mode.empty()) o.mode = parse_mode(mode);
+  return Session(m, o);
 }
 
 nlohmann::json parse_log_extra(const std::string& s) {

@@ -4,7 +4,7 @@
 #include <cstdio>
 #include <fmt/format.h>
 
-#include "mambaq/eval.h"
+#include "mambaq/progress.h"
 
 namespace mambaq {
 

@@ -5,53 +5,10 @@
 #include <algorithm>
 #include <cmath>
 
-#include "eval/scoring.h"
-#include "kernels/backend.h"
 #include "mambaq/error.h"
 #include "mambaq/eval.h"
 
 namespace mambaq {
-
-namespace {
-// Every forward and LM-head product of scoring has at least this many rows: below it the
-// kernels switch to decode paths (oneDNN's small-M sgemm, the int8/int4 GEMVs) whose float
-// rounding differs, and a quantized model amplifies a last-bit difference into a flipped
-// activation code. Padding keeps a document's numbers independent of how few rows its batch had.
-constexpr int kMinRows = 16;
-}  // namespace
-
-void score_rows(const Model& m, const std::vector<const float*>& rows, const std::vector<int32_t>& targets,
-                std::vector<RowScore>& out) {
-  MQ_ASSERT(rows.size() == targets.size());
-  const int V = m.config().padded_vocab, dm = m.config().d_model;
-  constexpr int kChunk = 256;
-  std::vector<float> h(size_t(kChunk) * dm), logits(size_t(kChunk) * V);
-  out.resize(rows.size());
-  for (int32_t tgt : targets)  // a tokenizer larger than the model's vocabulary
-    if (tgt < 0 || tgt >= V)
-      fail("scored token id {} is outside the model's vocabulary [0, {}): the tokenizer does not belong to this model",
-           tgt, V);
-  for (size_t r0 = 0; r0 < rows.size(); r0 += kChunk) {
-    const int n = int(std::min<size_t>(kChunk, rows.size() - r0));
-    for (int i = 0; i < n; ++i) std::copy_n(rows[r0 + size_t(i)], dm, h.data() + size_t(i) * dm);
-    // at least kMinRows rows (copies of the first), for the reason given at kMinRows
-    const int np = std::max(n, std::min(kMinRows, kChunk));
-    for (int i = n; i < np; ++i) std::copy_n(h.data(), dm, h.data() + size_t(i) * dm);
-    m.lm_head(h.data(), np, logits.data());
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < n; ++i) {
-      double lp;
-      int arg;
-      const int32_t tgt = targets[r0 + size_t(i)];
-      default_backend().log_softmax_at(logits.data() + size_t(i) * V, V, tgt, &lp, &arg);
-      out[r0 + size_t(i)] = {lp, arg == tgt};
-    }
-    for (int i = 0; i < n; ++i)
-      if (!std::isfinite(out[r0 + size_t(i)].logprob))
-        fail("the log-likelihood of a scored token is {} (the LM head's logits overflow): refusing to report it",
-             out[r0 + size_t(i)].logprob);
-  }
-}
 
 Request encode_pair(const Tokenizer& tok, std::string context, std::string cont) {
   // trailing white space of the context moves to the front of the continuation
@@ -116,9 +73,17 @@ DocPlan plan_doc(const std::vector<Request>& reqs, const EvalOptions& opt) {
   return p;
 }
 
-// forward(), padded to kMinRows tokens with a throw-away sequence of token 0.
-void forward_padded(const Model& m, std::vector<int32_t>& toks, std::vector<int>& lens, std::vector<SeqState*>& sp,
-                    std::vector<float>& hidden, Tap* tap) {
+// Every forward of scoring has at least this many rows: below it the kernels switch to decode
+// paths (oneDNN's small-M sgemm, the int8/int4 GEMVs) whose float rounding differs, and a
+// quantized model amplifies a last-bit difference into a flipped activation code. Padding keeps a
+// document's numbers independent of how few rows its batch had (Session::score_rows pads the LM
+// head's products the same way).
+constexpr int kMinRows = 16;
+
+// forward(), padded to kMinRows tokens with a throw-away sequence of token 0; the hidden states
+// stay in the session's backend memory.
+Hidden forward_padded(Session& m, std::vector<int32_t>& toks, std::vector<int>& lens, std::vector<SeqState*>& sp,
+                      Tap* tap) {
   const int T = int(toks.size());
   const int pad = T < kMinRows ? kMinRows - T : 0;
   if (pad) {
@@ -126,28 +91,18 @@ void forward_padded(const Model& m, std::vector<int32_t>& toks, std::vector<int>
     lens.push_back(pad);
     sp.push_back(nullptr);
   }
-  hidden.resize(toks.size() * size_t(m.config().d_model));
-  m.forward(toks, lens, sp.data(), hidden.data(), tap);
-}
-
-size_t state_floats(const SeqState& s) {
-  size_t n = 0;
-  for (const auto& v : s.conv) n += v.size();
-  for (const auto& v : s.ssm) n += v.size();
-  for (const auto& v : s.conv_q) n += (v.size() + 3) / 4;
-  return n;
+  return m.forward_hidden(toks, lens, sp.data(), tap);
 }
 
 }  // namespace
 
-std::vector<std::vector<RequestScore>> score_requests(const Model& m, const std::vector<std::vector<Request>>& docs,
+std::vector<std::vector<RequestScore>> score_requests(Session& m, const std::vector<std::vector<Request>>& docs,
                                                       const EvalOptions& opt, Progress* bar, int64_t* tokens_read) {
   if (opt.max_length < 1) fail_option("max_length", "max_length must be at least 1 (got {})", opt.max_length);
-  const int dm = m.config().d_model;
   std::vector<std::vector<RequestScore>> out(docs.size());
   // Saved and working states: two per document of a batch, within a memory budget.
   constexpr size_t kStateBudget = size_t(512) << 20;
-  const size_t state_bytes = opt.shared_prefix ? state_floats(m.new_state(true)) * 4 : 0;
+  const size_t state_bytes = opt.shared_prefix ? m.new_state(true).bytes() : 0;
   const size_t max_docs_by_state = state_bytes ? std::max<size_t>(1, kStateBudget / (2 * state_bytes)) : SIZE_MAX;
   size_t d0 = 0;
   while (d0 < docs.size()) {
@@ -166,7 +121,7 @@ std::vector<std::vector<RequestScore>> score_requests(const Model& m, const std:
     if (tokens_read) *tokens_read += tokens;
     // Phase 1: the shared prefixes, each from an empty exact state.
     std::vector<SeqState> saved(nd);
-    std::vector<float> h1;
+    Hidden h1;
     std::vector<int> row1(nd, -1);  // hidden row of each document's last prefix token
     {
       std::vector<int32_t> toks;
@@ -181,7 +136,7 @@ std::vector<std::vector<RequestScore>> score_requests(const Model& m, const std:
         sp.push_back(&saved[i]);
         row1[i] = int(toks.size()) - 1;
       }
-      if (!lens.empty()) forward_padded(m, toks, lens, sp, h1, opt.tap);
+      if (!lens.empty()) h1 = forward_padded(m, toks, lens, sp, opt.tap);
     }
     // Phase 2: round k reads request k of every document, from a copy of its saved state.
     size_t kmax = 0;
@@ -204,16 +159,17 @@ std::vector<std::vector<RequestScore>> score_requests(const Model& m, const std:
         toks.insert(toks.end(), s.begin() + start[i], s.begin() + (L - 1));
         lens.push_back(n);
         if (p > 0) {
-          work[i] = saved[i];
+          if (work[i].empty()) work[i] = m.new_state(true);
+          m.copy_state(work[i], saved[i]);
           sp.push_back(&work[i]);
         } else {
           sp.push_back(nullptr);
         }
       }
-      std::vector<float> h2;
-      if (!lens.empty()) forward_padded(m, toks, lens, sp, h2, opt.tap);
+      Hidden h2;
+      if (!lens.empty()) h2 = forward_padded(m, toks, lens, sp, opt.tap);
       // the rows predicting each continuation token
-      std::vector<const float*> rows;
+      std::vector<Session::RowRef> rows;
       std::vector<int32_t> targets;
       for (size_t i = 0; i < nd; ++i) {
         if (k >= plans[i].seq.size()) continue;
@@ -222,16 +178,16 @@ std::vector<std::vector<RequestScore>> score_requests(const Model& m, const std:
         for (int t = c; t < L; ++t) {
           const int pos = t - 1;  // the position whose output predicts token t
           if (pos >= start[i]) {
-            rows.push_back(h2.data() + size_t(off[i] + pos - start[i]) * dm);
+            rows.push_back({&h2, off[i] + pos - start[i]});
           } else {
             MQ_ASSERT(plans[i].prefix > 0 && pos == plans[i].prefix - 1);
-            rows.push_back(h1.data() + size_t(row1[i]) * dm);
+            rows.push_back({&h1, row1[i]});
           }
           targets.push_back(s[size_t(t)]);
         }
       }
       std::vector<RowScore> sc;
-      score_rows(m, rows, targets, sc);
+      m.score_rows(rows, targets, sc);
       size_t r = 0;
       for (size_t i = 0; i < nd; ++i) {
         if (k >= plans[i].seq.size()) continue;

@@ -8,7 +8,6 @@
 #include <filesystem>
 
 #include "core/stats.h"
-#include "eval/scoring.h"
 #include "io/json_file.h"
 #include "io/mmap_file.h"
 #include "kernels/backend.h"
@@ -52,7 +51,7 @@ double elapsed(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-TaskResult run_lastword(const Model& m, const Tokenizer& tok, const std::string& key, const std::string& path,
+TaskResult run_lastword(Session& m, const Tokenizer& tok, const std::string& key, const std::string& path,
                         const EvalOptions& opt) {
   auto t0 = std::chrono::steady_clock::now();
   auto texts = read_jsonl_texts(path);
@@ -116,7 +115,7 @@ TaskResult run_lastword(const Model& m, const Tokenizer& tok, const std::string&
   return res;
 }
 
-TaskResult run_mc(const Model& m, const Tokenizer& tok, const std::string& key, const EvalOptions& opt) {
+TaskResult run_mc(Session& m, const Tokenizer& tok, const std::string& key, const EvalOptions& opt) {
   auto t0 = std::chrono::steady_clock::now();
   std::vector<McDoc> mc = load_mc_task(key, opt.data_dir);
   const int64_t n_original = int64_t(mc.size());
@@ -186,7 +185,7 @@ TaskResult run_mc(const Model& m, const Tokenizer& tok, const std::string& key, 
 
 // lm-eval's `wikitext`: wikitext_document_level pages, each detokenized and scored by
 // loglikelihood_rolling (disjoint windows of max_length tokens, the first after <|endoftext|>).
-TaskResult run_rolling(const Model& m, const Tokenizer& tok, const std::string& key, const std::string& path,
+TaskResult run_rolling(Session& m, const Tokenizer& tok, const std::string& key, const std::string& path,
                        const EvalOptions& opt) {
   auto t0 = std::chrono::steady_clock::now();
   if (!fs::exists(path)) fail("{}: file not found", path);
@@ -257,7 +256,7 @@ TaskResult run_rolling(const Model& m, const Tokenizer& tok, const std::string& 
   return res;
 }
 
-TaskResult run_ppl(const Model& m, const Tokenizer& tok, const std::string& key, const std::string& path,
+TaskResult run_ppl(Session& m, const Tokenizer& tok, const std::string& key, const std::string& path,
                    const EvalOptions& opt) {
   auto t0 = std::chrono::steady_clock::now();
   if (!fs::exists(path)) fail("{}: file not found", path);
@@ -269,7 +268,6 @@ TaskResult run_ppl(const Model& m, const Tokenizer& tok, const std::string& key,
   int64_t nwin = int64_t(ids.size()) / S;
   if (nwin == 0) fail("{}: only {} tokens, fewer than one window of --ppl-seqlen {}", path, ids.size(), S);
   if (opt.limit > 0) nwin = std::min<int64_t>(nwin, opt.limit);
-  const int dm = m.config().d_model;
   const int per_batch = std::max(1, opt.batch_tokens / S);
   double nll = 0;
   int64_t scored = 0;
@@ -278,17 +276,16 @@ TaskResult run_ppl(const Model& m, const Tokenizer& tok, const std::string& key,
     const int nw = int(std::min<int64_t>(per_batch, nwin - w0));
     std::span<const int32_t> toks(ids.data() + w0 * S, size_t(nw) * S);
     std::vector<int> lens(size_t(nw), S);
-    std::vector<float> hidden(toks.size() * size_t(dm));
-    std::vector<const float*> rows;
+    const Hidden hidden = m.forward_hidden(toks, lens, nullptr, opt.tap);
+    std::vector<Session::RowRef> rows;
     std::vector<int32_t> targets;
     for (int w = 0; w < nw; ++w)
       for (int t = 0; t + 1 < S; ++t) {
-        rows.push_back(hidden.data() + size_t(w * S + t) * dm);
+        rows.push_back({&hidden, w * S + t});
         targets.push_back(toks[size_t(w * S + t + 1)]);
       }
-    m.forward(toks, lens, nullptr, hidden.data(), opt.tap);
     std::vector<RowScore> sc;
-    score_rows(m, rows, targets, sc);
+    m.score_rows(rows, targets, sc);
     for (auto& s : sc) nll -= s.logprob;
     scored += int64_t(sc.size());
     bar.add(nw);
@@ -330,7 +327,7 @@ std::vector<std::string> known_tasks() {
   return {"lambada_openai", "arc_easy", "arc_challenge", "piqa", "winogrande", "hellaswag", "wikitext", "wikitext2"};
 }
 
-TaskResult run_task(const Model& m, const Tokenizer& tok, const std::string& task, const EvalOptions& opt) {
+TaskResult run_task(Session& m, const Tokenizer& tok, const std::string& task, const EvalOptions& opt) {
   if (task == "arc_easy" || task == "arc_challenge" || task == "piqa" || task == "winogrande" || task == "hellaswag")
     return run_mc(m, tok, task, opt);
   if (task == "wikitext")

@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cmath>
 
-#include "core/workspace.h"
 #include "kernels/wquant.h"
 #include "kernels/hadamard.h"
 #include "mambaq/error.h"
@@ -39,7 +38,7 @@ void resolve_taps(const ModelConfig& cfg, const QuantState* q, int layer, const 
     TapExec* te = nullptr;
     for (auto& t : le.taps)
       if (t.tap == u.tap) te = &t;
-    if (!te) te = &le.taps.emplace_back(TapExec{u.tap, {}, {}, false, false, nullptr});
+    if (!te) te = &le.taps.emplace_back(TapExec{u.tap, {}, {}, nullptr, false, false, nullptr});
     const int width = tap_width(cfg, u.tap);
     const auto [c0, c1] = col_range(cfg, u.cols, width);
     Prec p = prec[unsigned(u.kind)];
@@ -100,9 +99,77 @@ void resolve_taps(const ModelConfig& cfg, const QuantState* q, int layer, const 
 
 }  // namespace
 
+namespace {
+
+// Copies of what the kernels read, in the backend's memory: host pointers as they are for a
+// backend whose memory is the host's, one upload per distinct host buffer otherwise (a tied LM
+// head is uploaded once).
+struct Uploader {
+  PreparedPlan& pp;
+  std::vector<std::pair<const void*, void*>> seen;
+  template <class T> const T* put(const T* host, size_t n) {
+    if (!host) return nullptr;
+    if (pp.backend->get().host_memory) return host;
+    for (const auto& [h, d] : seen)
+      if (h == host) return static_cast<const T*>(d);
+    Buffer b = Buffer::from_host(pp.backend, host, n * sizeof(T));
+    pp.uploaded_bytes += b.bytes();
+    void* d = b.data();
+    pp.owned.push_back(std::move(b));
+    seen.emplace_back(host, d);
+    return static_cast<const T*>(d);
+  }
+  const float* put(const Weight& w) { return w.data ? put(w.data, size_t(w.size())) : nullptr; }
+  WeightView view(const QTensor& t) {
+    WeightView v;
+    if (t.empty()) return v;
+    v.format = t.format;
+    v.rows = t.rows(), v.cols = t.cols();
+    v.granularity = t.granularity, v.group = t.group;
+    v.scale = t.scales.empty() ? 0.f : t.scales[0];
+    v.scales = put(t.scales.empty() ? nullptr : t.scales.data(), t.scales.size());
+    const size_t n = t.format == WFormat::F32 ? size_t(t.size()) * 4
+                     : t.format == WFormat::S8 ? size_t(t.size())
+                                               : size_t(t.rows()) * size_t(t.cols() / 2);
+    v.data = put(static_cast<const uint8_t*>(t.data), n);
+    return v;
+  }
+  WeightView view(const Weight& w) {
+    WeightView v;
+    if (!w.data) return v;
+    v.format = WFormat::F32;
+    v.rows = int(w.dim(0)), v.cols = w.shape.size() < 2 ? 1 : int(w.shape.back());
+    v.data = put(w);
+    return v;
+  }
+  LinW lin(const QTensor& q, const Weight& f) {
+    LinW l;
+    if (q.empty() && !f.data) return l;
+    l.q = view(q);
+    l.f = view(f);
+    l.N = q.empty() ? int(f.dim(0)) : q.rows();
+    l.K = q.empty() ? int(f.shape.back()) : q.cols();
+    return l;
+  }
+  void taps(LayerExec& le) {
+    for (auto& t : le.taps) {
+      if (!t.col_scale.empty()) t.col_scale_dev = put(t.col_scale.data(), t.col_scale.size());
+      if (t.state) {
+        t.state->dev.ndg = t.state->ndg;
+        t.state->dev.scale = put(t.state->scale.data(), t.state->scale.size());
+        t.state->dev.dim_end = put(t.state->dim_end.data(), t.state->dim_end.size());
+      }
+    }
+  }
+};
+
+}  // namespace
+
 std::shared_ptr<PreparedPlan> prepare_plan(const ModelConfig& cfg, const ModelWeights& w, const QuantState* q,
-                                           ExecPlan plan, const Model* fp) {
+                                           ExecPlan plan, const Model* fp, BackendRef backend) {
   auto pp = std::make_shared<PreparedPlan>();
+  pp->backend = std::move(backend);
+  pp->w = w;
   pp->a_bits = q ? q->meta.a_bits : 8;
   const unsigned ops = plan.fp_ops;
   if ((ops & (kFpLinear | kFpConv | kFpHadamard)) && (!fp || fp->is_quantized()))
@@ -166,121 +233,219 @@ std::shared_ptr<PreparedPlan> prepare_plan(const ModelConfig& cfg, const ModelWe
     pp->emb_fw = fp->weights().embedding.as_weight();
   }
   pp->plan = std::make_unique<ExecPlan>(std::move(plan));
+
+  // What the backend's kernels read, in its memory.
+  // Views into the plan's own copy of the weights (pp->w: its scale vectors and buffers live as
+  // long as the plan).
+  const ModelWeights& pw = pp->w;
+  Uploader up{*pp, {}};
+  for (int l = 0; l < cfg.n_layer; ++l) {
+    const LayerWeights& L = pw.layers[size_t(l)];
+    LayerExec& le = pp->layers[size_t(l)];
+    LayerDev& d = le.dev;
+    d.norm = up.put(L.norm), d.norm_b = up.put(L.norm_b), d.in_proj_b = up.put(L.in_proj_b);
+    d.conv_b = up.put(L.conv_b), d.dt_proj_b = up.put(L.dt_proj_b), d.dt_bias = up.put(L.dt_bias);
+    d.A = up.put(L.A.empty() ? nullptr : L.A.data(), L.A.size()), d.D = up.put(L.D), d.gnorm = up.put(L.gnorm);
+    d.out_proj_b = up.put(L.out_proj_b);
+    for (int p = 0; p < kProjs; ++p) {
+      const QTensor& t = L.proj(Proj(p));
+      const Weight& f = le.fw[size_t(p)];
+      // the stored codes only where an integer kernel reads them (no copy of `t`: the views
+      // point into the model's own buffers, which the plan keeps alive)
+      static const QTensor none;
+      d.proj[size_t(p)] = up.lin(f.data && t.format != WFormat::F32 ? none : t, f);
+      if (f.data && t.format != WFormat::F32) d.proj[size_t(p)].N = t.rows(), d.proj[size_t(p)].K = t.cols();
+    }
+    up.taps(le);
+  }
+  up.taps(pp->head);
+  {
+    static const QTensor none;
+    const QTensor& W = pw.lm_head;
+    const Weight f = pp->head_fw.data ? pp->head_fw : (W.f32() ? W.as_weight() : Weight{});
+    pp->head_w = up.lin(f.data && !W.f32() ? none : W, f);
+    if (f.data) pp->head_w.q = pp->head_w.f;  // float weights: nothing else is read
+    pp->head_w.N = W.rows(), pp->head_w.K = W.cols();
+  }
+  pp->emb = pp->emb_fw.data ? up.view(pp->emb_fw) : up.view(pw.embedding);
+  if (pp->emb_fw.data) pp->emb.rows = int(pp->emb_fw.dim(0)), pp->emb.cols = int(pp->emb_fw.dim(1));
+  pp->norm_f = up.put(pw.norm_f), pp->norm_f_b = up.put(pw.norm_f_b);
   return pp;
 }
 
-Exec::Exec(const ModelConfig& cfg, const PreparedPlan& p, const Backend& kb, Tap* tap, std::span<const int> offs)
-    : k(kb), T(offs.back()), nseq(int(offs.size()) - 1), cfg_(cfg), p_(p), tap_(tap), offs_(offs) {}
+void* Workspace::bytes(int slot, size_t n) {
+  Buffer& b = slots_[size_t(slot)];
+  if (b.bytes() < n || b.empty()) {
+    b.reset();
+    b = Buffer(b_, n);
+  }
+  return b.data();
+}
 
-void Exec::set_layer(int l, const LayerWeights* L, float* const* conv_f, int8_t* const* conv_q, float* const* ssm_f,
-                     int8_t* const* ssm_q) {
+size_t Workspace::held() const {
+  size_t n = 0;
+  for (const auto& b : slots_) n += b.bytes();
+  return n;
+}
+
+Exec::Exec(const ModelConfig& cfg, const PreparedPlan& p, Workspace& ws, Tap* tap, Batch batch)
+    : k(p.backend->get()), ctx(p.backend->get().ctx), T(batch.rows()), nseq(batch.nseq), cfg_(cfg), p_(p), ws_(ws),
+      tap_(tap), b_(batch), offs_(batch.offs, size_t(batch.nseq) + 1) {}
+
+void Exec::set_layer(int l, const LayerStates& st) {
   l_ = l;
-  L_ = L;
   le_ = l < 0 ? &p_.head : &p_.layers[size_t(l)];
-  conv_f_ = conv_f, conv_q_ = conv_q, ssm_f_ = ssm_f, ssm_q_ = ssm_q;
+  L_ = l < 0 ? nullptr : &le_->dev;
+  st_ = st;
+}
+
+void Exec::tap_floats(std::string_view name, float* data, int rows, int cols, std::span<const int> offs) {
+  if (!tap_) return;
+  if (k.host_memory) return tap_->on(l_, name, data, rows, cols, offs);
+  const size_t n = size_t(rows) * cols;
+  std::vector<float> h(n), before;
+  k.download(ctx, h.data(), data, n * sizeof(float));
+  before = h;
+  tap_->on(l_, name, h.data(), rows, cols, offs);
+  if (h != before) k.upload(ctx, data, h.data(), n * sizeof(float));  // an in-place edit
 }
 
 void Exec::call_tap(std::string_view name, const Act& a) {
   if (!tap_) return;
   MQ_ASSERT(a.ld == a.cols);
-  if (!a.codes()) return tap_->on(l_, name, a.f, a.rows, a.cols, offs_);
-  float* v = scratch(kSlotTapView, size_t(a.rows) * a.cols);  // the tap sees the codes' values
+  if (!a.codes()) return tap_floats(name, a.f, a.rows, a.cols, offs_);
+  // the tap sees the codes' values (changes are not read back)
+  const size_t n = size_t(a.rows) * a.cols;
+  std::vector<int8_t> q(n);
+  k.download(ctx, q.data(), a.q, n);
+  std::vector<float> v(n);
   for (int r = 0; r < a.rows; ++r)
-    for (int c = 0; c < a.cols; ++c) v[size_t(r) * a.cols + c] = float(a.q[size_t(r) * a.ld + c]) * a.scale[c];
-  tap_->on(l_, name, v, a.rows, a.cols, offs_);
+    for (int c = 0; c < a.cols; ++c) v[size_t(r) * a.cols + c] = float(q[size_t(r) * a.ld + c]) * a.hscale[c];
+  tap_->on(l_, name, v.data(), a.rows, a.cols, offs_);
 }
 
-Act Exec::point(const char* name, Act a, int slot) {
+Act Exec::quantize_at(const char* name, Act a, int slot) {
   const TapExec* te = le_->tap(name);
   if (te && !a.codes()) {
     if (te->fake)
       for (const auto& u : te->uses)
-        if (u.prec == Prec::Fake) k.fake_quantize(a.f + u.c0, a.rows, u.c1 - u.c0, a.ld, u.scale, p_.a_bits);
+        if (u.prec == Prec::Fake) k.fake_quantize(ctx, a.f + u.c0, a.rows, u.c1 - u.c0, a.ld, u.scale, p_.a_bits);
     if (te->int8) {
-      int8_t* q = scratch_i8(slot, size_t(a.rows) * a.cols);
-      for (const auto& u : te->uses) k.quantize(a.f + u.c0, a.rows, u.c1 - u.c0, a.ld, u.scale, q + u.c0, a.cols);
-      a = Act{nullptr, q, te->col_scale.data(), a.rows, a.cols, a.cols};
+      int8_t* q = ws_.q(slot, size_t(a.rows) * a.cols);
+      for (const auto& u : te->uses) k.quantize(ctx, a.f + u.c0, a.rows, u.c1 - u.c0, a.ld, u.scale, q + u.c0, a.cols);
+      a = Act{nullptr, q, te->col_scale.data(), te->col_scale_dev, a.rows, a.cols, a.cols};
     }
   }
+  return a;
+}
+
+Act Exec::point(const char* name, Act a, int slot) {
+  a = quantize_at(name, a, slot);
   call_tap(name, a);
   return a;
 }
 
 Act Exec::fork(Act a, int slot) {
   if (a.codes() || (!tap_ && !le_->fake)) return a;
-  float* f = scratch(slot, size_t(a.rows) * a.cols);
-  for (int r = 0; r < a.rows; ++r) std::copy_n(a.f + size_t(r) * a.ld, a.cols, f + size_t(r) * a.cols);
+  float* f = ws_.f(slot, size_t(a.rows) * a.cols);
+  k.copy2d(ctx, f, sizeof(float) * size_t(a.cols), a.f, sizeof(float) * size_t(a.ld), sizeof(float) * size_t(a.cols),
+           size_t(a.rows));
   return Act::floats(f, a.rows, a.cols, a.cols);
 }
 
-Act Exec::linear(Proj p, Act in, const Weight& bias, float* out) {
-  const QTensor& W = L_->proj(p);
-  const int N = W.rows(), K = W.cols();
+Act Exec::linear(Proj p, Act in, const float* bias, float* out) { return linear(L_->proj[size_t(p)], in, bias, out); }
+
+Act Exec::linear(const LinW& W, Act in, const float* bias, float* out) {
+  const int N = W.N, K = W.K;
   MQ_ASSERT(in.cols == K && in.rows == T);
-  const Weight& f = le_->fw[size_t(p)];
-  if (in.codes() && W.s8()) {  // W8A8
-    k.gemm_s8(T, N, K, in.q, in.ld, in.s(), W.s8(), W.scales.data(), W.granularity == Granularity::Channel, bias.data,
-              out, N);
-  } else if (in.codes()) {  // W4A8
-    MQ_ASSERT(W.s4());
-    k.gemm_s8w4(T, N, K, in.q, in.ld, in.s(), W.s4(), W.scales.data(), W.group, bias.data, out, N);
-  } else if (f.data) {  // float weights (fp32, fake, or a float layer)
-    MQ_ASSERT(f.dim(0) == N && f.dim(1) == K);
-    k.gemm(T, N, K, in.f, in.ld, f.data, bias.data, out, N);
+  GemmArgs g;
+  g.M = T, g.N = N, g.K = K;
+  g.A = in.view();
+  g.bias = bias;
+  g.C = out, g.ldc = N;
+  if (in.codes()) {  // W8A8 / W4A8: the stored codes
+    MQ_ASSERT(W.q.format == WFormat::S8 || W.q.format == WFormat::S4);
+    g.W = W.q;
+  } else if (W.f.data) {  // float weights (fp32, fake, or a float layer)
+    MQ_ASSERT(W.f.rows == N && W.f.cols == K);
+    g.W = W.f;
   } else {  // W4A16
-    MQ_ASSERT(W.s4());
-    k.gemm_w4(T, N, K, in.f, in.ld, W.s4(), W.scales.data(), W.group, bias.data, out, N);
+    MQ_ASSERT(W.q.format == WFormat::S4);
+    g.W = W.q;
   }
+  k.gemm(ctx, g);
   return Act::floats(out, T, N, N);
 }
 
-Act Exec::conv1d_silu(Act in, const Weight& bias, const char* out_tap, int slot, int qslot) {
+Act Exec::conv1d_silu(Act in, const float* bias, const char* out_tap, int slot, int qslot) {
   const int C = in.cols, K = cfg_.d_conv;
+  const LinW& W = L_->proj[kConv];
+  ConvArgs a;
+  a.b = b_;
+  a.C = C, a.K = K;
+  a.x = in.view();
+  a.bias = bias;
   if (in.codes()) {
-    const QTensor& W = L_->conv_w;
-    MQ_ASSERT(W.s8() && W.granularity == Granularity::Tensor);
+    MQ_ASSERT(W.q.format == WFormat::S8 && W.q.granularity == Granularity::Tensor);
     const TapExec* te = le_->tap(out_tap);
     MQ_ASSERT(te && te->int8 && int(te->col_scale.size()) == C);
-    int8_t* q = scratch_i8(qslot, size_t(T) * C);
-    k.conv1d_s8_silu(nseq, offs_.data(), in.q, in.ld, in.s(), C, K, W.s8(), W.scales[0], bias.data, conv_q_,
-                     te->col_scale.data(), q, C);
-    return Act{nullptr, q, te->col_scale.data(), T, C, C};
+    int8_t* q = ws_.q(qslot, size_t(T) * C);
+    a.w = W.q;
+    a.st = {st_.conv_q, st_.conv_q_dev, DType::I8};
+    a.out = q, a.ldo = C, a.out_scale = te->col_scale_dev;
+    k.conv1d_silu(ctx, a);
+    return Act{nullptr, q, te->col_scale.data(), te->col_scale_dev, T, C, C};
   }
-  const Weight& w = le_->fw[kConv];
-  MQ_ASSERT(w.data && w.dim(0) == C);
-  float* out = scratch(slot, size_t(T) * C);
-  k.conv1d_silu(nseq, offs_.data(), in.f, in.ld, C, K, w.data, bias.data, conv_f_, out, C);
+  MQ_ASSERT(W.f.data && W.f.rows == C);
+  float* out = ws_.f(slot, size_t(T) * C);
+  a.w = W.f;
+  a.st = {st_.conv_f, st_.conv_f_dev, DType::F32};
+  a.out = out, a.ldo = C;
+  k.conv1d_silu(ctx, a);
   return Act::floats(out, T, C, C);
+}
+
+// The states' pointer array `f` as a kernel reads it (with its copy in backend memory).
+StateView Exec::float_states(const std::vector<void*>& f, int slot) {
+  if (k.host_memory) return {f.data(), f.data(), DType::F32};
+  void* d = ws_.bytes(slot, sizeof(void*) * f.size());
+  k.upload(ctx, d, f.data(), sizeof(void*) * f.size());
+  return {f.data(), static_cast<void* const*>(d), DType::F32};
 }
 
 // The SSM states of the sequences, int8 codes between calls (float for exact states), float
 // during the scan; each use of the state's tap is a run of elements with one scale (one run, or
 // Quamba2's grouped runs).
-std::vector<float*> Exec::states_as_float(const TapExec& te) {
+void Exec::states_as_float(const TapExec& te, std::vector<void*>& f) {
   const size_t n = cfg_.ssm_state_size();
-  std::vector<float*> f(size_t(nseq), nullptr);
-  float* buf = scratch(kSlotQState, n * size_t(nseq));
+  f.assign(size_t(nseq), nullptr);
+  float* buf = ws_.f(kSlotQState, n * size_t(nseq));
+  const int H = cfg_.nheads, N = cfg_.d_state, P = cfg_.headdim;
   for (int s = 0; s < nseq; ++s)
-    if (ssm_q_[s]) {
-      f[size_t(s)] = buf + n * size_t(s);
+    if (auto* qs = static_cast<int8_t*>(st_.ssm_q ? st_.ssm_q[s] : nullptr)) {
+      float* fs = buf + n * size_t(s);
+      f[size_t(s)] = fs;
       if (const StateScales* g = te.state.get())
-        k.state_dequantize(ssm_q_[s], f[size_t(s)], g->H, g->N, g->P, g->ndg, g->scale.data(), g->dim_end.data());
+        k.state_dequantize(ctx, qs, fs, H, N, P, g->dev);
       else for (const auto& u : te.uses)
-        k.dequantize(ssm_q_[s] + u.c0, 1, u.c1 - u.c0, u.c1 - u.c0, u.scale, f[size_t(s)] + u.c0, u.c1 - u.c0);
+        k.dequantize(ctx, qs + u.c0, 1, u.c1 - u.c0, u.c1 - u.c0, u.scale, fs + u.c0, u.c1 - u.c0);
     } else {
-      f[size_t(s)] = ssm_f_[s];  // an exact state (or none)
+      f[size_t(s)] = st_.ssm_f ? st_.ssm_f[s] : nullptr;  // an exact state (or none)
     }
-  return f;
 }
 
-void Exec::states_store(const std::vector<float*>& f, const TapExec& te) {
-  for (int s = 0; s < nseq; ++s)
-    if (!ssm_q_[s]) continue;  // exact float states are kept as they are
-    else if (const StateScales* g = te.state.get(); f[size_t(s)] && g)
-      k.state_quantize(f[size_t(s)], ssm_q_[s], g->H, g->N, g->P, g->ndg, g->scale.data(), g->dim_end.data());
-    else if (f[size_t(s)])
+void Exec::states_store(const std::vector<void*>& f, const TapExec& te) {
+  const int H = cfg_.nheads, N = cfg_.d_state, P = cfg_.headdim;
+  for (int s = 0; s < nseq; ++s) {
+    auto* qs = static_cast<int8_t*>(st_.ssm_q ? st_.ssm_q[s] : nullptr);
+    auto* fs = static_cast<float*>(f[size_t(s)]);
+    if (!qs) continue;  // exact float states are kept as they are
+    if (const StateScales* g = te.state.get(); fs && g)
+      k.state_quantize(ctx, fs, qs, H, N, P, g->dev);
+    else if (fs)
       for (const auto& u : te.uses)
-        k.quantize(f[size_t(s)] + u.c0, 1, u.c1 - u.c0, u.c1 - u.c0, u.scale, ssm_q_[s] + u.c0, u.c1 - u.c0);
+        k.quantize(ctx, fs + u.c0, 1, u.c1 - u.c0, u.c1 - u.c0, u.scale, qs + u.c0, u.c1 - u.c0);
+  }
 }
 
 // The state kept for the next call: quantized as the plan says, then the caller's tap (one
@@ -288,75 +453,91 @@ void Exec::states_store(const std::vector<float*>& f, const TapExec& te) {
 void Exec::state_point(const TapExec* te) {
   const int n = int(cfg_.ssm_state_size());
   const int one[2] = {0, 1};
+  const int H = cfg_.nheads, N = cfg_.d_state, P = cfg_.headdim;
   for (int s = 0; s < nseq; ++s) {
-    float* st = ssm_f_[s];
+    auto* st = static_cast<float*>(st_.ssm_f ? st_.ssm_f[s] : nullptr);
+    auto* qs = static_cast<int8_t*>(st_.ssm_q ? st_.ssm_q[s] : nullptr);
     const bool exact = exact_ && exact_[s];
     if (te && te->int8 && !exact) {
-      if (!ssm_q_[s] || !tap_) continue;
-      st = scratch(kSlotTapView, size_t(n));
+      if (!qs || !tap_) continue;
+      st = ws_.f(kSlotTapView, size_t(n));
       if (const StateScales* g = te->state.get())
-        k.state_dequantize(ssm_q_[s], st, g->H, g->N, g->P, g->ndg, g->scale.data(), g->dim_end.data());
+        k.state_dequantize(ctx, qs, st, H, N, P, g->dev);
       else for (const auto& u : te->uses)
-        k.dequantize(ssm_q_[s] + u.c0, 1, u.c1 - u.c0, u.c1 - u.c0, u.scale, st + u.c0, u.c1 - u.c0);
-      tap_->on(l_, "ssm_state", st, 1, n, one);
+        k.dequantize(ctx, qs + u.c0, 1, u.c1 - u.c0, u.c1 - u.c0, u.scale, st + u.c0, u.c1 - u.c0);
+      tap_floats("ssm_state", st, 1, n, one);
       continue;
     }
     if (!st) continue;
     if (exact) {
       // kept as computed
     } else if (const StateScales* g = te ? te->state.get() : nullptr; g && te->fake)
-      k.state_fake_quantize(st, g->H, g->N, g->P, g->ndg, g->scale.data(), g->dim_end.data(), p_.a_bits);
+      k.state_fake_quantize(ctx, st, H, N, P, g->dev, p_.a_bits);
     else if (te && te->fake)
-      for (const auto& u : te->uses) k.fake_quantize(st + u.c0, 1, u.c1 - u.c0, u.c1 - u.c0, u.scale, p_.a_bits);
-    if (tap_) tap_->on(l_, "ssm_state", st, 1, n, one);
+      for (const auto& u : te->uses) k.fake_quantize(ctx, st + u.c0, 1, u.c1 - u.c0, u.c1 - u.c0, u.scale, p_.a_bits);
+    tap_floats("ssm_state", st, 1, n, one);
   }
 }
 
 void Exec::selective_scan(Act u, Act delta, Act B, Act C, Act z, float* y) {
   const int D = cfg_.d_inner, N = cfg_.d_state;
-  const LayerWeights& L = *L_;
+  const LayerDev& L = *L_;
   const TapExec* st = le_->tap("ssm_state");
+  ScanArgs a;
+  a.b = b_;
+  a.D = D, a.N = N;
+  a.u = u.view(), a.delta = delta.view(), a.B = B.view(), a.C = C.view(), a.z = z.view();
+  a.delta_bias = L.dt_proj_b, a.A = L.A, a.Dskip = L.D;
+  a.y = y, a.ldy = D;
   if (u.codes()) {
     MQ_ASSERT(delta.codes() && B.codes() && C.codes() && z.codes() && st && st->int8);
-    const auto fs = states_as_float(*st);
-    k.selective_scan_s8(nseq, offs_.data(), D, N, u.q, u.ld, u.s(), delta.q, delta.ld, delta.s(), L.dt_proj_b.data,
-                        L.A.data(), B.q, B.ld, B.s(), C.q, C.ld, C.s(), L.D.data, z.q, z.ld, z.s(), fs.data(), y, D);
+    std::vector<void*> fs;
+    states_as_float(*st, fs);
+    a.st = float_states(fs, kSlotStatePtrsF);
+    k.selective_scan(ctx, a);
     states_store(fs, *st);
   } else {
     MQ_ASSERT(!delta.codes() && !B.codes() && !C.codes() && !z.codes());
-    k.selective_scan(nseq, offs_.data(), D, N, u.f, u.ld, delta.f, delta.ld, L.dt_proj_b.data, L.A.data(), B.f, B.ld,
-                     C.f, C.ld, L.D.data, z.f, z.ld, ssm_f_, y, D);
+    a.st = {st_.ssm_f, st_.ssm_f_dev, DType::F32};
+    k.selective_scan(ctx, a);
   }
   state_point(st);
 }
 
 void Exec::ssd_scan(Act x, Act dt, Act B, Act C, float* y) {
   const int H = cfg_.nheads, P = cfg_.headdim, G = cfg_.ngroups, N = cfg_.d_state, di = cfg_.d_inner;
-  const LayerWeights& L = *L_;
+  const LayerDev& L = *L_;
   const TapExec* st = le_->tap("ssm_state");
+  SsdArgs a;
+  a.b = b_;
+  a.H = H, a.P = P, a.G = G, a.N = N;
+  a.x = x.view(), a.dt = dt.view(), a.B = B.view(), a.C = C.view();
+  a.dt_bias = L.dt_bias, a.A = L.A, a.Dskip = L.D;
+  a.y = y, a.ldy = di;
   if (x.codes()) {
     MQ_ASSERT(dt.codes() && B.codes() && C.codes() && st && st->int8);
     // Decode (one token per sequence, every state int8 with grouped scales): the state is updated
     // in its codes, never written as floats; the same numbers as the path below.
-    bool step = st->state != nullptr && ssm_q_ != nullptr;
-    for (int s = 0; step && s < nseq; ++s) step = ssm_q_[s] != nullptr && offs_[size_t(s) + 1] - offs_[size_t(s)] == 1;
+    bool step = st->state != nullptr && st_.ssm_q != nullptr;
+    for (int s = 0; step && s < nseq; ++s) step = st_.ssm_q[s] != nullptr && b_.len(s) == 1;
     if (step) {
       const StateScales& g = *st->state;
       MQ_ASSERT(g.H == H && g.N == N && g.P == P);
-      k.ssd_step_s8_qstate(nseq, H, P, G, N, x.q, x.ld, x.scale, dt.q, dt.ld, dt.s(), L.dt_bias.data, L.A.data(), B.q,
-                           B.ld, B.scale, C.q, C.ld, C.scale, L.D.data, ssm_q_, g.ndg, g.scale.data(),
-                           g.dim_end.data(), y, di);
+      a.st = {st_.ssm_q, st_.ssm_q_dev, DType::I8};
+      a.qs = g.dev;
+      k.ssd_scan(ctx, a);
       state_point(st);
       return;
     }
-    const auto fs = states_as_float(*st);
-    k.ssd_scan_s8(nseq, offs_.data(), H, P, G, N, x.q, x.ld, x.scale, dt.q, dt.ld, dt.s(), L.dt_bias.data, L.A.data(),
-                  B.q, B.ld, B.scale, C.q, C.ld, C.scale, L.D.data, fs.data(), y, di);
+    std::vector<void*> fs;
+    states_as_float(*st, fs);
+    a.st = float_states(fs, kSlotStatePtrsF);
+    k.ssd_scan(ctx, a);
     states_store(fs, *st);
   } else {
     MQ_ASSERT(!dt.codes() && !B.codes() && !C.codes());
-    k.ssd_scan(nseq, offs_.data(), H, P, G, N, x.f, x.ld, dt.f, dt.ld, L.dt_bias.data, L.A.data(), B.f, B.ld, C.f,
-               C.ld, L.D.data, ssm_f_, y, di);
+    a.st = {st_.ssm_f, st_.ssm_f_dev, DType::F32};
+    k.ssd_scan(ctx, a);
   }
   state_point(st);
 }
@@ -366,15 +547,15 @@ void Exec::gated_rmsnorm(float* y, Act z) {
   const float* zf = z.f;
   int ldz = z.ld;
   if (z.codes()) {
-    float* buf = scratch(kSlotGateZ, size_t(T) * di);
-    k.dequantize(z.q, T, di, z.ld, z.s(), buf, di);
+    float* buf = ws_.f(kSlotGateZ, size_t(T) * di);
+    k.dequantize(ctx, z.q, T, di, z.ld, z.s(), buf, di);
     zf = buf, ldz = di;
   }
-  k.gated_rmsnorm(y, zf, ldz, L_->gnorm.data, T, di, di / cfg_.ngroups, cfg_.norm_eps, cfg_.norm_before_gate);
+  k.gated_rmsnorm(ctx, y, zf, ldz, L_->gnorm, T, di, di / cfg_.ngroups, cfg_.norm_eps, cfg_.norm_before_gate);
 }
 
 void Exec::rotate(float* y, int cols) {
-  if (le_->rotate) k.hadamard(y, T, cols, cols, false);
+  if (le_->rotate) k.hadamard(ctx, y, T, cols, cols, false);
 }
 
 }  // namespace mambaq

@@ -55,7 +55,7 @@ int32_t sample_token(std::vector<float>& logits, const SampleOptions& opt, uint6
   return idx.back();
 }
 
-std::vector<int32_t> generate(const Model& m, const std::vector<int32_t>& prompt, int n, const SampleOptions& opt,
+std::vector<int32_t> generate(Session& m, const std::vector<int32_t>& prompt, int n, const SampleOptions& opt,
                               const std::function<bool(int32_t)>& on_token, GenStats* stats) {
   if (prompt.empty()) fail("generate: the prompt encodes to no tokens");
   using clk = std::chrono::steady_clock;

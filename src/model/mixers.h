@@ -5,7 +5,7 @@
 namespace mambaq {
 
 // x {T, d_model} (the normed input) -> out {T, d_model}
-void mixer_mamba1(Exec& X, const ModelConfig& cfg, const LayerWeights& L, float* x, float* out);
-void mixer_mamba2(Exec& X, const ModelConfig& cfg, const LayerWeights& L, float* x, float* out);
+void mixer_mamba1(Exec& X, const ModelConfig& cfg, const LayerDev& L, float* x, float* out);
+void mixer_mamba2(Exec& X, const ModelConfig& cfg, const LayerDev& L, float* x, float* out);
 
 }  // namespace mambaq

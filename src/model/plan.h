@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "mambaq/model.h"
+#include "mambaq/session.h"
 #include "model/points.h"
 
 namespace mambaq {

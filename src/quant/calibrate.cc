@@ -6,7 +6,8 @@
 #include "io/json_file.h"
 #include "io/mmap_file.h"
 #include "mambaq/error.h"
-#include "mambaq/eval.h"
+#include "mambaq/progress.h"
+#include "mambaq/session.h"
 #include "kernels/hadamard.h"
 #include "model/points.h"
 #include "quant/recipe.h"
@@ -179,7 +180,7 @@ Calibration calibrate(const Model& m, const CalibSamples& cs, const CalibOptions
   CalibTap calib_tap(c, opt, total, cs.samples.size());
   TapPair tap(&calib_tap, opt.extra);
   Progress bar("calibration", int64_t(cs.samples.size()), opt.progress);
-  std::vector<float> hidden;
+  Session S(m, {.backend = opt.backend, .mode = ExecMode::FP32});
   for (size_t s0 = 0; s0 < cs.samples.size();) {
     std::vector<int32_t> toks;
     std::vector<int> lens;
@@ -190,11 +191,10 @@ Calibration calibrate(const Model& m, const CalibSamples& cs, const CalibOptions
       ++s1;
     }
     std::vector<SeqState> states;  // with states, the forward pass taps each sample's final SSM state
-    for (size_t i = s0; i < s1; ++i) states.push_back(m.new_state());
+    for (size_t i = s0; i < s1; ++i) states.push_back(S.new_state());
     std::vector<SeqState*> sp;
     for (auto& st : states) sp.push_back(&st);
-    hidden.resize(toks.size() * size_t(c.d_model));
-    m.forward(toks, lens, sp.data(), hidden.data(), &tap);
+    S.forward(toks, lens, sp.data(), nullptr, &tap);
     bar.add(int64_t(s1 - s0));
     s0 = s1;
   }

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "mambaq/model.h"
+#include "mambaq/session.h"
 #include "mambaq/tokenizer.h"
 #include "model/quant_state.h"
 #include "quant/observer.h"
@@ -30,6 +30,7 @@ struct CalibOptions {
   double alpha = 0.9995;  // percentile observer (SSM input and state)
   PercentileMode mode = PercentileMode::Ema;
   int batch_tokens = 8192;
+  std::string backend;   // where the calibration forward passes run (empty: the default backend)
   bool progress = true;
   bool verbose = false;  // alpha, max and scale of every point on stderr
   Tap* extra = nullptr;  // also sees every tapped tensor (e.g. activation snapshots)

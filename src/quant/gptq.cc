@@ -7,7 +7,8 @@
 #include <map>
 #include <numeric>
 
-#include "mambaq/eval.h"
+#include "mambaq/progress.h"
+#include "mambaq/session.h"
 #include "kernels/backend.h"
 #include "kernels/hadamard.h"
 #include "kernels/wquant.h"
@@ -22,12 +23,17 @@ void Hessian::add(const float* x, int rows, int ld) {
   // 256 terms), accumulated in double in a fixed order
   constexpr int kChunk = 256;
   std::vector<float> xt(size_t(n) * kChunk), c(size_t(n) * n);
-  const Backend& k = default_backend();
+  const Backend& k = host_backend();  // host arithmetic on host rows
   for (int r0 = 0; r0 < rows; r0 += kChunk) {
     const int t = std::min(kChunk, rows - r0);
     for (int i = 0; i < t; ++i)
       for (int j = 0; j < n; ++j) xt[size_t(j) * t + i] = x[size_t(r0 + i) * ld + j];
-    k.gemm(n, n, t, xt.data(), t, xt.data(), nullptr, c.data(), n);  // {n, t} x {n, t}^T
+    GemmArgs g;  // {n, t} x {n, t}^T
+    g.M = n, g.N = n, g.K = t;
+    g.A = {xt.data(), t, DType::F32, 0.f, nullptr};
+    g.W.data = xt.data(), g.W.rows = n, g.W.cols = t;
+    g.C = c.data(), g.ldc = n;
+    k.gemm(k.ctx, g);
     for (size_t i = 0; i < c.size(); ++i) h[i] += double(c[i]);
   }
   tokens += rows;
@@ -182,7 +188,7 @@ void gptq_model(const Model& fp, const Recipe& r, const QuantMeta& meta, const s
       lens[b].push_back(int(samples[i].size()));
     }
     res[b].resize(toks.size() * size_t(dm));
-    fp.embed(toks, res[b].data());
+    Session(fp, {.mode = ExecMode::FP32}).embed(toks, res[b].data());
   }
   ModelWeights cur = fp.weights();  // layers < l: quantized (run dequantized, in float)
   Progress bar("gptq", cfg.n_layer + 1, progress);
@@ -192,9 +198,10 @@ void gptq_model(const Model& fp, const Recipe& r, const QuantMeta& meta, const s
     HessianTap ht(l, projs, cfg);
     if (!projs.empty()) {
       auto m = Model::from_weights(cfg, cur, {}, nullptr);
+      Session S(*m);
       for (size_t b = 0; b < bs.size(); ++b) {  // inputs of layer l, the layer itself in float
         tmp = res[b];
-        m->forward_layers(tmp.data(), lens[b], l, l + 1, &ht);
+        S.forward_layers(tmp.data(), lens[b], l, l + 1, &ht);
       }
     }
     const WeightQuantizer wq = [&](Proj p, const float* W, int rows, int cols, const WeightSpec& s) {
@@ -204,17 +211,19 @@ void gptq_model(const Model& fp, const Recipe& r, const QuantMeta& meta, const s
     r.quantize_layer(cfg, meta, l, fp.weights().layers[size_t(l)], out.layers[size_t(l)], wq);
     cur.layers[size_t(l)] = out.layers[size_t(l)];
     auto mq = Model::from_weights(cfg, cur, {}, nullptr);  // fp32 plan: the quantized weights dequantized
-    for (size_t b = 0; b < bs.size(); ++b) mq->forward_layers(res[b].data(), lens[b], l, l + 1);
+    Session Sq(*mq);
+    for (size_t b = 0; b < bs.size(); ++b) Sq.forward_layers(res[b].data(), lens[b], l, l + 1);
     bar.add(1);
   }
   // the LM head: its input is the final norm of the quantized backbone
   Hessian hh(dm);
   if (meta.quantize_lm_head) {
     auto m = Model::from_weights(cfg, cur, {}, nullptr);
+    Session S(*m);
     for (size_t b = 0; b < bs.size(); ++b) {
       const int T = int(res[b].size() / size_t(dm));
       tmp.resize(res[b].size());
-      m->final_norm(res[b].data(), T, tmp.data());
+      S.final_norm(res[b].data(), T, tmp.data());
       hh.add(tmp.data(), T, dm);
     }
   }

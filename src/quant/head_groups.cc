@@ -5,7 +5,8 @@
 #include <numeric>
 
 #include "mambaq/error.h"
-#include "mambaq/eval.h"
+#include "mambaq/progress.h"
+#include "mambaq/session.h"
 
 namespace mambaq {
 
@@ -210,7 +211,7 @@ std::vector<std::vector<float>> channel_stats(const Model& m, const std::vector<
   const ModelConfig& c = m.config();
   StatTap tap(c.n_layer, c.d_inner);
   Progress bar("head statistics", int64_t(samples.size()), progress);
-  std::vector<float> hidden;
+  Session S(m, {.mode = ExecMode::FP32});
   for (size_t s0 = 0; s0 < samples.size();) {
     std::vector<int32_t> toks;
     std::vector<int> lens;
@@ -220,8 +221,7 @@ std::vector<std::vector<float>> channel_stats(const Model& m, const std::vector<
       lens.push_back(int(samples[s1].size()));
       ++s1;
     }
-    hidden.resize(toks.size() * size_t(c.d_model));
-    m.forward(toks, lens, nullptr, hidden.data(), &tap);
+    S.forward(toks, lens, nullptr, nullptr, &tap);
     bar.add(int64_t(s1 - s0));
     s0 = s1;
   }

@@ -106,9 +106,7 @@ std::unique_ptr<Model> quantize_model(const Model& fp, const Calibration& cal, c
     info.push_back({layer_prefix(int(l)) + "mixer.conv1d.x_channel_order", "I32", {int64_t(g.channel.size())}});
     info.push_back({layer_prefix(int(l)) + "mixer.conv1d.x_head_order", "I32", {int64_t(g.head.size())}});
   }
-  auto m = Model::from_weights(cfg, std::move(w), std::move(info), std::move(q));
-  m->set_mode(r.default_mode());
-  return m;
+  return Model::from_weights(cfg, std::move(w), std::move(info), std::move(q));
 }
 
 std::unique_ptr<Model> fp_in_quantized_basis(const Model& fp, const QuantState& q) {

@@ -51,7 +51,6 @@ class Recipe {
   // The embedding and the LM head (default: kept). `out` starts as a copy of `fp`.
   virtual void quantize_ends(const ModelConfig& cfg, const QuantMeta& opt, const ModelWeights& fp, ModelWeights& out,
                              const WeightQuantizer& wq) const {}
-  virtual ExecMode default_mode() const { return ExecMode::Int8; }
 };
 
 // Quamba2's presets, as the reference's eval.sh commands (quamba2.md §1): w8a8 (embedding and

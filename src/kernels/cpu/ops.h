@@ -7,18 +7,18 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "core/workspace.h"
+#include "kernels/cpu/scratch.h"
 
 namespace mambaq {
 
 namespace cpu_v4 {
-#include "kernels/cpu/ops_decl.inc"
+#include "kernels/packed_ops.inc"
 }
 namespace cpu_v3 {
-#include "kernels/cpu/ops_decl.inc"
+#include "kernels/packed_ops.inc"
 }
 namespace cpu_v2 {
-#include "kernels/cpu/ops_decl.inc"
+#include "kernels/packed_ops.inc"
 }
 
 }  // namespace mambaq

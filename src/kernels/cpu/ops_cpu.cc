@@ -9,6 +9,7 @@
 
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/vmath.h"
+#include "kernels/hadamard.h"
 #include "mambaq/error.h"
 
 namespace mambaq::MAMBAQ_CPU_NS {
@@ -238,5 +239,7 @@ void log_softmax_at(const float* l, int V, int target, double* logprob, int* arg
   *logprob = double(l[target]) - mx - std::log(se);
   *argmax = arg;
 }
+
+void hadamard(float* x, int rows, int n, int ld, bool transpose) { hadamard_transform(x, rows, n, ld, transpose); }
 
 }  // namespace mambaq::MAMBAQ_CPU_NS

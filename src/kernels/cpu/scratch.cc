@@ -1,4 +1,4 @@
-#include "core/workspace.h"
+#include "kernels/cpu/scratch.h"
 
 #include <vector>
 

@@ -1,0 +1,170 @@
+// Whole models on several backends in one process: sessions of one Model on `ref` and `cpu` agree
+// (both fixtures, fp32 and every quantized mode), and the test-only `checked` backend — ref behind
+// a memory that refuses every pointer it did not allocate — runs a whole forward, a decode loop and
+// an evaluation task: no host pointer reaches a kernel, the property a GPU backend depends on.
+//
+// Bounds: ref computes in double where cpu computes in fp32 with another summation order (kernel
+// tests: 1e-6 relative per op, 2e-5 for scans); through 8 layers and the LM head the logits of
+// fp32 plans agree to 1e-4 relative with every top-1 token equal; fake and int8 plans round
+// activations to codes, where a last-bit difference can flip a code (as int8 vs fake,
+// test_quamba.cc): 5e-2, top-1 equal at >= 90 % of positions. `checked` is ref itself, so it
+// equals ref bit for bit.
+#include <map>
+
+#include "dev.h"
+#include "kernels/backend.h"
+#include "mambaq/eval.h"
+#include "quant/quantized.h"
+#include "util.h"
+
+using namespace mambaq;
+
+namespace {
+
+// A fixture and its Quamba (W8A8) and Quamba2 W4A8 versions, made once.
+struct Fixture {
+  std::unique_ptr<Model> fp, q1, q2;
+};
+const Fixture& fixture(const std::string& rel) {
+  static std::map<std::string, Fixture> cache;
+  Fixture& f = cache[rel];
+  if (!f.fp) {
+    f.fp = Model::load(mqtest::repo(rel));
+    static const auto cs = make_calib_samples(mqtest::tokenizer(), mqtest::repo("data/corpus/calib.jsonl"), 128, 4);
+    QuantizeInputs in;
+    in.calib = &cs;
+    in.calib_opts.progress = false;
+    in.progress = false;
+    f.q1 = quantize(*f.fp, QuantMeta{}, in).model;
+    QuantMeta m2;
+    apply_quamba2_preset(m2, "w4a8", f.fp->config());
+    m2.gptq = false;
+    f.q2 = quantize(*f.fp, m2, in).model;
+  }
+  return f;
+}
+
+std::vector<float> logits(Session& s) {
+  return mqtest::packed_logits(s, "It is a truth universally acknowledged, that a single man in possession",
+                               "Call me Ishmael. Some years ago, never mind how long precisely");
+}
+
+int top1_agree(const std::vector<float>& a, const std::vector<float>& b, int V) {
+  int n = 0;
+  for (size_t t = 0; t < a.size() / size_t(V); ++t) {
+    const float* x = a.data() + t * V;
+    const float* y = b.data() + t * V;
+    n += std::max_element(x, x + V) - x == std::max_element(y, y + V) - y;
+  }
+  return n;
+}
+
+}  // namespace
+
+class WholeModel : public ::testing::TestWithParam<const char*> {};
+INSTANTIATE_TEST_SUITE_P(Fixtures, WholeModel, ::testing::Values("models/mamba-tiny", "models/mamba2-tiny-hf"));
+
+TEST_P(WholeModel, RefAndCpuSessionsOfOneModelAgree) {
+  const Fixture& f = fixture(GetParam());
+  struct Case {
+    const Model* m;
+    ExecMode mode;
+    const char* name;
+  };
+  const Case cases[] = {{f.fp.get(), ExecMode::FP32, "fp32"},      {f.q1.get(), ExecMode::Fake, "quamba1 fake"},
+                        {f.q1.get(), ExecMode::Int8, "quamba1 int8"}, {f.q2.get(), ExecMode::Fake, "w4a8 fake"},
+                        {f.q2.get(), ExecMode::Int8, "w4a8 int8"},    {f.q1.get(), ExecMode::FP32, "quamba1 fp32"}};
+  const int V = f.fp->config().padded_vocab;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    Session r(*c.m, {.backend = "ref", .mode = c.mode}), k(*c.m, {.backend = "cpu", .mode = c.mode});
+    EXPECT_EQ(r.backend_name(), "ref");
+    const auto a = logits(r), b = logits(k);
+    const double e = mqtest::rel_err(b, a);
+    const int T = int(a.size() / size_t(V));
+    if (c.mode != ExecMode::FP32) {
+      EXPECT_LT(e, 5e-2);
+      EXPECT_GE(top1_agree(a, b, V), T * 9 / 10);
+    } else {
+      EXPECT_LT(e, 1e-4);
+      EXPECT_EQ(top1_agree(a, b, V), T);
+    }
+    EXPECT_GT(e, 0.0);  // two implementations really ran
+  }
+}
+
+TEST_P(WholeModel, CheckedBackendRunsForwardDecodeAndScoringWithoutHostPointers) {
+  const Fixture& f = fixture(GetParam());
+  const std::string checked = mqtest::checked_backend();
+  for (const Model* m : {f.fp.get(), f.q1.get(), f.q2.get()})
+    for (ExecMode mode : {ExecMode::FP32, ExecMode::Fake, ExecMode::Int8}) {
+      if (mode != ExecMode::FP32 && !m->is_quantized()) continue;
+      SCOPED_TRACE(std::string(m->is_quantized() ? m->quantized()->meta.summary() : "fp") + " " + mode_name(mode));
+      Session c(*m, {.backend = checked, .mode = mode}), r(*m, {.backend = "ref", .mode = mode});
+      EXPECT_FALSE(c.host_memory());
+      EXPECT_GT(c.device_bytes(), 0u);  // the weights were uploaded
+      const size_t before = mqtest::checked_pointer_count();
+      // a whole packed forward: equal to ref's (the same kernels behind the checks)
+      EXPECT_EQ(logits(c), logits(r));
+      EXPECT_GT(mqtest::checked_pointer_count(), before);
+      // prefill + decode with states in backend memory
+      const auto ids = mqtest::tokenizer().encode("The President of the United States shall, from time to time, give");
+      auto decode = [&](Session& s) {
+        SeqState st = s.new_state();
+        SeqState* sp[1] = {&st};
+        const int l8[1] = {8}, l1[1] = {1};
+        s.forward(std::span(ids).first(8), l8, sp, nullptr);
+        std::vector<float> out, h(size_t(s.config().d_model)), lg(size_t(s.config().padded_vocab));
+        for (size_t t = 8; t < 12; ++t) {
+          s.forward(std::span(ids).subspan(t, 1), l1, sp, h.data());
+          s.lm_head(h.data(), 1, lg.data());
+          out.insert(out.end(), lg.begin(), lg.end());
+        }
+        EXPECT_EQ(st.pos, 12);
+        return out;
+      };
+      EXPECT_EQ(decode(c), decode(r));
+    }
+  // an evaluation task (shared-prefix scoring: exact states cloned, rows gathered, scores only
+  // downloaded) in int8 and fake
+  EvalOptions eo;
+  eo.data_dir = mqtest::repo("data");
+  eo.progress = false;
+  eo.limit = 6;
+  for (ExecMode mode : {ExecMode::Int8, ExecMode::Fake}) {
+    Session c(*f.q1, {.backend = checked, .mode = mode}), r(*f.q1, {.backend = "ref", .mode = mode});
+    for (const char* task : {"arc_easy", "lastword:corpus/lastword.jsonl"}) {
+      SCOPED_TRACE(task);
+      const TaskResult a = run_task(c, mqtest::tokenizer(), task, eo), b = run_task(r, mqtest::tokenizer(), task, eo);
+      EXPECT_EQ(a.per_doc, b.per_doc);
+    }
+  }
+}
+
+// The checked backend does refuse a host pointer (a test of the test).
+TEST(CheckedBackend, RefusesPointersItDidNotAllocate) {
+  mqtest::Dev d(mqtest::checked_backend());
+  std::vector<float> host(16, 1.f), w(4, 1.f);
+  float* dev = d.up(host);
+  EXPECT_ERROR(d.k.rmsnorm(d.ctx, host.data(), d.up(w), dev, 4, 4, 1e-5f), "checked backend", "rmsnorm", "x");
+  EXPECT_ERROR(d.k.add(d.ctx, dev, host.data(), 16), "checked backend", "add", "y");
+  d.k.add(d.ctx, dev, dev, 16);  // its own buffers are fine
+  EXPECT_EQ(d.down(dev, 1)[0], 2.f);
+}
+
+TEST(Backends, RegistryNamesAndErrors) {
+  const auto names = backend_names();
+  EXPECT_NE(std::find(names.begin(), names.end(), "ref"), names.end());
+  EXPECT_NE(std::find(names.begin(), names.end(), "cpu"), names.end());
+  EXPECT_ERROR(open_backend("nope"), "backend 'nope'", "registered:", "ref", "cpu");
+  for (const auto& n : names) {  // every registered table is complete and says what it supports
+    const BackendRef b = open_backend(n);
+    EXPECT_TRUE(b->get().can(Op::Gemm, {DType::F32, WFormat::F32}));
+    EXPECT_TRUE(b->get().can(Op::Gemm, {DType::I8, WFormat::S4}));
+    EXPECT_FALSE(b->get().can(Op::Gemm, {DType::BF16, WFormat::F32})) << n << ": host kernels compute in fp32";
+  }
+  const Model& m = *fixture("models/mamba-tiny").fp;
+  SessionOptions o;
+  o.backend = "cuda:0";
+  EXPECT_ERROR(Session(m, o), "backend 'cuda:0'");
+}
