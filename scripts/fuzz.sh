@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-60}; shift || true
 B=build-fuzz
 if [ ! -f $B/CMakeCache.txt ]; then
-  CC=clang CXX=clang++ cmake -S . -B $B -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMAMBAQ_FUZZ=ON -DMAMBAQ_SANITIZE=ON \
+  CC=clang CXX=clang++ cmake -S . -B $B -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMAMBAQ_FUZZ=ON -DMAMBAQ_SANITIZE=ON -DMAMBAQ_CUDA=OFF \
     -DMAMBAQ_BUILD_TESTS=OFF -DMAMBAQ_BUILD_BENCH=OFF \
     -DOpenMP_CXX_FLAGS=-fopenmp=libgomp -DOpenMP_CXX_LIB_NAMES=gomp \
     -DOpenMP_gomp_LIBRARY="$(g++ -print-file-name=libgomp.so)" >/dev/null

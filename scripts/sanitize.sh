@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=build-asan
-cmake -S . -B $B -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMAMBAQ_SANITIZE=ON -DMAMBAQ_BUILD_BENCH=OFF >/dev/null
+cmake -S . -B $B -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMAMBAQ_SANITIZE=ON -DMAMBAQ_BUILD_BENCH=OFF -DMAMBAQ_CUDA=OFF >/dev/null
 cmake --build $B -j"$(nproc)"
 # detect_leaks: every test binary must free what it allocates; abort_on_error gives a core-free
 # non-zero exit that CTest reports as a failure.

@@ -36,7 +36,8 @@ void check(const void* p, const char* op, const char* what) {
   const auto a = uintptr_t(p);
   auto it = g.live.upper_bound(a);
   if (it == g.live.begin() || a >= std::prev(it)->first + std::prev(it)->second)
-    fail("checked backend: {} received {} = {}, which it did not allocate (a host pointer reached a kernel)", op, what, p);
+    fail("checked backend: {} received {} = {}, which it did not allocate (a host pointer reached a kernel)", op, what,
+         p);
   ++g.checks;
 }
 void check_act(const ActView& a, const char* op, const char* what) {

@@ -27,31 +27,37 @@ struct Dev {
   std::vector<mambaq::Buffer> keep;
   explicit Dev(const std::string& name) : b(mambaq::open_backend(name)), k(b->get()), ctx(b->get().ctx) {}
 
-  template <class T> T* up(const std::vector<T>& v) {
+  template <class T>
+  T* up(const std::vector<T>& v) {
     keep.push_back(mambaq::Buffer::from_vector(b, v));
     return keep.back().template as<T>();
   }
-  template <class T> T* alloc(size_t n) {
+  template <class T>
+  T* alloc(size_t n) {
     keep.emplace_back(b, n * sizeof(T));
     return keep.back().template as<T>();
   }
-  template <class T> std::vector<T> down(const T* p, size_t n) {
+  template <class T>
+  std::vector<T> down(const T* p, size_t n) {
     std::vector<T> v(n);
     if (n) k.download(ctx, v.data(), p, n * sizeof(T));
     return v;
   }
-  template <class T> void down_into(std::vector<T>& v, const T* p) { v = down(p, v.size()); }
-  mambaq::Batch batch(const std::vector<int>& offs) {
-    return {int(offs.size()) - 1, offs.data(), up(offs)};
+  template <class T>
+  void down_into(std::vector<T>& v, const T* p) {
+    v = down(p, v.size());
   }
+  mambaq::Batch batch(const std::vector<int>& offs) { return {int(offs.size()) - 1, offs.data(), up(offs)}; }
   // Per-sequence states: each non-empty host vector uploaded (an empty one = no state).
-  template <class T> struct States {
+  template <class T>
+  struct States {
     std::vector<void*> seq;
     void* const* dev = nullptr;
     std::vector<T*> ptrs;
     mambaq::StateView view(mambaq::DType d) const { return {seq.data(), dev, d}; }
   };
-  template <class T> States<T> states(const std::vector<std::vector<T>>& host) {
+  template <class T>
+  States<T> states(const std::vector<std::vector<T>>& host) {
     States<T> s;
     for (const auto& h : host) {
       T* p = h.empty() ? nullptr : up(h);
@@ -62,7 +68,8 @@ struct Dev {
     return s;
   }
   // The states back on the host (empty where there was none).
-  template <class T> std::vector<std::vector<T>> down_states(const States<T>& s, const std::vector<std::vector<T>>& like) {
+  template <class T>
+  std::vector<std::vector<T>> down_states(const States<T>& s, const std::vector<std::vector<T>>& like) {
     std::vector<std::vector<T>> out(like.size());
     for (size_t i = 0; i < like.size(); ++i)
       if (s.ptrs[i]) out[i] = down(s.ptrs[i], like[i].size());

@@ -27,6 +27,7 @@ namespace {
 
 TEST_P(KernelsInt8, QuantizeRoundsHalfToEvenAndClamps) {
   mqtest::Dev d(bparam());
+  if (!d.k.can(Op::Gemm, {DType::I8, WFormat::S8, DType::I8})) GTEST_SKIP() << d.k.name << " declines int8 operands (Backend::supports)";
   const float x[] = {0.5f, 1.5f, 2.5f, -0.5f, -2.5f, 126.6f, 300.f, -300.f, 0.49f, 3.2f};
   int8_t a[10], b[10];
   ref::quantize(x, 1, 10, 10, 1.0f, a, 10);
@@ -43,6 +44,7 @@ TEST_P(KernelsInt8, QuantizeRoundsHalfToEvenAndClamps) {
 
 TEST_P(KernelsInt8, QuantizeMatchesReference) {
   mqtest::Dev d(bparam());
+  if (!d.k.can(Op::Gemm, {DType::I8, WFormat::S8, DType::I8})) GTEST_SKIP() << d.k.name << " declines int8 operands (Backend::supports)";
   const int rows = 33, cols = 300, ldx = 310, ldq = 305;
   auto x = mqtest::randn(size_t(rows) * ldx, 1, 3.f);
   std::vector<int8_t> a(size_t(rows) * ldq), b(size_t(rows) * ldq);
@@ -62,6 +64,7 @@ class GemmS8 : public ::testing::TestWithParam<std::tuple<std::string, int, bool
 };
 TEST_P(GemmS8, MatchesReference) {
   mqtest::Dev d(bparam());
+  if (!d.k.can(Op::Gemm, {DType::I8, WFormat::S8, DType::I8})) GTEST_SKIP() << d.k.name << " declines int8 operands (Backend::supports)";
   const auto [name, M, per_row, K] = GetParam();
   const int N = 70, lda = 610, ldc = 75;
   auto A = rand_codes(size_t(M) * lda, 2), W = rand_codes(size_t(N) * K, 3);
@@ -89,6 +92,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, GemmS8,
 
 TEST_P(KernelsInt8, Conv1dS8SiluPackedWithState) {
   mqtest::Dev d(bparam());
+  if (!d.k.can(Op::Gemm, {DType::I8, WFormat::S8, DType::I8})) GTEST_SKIP() << d.k.name << " declines int8 operands (Backend::supports)";
   const std::vector<int> lens{5, 1, 17, 3, 64};
   std::vector<int> offs{0};
   for (int l : lens) offs.push_back(offs.back() + l);
@@ -126,6 +130,7 @@ TEST_P(KernelsInt8, Conv1dS8SiluPackedWithState) {
 
 TEST_P(KernelsInt8, SelectiveScanS8PackedWithState) {
   mqtest::Dev d(bparam());
+  if (!d.k.can(Op::Gemm, {DType::I8, WFormat::S8, DType::I8})) GTEST_SKIP() << d.k.name << " declines int8 operands (Backend::supports)";
   const std::vector<int> lens{5, 1, 17, 3, 64};
   std::vector<int> offs{0};
   for (int l : lens) offs.push_back(offs.back() + l);
@@ -159,6 +164,7 @@ TEST_P(KernelsInt8, SelectiveScanS8PackedWithState) {
 
 TEST_P(KernelsInt8, SsdScanS8PackedWithState) {
   mqtest::Dev d(bparam());
+  if (!d.k.can(Op::Gemm, {DType::I8, WFormat::S8, DType::I8})) GTEST_SKIP() << d.k.name << " declines int8 operands (Backend::supports)";
   const std::vector<int> lens{5, 1, 17, 3, 64};
   std::vector<int> offs{0};
   for (int l : lens) offs.push_back(offs.back() + l);
@@ -200,6 +206,7 @@ TEST_P(KernelsInt8, SsdScanS8PackedWithState) {
 // boundary (at most one code step, on a tiny share).
 TEST_P(KernelsInt8, SsdDecodeStepOnInt8StatesEqualsTheUnfusedPath) {
   mqtest::Dev d(bparam());
+  if (!d.k.can(Op::Gemm, {DType::I8, WFormat::S8, DType::I8})) GTEST_SKIP() << d.k.name << " declines int8 operands (Backend::supports)";
   const int nseq = 3, H = 8, P = 64, G = 2, N = 16, ndg = 3, ldx = H * P + 5, lddt = H + 2, ldbc = 2 * G * N + 3;
   auto x = rand_codes(size_t(nseq) * ldx, 50), dt = rand_codes(size_t(nseq) * lddt, 51),
        bc = rand_codes(size_t(nseq) * ldbc, 52);
@@ -266,6 +273,7 @@ TEST_P(KernelsInt8, SsdDecodeStepOnInt8StatesEqualsTheUnfusedPath) {
 
 TEST_P(KernelsInt8, DequantizeAndFakeQuantizeMatchReference) {
   mqtest::Dev d(bparam());
+  if (!d.k.can(Op::Gemm, {DType::I8, WFormat::S8, DType::I8})) GTEST_SKIP() << d.k.name << " declines int8 operands (Backend::supports)";
   const int rows = 21, cols = 130, ld = 140;
   auto codes = rand_codes(size_t(rows) * ld, 40);
   std::vector<float> a(size_t(rows) * ld, 7.f), b(a);

@@ -78,6 +78,7 @@ class GemmW4 : public ::testing::TestWithParam<std::tuple<std::string, int, int,
 TEST_P(GemmW4, W4A16MatchesReference) {
   const auto [name, M, K, group] = GetParam();
   mqtest::Dev d(name);
+  if (!d.k.can(Op::Gemm, {DType::I8, WFormat::S4, DType::I8})) GTEST_SKIP() << d.k.name << " declines int8 operands (Backend::supports)";
   const int N = 70, lda = K + 9, ldc = 75;
   const QTensor W = rand_s4(N, K, group, 3);
   auto A = mqtest::randn(size_t(M) * lda, 4);
@@ -100,6 +101,7 @@ TEST_P(GemmW4, W4A16MatchesReference) {
 TEST_P(GemmW4, W4A8MatchesReferenceAndIsExactOnIntegers) {
   const auto [name, M, K, group] = GetParam();
   mqtest::Dev d(name);
+  if (!d.k.can(Op::Gemm, {DType::I8, WFormat::S4, DType::I8})) GTEST_SKIP() << d.k.name << " declines int8 operands (Backend::supports)";
   const int N = 70, lda = K + 9, ldc = 75;
   const QTensor W = rand_s4(N, K, group, 6);
   auto A = rand_codes(size_t(M) * lda, 7);
@@ -153,6 +155,7 @@ class StateKernels : public ::testing::TestWithParam<std::string> {};
 INSTANTIATE_TEST_SUITE_P(Backends, StateKernels, ::testing::ValuesIn(mqtest::test_backends()));
 TEST_P(StateKernels, MatchReference) {
   mqtest::Dev d(GetParam());
+  if (!d.k.can(Op::StateQuantize, {DType::F32, WFormat::F32, DType::I8})) GTEST_SKIP() << d.k.name << " declines int8 states";
   const int H = 6, N = 16, P = 24, ndg = 4, n = H * N * P;
   const auto x = mqtest::randn(size_t(n), 51, 0.3f);
   const auto sc = mqtest::uniform(size_t(H) * N * ndg, 52, 0.002f, 0.01f);

@@ -14,11 +14,25 @@
 namespace mambaq {
 
 const char* op_name(Op op) {
-  static const char* const names[] = {"rmsnorm",      "layernorm",      "conv1d_silu",         "selective_scan",
-                                      "ssd_scan",     "gated_rmsnorm",  "gemm",                "add",
-                                      "hadamard",     "quantize",       "dequantize",          "fake_quantize",
-                                      "state_quantize", "state_dequantize", "state_fake_quantize", "embed",
-                                      "score_rows",   "check_finite",   "gather_rows"};
+  static const char* const names[] = {"rmsnorm",
+                                      "layernorm",
+                                      "conv1d_silu",
+                                      "selective_scan",
+                                      "ssd_scan",
+                                      "gated_rmsnorm",
+                                      "gemm",
+                                      "add",
+                                      "hadamard",
+                                      "quantize",
+                                      "dequantize",
+                                      "fake_quantize",
+                                      "state_quantize",
+                                      "state_dequantize",
+                                      "state_fake_quantize",
+                                      "embed",
+                                      "score_rows",
+                                      "check_finite",
+                                      "gather_rows"};
   static_assert(sizeof(names) / sizeof(names[0]) == size_t(Op::kCount));
   return names[size_t(op)];
 }
@@ -104,14 +118,34 @@ void ensure_builtins() {
 
 // A table with an op left out is refused when it is opened, not found as a null at the call.
 void check_table(const Backend& b) {
-  const void* const fns[] = {
-      (void*)b.alloc,          (void*)b.free,           (void*)b.upload,         (void*)b.download,
-      (void*)b.copy,           (void*)b.copy2d,         (void*)b.fill,           (void*)b.synchronize,
-      (void*)b.supports,       (void*)b.rmsnorm,        (void*)b.layernorm,      (void*)b.conv1d_silu,
-      (void*)b.selective_scan, (void*)b.ssd_scan,       (void*)b.gated_rmsnorm,  (void*)b.gemm,
-      (void*)b.add,            (void*)b.hadamard,       (void*)b.embed,          (void*)b.score_rows,
-      (void*)b.check_finite,   (void*)b.gather_rows,    (void*)b.quantize,       (void*)b.dequantize,
-      (void*)b.fake_quantize,  (void*)b.state_quantize, (void*)b.state_dequantize, (void*)b.state_fake_quantize};
+  const void* const fns[] = {(void*)b.alloc,
+                             (void*)b.free,
+                             (void*)b.upload,
+                             (void*)b.download,
+                             (void*)b.copy,
+                             (void*)b.copy2d,
+                             (void*)b.fill,
+                             (void*)b.synchronize,
+                             (void*)b.supports,
+                             (void*)b.rmsnorm,
+                             (void*)b.layernorm,
+                             (void*)b.conv1d_silu,
+                             (void*)b.selective_scan,
+                             (void*)b.ssd_scan,
+                             (void*)b.gated_rmsnorm,
+                             (void*)b.gemm,
+                             (void*)b.add,
+                             (void*)b.hadamard,
+                             (void*)b.embed,
+                             (void*)b.score_rows,
+                             (void*)b.check_finite,
+                             (void*)b.gather_rows,
+                             (void*)b.quantize,
+                             (void*)b.dequantize,
+                             (void*)b.fake_quantize,
+                             (void*)b.state_quantize,
+                             (void*)b.state_dequantize,
+                             (void*)b.state_fake_quantize};
   for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); ++i)
     if (!fns[i]) fail("internal error: backend '{}' leaves entry {} of its table empty", b.name ? b.name : "?", i);
   if (!b.name || !b.isa || !b.device) fail("internal error: a backend table without name, isa or device");

@@ -70,7 +70,8 @@ struct SessionCore {
   void* ctx() const { return b->get().ctx; }
 
   // Host bytes into a workspace slot (for host-memory backends: the host pointer itself).
-  template <class T> const T* to_dev(int slot, const T* host, size_t n) {
+  template <class T>
+  const T* to_dev(int slot, const T* host, size_t n) {
     if (k().host_memory) return host;
     void* d = ws.bytes(slot, n * sizeof(T));
     k().upload(ctx(), d, host, n * sizeof(T));
@@ -98,10 +99,13 @@ struct SessionCore {
     k().download(ctx(), &h, rec, sizeof h);
     if (h.index < 0) return;
     const int layer = h.tag;
-    const std::string where = layer < 0 ? std::string("final norm output") : fmt::format("layer {} block output", layer);
-    fail("non-finite value ({}) first appears in the {} ({} mode, token {} of the batch): the weights{} overflow on "
-         "this input", h.value, where, mode_name(pp->plan->mode), h.index / cfg().d_model,
-         m->is_quantized() ? " or quantization scales" : "");
+    const std::string where =
+        layer < 0 ? std::string("final norm output") : fmt::format("layer {} block output", layer);
+    fail(
+        "non-finite value ({}) first appears in the {} ({} mode, token {} of the batch): the weights{} overflow on "
+        "this input",
+        h.value, where, mode_name(pp->plan->mode), h.index / cfg().d_model,
+        m->is_quantized() ? " or quantization scales" : "");
   }
 
   Batch batch(const std::vector<int>& offs) {
@@ -155,20 +159,24 @@ void check_session_options(const Model& m, const SessionOptions& o) {
   if (mode != ExecMode::Fake)
     fail_option("fp_ops", "fp_ops runs in the fake-quant simulation (mode fake), not in mode {}", mode_name(mode));
   if ((mask & kFpNorm) && cfg.arch == Arch::Mamba1)
-    fail_option("fp_ops", "fp_ops norm: a Mamba1 model has no quantized norm input (its norms always run in FP32); leave it out");
+    fail_option("fp_ops",
+                "fp_ops norm: a Mamba1 model has no quantized norm input (its norms always run in FP32); leave it out");
   if ((mask & kFpHead) && !m.quantized_head() && !(q && q->meta.quantize_embedding))
-    fail_option("fp_ops", "fp_ops head: this model's LM head and embedding are not quantized (the {} recipe keeps them "
-         "in FP32 without --quantize-lm-head / --quantize-embedding), so there is nothing to keep in float; leave it out",
-         q ? q->meta.recipe : "fp");
+    fail_option("fp_ops",
+                "fp_ops head: this model's LM head and embedding are not quantized (the {} recipe keeps them "
+                "in FP32 without --quantize-lm-head / --quantize-embedding), so there is nothing to keep in float; "
+                "leave it out",
+                q ? q->meta.recipe : "fp");
   // a rotated model (Quamba2) takes float weights from the FP model in its basis
   // (quant/quantized.h fp_in_quantized_basis), whose block norms are folded to ones
   const Model* fp = o.fp;
   if ((mask & (kFpLinear | kFpConv | kFpHadamard | kFpHead)) && q && q->meta.rotate_residual && fp &&
       !std::all_of(fp->weights().layers[0].norm.data, fp->weights().layers[0].norm.data + cfg.d_model,
                    [](float g) { return g == 1.f; }))
-    fail_option("fp_ops", "fp_ops {}: this model's weights are rotated by the {} recipe; the FP model must be brought "
-         "into its basis first (fp_in_quantized_basis)", fp_ops_str(mask & (kFpLinear | kFpConv | kFpHadamard | kFpHead)),
-         q->meta.recipe);
+    fail_option("fp_ops",
+                "fp_ops {}: this model's weights are rotated by the {} recipe; the FP model must be brought "
+                "into its basis first (fp_in_quantized_basis)",
+                fp_ops_str(mask & (kFpLinear | kFpConv | kFpHadamard | kFpHead)), q->meta.recipe);
 }
 
 Session::Session(const Model& m, const SessionOptions& o) {
@@ -177,8 +185,21 @@ Session::Session(const Model& m, const SessionOptions& o) {
   check_session_options(m, o);
   c_ = std::make_unique<SessionCore>(m, b);
   const ModelConfig& cfg = m.config();
-  c_->pp = prepare_plan(cfg, m.weights(), m.quantized(), make_plan(mode, o.fp_ops, cfg.n_layer, m.quantized_head()),
-                        o.fp_ops ? o.fp : nullptr, b);
+  ExecPlan plan = make_plan(mode, o.fp_ops, cfg.n_layer, m.quantized_head());
+  // what this backend declines is refused here, naming it, before anything is uploaded
+  const Backend& k = b->get();
+  bool int8 = false;
+  for (int l = -1; l < cfg.n_layer; ++l)
+    for (int kind = 0; kind < kOpKinds; ++kind) int8 |= plan.at(l, OpKind(kind)) == Prec::Int8;
+  if (int8 && !(k.can(Op::Gemm, {DType::I8, WFormat::S8, DType::I8}) && k.can(Op::Gemm, {DType::I8, WFormat::S4})))
+    fail_option("mode", "mode int8: backend '{}' does not run the integer kernels (yet); run this model in mode fake "
+                "(the same quantization, simulated in float) or on a cpu backend", k.name);
+  c_->pp = prepare_plan(cfg, m.weights(), m.quantized(), std::move(plan), o.fp_ops ? o.fp : nullptr, b);
+  bool rotate = false;
+  for (const auto& le : c_->pp->layers) rotate |= le.rotate;
+  if (rotate && !k.can(Op::Hadamard))
+    fail("backend '{}' has no online Hadamard transform (yet), which this model's out_proj needs (the {} recipe "
+         "fuses it into the weights); run it on a cpu backend", k.name, m.quantized() ? m.quantized()->meta.recipe : "");
 }
 Session::~Session() = default;
 Session::Session(Session&&) noexcept = default;
@@ -204,16 +225,22 @@ size_t Session::weight_bytes() const {
   n += w.embedding.bytes();
   f(w.norm_f), f(w.norm_f_b);
   if (!w.tied()) {
-    if (p.head_fw.data) f(p.head_fw); else n += w.lm_head.bytes();
+    if (p.head_fw.data)
+      f(p.head_fw);
+    else
+      n += w.lm_head.bytes();
   }
   for (size_t l = 0; l < w.layers.size(); ++l) {
     const auto& L = w.layers[l];
-    for (const Weight* x : {&L.norm, &L.norm_b, &L.in_proj_b, &L.conv_b, &L.dt_proj_b, &L.dt_bias, &L.A_log, &L.D, &L.gnorm,
-                            &L.out_proj_b})
+    for (const Weight* x : {&L.norm, &L.norm_b, &L.in_proj_b, &L.conv_b, &L.dt_proj_b, &L.dt_bias, &L.A_log, &L.D,
+                            &L.gnorm, &L.out_proj_b})
       f(*x);
     for (int q = 0; q < kProjs; ++q) {
       const Weight& fw = p.layers[l].fw[size_t(q)];
-      if (fw.data) f(fw); else n += L.proj(Proj(q)).bytes();
+      if (fw.data)
+        f(fw);
+      else
+        n += L.proj(Proj(q)).bytes();
     }
   }
   return n;
@@ -263,10 +290,9 @@ SeqState Session::clone_state(const SeqState& s) {
   return d;
 }
 
-void SessionCore::run_layers(float* r, const std::vector<int>& offs, int l0, int l1, SeqState* const* states,
-                             Tap* tap, NonFinite* rec) {
+void SessionCore::run_layers(float* r, const std::vector<int>& offs, int l0, int l1, SeqState* const* states, Tap* tap,
+                             NonFinite* rec) {
   const ModelConfig& c = cfg();
-  const ExecPlan& plan = *pp->plan;
   const int dm = c.d_model, T = offs.back();
   const size_t nseq = offs.size() - 1;
   Exec X(c, *pp, ws, tap, batch(offs));
@@ -282,7 +308,9 @@ void SessionCore::run_layers(float* r, const std::vector<int>& offs, int l0, int
     SeqState* st = states[s];
     if (!st) continue;
     if (!st->d_ || st->d_->plan != pp.get() || st->d_->layers.size() != size_t(c.n_layer))
-      fail("internal error: sequence state made for another session or execution plan (make states with this session's new_state)");
+      fail(
+          "internal error: sequence state made for another session or execution plan (make states with this session's "
+          "new_state)");
     for (int l = l0; l < l1; ++l) {
       auto& ly = st->d_->layers[size_t(l)];
       void** p = ptrs.data() + size_t(l - l0) * per;
@@ -303,9 +331,8 @@ void SessionCore::run_layers(float* r, const std::vector<int>& offs, int l0, int
     LayerStates ls;
     if (any) {
       ls = {ptrs.data() + o, ptrs.data() + o + nseq, ptrs.data() + o + 2 * nseq, ptrs.data() + o + 3 * nseq,
-            dptrs + o, dptrs + o + nseq, dptrs + o + 2 * nseq, dptrs + o + 3 * nseq};
+            dptrs + o,       dptrs + o + nseq,       dptrs + o + 2 * nseq,       dptrs + o + 3 * nseq};
     }
-    (void)plan;
     block_norm(r, L.norm, L.norm_b, x, T);
     X.set_layer(l, ls);
     if (c.arch == Arch::Mamba1)
@@ -446,7 +473,8 @@ void Session::score_rows(const std::vector<RowRef>& rows, const std::vector<int3
       const Hidden* src = rows[r0 + size_t(i < n ? i : 0)].h;
       int j = i;
       idx.clear();
-      while (j < np && rows[r0 + size_t(j < n ? j : 0)].h == src) idx.push_back(rows[r0 + size_t(j < n ? j : 0)].row), ++j;
+      while (j < np && rows[r0 + size_t(j < n ? j : 0)].h == src)
+        idx.push_back(rows[r0 + size_t(j < n ? j : 0)].row), ++j;
       const int32_t* di = c.to_dev(kSlotScoreIdx, idx.data(), idx.size());
       c.k().gather_rows(c.ctx(), static_cast<const Buffer*>(src->buf_.get())->as<float>(), dm, di, int(idx.size()), dm,
                         h + size_t(i) * dm, dm);

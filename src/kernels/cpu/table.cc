@@ -74,15 +74,25 @@ void register_cpu_backends() {
                     .available = [] { return std::string(); },
                     .open = [](const std::string&) { return variant_instance(best()); },
                     .rank = 10});
-  register_backend({.name = "cpu-v4", .description = "cpu kernels for x86-64-v4 (AVX-512)",
-                    .available = [] { return cpu_level() >= 4 ? std::string() : std::string("this CPU lacks AVX-512 (x86-64-v4)"); },
-                    .open = [](const std::string&) { return variant_instance(kVariants[0]); }, .rank = 4});
-  register_backend({.name = "cpu-v3", .description = "cpu kernels for x86-64-v3 (AVX2, FMA)",
-                    .available = [] { return cpu_level() >= 3 ? std::string() : std::string("this CPU lacks AVX2/FMA (x86-64-v3)"); },
-                    .open = [](const std::string&) { return variant_instance(kVariants[1]); }, .rank = 3});
-  register_backend({.name = "cpu-v2", .description = "cpu kernels for x86-64-v2 (SSE4.2)",
-                    .available = [] { return cpu_level() >= 2 ? std::string() : std::string("this CPU lacks SSE4.2 (x86-64-v2)"); },
-                    .open = [](const std::string&) { return variant_instance(kVariants[2]); }, .rank = 2});
+  register_backend(
+      {.name = "cpu-v4",
+       .description = "cpu kernels for x86-64-v4 (AVX-512)",
+       .available = [] { return cpu_level() >= 4 ? std::string() : std::string("this CPU lacks AVX-512 (x86-64-v4)"); },
+       .open = [](const std::string&) { return variant_instance(kVariants[0]); },
+       .rank = 4});
+  register_backend(
+      {.name = "cpu-v3",
+       .description = "cpu kernels for x86-64-v3 (AVX2, FMA)",
+       .available =
+           [] { return cpu_level() >= 3 ? std::string() : std::string("this CPU lacks AVX2/FMA (x86-64-v3)"); },
+       .open = [](const std::string&) { return variant_instance(kVariants[1]); },
+       .rank = 3});
+  register_backend(
+      {.name = "cpu-v2",
+       .description = "cpu kernels for x86-64-v2 (SSE4.2)",
+       .available = [] { return cpu_level() >= 2 ? std::string() : std::string("this CPU lacks SSE4.2 (x86-64-v2)"); },
+       .open = [](const std::string&) { return variant_instance(kVariants[2]); },
+       .rank = 2});
 }
 
 }  // namespace mambaq

@@ -16,7 +16,9 @@ namespace refpk {
 
 #include "kernels/packed_ops.inc"
 
-void rmsnorm(const float* x, const float* w, float* out, int T, int d, float eps) { ref::rmsnorm(x, w, out, T, d, eps); }
+void rmsnorm(const float* x, const float* w, float* out, int T, int d, float eps) {
+  ref::rmsnorm(x, w, out, T, d, eps);
+}
 void layernorm(const float* x, const float* w, const float* b, float* out, int T, int d, float eps) {
   ref::layernorm(x, w, b, out, T, d, eps);
 }
@@ -36,8 +38,8 @@ void selective_scan(int nseq, const int* offs, int D, int N, const float* u, int
   }
 }
 void ssd_scan(int nseq, const int* offs, int H, int P, int G, int N, const float* x, int ldx, const float* dt, int lddt,
-              const float* dt_bias, const float* A, const float* B, int ldb, const float* C, int ldc, const float* Dskip,
-              float* const* states, float* y, int ldy) {
+              const float* dt_bias, const float* A, const float* B, int ldb, const float* C, int ldc,
+              const float* Dskip, float* const* states, float* y, int ldy) {
   for (int s = 0; s < nseq; ++s) {
     const size_t o = size_t(offs[s]);
     ref::ssd_scan(offs[s + 1] - offs[s], H, P, G, N, x + o * ldx, ldx, dt + o * lddt, lddt, dt_bias, A, B + o * ldb,
@@ -69,7 +71,8 @@ void gemm_s8(int M, int N, int K, const int8_t* A, int lda, float a_scale, const
   ref::gemm_s8(M, N, K, A, lda, a_scale, W, w_scale, w_per_row, bias, C, ldc);
 }
 void conv1d_s8_silu(int nseq, const int* offs, const int8_t* x, int ldx, float x_scale, int C, int K, const int8_t* w,
-                    float w_scale, const float* b, int8_t* const* states, const float* out_scale, int8_t* out, int ldo) {
+                    float w_scale, const float* b, int8_t* const* states, const float* out_scale, int8_t* out,
+                    int ldo) {
   for (int s = 0; s < nseq; ++s)
     ref::conv1d_s8_silu(x + size_t(offs[s]) * ldx, ldx, x_scale, offs[s + 1] - offs[s], C, K, w, w_scale, b,
                         states ? states[s] : nullptr, out_scale, out + size_t(offs[s]) * ldo, ldo);
@@ -105,10 +108,11 @@ void state_fake_quantize(float* x, int H, int N, int P, int ndg, const float* sc
   ref::state_fake_quantize(x, H, N, P, ndg, scale, dim_end, bits);
 }
 // The decode step as its definition: dequantize the state, one step of the scan, quantize it.
-void ssd_step_s8_qstate(int nseq, int H, int P, int G, int N, const int8_t* x, int ldx, const float* sx, const int8_t* dt,
-                        int lddt, float sdt, const float* dt_bias, const float* A, const int8_t* B, int ldb,
-                        const float* sB, const int8_t* C, int ldc, const float* sC, const float* Dskip,
-                        int8_t* const* qstates, int ndg, const float* state_scale, const int* dim_end, float* y, int ldy) {
+void ssd_step_s8_qstate(int nseq, int H, int P, int G, int N, const int8_t* x, int ldx, const float* sx,
+                        const int8_t* dt, int lddt, float sdt, const float* dt_bias, const float* A, const int8_t* B,
+                        int ldb, const float* sB, const int8_t* C, int ldc, const float* sC, const float* Dskip,
+                        int8_t* const* qstates, int ndg, const float* state_scale, const int* dim_end, float* y,
+                        int ldy) {
   std::vector<float> st(size_t(H) * N * P);
   for (int s = 0; s < nseq; ++s) {
     ref::state_dequantize(qstates[s], st.data(), H, N, P, ndg, state_scale, dim_end);
@@ -146,15 +150,15 @@ void hadamard(float* x, int rows, int n, int ld, bool transpose) {
 }  // namespace refpk
 
 void register_ref_backend() {
-  register_backend({.name = "ref",
-                    .description = "scalar reference kernels (kernels/ref), one sequence at a time: slow, obviously right",
-                    .available = [] { return std::string(); },
-                    .open = [](const std::string&) -> BackendRef {
-                      static const BackendRef b =
-                          std::make_shared<BackendHandle>(refpk::host_table("ref", "scalar"), nullptr);
-                      return b;
-                    },
-                    .rank = 0});
+  register_backend(
+      {.name = "ref",
+       .description = "scalar reference kernels (kernels/ref), one sequence at a time: slow, obviously right",
+       .available = [] { return std::string(); },
+       .open = [](const std::string&) -> BackendRef {
+         static const BackendRef b = std::make_shared<BackendHandle>(refpk::host_table("ref", "scalar"), nullptr);
+         return b;
+       },
+       .rank = 0});
 }
 
 }  // namespace mambaq
