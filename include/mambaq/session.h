@@ -125,10 +125,10 @@ class Hidden {
 };
 
 struct SessionOptions {
-  std::string backend;      // a registered backend ("cpu", "ref", "cuda:0", ...); empty: default_backend_name()
+  std::string backend = {};  // a registered backend ("cpu", "ref", "cuda:0", ...); empty: default_backend_name()
   // fp32 ignores quantization; fake and int8 need a quantized model. Default: int8 for a
   // quantized model, fp32 otherwise.
-  std::optional<ExecMode> mode;
+  std::optional<ExecMode> mode = {};
   unsigned fp_ops = 0;      // fake mode only: FpOps kept in FP32
   const Model* fp = nullptr;  // the FP model --fp-ops linear/conv/hadamard/head take weights from
 };
