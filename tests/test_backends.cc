@@ -201,7 +201,7 @@ TEST_P(EveryBackend, RandomModelsAgreeWithRef) {
       SeqState st = s.new_state();
       SeqState* sp[1] = {&st};
       const int l10[1] = {10}, l1[1] = {1};
-      std::vector<float> h(size_t(10) * dm), lg(size_t(V)), out;
+      std::vector<float> h(size_t(10) * dm), lg(static_cast<size_t>(V)), out;
       s.forward(std::span(toks).first(10), l10, sp, h.data());
       for (int t = 10; t < 15; ++t) {
         s.forward(std::span(toks).subspan(size_t(t), 1), l1, sp, h.data());
