@@ -109,11 +109,12 @@ TEST_P(KernelsInt8, Conv1dS8SiluPackedWithState) {
     ref::conv1d_s8_silu(x.data() + size_t(offs[size_t(s)]) * ldx, ldx, sx, lens[size_t(s)], C, K, w.data(), sw,
                         b.data(), s == 1 ? nullptr : st_ref[size_t(s)].data(), os.data(),
                         a.data() + size_t(offs[size_t(s)]) * ldo, ldo);
-  ConvArgs c;
-  c.b = d.batch(offs), c.C = C, c.K = K, c.x = act_s8(d.up(x), ldx, sx), c.w = w_s8(d.up(w), C, K, d.up(std::vector<float>{sw}), false, sw);
-  c.bias = d.up(b), c.st = st.view(DType::I8), c.out = d.up(o), c.ldo = ldo, c.out_scale = d.up(os);
-  d.k.conv1d_silu(d.ctx, c);
-  d.down_into(o, static_cast<int8_t*>(c.out));
+  ConvArgs ca;
+  ca.b = d.batch(offs), ca.C = C, ca.K = K, ca.x = act_s8(d.up(x), ldx, sx);
+  ca.w = w_s8(d.up(w), C, K, d.up(std::vector<float>{sw}), false, sw);
+  ca.bias = d.up(b), ca.st = st.view(DType::I8), ca.out = d.up(o), ca.ldo = ldo, ca.out_scale = d.up(os);
+  d.k.conv1d_silu(d.ctx, ca);
+  d.down_into(o, static_cast<int8_t*>(ca.out));
   const auto st_fast = d.down_states(st, st_ref);
   int off_by_one = 0, nonzero = 0;
   for (int t = 0; t < T; ++t)
