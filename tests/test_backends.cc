@@ -49,16 +49,6 @@ std::vector<float> logits(Session& s) {
                                "Call me Ishmael. Some years ago, never mind how long precisely");
 }
 
-int top1_agree(const std::vector<float>& a, const std::vector<float>& b, int V) {
-  int n = 0;
-  for (size_t t = 0; t < a.size() / size_t(V); ++t) {
-    const float* x = a.data() + t * V;
-    const float* y = b.data() + t * V;
-    n += std::max_element(x, x + V) - x == std::max_element(y, y + V) - y;
-  }
-  return n;
-}
-
 }  // namespace
 
 class WholeModel : public ::testing::TestWithParam<const char*> {};
@@ -84,10 +74,10 @@ TEST_P(WholeModel, RefAndCpuSessionsOfOneModelAgree) {
     const int T = int(a.size() / size_t(V));
     if (c.mode != ExecMode::FP32) {
       EXPECT_LT(e, 5e-2);
-      EXPECT_GE(top1_agree(a, b, V), T * 9 / 10);
+      EXPECT_GE(mqtest::top1_agreement(a, b, V), T * 9 / 10);
     } else {
       EXPECT_LT(e, 1e-4);
-      EXPECT_EQ(top1_agree(a, b, V), T);
+      EXPECT_EQ(mqtest::top1_agreement(a, b, V), T);
     }
     EXPECT_GT(e, 0.0);  // two implementations really ran
   }
@@ -197,7 +187,7 @@ TEST_P(EveryBackend, RandomModelsAgreeWithRef) {
     };
     const auto a = logits(r), c = logits(b);
     EXPECT_LT(mqtest::rel_err(c, a), 1e-4);
-    EXPECT_EQ(top1_agree(a, c, V), T);
+    EXPECT_EQ(mqtest::top1_agreement(a, c, V), T);
     // prefill 10 tokens, then 5 decode steps carrying the state
     auto decode = [&](Session& s) {
       SeqState st = s.new_state();

@@ -73,16 +73,6 @@ std::vector<float> run(const Model& m) {  // in its own mode (int8 when quantize
   return run(s);
 }
 
-int top1_agreement(const std::vector<float>& a, const std::vector<float>& b, int V) {
-  int n = 0;
-  for (size_t t = 0; t < a.size() / size_t(V); ++t) {
-    const float* x = a.data() + t * V;
-    const float* y = b.data() + t * V;
-    n += std::max_element(x, x + V) - x == std::max_element(y, y + V) - y;
-  }
-  return n;
-}
-
 }  // namespace
 
 class Quamba2 : public ::testing::TestWithParam<const char*> {};
@@ -119,7 +109,7 @@ TEST_P(Quamba2Preset, Int8AgreesWithFakeQuantAndStaysNearFp) {
   const auto li = run(q), lf = run(fake), l0 = run(fp);
   const int V = q.config().padded_vocab, T = int(li.size() / size_t(V));
   const double e = mqtest::rel_err(li, lf), eq = mqtest::rel_err(lf, l0);
-  const int agree = top1_agreement(li, lf, V);
+  const int agree = mqtest::top1_agreement(li, lf, V);
   std::printf("%s %s: int8 vs fake %.2e, fake vs fp32 %.2e, top-1 %d/%d\n", rel, p, e, eq, agree, T);
   if (std::string(p) == "w4a16") {
     EXPECT_LT(e, 1e-5);
@@ -445,7 +435,7 @@ TEST(HeadGroups, GroupedModelRunsSavesAndDecodes) {
   const auto li = run(*q), lf = run(fake);
   const int V = q->config().padded_vocab;
   EXPECT_LT(mqtest::rel_err(li, lf), 5e-2);
-  EXPECT_GE(top1_agreement(li, lf, V), int(li.size() / size_t(V)) * 9 / 10);
+  EXPECT_GE(mqtest::top1_agreement(li, lf, V), int(li.size() / size_t(V)) * 9 / 10);
   // prefill then decode with int8 states (grouped state scales) against fake
   auto ids = mqtest::tokenizer().encode("The President of the United States shall, from time to time, give to the Congress "
                                         "information of the state of the union, and recommend to their consideration");

@@ -7,6 +7,7 @@
 #include "mambaq/session.h"
 #include "mambaq/tokenizer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <random>
@@ -57,6 +58,16 @@ inline double rel_err(const float* a, const float* b, size_t n) {
 inline double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
   EXPECT_EQ(a.size(), b.size());
   return rel_err(a.data(), b.data(), std::min(a.size(), b.size()));
+}
+// Positions {a.size() / V} whose argmax (the first maximum) is the same in a and b.
+inline int top1_agreement(const std::vector<float>& a, const std::vector<float>& b, int V) {
+  int n = 0;
+  for (size_t t = 0; t < a.size() / size_t(V); ++t) {
+    const float* x = a.data() + t * V;
+    const float* y = b.data() + t * V;
+    n += std::max_element(x, x + V) - x == std::max_element(y, y + V) - y;
+  }
+  return n;
 }
 inline double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   double m = 0;
