@@ -1,6 +1,7 @@
 // Micro-benchmarks of the CPU kernels at mamba-130m / mamba2-130m shapes (Google Benchmark).
 //   build/bench/mambaq_bench_kernels --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
+#include <oneapi/dnnl/dnnl.h>
 
 #include <random>
 #include <vector>
@@ -41,8 +42,20 @@ static void BM_Gemm(benchmark::State& s) {
   s.counters["GFLOPS"] = benchmark::Counter(2.0 * M * N * K, benchmark::Counter::kIsIterationInvariantRate,
                                             benchmark::Counter::kIs1000);
 }
-BENCHMARK(BM_Gemm)->Args({1024, 3072, 768})->Args({1024, 768, 1536})->Args({1, 3072, 768})->Args({1, 50280, 768})
-    ->UseRealTime();
+BENCHMARK(BM_Gemm)->Args({1024, 3072, 768})->Args({1024, 768, 1536})->Args({1024, 48, 1536})->Args({1, 3072, 768})
+    ->Args({16, 50280, 768})->Args({1, 50280, 768})->UseRealTime();
+// The peer: oneDNN's sgemm on the same shapes (what the fp32 GEMM was before kernels/cpu/gemm.cc,
+// which gives every row the same result whatever the row and thread count; oneDNN does not).
+static void BM_GemmOneDnnPeer(benchmark::State& s) {
+  const int M = int(s.range(0)), N = int(s.range(1)), K = int(s.range(2));
+  auto A = rnd(size_t(M) * K), W = rnd(size_t(N) * K);
+  std::vector<float> C(size_t(M) * N);
+  for (auto _ : s) dnnl_sgemm('N', 'T', M, N, K, 1.0f, A.data(), K, W.data(), K, 0.0f, C.data(), N);
+  s.counters["GFLOPS"] = benchmark::Counter(2.0 * M * N * K, benchmark::Counter::kIsIterationInvariantRate,
+                                            benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_GemmOneDnnPeer)->Args({1024, 3072, 768})->Args({1024, 768, 1536})->Args({1024, 48, 1536})->Args({1, 3072, 768})
+    ->Args({16, 50280, 768})->Args({1, 50280, 768})->UseRealTime();
 
 // int8 GEMM (Quamba W8A8), same shapes plus dt_proj's small K; args: M, N, K
 static void BM_GemmS8(benchmark::State& s) {

@@ -63,6 +63,89 @@ TEST_P(Kernels, Gemm) {
   EXPECT_LT(rel_err(b, a), 1e-6);
 }
 
+// A row's result does not depend on how many rows are multiplied with it or on the thread count
+// (a document's score must not depend on its batch). Shapes of the fixtures' and Mamba-130m's
+// projections (x_proj: N = dt_rank + 2 d_state, K = d_inner), where oneDNN's threaded sgemm splits K
+// between two threads on an AVX2 EPYC. Host backends: bit for bit; a device backend may pick
+// another algorithm per row count (cuBLAS heuristics), bound: 1e-6 relative.
+TEST_P(Kernels, GemmRowsDoNotDependOnRowOrThreadCount) {
+  mqtest::Dev d(bparam());
+  struct Shape {
+    int N, K;
+  };
+  for (const Shape s : {Shape{48, 512}, Shape{1024, 256}, Shape{256, 512}, Shape{80, 1536}, Shape{1536, 768}}) {
+    const int Mmax = 160;
+    auto A = mqtest::randn(size_t(Mmax) * s.K, 70), W = mqtest::randn(size_t(s.N) * s.K, 71, 0.05f);
+    const float* Ad = d.up(A);
+    const float* Wd = d.up(W);
+    auto run = [&](int M, int threads) {
+      set_num_threads(threads);
+      GemmArgs g;
+      g.M = M, g.N = s.N, g.K = s.K, g.A = act_f32(Ad, s.K), g.W = w_f32(Wd, s.N, s.K);
+      g.C = d.alloc<float>(size_t(M) * s.N), g.ldc = s.N;
+      d.k.gemm(d.ctx, g);
+      set_num_threads(0);
+      return d.down(g.C, size_t(M) * s.N);
+    };
+    const auto want = run(Mmax, 1);
+    for (const int M : {16, 17, 40, Mmax})
+      for (const int threads : {1, 2, 3}) {
+        const auto got = run(M, threads);
+        const std::vector<float> head(want.begin(), want.begin() + std::ptrdiff_t(got.size()));
+        if (d.k.host_memory)
+          EXPECT_EQ(got, head) << "N " << s.N << " K " << s.K << " M " << M << " threads " << threads;
+        else
+          EXPECT_LT(rel_err(got, head), 1e-6) << "N " << s.N << " K " << s.K << " M " << M;
+      }
+  }
+}
+
+// The cpu GEMM's fixed order of operations (kernels/cpu/gemm.cc), in scalar form: L lanes (16 on
+// x86-64-v4, 8 on v3, 4 on v2), lane k % L accumulating A[m][k] W[n][k] in k order (fused on v3/v4;
+// the product rounded first on v2, which has no FMA), then the lanes summed pairwise.
+float dot_in_fixed_order(const float* a, const float* w, int K, int L, bool fused) {
+  float s[16] = {};
+  for (int k = 0; k < K; ++k) {
+    if (fused) {
+      s[k % L] = std::fma(a[k], w[k], s[k % L]);
+    } else {
+      volatile float p = a[k] * w[k];  // rounded on its own (no contraction into an FMA)
+      s[k % L] = s[k % L] + p;
+    }
+  }
+  for (int h = L / 2; h >= 1; h /= 2)
+    for (int l = 0; l < h; ++l) s[l] = s[l] + s[l + h];
+  return s[0];
+}
+
+TEST_P(Kernels, CpuGemmIsItsStatedOrderBitForBit) {
+  mqtest::Dev d(bparam());
+  const std::string name = d.k.name;
+  if (!name.starts_with("cpu-v")) GTEST_SKIP() << "the order is the cpu variants' contract";
+  const bool fused = name != "cpu-v2";
+  const int lanes = name == "cpu-v4" ? 16 : name == "cpu-v3" ? 8 : 4;
+  struct Shape {
+    int M, N, K;
+  };
+  for (const Shape s : {Shape{1, 70, 33}, Shape{5, 13, 16}, Shape{19, 70, 777}, Shape{67, 131, 200}, Shape{3, 2, 5}}) {
+    const int lda = s.K + 3, ldc = s.N + 5;
+    auto A = mqtest::randn(size_t(s.M) * lda, 80), W = mqtest::randn(size_t(s.N) * s.K, 81), bias = mqtest::randn(size_t(s.N), 82);
+    for (const bool with_bias : {false, true}) {
+      std::vector<float> want(size_t(s.M) * ldc, -7.f);
+      for (int m = 0; m < s.M; ++m)
+        for (int n = 0; n < s.N; ++n)
+          want[size_t(m) * ldc + n] =
+              dot_in_fixed_order(A.data() + size_t(m) * lda, W.data() + size_t(n) * s.K, s.K, lanes, fused) + (with_bias ? bias[size_t(n)] : 0.f);
+      GemmArgs g;
+      g.M = s.M, g.N = s.N, g.K = s.K, g.A = act_f32(d.up(A), lda), g.W = w_f32(d.up(W), s.N, s.K);
+      g.bias = with_bias ? d.up(bias) : nullptr;
+      g.C = d.up(std::vector<float>(want.size(), -7.f)), g.ldc = ldc;
+      d.k.gemm(d.ctx, g);
+      EXPECT_EQ(d.down(g.C, want.size()), want) << "M " << s.M << " N " << s.N << " K " << s.K << " bias " << with_bias;
+    }
+  }
+}
+
 // Sequences of different lengths packed back to back, some with a carried state, some without.
 struct Packed {
   std::vector<int> lens{5, 1, 17, 3, 64};

@@ -130,9 +130,9 @@ TEST(ZeroShotStats, StderrAndBootstrapAsLmEval) {
 
 // Every mode: shared-prefix scoring gives the numbers of scoring each pair from scratch, bit for
 // bit: the states carry over exactly (SeqState::exact) and every product of scoring has at least
-// 16 rows (loglik.cc kMinRows), so no decode-sized kernel with other rounding runs. (On wide
-// models oneDNN's sgemm may still block K differently for very different row counts, which moves
-// the last bits; the fixtures' widths do not.)
+// 16 rows (loglik.cc kMinRows), so no decode-sized kernel with other rounding runs, and the fp32
+// GEMM gives a row the same bits whatever the rows beside it (kernels/cpu/gemm.cc; with oneDNN's
+// sgemm these tests failed on an AVX2-only EPYC).
 void expect_same_scores(const std::vector<std::vector<RequestScore>>& a, const std::vector<std::vector<RequestScore>>& b) {
   ASSERT_EQ(a.size(), b.size());
   for (size_t d = 0; d < a.size(); ++d) {

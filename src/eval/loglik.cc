@@ -74,8 +74,8 @@ DocPlan plan_doc(const std::vector<Request>& reqs, const EvalOptions& opt) {
 }
 
 // Every forward of scoring has at least this many rows: below it the kernels switch to decode
-// paths (oneDNN's small-M sgemm, the int8/int4 GEMVs) whose float rounding differs, and a
-// quantized model amplifies a last-bit difference into a flipped activation code. Padding keeps a
+// paths (the int8/int4 GEMVs; the fp32 GEMM is the same for any row count) whose float rounding
+// differs, and a quantized model amplifies a last-bit difference into a flipped activation code. Padding keeps a
 // document's numbers independent of how few rows its batch had (Session::score_rows pads the LM
 // head's products the same way).
 constexpr int kMinRows = 16;
