@@ -9,7 +9,7 @@
 #include <random>
 
 #include "analysis/explog.h"
-#include "io/half.h"
+#include "core/half.h"
 #include "io/json_file.h"
 #include "io/mmap_file.h"
 #include "io/npz.h"

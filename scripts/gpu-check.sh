@@ -13,13 +13,15 @@ nvidia-smi -L | tee "$out/gpu.txt"
 trc=$?
 passed=$(grep -c '^\[       OK \]' "$out/tests.txt"); skipped=$(grep -c '^\[  SKIPPED \] .*ms)' "$out/tests.txt"); failed=$(grep -c '^\[  FAILED  \] .*ms)' "$out/tests.txt")
 rows=""
-for m in mamba-130m mamba2-130m mamba-1.4b; do
-  "$bin/mambaq" bench --synthetic $m --backend cuda --prompt-len 1024 --decode 128 --repeats 3 --no-bandwidth --json "$out/bench-$m.json" > "$out/bench-$m.txt" 2>&1
-  rows+=$(python3 -c "import json;j=json.load(open('$out/bench-$m.json'));print(f\"| $m | {j['prefill_tok_s']:.0f} | {j['decode_tok_s']:.1f} | {j['weight_bytes_per_token']/2**20:.0f} |\")" 2>/dev/null || echo "| $m | failed | | |")$'\n'
+for dt in fp32 bf16; do
+  for m in mamba-130m mamba2-130m mamba-1.4b mamba2-1.3b; do
+    "$bin/mambaq" bench --synthetic $m --backend cuda --dtype $dt --prompt-len 1024 --decode 128 --repeats 3 --no-bandwidth --json "$out/bench-$m-$dt.json" > "$out/bench-$m-$dt.txt" 2>&1
+    rows+=$(python3 -c "import json;j=json.load(open('$out/bench-$m-$dt.json'));print(f\"| $m | $dt | {j['prefill_tok_s']:.0f} | {j['decode_tok_s']:.1f} | {j['weight_bytes_per_token']/2**20:.0f} |\")" 2>/dev/null || echo "| $m | $dt | failed | | |")$'\n'
+  done
 done
 echo
 echo "gpu tests: $passed passed, $skipped skipped (declined by supports), $failed failed (exit $trc)"
-echo "| shape (fp32, batch 1, cuda) | prefill 1024 (t/s) | decode (t/s) | weights (MiB) |"
-echo "|---|---|---|---|"
+echo "| shape (batch 1, cuda) | weights | prefill 1024 (t/s) | decode (t/s) | weights read per token (MiB) |"
+echo "|---|---|---|---|---|"
 printf "%s" "$rows"
 exit $trc

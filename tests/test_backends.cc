@@ -166,6 +166,45 @@ TEST(Backends, RegistryNamesAndErrors) {
 // decode with states. Bound: as RefAndCpuSessionsOfOneModelAgree's fp32 (1e-4, every top-1 equal).
 class EveryBackend : public ::testing::TestWithParam<std::string> {};
 INSTANTIATE_TEST_SUITE_P(Backends, EveryBackend, ::testing::ValuesIn(mqtest::test_backends()));
+// --dtype bf16 / fp16 (mode fp32): the projections and LM head in 16 bits on every backend.
+// Against the same dtype on ref: only fp32 sums differ, but an activation one fp32 ulp either side
+// of a 16-bit rounding boundary moves by a 16-bit ulp, so the bound is 16-bit-sized: 5e-3
+// relative, top-1 equal on all but one position. Against fp32: a real change (not a no-op) within
+// what 8 (bf16) / 11 (fp16) significant bits allow: 5e-2 / 1e-2 relative; fewer bytes per token.
+TEST_P(EveryBackend, SixteenBitWeights) {
+  for (bool m2 : {false, true}) {
+    SCOPED_TRACE(m2 ? "mamba2" : "mamba1");
+    const nlohmann::json j = m2 ? nlohmann::json{{"d_model", 128},   {"n_layer", 3},   {"vocab_size", 1000},
+                                                 {"ssm_cfg", {{"layer", "Mamba2"}, {"d_state", 64}, {"headdim", 32}}}}
+                                : nlohmann::json{{"d_model", 96}, {"n_layer", 3}, {"vocab_size", 1000}};
+    const ModelConfig cfg = parse_config(j, "synthetic");
+    auto m = Model::random(cfg, 12);
+    std::vector<int32_t> toks;
+    for (int i = 0; i < 40; ++i) toks.push_back(int32_t((i * 41 + 3) % 1000));
+    const std::vector<int> lens = {17, 1, 22};
+    const int T = 40, V = cfg.padded_vocab, dm = cfg.d_model;
+    auto logits = [&](Session& s) {
+      std::vector<float> h(size_t(T) * dm), lg(size_t(T) * V);
+      s.forward(toks, lens, nullptr, h.data());
+      s.lm_head(h.data(), T, lg.data());
+      return lg;
+    };
+    Session f32(*m, {.backend = "ref"});
+    const auto base = logits(f32);
+    for (const DType dt : {DType::BF16, DType::F16}) {
+      SCOPED_TRACE(float_type_name(dt));
+      Session r(*m, {.backend = "ref", .dtype = dt}), b(*m, {.backend = GetParam(), .dtype = dt});
+      const auto a = logits(r), c = logits(b);
+      EXPECT_LT(mqtest::rel_err(c, a), 5e-3);
+      EXPECT_GE(mqtest::top1_agreement(a, c, V), T - 1);
+      const double off = mqtest::rel_err(a, base);
+      EXPECT_LT(off, dt == DType::BF16 ? 5e-2 : 1e-2);
+      EXPECT_GT(off, dt == DType::BF16 ? 1e-4 : 1e-5) << "16-bit weights changed nothing";
+      EXPECT_LT(double(b.weight_bytes()), 0.6 * double(f32.weight_bytes()));
+    }
+  }
+}
+
 TEST_P(EveryBackend, RandomModelsAgreeWithRef) {
   for (bool m2 : {false, true}) {
     SCOPED_TRACE(m2 ? "mamba2" : "mamba1");
@@ -204,4 +243,26 @@ TEST_P(EveryBackend, RandomModelsAgreeWithRef) {
     };
     EXPECT_LT(mqtest::rel_err(decode(b), decode(r)), 1e-4);
   }
+}
+
+// --dtype where it would mean nothing or cannot be: one error naming the option.
+TEST(SixteenBitWeights, RefusedByName) {
+  const Fixture& f = fixture("models/mamba-tiny");
+  EXPECT_ERROR(Session(*f.q1, {.backend = "ref", .mode = ExecMode::Fake, .dtype = DType::BF16}), "dtype bf16",
+               "mode fp32", "mode fake");
+  EXPECT_ERROR(Session(*f.fp, {.backend = "ref", .dtype = DType::I8}), "dtype I8", "fp32, fp16 or bf16");
+  // a quantized folder in mode fp32 runs its float weights: allowed
+  (void)Session(*f.q1, {.backend = "ref", .mode = ExecMode::FP32, .dtype = DType::BF16});
+  // beyond fp16's range: named, with the way out
+  const ModelConfig cfg = parse_config(nlohmann::json{{"d_model", 64}, {"n_layer", 2}, {"vocab_size", 300}}, "synthetic");
+  auto big = Model::random(cfg, 3);
+  const_cast<float*>(big->weights().layers[1].out_proj.f32())[5] = 1e5f;
+  EXPECT_ERROR(Session(*big, {.backend = "ref", .dtype = DType::F16}), "dtype fp16", "layer 1 out_proj", "65504", "bf16");
+  (void)Session(*big, {.backend = "ref", .dtype = DType::BF16});
+  // the CLI flag
+  const std::string m = mqtest::repo("models/mamba-tiny");
+  mqtest::expect_one_line_error(mqtest::run_cli("logits " + m + " --prompt hi --dtype int4"), "--dtype: 'int4'");
+  const auto ok = mqtest::run_cli("bench " + m + " --prompt-len 16 --decode 4 --repeats 1 --no-bandwidth --dtype bf16");
+  EXPECT_EQ(ok.code, 0) << ok.err;
+  EXPECT_NE(ok.out.find("float weights bf16"), std::string::npos) << ok.out;
 }

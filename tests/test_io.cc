@@ -4,7 +4,7 @@
 
 #include <cstring>
 
-#include "io/half.h"
+#include "core/half.h"
 #include "io/safetensors.h"
 #include "io/torch_zip.h"
 #include "mambaq/checkpoint.h"

@@ -2,6 +2,7 @@
 // Bounds: fast kernels compute in fp32 with vectorised exp/log (relative error < 3e-7 each)
 // and a different summation order than the double-precision references, so outputs agree to
 // ~1e-6 relative; we allow 1e-5 (2e-5 for scans, whose state compounds rounding over T steps).
+#include "core/half.h"
 #include "core/threads.h"
 #include "kernels/backend.h"
 #include "kernels/hadamard.h"
@@ -143,6 +144,56 @@ TEST_P(Kernels, CpuGemmIsItsStatedOrderBitForBit) {
       d.k.gemm(d.ctx, g);
       EXPECT_EQ(d.down(g.C, want.size()), want) << "M " << s.M << " N " << s.N << " K " << s.K << " bias " << with_bias;
     }
+  }
+}
+
+// F16/BF16 weights (--dtype): C = round(A to W's type) W^T + bias, sums in float. Expected: the
+// rounded operands (core/half.h, round to nearest even) multiplied in double. Bound 1e-5: the
+// products of two 16-bit values are exact in fp32, so only the order and rounding of the fp32 sums
+// differ (about sqrt(K) * 6e-8 = 2e-6 relative for K = 777).
+TEST_P(Kernels, GemmSixteenBitWeights) {
+  mqtest::Dev d(bparam());
+  const int M = 21, N = 70, K = 777, lda = 780, ldc = 75;
+  auto A = mqtest::randn(size_t(M) * lda, 90), Wf = mqtest::randn(size_t(N) * K, 91, 0.05f), bias = mqtest::randn(size_t(N), 92);
+  for (const WFormat wf : {WFormat::BF16, WFormat::F16}) {
+    SCOPED_TRACE(wformat_name(wf));
+    if (!d.k.can(Op::Gemm, {DType::F32, wf})) {
+      ADD_FAILURE() << "every backend runs 16-bit weights (the host ones by widening)";
+      continue;
+    }
+    const bool bf = wf == WFormat::BF16;
+    auto round = [&](float x) { return bf ? bf16_to_f32(f32_to_bf16(x)) : f16_to_f32(f32_to_f16(x)); };
+    std::vector<uint16_t> W16(Wf.size());
+    for (size_t i = 0; i < Wf.size(); ++i) W16[i] = bf ? f32_to_bf16(Wf[i]) : f32_to_f16(Wf[i]);
+    std::vector<float> want(size_t(M) * ldc, -3.f);
+    for (int m = 0; m < M; ++m)
+      for (int n = 0; n < N; ++n) {
+        double s = bias[size_t(n)];
+        for (int k = 0; k < K; ++k)
+          s += double(round(A[size_t(m) * lda + size_t(k)])) *
+               double(bf ? bf16_to_f32(W16[size_t(n) * K + size_t(k)]) : f16_to_f32(W16[size_t(n) * K + size_t(k)]));
+        want[size_t(m) * ldc + size_t(n)] = float(s);
+      }
+    GemmArgs g;
+    g.M = M, g.N = N, g.K = K, g.A = act_f32(d.up(A), lda);
+    g.W = {d.up(W16), wf, N, K, Granularity::Tensor, 0, nullptr, 0.f};
+    g.bias = d.up(bias), g.C = d.up(std::vector<float>(want.size(), -3.f)), g.ldc = ldc;
+    d.k.gemm(d.ctx, g);
+    const auto got = d.down(g.C, want.size());
+    EXPECT_LT(rel_err(got, want), 1e-5);
+    for (int m = 0; m < M; ++m)  // the padding between rows is not written
+      for (int n = N; n < ldc; ++n) EXPECT_EQ(got[size_t(m) * ldc + size_t(n)], -3.f);
+    // the activations really are rounded: unrounded A would be ~1e-3 away (bf16) / ~1e-4 (fp16)
+    std::vector<float> unrounded(want.size(), -3.f);
+    for (int m = 0; m < M; ++m)
+      for (int n = 0; n < N; ++n) {
+        double s = bias[size_t(n)];
+        for (int k = 0; k < K; ++k)
+          s += double(A[size_t(m) * lda + size_t(k)]) *
+               double(bf ? bf16_to_f32(W16[size_t(n) * K + size_t(k)]) : f16_to_f32(W16[size_t(n) * K + size_t(k)]));
+        unrounded[size_t(m) * ldc + size_t(n)] = float(s);
+      }
+    EXPECT_GT(rel_err(got, unrounded), 1e-5);
   }
 }
 

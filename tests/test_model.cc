@@ -2,7 +2,7 @@
 // vs. prefill, packed batches, every published layout variant, and bad checkpoints.
 #include <filesystem>
 
-#include "io/half.h"
+#include "core/half.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
 #include "mambaq/checkpoint.h"

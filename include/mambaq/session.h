@@ -131,7 +131,14 @@ struct SessionOptions {
   std::optional<ExecMode> mode = {};
   unsigned fp_ops = 0;      // fake mode only: FpOps kept in FP32
   const Model* fp = nullptr;  // the FP model --fp-ops linear/conv/hadamard/head take weights from
+  // The float GEMM weights' type on the backend (--dtype): F32, or F16 / BF16 (mode fp32 only: the
+  // projections and the LM head stored in 16 bits, each GEMM's activations rounded to that type,
+  // sums in float; everything else stays fp32).
+  DType dtype = DType::F32;
 };
+
+// "fp32", "fp16", "bf16" (SessionOptions::dtype as --dtype spells it; other types: their dtype_name).
+const char* float_type_name(DType d);
 
 // The rules for what a session may run, written once (Session's constructor applies them): fails
 // naming the option (mode, fp_ops) when the model cannot run this way.

@@ -57,7 +57,9 @@ struct Weight {
 // blocks of 32 columns, byte j (0..15) of a block holding column j in its low nibble and column
 // j + 16 in its high nibble, each stored as code + 8 (codes in [-8, 7]; cols % 32 == 0). The
 // block layout lets a SIMD kernel unpack 32 columns in order with one mask and one shift.
-enum class WFormat : uint8_t { F32, S8, S4 };
+// F16 / BF16: IEEE half / bfloat16 values {rows, cols} (uint16 each): the float weights of a session
+// run with --dtype fp16|bf16 (SessionOptions::dtype), converted when the session is prepared.
+enum class WFormat : uint8_t { F32, S8, S4, F16, BF16 };
 const char* wformat_name(WFormat f);
 
 // Granularity of a quantized weight's scales: one for the tensor, one per output row (channel),

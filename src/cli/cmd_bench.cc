@@ -133,6 +133,7 @@ Runner register_bench(CLI::App& app) {
   sub->add_flag("--no-bandwidth", o->no_bw, "Skip the memory bandwidth measurement");
   sub->add_option("--json", o->json, "Write the results as JSON to FILE ('-' = stdout)");
   add_backend(sub, o->c);
+  add_dtype(sub, o->c);
   add_common(sub, o->c);
   return [o] {
     apply_common(o->c);
@@ -202,7 +203,7 @@ Runner register_bench(CLI::App& app) {
         m = std::move(q);  // frees the FP projections
         quantize_s = now_s() - tq;
       }
-      Session S(*m, {.backend = o->c.backend, .mode = mode});
+      Session S(*m, {.backend = o->c.backend, .mode = mode, .dtype = dtype_flag(o->c)});
       backend_desc = S.backend_name() + " (" + S.backend_isa() + ")";
       backend_name = S.backend_name();
       malloc_trim(0);  // memory the quantization freed goes back to the system before the peak is reset
@@ -225,7 +226,7 @@ Runner register_bench(CLI::App& app) {
                       {"peak_rss_mib", r.peak_mib}});
     }
     if (bw > 0) fmt::print("memory read bandwidth {:.1f} GB/s\n", bw);
-    fmt::print("kernels: backend {}\n", backend_desc);
+    fmt::print("kernels: backend {}, float weights {}\n", backend_desc, float_type_name(dtype_flag(o->c)));
     if (runs.size() > 1)
       for (size_t i = 1; i < runs.size(); ++i)
         fmt::print("{} vs {}: prefill x{:.2f}, decode x{:.2f}, peak memory x{:.2f}\n", runs[i]["mode"].get<std::string>(),
@@ -234,7 +235,7 @@ Runner register_bench(CLI::App& app) {
                    runs[i]["decode_tok_s"].get<double>() / runs[0]["decode_tok_s"].get<double>(),
                    runs[i]["peak_rss_mib"].get<double>() / runs[0]["peak_rss_mib"].get<double>());
     if (!o->json.empty()) {
-      nlohmann::json j = {{"model", name},         {"threads", num_threads()}, {"backend", backend_name}, {"prompt_len", o->prompt},
+      nlohmann::json j = {{"model", name},         {"threads", num_threads()}, {"backend", backend_name}, {"dtype", float_type_name(dtype_flag(o->c))}, {"prompt_len", o->prompt},
                           {"decode_tokens", o->decode}, {"repeats", o->repeats}, {"read_bandwidth_gbs", bw},
                           {"load_s", load_s},      {"quantize_s", quantize_s}, {"runs", runs}};
       for (auto& [k, v] : runs[0].items()) j[k] = v;  // the first mode also at top level (older scripts)

@@ -125,6 +125,7 @@ Runner register_eval(CLI::App& app) {
   sub->add_option("--log-extra", o->log_extra, "JSON object merged into the log record (e.g. by sweeps)");
   add_mode(sub, o->mode);
   add_backend(sub, o->c);
+  add_dtype(sub, o->c);
   add_common(sub, o->c);
   return [o] {
     apply_common(o->c);
@@ -181,13 +182,14 @@ Runner register_eval(CLI::App& app) {
     std::vector<nlohmann::json> lm;
     for (const auto& md : modes) {
       const auto t0 = std::chrono::steady_clock::now();
-      Session S(*m, {.backend = o->c.backend, .mode = md.mode, .fp_ops = md.fp_ops, .fp = fp.get()});
+      Session S(*m, {.backend = o->c.backend, .mode = md.mode, .fp_ops = md.fp_ops, .fp = fp.get(), .dtype = dtype_flag(o->c)});
       if (modes.size() > 1 && !o->quiet) fmt::print(stderr, "mode {}\n", md.label);
       std::vector<TaskResult> rs;
       for (const auto& t : tasks) rs.push_back(run_task(S, *tok, t, o->e));
       LmEvalRun run;
       run.model_path = o->model;
       run.model_args = "pretrained=" + o->model + ",mode=" + mode_name(md.mode);
+      if (dtype_flag(o->c) != DType::F32) run.model_args += std::string(",dtype=") + float_type_name(dtype_flag(o->c));
       if (md.fp_ops) run.model_args += ",fp_ops=" + fp_ops_str(md.fp_ops);
       if (m->is_quantized()) {
         const auto& q = m->quantized()->meta;

@@ -30,6 +30,7 @@ Runner register_generate(CLI::App& app) {
   sub->add_flag("--stats", o->stats, "Print timing to stderr");
   add_mode(sub, o->mode);
   add_backend(sub, o->c);
+  add_dtype(sub, o->c);
   add_common(sub, o->c);
   return [o] {
     apply_common(o->c);

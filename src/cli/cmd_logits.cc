@@ -23,6 +23,7 @@ Runner register_logits(CLI::App& app) {
   sub->add_option("--json", o->json, "Write {ids, top_ids, top_logits} to FILE ('-' = stdout)");
   add_mode(sub, o->mode);
   add_backend(sub, o->c);
+  add_dtype(sub, o->c);
   add_common(sub, o->c);
   return [o] {
     apply_common(o->c);

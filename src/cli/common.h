@@ -15,6 +15,7 @@ struct Common {
   int threads = 0;
   std::string data_dir;
   std::string backend;  // --backend (commands that run a model)
+  std::string dtype;    // --dtype (eval, logits, generate, bench): empty = fp32
 };
 
 using Runner = std::function<int()>;
@@ -40,6 +41,10 @@ double peak_rss_mib();
 void add_mode(CLI::App* sub, std::string& mode);
 // --backend NAME (default: $MAMBAQ_BACKEND, else cpu), on every command that runs a model.
 void add_backend(CLI::App* sub, Common& c);
+// Adds --dtype (the float weights' type on the backend) to a subcommand.
+void add_dtype(CLI::App* sub, Common& c);
+// --dtype as a type (F32 when not given); an unknown name fails naming the flag.
+DType dtype_flag(const Common& c);
 // A session of `m` in --mode (empty: the model's default) on --backend.
 Session make_session(const Model& m, const std::string& mode, const Common& c);
 // --log-extra: a JSON object (empty string: {}); errors name the flag.

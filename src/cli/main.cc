@@ -105,9 +105,24 @@ void add_backend(CLI::App* sub, Common& c) {
                       " (default: $MAMBAQ_BACKEND, else cpu = the widest cpu variant this CPU runs)");
 }
 
+void add_dtype(CLI::App* sub, Common& c) {
+  sub->add_option("--dtype", c.dtype,
+                  "The float weights' type on the backend: fp32 (default), bf16 or fp16 (mode fp32: the projections "
+                  "and LM head in 16 bits, their inputs rounded to it, sums in fp32; for GPUs: the cpu backends run it "
+                  "correctly but no faster)");
+}
+
+DType dtype_flag(const Common& c) {
+  if (c.dtype.empty() || c.dtype == "fp32" || c.dtype == "f32" || c.dtype == "float32") return DType::F32;
+  if (c.dtype == "bf16" || c.dtype == "bfloat16") return DType::BF16;
+  if (c.dtype == "fp16" || c.dtype == "f16" || c.dtype == "float16") return DType::F16;
+  fail("--dtype: '{}' is not a weight type (fp32, bf16 or fp16)", c.dtype);
+}
+
 Session make_session(const Model& m, const std::string& mode, const Common& c) {
   SessionOptions o;
   o.backend = c.backend;
+  o.dtype = dtype_flag(c);
   if (!mode.empty()) o.mode = parse_mode(mode);
   return Session(m, o);
 }

@@ -1,7 +1,7 @@
 #include <algorithm>
 #include <fmt/format.h>
 
-#include "io/half.h"
+#include "core/half.h"
 #include "mambaq/error.h"
 #include "mambaq/tensor.h"
 
@@ -124,6 +124,8 @@ const char* wformat_name(WFormat f) {
     case WFormat::F32: return "f32";
     case WFormat::S8: return "s8";
     case WFormat::S4: return "s4";
+    case WFormat::F16: return "f16";
+    case WFormat::BF16: return "bf16";
   }
   return "?";
 }
@@ -131,7 +133,10 @@ const char* wformat_name(WFormat f) {
 size_t QTensor::bytes() const {
   if (!data) return 0;
   const size_t n = size_t(size());
-  const size_t v = format == WFormat::F32 ? n * 4 : format == WFormat::S8 ? n : (n + 1) / 2;
+  const size_t v = format == WFormat::F32                               ? n * 4
+                   : format == WFormat::F16 || format == WFormat::BF16 ? n * 2
+                   : format == WFormat::S8                             ? n
+                                                                       : (n + 1) / 2;
   return v + scales.size() * sizeof(float);
 }
 

@@ -141,7 +141,8 @@ struct SsdArgs {
 };
 
 // C {M, N} (row stride ldc) = A {M, K} x W^T (+ bias {N}). A F32 with W F32 (sgemm) or S4 (W4A16);
-// A I8 (one scale) with W S8 (W8A8: Tensor or Channel scales) or S4 (W4A8).
+// A I8 (one scale) with W S8 (W8A8: Tensor or Channel scales) or S4 (W4A8); A F32 with W F16 /
+// BF16 (--dtype): A rounded to W's type (to nearest even), products summed in float.
 struct GemmArgs {
   int M = 0, N = 0, K = 0;
   ActView A;

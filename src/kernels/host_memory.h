@@ -1,7 +1,7 @@
 // Memory of the host backends (ref, cpu): 64-byte aligned host allocations, memcpy for every
-// transfer, nothing to synchronize. `supports`: float (F32) and int8 (I8 codes, S8/S4 weights);
-// F16/BF16 activations are not computed by the host kernels (checkpoints in fp16/bf16 are widened
-// to fp32 at load for them).
+// transfer, nothing to synchronize. `supports`: float (F32) and int8 (I8 codes, S8/S4 weights),
+// and F16/BF16 weights beside F32 activations (the GEMM widens them: correct, not fast; the
+// 16-bit weights are for devices). F16/BF16 activations are not computed by the host kernels.
 #pragma once
 #include <cstddef>
 

@@ -57,7 +57,8 @@ void fill(void*, void* dst, int byte, size_t bytes) { std::memset(dst, byte, byt
 void synchronize(void*) {}
 bool supports(void*, Op, OpFormats f) {
   const bool act = f.act == DType::F32 || f.act == DType::I8;
-  const bool w = f.weight == WFormat::F32 || f.weight == WFormat::S8 || f.weight == WFormat::S4;
+  const bool w = f.weight == WFormat::F32 || f.weight == WFormat::S8 || f.weight == WFormat::S4 ||
+                 (f.act == DType::F32 && (f.weight == WFormat::F16 || f.weight == WFormat::BF16));
   const bool st = f.state == DType::F32 || f.state == DType::I8;
   return act && w && st;
 }

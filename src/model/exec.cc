@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/half.h"
 #include "kernels/wquant.h"
 #include "kernels/hadamard.h"
 #include "mambaq/error.h"
@@ -106,7 +107,8 @@ namespace {
 // head is uploaded once).
 struct Uploader {
   PreparedPlan& pp;
-  std::vector<std::pair<const void*, void*>> seen;
+  WFormat wdt = WFormat::F32;  // the float GEMM weights' type on the backend (SessionOptions::dtype)
+  std::vector<std::pair<const void*, void*>> seen, seen16;
   template <class T> const T* put(const T* host, size_t n) {
     if (!host) return nullptr;
     if (pp.backend->get().host_memory) return host;
@@ -142,11 +144,39 @@ struct Uploader {
     v.data = put(w);
     return v;
   }
-  LinW lin(const QTensor& q, const Weight& f) {
+  // A float GEMM weight in the session's type: as it is (F32), or converted (to nearest even) to
+  // F16/BF16 in backend memory; `what` names it in the one error (beyond fp16's range).
+  WeightView gemm_view(const Weight& w, const std::string& what) {
+    if (wdt == WFormat::F32 || !w.data) return view(w);
+    WeightView v;
+    v.format = wdt;
+    v.rows = int(w.dim(0)), v.cols = w.shape.size() < 2 ? 1 : int(w.shape.back());
+    for (const auto& [h, d] : seen16)
+      if (h == w.data) return v.data = d, v;
+    const size_t n = size_t(w.size());
+    std::vector<uint16_t> h(n);
+    const bool bf = wdt == WFormat::BF16;
+    int64_t bad = -1;
+#pragma omp parallel for schedule(static) reduction(max : bad)
+    for (int64_t i = 0; i < int64_t(n); ++i) {
+      h[size_t(i)] = bf ? f32_to_bf16(w.data[i]) : f32_to_f16(w.data[i]);
+      if (!bf && (h[size_t(i)] & 0x7c00) == 0x7c00) bad = std::max(bad, i);
+    }
+    if (bad >= 0)
+      fail_option("dtype", "dtype fp16: {} holds {} (element {}), beyond fp16's range (65504); run it with --dtype "
+                  "bf16 or fp32", what, w.data[bad], bad);
+    Buffer b = Buffer::from_host(pp.backend, h.data(), n * 2);
+    pp.uploaded_bytes += b.bytes();
+    v.data = b.data();
+    pp.owned.push_back(std::move(b));
+    seen16.emplace_back(w.data, const_cast<void*>(v.data));
+    return v;
+  }
+  LinW lin(const QTensor& q, const Weight& f, const std::string& gemm_what = {}) {
     LinW l;
     if (q.empty() && !f.data) return l;
     l.q = view(q);
-    l.f = view(f);
+    l.f = gemm_what.empty() ? view(f) : gemm_view(f, gemm_what);
     l.N = q.empty() ? int(f.dim(0)) : q.rows();
     l.K = q.empty() ? int(f.shape.back()) : q.cols();
     return l;
@@ -166,8 +196,9 @@ struct Uploader {
 }  // namespace
 
 std::shared_ptr<PreparedPlan> prepare_plan(const ModelConfig& cfg, const ModelWeights& w, const QuantState* q,
-                                           ExecPlan plan, const Model* fp, BackendRef backend) {
+                                           ExecPlan plan, const Model* fp, BackendRef backend, WFormat wdt) {
   auto pp = std::make_shared<PreparedPlan>();
+  pp->wdt = wdt;
   pp->backend = std::move(backend);
   pp->w = w;
   pp->a_bits = q ? q->meta.a_bits : 8;
@@ -238,7 +269,7 @@ std::shared_ptr<PreparedPlan> prepare_plan(const ModelConfig& cfg, const ModelWe
   // Views into the plan's own copy of the weights (pp->w: its scale vectors and buffers live as
   // long as the plan).
   const ModelWeights& pw = pp->w;
-  Uploader up{*pp, {}};
+  Uploader up{*pp, wdt, {}, {}};
   for (int l = 0; l < cfg.n_layer; ++l) {
     const LayerWeights& L = pw.layers[size_t(l)];
     LayerExec& le = pp->layers[size_t(l)];
@@ -253,7 +284,8 @@ std::shared_ptr<PreparedPlan> prepare_plan(const ModelConfig& cfg, const ModelWe
       // the stored codes only where an integer kernel reads them (no copy of `t`: the views
       // point into the model's own buffers, which the plan keeps alive)
       static const QTensor none;
-      d.proj[size_t(p)] = up.lin(f.data && t.format != WFormat::F32 ? none : t, f);
+      d.proj[size_t(p)] = up.lin(f.data && t.format != WFormat::F32 ? none : t, f,
+                                 p == kConv ? std::string() : fmt::format("layer {} {}", l, proj_name(Proj(p))));
       if (f.data && t.format != WFormat::F32) d.proj[size_t(p)].N = t.rows(), d.proj[size_t(p)].K = t.cols();
     }
     up.taps(le);
@@ -263,7 +295,7 @@ std::shared_ptr<PreparedPlan> prepare_plan(const ModelConfig& cfg, const ModelWe
     static const QTensor none;
     const QTensor& W = pw.lm_head;
     const Weight f = pp->head_fw.data ? pp->head_fw : (W.f32() ? W.as_weight() : Weight{});
-    pp->head_w = up.lin(f.data && !W.f32() ? none : W, f);
+    pp->head_w = up.lin(f.data && !W.f32() ? none : W, f, "the LM head");
     if (f.data) pp->head_w.q = pp->head_w.f;  // float weights: nothing else is read
     pp->head_w.N = W.rows(), pp->head_w.K = W.cols();
   }

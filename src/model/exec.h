@@ -130,6 +130,7 @@ struct PreparedPlan {
   WeightView emb;                      // the embedding as the backend reads it
   const float *norm_f = nullptr, *norm_f_b = nullptr;
   int a_bits = 8;
+  WFormat wdt = WFormat::F32;          // the float GEMM weights' type (SessionOptions::dtype)
   std::vector<Buffer> owned;           // what was uploaded
   size_t uploaded_bytes = 0;
 };
@@ -137,8 +138,10 @@ struct PreparedPlan {
 // Resolve a plan against a model's weights and scales for a backend (fails naming a missing
 // scale), uploading what that backend's kernels read. `fp`: the FP model --fp-ops takes float
 // weights from (or null).
+// `wdt`: the type the float GEMM weights (projections, LM head) take on the backend (F32, F16, BF16).
 std::shared_ptr<PreparedPlan> prepare_plan(const ModelConfig& cfg, const ModelWeights& w, const QuantState* q,
-                                           ExecPlan plan, const Model* fp, BackendRef backend);
+                                           ExecPlan plan, const Model* fp, BackendRef backend,
+                                           WFormat wdt = WFormat::F32);
 
 // Per-layer pointers to each sequence's states (host arrays and their backend copies).
 struct LayerStates {

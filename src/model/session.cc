@@ -147,10 +147,21 @@ std::vector<int> offsets(std::span<const int> lens) {
 
 }  // namespace
 
+const char* float_type_name(DType d) {
+  return d == DType::F32 ? "fp32" : d == DType::F16 ? "fp16" : d == DType::BF16 ? "bf16" : dtype_name(d);
+}
+
 void check_session_options(const Model& m, const SessionOptions& o) {
   const ExecMode mode = o.mode ? *o.mode : (m.is_quantized() ? ExecMode::Int8 : ExecMode::FP32);
   const ModelConfig& cfg = m.config();
   const QuantState* q = m.quantized();
+  if (o.dtype != DType::F32 && o.dtype != DType::F16 && o.dtype != DType::BF16)
+    fail_option("dtype", "dtype {}: the float weights run in fp32, fp16 or bf16", float_type_name(o.dtype));
+  if (o.dtype != DType::F32 && mode != ExecMode::FP32)
+    fail_option("dtype",
+                "dtype {}: 16-bit weights are for mode fp32; mode {} keeps the quantized model's own precision "
+                "(leave --dtype out, or run mode fp32)",
+                float_type_name(o.dtype), mode_name(mode));
   if (mode != ExecMode::FP32 && !q)
     fail_option("mode", "mode {}: the model is not quantized (make one with `mambaq quantize`, or run it in mode fp32)",
                 mode_name(mode));
@@ -194,7 +205,11 @@ Session::Session(const Model& m, const SessionOptions& o) {
   if (int8 && !(k.can(Op::Gemm, {DType::I8, WFormat::S8, DType::I8}) && k.can(Op::Gemm, {DType::I8, WFormat::S4})))
     fail_option("mode", "mode int8: backend '{}' does not run the integer kernels (yet); run this model in mode fake "
                 "(the same quantization, simulated in float) or on a cpu backend", k.name);
-  c_->pp = prepare_plan(cfg, m.weights(), m.quantized(), std::move(plan), o.fp_ops ? o.fp : nullptr, b);
+  const WFormat wdt = o.dtype == DType::F16 ? WFormat::F16 : o.dtype == DType::BF16 ? WFormat::BF16 : WFormat::F32;
+  if (wdt != WFormat::F32 && !k.can(Op::Gemm, {DType::F32, wdt}))
+    fail_option("dtype", "dtype {}: backend '{}' has no GEMM over {} weights; use --dtype fp32", float_type_name(o.dtype),
+                k.name, float_type_name(o.dtype));
+  c_->pp = prepare_plan(cfg, m.weights(), m.quantized(), std::move(plan), o.fp_ops ? o.fp : nullptr, b, wdt);
   bool rotate = false;
   for (const auto& le : c_->pp->layers) rotate |= le.rotate;
   if (rotate && !k.can(Op::Hadamard))
@@ -222,11 +237,19 @@ size_t Session::weight_bytes() const {
   const ModelWeights& w = p.w;
   size_t n = 0;
   auto f = [&](const Weight& x) { n += x.data ? size_t(x.size()) * 4 : 0; };
-  n += w.embedding.bytes();
+  // a float GEMM weight in the session's type (--dtype)
+  const size_t gb = p.wdt == WFormat::F32 ? 4 : 2;
+  auto g = [&](const Weight& x) { n += x.data ? size_t(x.size()) * gb : 0; };
+  if (w.tied() && gb == 2 && w.embedding.f32())
+    n += size_t(w.embedding.size()) * 2;  // the head's 16-bit copy (a token's embedding row is negligible)
+  else
+    n += w.embedding.bytes();
   f(w.norm_f), f(w.norm_f_b);
   if (!w.tied()) {
     if (p.head_fw.data)
-      f(p.head_fw);
+      g(p.head_fw);
+    else if (w.lm_head.f32())
+      g(w.lm_head.as_weight());
     else
       n += w.lm_head.bytes();
   }
@@ -237,7 +260,9 @@ size_t Session::weight_bytes() const {
       f(*x);
     for (int q = 0; q < kProjs; ++q) {
       const Weight& fw = p.layers[l].fw[size_t(q)];
-      if (fw.data)
+      if (fw.data && q != kConv)
+        g(fw);
+      else if (fw.data)
         f(fw);
       else
         n += L.proj(Proj(q)).bytes();

@@ -3,7 +3,9 @@
 #include <cmath>
 #include <cstring>
 #include <mutex>
+#include <vector>
 
+#include "core/half.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/host_memory.h"

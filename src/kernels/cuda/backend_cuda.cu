@@ -1,13 +1,16 @@
 // The `cuda` backend, first slice: device memory, a stream and a cuBLAS handle per instance, and
 // the float operations of the contract (kernels/backend.h) as plain CUDA kernels — enough for the
-// whole fp32 and fake-quant forward, the LM head and scoring on the GPU. int8 / 4-bit operands
-// and F16/BF16 are declined through `supports` (their kernels are the CUDA issue's later items).
+// whole fp32 and fake-quant forward, the LM head and scoring on the GPU, and GEMMs over F16/BF16
+// weights (--dtype: cuBLAS on the tensor cores, fp32 sums). int8 / 4-bit operands and 16-bit
+// activations are declined through `supports` (their kernels are the CUDA issue's later items).
 // The kernels here are the simple, obviously-right GPU versions (one thread walks a sequence in
 // the scans; float accumulation); the tests compare each with `ref` like every other backend.
 //
 // Memory transfers from and to the host are synchronous (the caller may reuse its host buffer
 // at once); everything else is queued on the instance's stream in order.
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -16,6 +19,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cuda/ops_cuda.h"
@@ -49,10 +53,13 @@ struct Ctx {
   std::map<int, float*> hadamard;          // the dense orthonormal H_n, by n
   float* tmp = nullptr;                    // the Hadamard's input copy
   size_t tmp_n = 0;
+  void* a16 = nullptr;                     // a GEMM's activations rounded to its weights' 16-bit type
+  size_t a16_bytes = 0;
   std::string name;
   ~Ctx() {
     for (auto& [n, p] : hadamard) cudaFree(p);
     if (tmp) cudaFree(tmp);
+    if (a16) cudaFree(a16);
     if (scratch) cudaFree(scratch);
     if (blas) cublasDestroy(blas);
     if (stream) cudaStreamDestroy(stream);
@@ -98,7 +105,8 @@ void c_fill(void* ctx, void* dst, int byte, size_t n) {
 }
 void c_sync(void* ctx) { MQ_CUDA(cudaStreamSynchronize(S(ctx))); }
 bool c_supports(void*, Op op, OpFormats f) {
-  return f.act == DType::F32 && f.weight == WFormat::F32 && f.state == DType::F32;
+  const bool w = f.weight == WFormat::F32 || (op == Op::Gemm && (f.weight == WFormat::F16 || f.weight == WFormat::BF16));
+  return f.act == DType::F32 && w && f.state == DType::F32;
 }
 
 // ---- device math ----
@@ -289,14 +297,52 @@ __global__ void k_bias(float* C, int ldc, const float* bias, int M, int N) {
   const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < size_t(M) * N) C[(i / N) * ldc + i % N] += bias[i % N];
 }
+// A {M, K} (row stride lda) rounded to bf16 / fp16 (round to nearest even, as core/half.h), packed.
+template <class H>
+__global__ void k_round_half(const float* A, int lda, int M, int K, H* out) {
+  const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= size_t(M) * K) return;
+  const float x = A[(i / K) * lda + i % K];
+  if constexpr (std::is_same_v<H, __nv_bfloat16>)
+    out[i] = __float2bfloat16_rn(x);
+  else
+    out[i] = __float2half_rn(x);
+}
+
 void c_gemm(void* ctx, const GemmArgs& a) {
-  if (a.A.dtype != DType::F32 || a.W.format != WFormat::F32) cuda_fail("cuda: gemm on int8 / 4-bit operands is not built yet");
+  const bool half = a.W.format == WFormat::F16 || a.W.format == WFormat::BF16;
+  if (a.A.dtype != DType::F32 || (a.W.format != WFormat::F32 && !half))
+    cuda_fail("cuda: gemm on int8 / 4-bit operands is not built yet");
   if (a.M == 0 || a.N == 0) return;
   const float one = 1.f, zero = 0.f;
   // row-major C {M, N} = A {M, K} W^T: column-major C^T {N, M} = W^T^T ... = op_T(W {K x N col-major}) * A^T
-  const cublasStatus_t st = cublasSgemm(C(ctx).blas, CUBLAS_OP_T, CUBLAS_OP_N, a.N, a.M, a.K, &one, a.W.f(), a.K,
-                                        a.A.f(), a.A.ld, &zero, a.C, a.ldc);
-  if (st != CUBLAS_STATUS_SUCCESS) failf("cuda: cublasSgemm failed (status %d) for M=%d N=%d K=%d", int(st), a.M, a.N, a.K);
+  cublasStatus_t st;
+  if (half) {
+    // 16-bit operands on the tensor cores, fp32 sums (the contract: C = round(A) W^T)
+    Ctx& c = C(ctx);
+    const size_t bytes = size_t(a.M) * a.K * 2;
+    if (c.a16_bytes < bytes) {
+      if (c.a16) MQ_CUDA(cudaFree(c.a16));
+      c.a16 = nullptr;
+      MQ_CUDA(cudaMalloc(&c.a16, bytes));
+      c.a16_bytes = bytes;
+    }
+    const bool bf = a.W.format == WFormat::BF16;
+    if (bf)
+      k_round_half<<<blocks(size_t(a.M) * a.K, 256), 256, 0, S(ctx)>>>(a.A.f(), a.A.ld, a.M, a.K,
+                                                                         static_cast<__nv_bfloat16*>(c.a16));
+    else
+      k_round_half<<<blocks(size_t(a.M) * a.K, 256), 256, 0, S(ctx)>>>(a.A.f(), a.A.ld, a.M, a.K,
+                                                                         static_cast<__half*>(c.a16));
+    launched();
+    const cudaDataType_t t = bf ? CUDA_R_16BF : CUDA_R_16F;
+    st = cublasGemmEx(c.blas, CUBLAS_OP_T, CUBLAS_OP_N, a.N, a.M, a.K, &one, a.W.data, t, a.K, c.a16, t, a.K, &zero, a.C,
+                      CUDA_R_32F, a.ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  } else {
+    st = cublasSgemm(C(ctx).blas, CUBLAS_OP_T, CUBLAS_OP_N, a.N, a.M, a.K, &one, a.W.f(), a.K, a.A.f(), a.A.ld, &zero,
+                     a.C, a.ldc);
+  }
+  if (st != CUBLAS_STATUS_SUCCESS) failf("cuda: cuBLAS GEMM failed (status %d) for M=%d N=%d K=%d", int(st), a.M, a.N, a.K);
   if (a.bias) {
     k_bias<<<blocks(size_t(a.M) * a.N, 256), 256, 0, S(ctx)>>>(a.C, a.ldc, a.bias, a.M, a.N);
     launched();

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <vector>
 
+#include "core/half.h"
 #include "kernels/backend.h"
 #include "kernels/hadamard.h"
 #include "kernels/host_memory.h"
