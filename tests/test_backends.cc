@@ -201,6 +201,21 @@ TEST_P(EveryBackend, SixteenBitWeights) {
       EXPECT_LT(off, dt == DType::BF16 ? 5e-2 : 1e-2);
       EXPECT_GT(off, dt == DType::BF16 ? 1e-4 : 1e-5) << "16-bit weights changed nothing";
       EXPECT_LT(double(b.weight_bytes()), 0.6 * double(f32.weight_bytes()));
+      // decode: 8 tokens of prefill, then 4 one-token steps carrying the state (M = 1 products)
+      auto decode = [&](Session& s) {
+        SeqState st = s.new_state();
+        SeqState* sp[1] = {&st};
+        const int l8[1] = {8}, l1[1] = {1};
+        std::vector<float> h(size_t(8) * dm), lg(static_cast<size_t>(V)), out;
+        s.forward(std::span(toks).first(8), l8, sp, h.data());
+        for (int t = 8; t < 12; ++t) {
+          s.forward(std::span(toks).subspan(size_t(t), 1), l1, sp, h.data());
+          s.lm_head(h.data(), 1, lg.data());
+          out.insert(out.end(), lg.begin(), lg.end());
+        }
+        return out;
+      };
+      EXPECT_LT(mqtest::rel_err(decode(b), decode(r)), 5e-3);
     }
   }
 }

@@ -52,7 +52,8 @@ TEST_P(Kernels, RmsNorm) {
 
 TEST_P(Kernels, Gemm) {
   mqtest::Dev d(bparam());
-  const int M = 19, N = 70, K = 33, lda = 40, ldc = 75;
+  for (const int M : {19, 1, 4}) {  // 1 and 4: a device's decode-sized GEMV (K % 8 == 0, aligned rows)
+  const int N = 70, K = M == 19 ? 33 : 64, lda = M == 19 ? 40 : 68, ldc = 75;
   auto A = mqtest::randn(size_t(M) * lda, 3), W = mqtest::randn(size_t(N) * K, 4), bias = mqtest::randn(size_t(N), 5);
   std::vector<float> a(size_t(M) * ldc, 0.f), b(size_t(M) * ldc, 0.f);
   ref::gemm(M, N, K, A.data(), lda, W.data(), bias.data(), a.data(), ldc);
@@ -61,7 +62,8 @@ TEST_P(Kernels, Gemm) {
   g.C = d.up(b), g.ldc = ldc;
   d.k.gemm(d.ctx, g);
   d.down_into(b, g.C);
-  EXPECT_LT(rel_err(b, a), 1e-6);
+  EXPECT_LT(rel_err(b, a), 1e-6) << "M " << M;
+  }
 }
 
 // A row's result does not depend on how many rows are multiplied with it or on the thread count
@@ -153,10 +155,15 @@ TEST_P(Kernels, CpuGemmIsItsStatedOrderBitForBit) {
 // differ (about sqrt(K) * 6e-8 = 2e-6 relative for K = 777).
 TEST_P(Kernels, GemmSixteenBitWeights) {
   mqtest::Dev d(bparam());
-  const int M = 21, N = 70, K = 777, lda = 780, ldc = 75;
-  auto A = mqtest::randn(size_t(M) * lda, 90), Wf = mqtest::randn(size_t(N) * K, 91, 0.05f), bias = mqtest::randn(size_t(N), 92);
+  struct Shape {
+    int M, K, lda;
+  };
+  // a prefill-sized product, and decode-sized ones (a device's GEMV: aligned rows, K % 8 == 0)
+  for (const Shape sh : {Shape{21, 777, 780}, Shape{1, 776, 776}, Shape{3, 768, 772}})
   for (const WFormat wf : {WFormat::BF16, WFormat::F16}) {
-    SCOPED_TRACE(wformat_name(wf));
+    const int M = sh.M, N = 70, K = sh.K, lda = sh.lda, ldc = 75;
+    auto A = mqtest::randn(size_t(M) * lda, 90), Wf = mqtest::randn(size_t(N) * K, 91, 0.05f), bias = mqtest::randn(size_t(N), 92);
+    SCOPED_TRACE(std::string(wformat_name(wf)) + " M " + std::to_string(M));
     if (!d.k.can(Op::Gemm, {DType::F32, wf})) {
       ADD_FAILURE() << "every backend runs 16-bit weights (the host ones by widening)";
       continue;

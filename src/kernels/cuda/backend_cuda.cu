@@ -309,11 +309,96 @@ __global__ void k_round_half(const float* A, int lda, int M, int K, H* out) {
     out[i] = __float2half_rn(x);
 }
 
+// Decode-sized products (M <= kGemvRows rows): one warp per output column n reads W's row n once
+// for all M rows, 16 bytes per lane per step (the product is bound by reading W: cuBLAS's
+// tensor-core kernels leave most of the bandwidth unused at M = 1 and need the activations
+// rounded by a separate launch). 16-bit weights: each activation rounded to the weights' type in
+// registers, as the contract says; sums in float, in a fixed order (lane-strided, then the warp's
+// butterfly), whatever M.
+constexpr int kGemvRows = 4;
+template <class W>
+__device__ inline void w_to_f(const uint4& v, float* f) {
+  if constexpr (std::is_same_v<W, float>) {
+    f[0] = __uint_as_float(v.x), f[1] = __uint_as_float(v.y), f[2] = __uint_as_float(v.z), f[3] = __uint_as_float(v.w);
+  } else {
+    const W* h = reinterpret_cast<const W*>(&v);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) f[i] = float(h[i]);
+  }
+}
+template <class W>
+__device__ inline float round_to(float x) {
+  if constexpr (std::is_same_v<W, __nv_bfloat16>)
+    return __bfloat162float(__float2bfloat16_rn(x));
+  else if constexpr (std::is_same_v<W, __half>)
+    return __half2float(__float2half_rn(x));
+  else
+    return x;
+}
+template <class W, int M>
+__global__ void k_gemv(const float* A, int lda, const W* Wt, int N, int K, const float* bias, float* C, int ldc) {
+  constexpr int E = 16 / sizeof(W);  // elements per 16-byte load
+  const int n = int(blockIdx.x) * (blockDim.x / 32) + int(threadIdx.x / 32), lane = int(threadIdx.x % 32);
+  if (n >= N) return;
+  const W* w = Wt + size_t(n) * K;
+  float acc[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) acc[m] = 0.f;
+  for (int k = lane * E; k < K; k += 32 * E) {
+    float wf[E];
+    w_to_f<W>(*reinterpret_cast<const uint4*>(w + k), wf);
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      const float* a = A + size_t(m) * lda + k;
+#pragma unroll
+      for (int e = 0; e < E; e += 4) {
+        const float4 x = *reinterpret_cast<const float4*>(a + e);
+        acc[m] = fmaf(round_to<W>(x.x), wf[e], acc[m]);
+        acc[m] = fmaf(round_to<W>(x.y), wf[e + 1], acc[m]);
+        acc[m] = fmaf(round_to<W>(x.z), wf[e + 2], acc[m]);
+        acc[m] = fmaf(round_to<W>(x.w), wf[e + 3], acc[m]);
+      }
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    float v = acc[m];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) C[size_t(m) * ldc + n] = v + (bias ? bias[n] : 0.f);
+  }
+}
+template <class W>
+void gemv(void* ctx, const GemmArgs& a) {
+  const unsigned warps = 8, grid = unsigned((a.N + warps - 1) / warps);
+  const W* w = static_cast<const W*>(a.W.data);
+  switch (a.M) {
+    case 1: k_gemv<W, 1><<<grid, 32 * warps, 0, S(ctx)>>>(a.A.f(), a.A.ld, w, a.N, a.K, a.bias, a.C, a.ldc); break;
+    case 2: k_gemv<W, 2><<<grid, 32 * warps, 0, S(ctx)>>>(a.A.f(), a.A.ld, w, a.N, a.K, a.bias, a.C, a.ldc); break;
+    case 3: k_gemv<W, 3><<<grid, 32 * warps, 0, S(ctx)>>>(a.A.f(), a.A.ld, w, a.N, a.K, a.bias, a.C, a.ldc); break;
+    default: k_gemv<W, 4><<<grid, 32 * warps, 0, S(ctx)>>>(a.A.f(), a.A.ld, w, a.N, a.K, a.bias, a.C, a.ldc); break;
+  }
+  launched();
+}
+// The GEMV's alignment needs: 16-byte rows of W and of A.
+bool gemv_fits(const GemmArgs& a) {
+  const size_t es = a.W.format == WFormat::F32 ? 4 : 2;
+  return a.M <= kGemvRows && (size_t(a.K) * es) % 16 == 0 && a.A.ld % 4 == 0 && a.K % 8 == 0 &&
+         reinterpret_cast<uintptr_t>(a.A.data) % 16 == 0 && reinterpret_cast<uintptr_t>(a.W.data) % 16 == 0;
+}
+
 void c_gemm(void* ctx, const GemmArgs& a) {
   const bool half = a.W.format == WFormat::F16 || a.W.format == WFormat::BF16;
   if (a.A.dtype != DType::F32 || (a.W.format != WFormat::F32 && !half))
     cuda_fail("cuda: gemm on int8 / 4-bit operands is not built yet");
   if (a.M == 0 || a.N == 0) return;
+  if (gemv_fits(a)) {
+    if (a.W.format == WFormat::BF16)
+      return gemv<__nv_bfloat16>(ctx, a);
+    else if (a.W.format == WFormat::F16)
+      return gemv<__half>(ctx, a);
+    else
+      return gemv<float>(ctx, a);
+  }
   const float one = 1.f, zero = 0.f;
   // row-major C {M, N} = A {M, K} W^T: column-major C^T {N, M} = W^T^T ... = op_T(W {K x N col-major}) * A^T
   cublasStatus_t st;
