@@ -132,12 +132,13 @@ Runner register_bench(CLI::App& app) {
   sub->add_option("--seed", o->seed, "Seed of synthetic weights and prompt")->capture_default_str();
   sub->add_flag("--no-bandwidth", o->no_bw, "Skip the memory bandwidth measurement");
   sub->add_option("--json", o->json, "Write the results as JSON to FILE ('-' = stdout)");
+  auto force = add_force(sub);
   add_backend(sub, o->c);
   add_dtype(sub, o->c);
   add_common(sub, o->c);
-  return [o] {
+  return [o, force] {
     apply_common(o->c);
-    check_output_file(o->json, "--json");
+    check_new_output_file(o->json, "--json", *force);
     if (o->model.empty() == o->synthetic.empty()) fail("bench: give either MODEL or --synthetic NAME");
     if (!o->quant.empty() && o->synthetic.empty()) fail("--quant needs --synthetic (a model folder is measured as it is)");
     if (!o->quant.empty() && !o->modes.empty()) fail("--quant and --mode: give one (each --quant variant runs its own kernels)");

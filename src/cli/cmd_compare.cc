@@ -41,6 +41,7 @@ Runner register_compare(CLI::App& app) {
                   "linear/conv/hadamard take the --ref FP model's weights; docs/analysis.md): how much error does the "
                   "rest add?");
   sub->add_option("--json", o->json, "Write the statistics as JSON to FILE ('-' = stdout)");
+  auto force = add_force(sub);
   sub->add_option("--save-dir", o->save_dir,
                   "Keep every run's arrays (.npy per layer and tensor, logits) in one folder per run, named by the "
                   "model's identity, mode and fp-ops; a run saved there for the same inputs is reused, one saved for "
@@ -52,9 +53,9 @@ Runner register_compare(CLI::App& app) {
   sub->add_flag("-q,--quiet", o->quiet, "No progress bar");
   add_backend(sub, o->c);
   add_common(sub, o->c);
-  return [o] {
+  return [o, force] {
     apply_common(o->c);
-    check_output_file(o->json, "--json");
+    check_new_output_file(o->json, "--json", *force);
     if (!o->save_dir.empty()) check_output_dir(o->save_dir, "--save-dir");
     if (o->data.empty()) o->data = (fs::path(o->c.data_dir) / "corpus" / "heldout.txt").string();
     auto ref = Model::load(o->ref);

@@ -86,6 +86,7 @@ Runner register_eval(CLI::App& app) {
                   "(lm-eval's), wikitext2 (fixed windows), lastword:FILE.jsonl, ppl:FILE.txt")
       ->capture_default_str();
   sub->add_option("--json", o->json, "Write the results in lm-eval's shape to FILE ('-' = stdout, nothing else)");
+  auto force = add_force(sub);
   sub->add_option("--output-path,--output_path", o->output_path,
                   "As lm-eval: DIR (writes DIR/results.json) or FILE.json; --log-samples files beside it");
   sub->add_flag("--log-samples,--log_samples", o->e.log_samples,
@@ -127,16 +128,20 @@ Runner register_eval(CLI::App& app) {
   add_backend(sub, o->c);
   add_dtype(sub, o->c);
   add_common(sub, o->c);
-  return [o] {
+  return [o, force] {
     apply_common(o->c);
-    check_output_file(o->json, "--json");
+    check_new_output_file(o->json, "--json", *force);
     check_output_file(o->log, "--log");
     if (o->e.log_samples && o->output_path.empty())
       fail("--log-samples: give --output-path DIR (the samples files are written there, as lm-eval)");
-    const bool out_is_file = o->output_path.ends_with(".json") || o->output_path.ends_with(".jsonl");
+    // lm-eval's results file is .json; a .jsonl is a log or a samples file, never taken for one
+    if (o->output_path.ends_with(".jsonl"))
+      fail("--output-path {}: results are written as a .json file or into a folder; a .jsonl path looks like an "
+           "experiment log or a samples file", o->output_path);
+    const bool out_is_file = o->output_path.ends_with(".json");
     if (!o->output_path.empty()) {
-      if (out_is_file) check_output_file(o->output_path, "--output-path");
-      else check_output_dir(o->output_path, "--output-path");
+      if (out_is_file) check_new_output_file(o->output_path, "--output-path", *force);
+      else check_new_output_dir(o->output_path, "--output-path", *force);
     }
     const nlohmann::json extra = parse_log_extra(o->log_extra);
     o->e.data_dir = o->c.data_dir;

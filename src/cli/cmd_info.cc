@@ -18,10 +18,11 @@ Runner register_info(CLI::App& app) {
   auto* sub = app.add_subcommand("info", "Show a model's architecture, dimensions, parameters, dtypes and layout");
   sub->add_option("MODEL", o->model, "Model folder")->required();
   sub->add_option("--json", o->json, "Also write the information as JSON to FILE ('-' = stdout)");
+  auto force = add_force(sub);
   add_common(sub, o->c);
-  return [o] {
+  return [o, force] {
     apply_common(o->c);
-    check_output_file(o->json, "--json");
+    check_new_output_file(o->json, "--json", *force);
     auto m = Model::load(o->model);
     const auto& c = m->config();
     std::map<std::string, int64_t> dtypes;

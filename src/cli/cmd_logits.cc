@@ -21,13 +21,14 @@ Runner register_logits(CLI::App& app) {
   sub->add_option("--prompt", o->prompt, "Prompt text")->required();
   sub->add_option("--top", o->top, "How many logits to report")->check(at_least(1));
   sub->add_option("--json", o->json, "Write {ids, top_ids, top_logits} to FILE ('-' = stdout)");
+  auto force = add_force(sub);
   add_mode(sub, o->mode);
   add_backend(sub, o->c);
   add_dtype(sub, o->c);
   add_common(sub, o->c);
-  return [o] {
+  return [o, force] {
     apply_common(o->c);
-    check_output_file(o->json, "--json");
+    check_new_output_file(o->json, "--json", *force);
     auto model = Model::load(o->model);
     Session S = make_session(*model, o->mode, o->c);
     auto tok = load_tokenizer(o->model, o->c);

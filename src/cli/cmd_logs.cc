@@ -225,10 +225,11 @@ Runner register_logs(CLI::App& app) {
                                           "mode, since / until (ISO date prefix)")
       ->allow_extra_args(false);
   sub->add_option("--json", o->json, "Write the selected records as JSON to FILE ('-' = stdout)");
+  auto force = add_force(sub);
   sub->add_flag("--markdown", o->markdown,
                 "Print the selected eval records as a Markdown results table (one column per task metric)");
-  return [o] {
-    check_output_file(o->json, "--json");
+  return [o, force] {
+    check_new_output_file(o->json, "--json", *force);
     std::vector<std::string> skipped;
     const auto all = read_log(o->file, &skipped);
     for (const auto& w : skipped) fmt::print(stderr, "warning: skipped {}\n", w);

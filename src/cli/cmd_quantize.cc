@@ -115,7 +115,7 @@ Runner register_quantize(CLI::App& app) {
   sub->add_option("--log", o->log, "Experiment log (JSONL, appended)")->capture_default_str();
   sub->add_flag("--no-log", o->no_log, "Do not append to the experiment log");
   sub->add_option("--log-extra", o->log_extra, "JSON object merged into the log record (e.g. by sweeps)");
-  sub->add_flag("--force", o->force, "Overwrite the files of an existing output folder");
+  sub->add_flag("--force", o->force, "Replace the files of an existing output folder, and an existing --save-activations file");
   sub->add_flag("-v,--verbose", o->verbose, "Print alpha, max and scale of every quantization point");
   sub->add_flag("-q,--quiet", o->quiet, "No progress bar");
   add_backend(sub, o->c);
@@ -124,7 +124,7 @@ Runner register_quantize(CLI::App& app) {
     const auto t0 = std::chrono::steady_clock::now();
     apply_common(o->c);
     check_output_dir(o->out, "-o");
-    check_output_file(o->npz, "--save-activations");
+    check_new_output_file(o->npz, "--save-activations", o->force);
     check_output_file(o->log, "--log");
     const nlohmann::json extra = parse_log_extra(o->log_extra);
     // Every flag is checked before the (long) calibration starts.

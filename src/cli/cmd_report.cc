@@ -28,8 +28,7 @@ Runner register_report(CLI::App& app) {
   sub->add_option("-o,--output", o->out, "HTML file to write")->required();
   sub->add_flag("--force", o->force, "Overwrite an existing output file");
   return [o] {
-    if (std::filesystem::exists(o->out) && !o->force) fail("-o {}: already exists (use --force to overwrite)", o->out);
-    check_output_file(o->out, "-o");
+    check_new_output_file(o->out, "-o", o->force);
     if (o->compares.empty() && o->scales.empty() && o->npz.empty())
       fail("report: nothing to report (give --compare, --scales and/or --npz)");
     ReportInputs in;
@@ -48,10 +47,7 @@ Runner register_report(CLI::App& app) {
     }
     for (const auto& f : o->npz) in.snapshots.emplace_back(f, load_npz(f));
     const std::string html = render_report(in);
-    std::ofstream out(o->out, std::ios::trunc);
-    if (!out) fail("-o {}: cannot write", o->out);
-    out << html;
-    if (!out) fail("-o {}: write failed", o->out);
+    write_file_atomic(o->out, html);
     fmt::print("wrote {} ({} KiB)\n", o->out, html.size() / 1024);
     return 0;
   };

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <map>
 
+#include <sys/stat.h>
+
 #include "cli/common.h"
 #include "io/mmap_file.h"
 #include "mambaq/error.h"
@@ -119,8 +121,12 @@ int run_set(const SetOpts& s) {
     check_output_dir(s.out, "-o");
     fs::create_directories(dst);
     for (const auto& e : fs::directory_iterator(src))
-      if (e.is_regular_file())
-        fs::copy_file(e.path(), dst / e.path().filename(), fs::copy_options::overwrite_existing);
+      if (e.is_regular_file()) {  // a new file under each name: a link in NEW is replaced, not written through
+        const auto f = MappedFile::open(e.path().string());
+        AtomicWriter w((dst / e.path().filename()).string());
+        w.write(f->data(), f->size());
+        w.commit();
+      }
   }
   const std::string weights = (dst / "model.safetensors").string();
   std::map<std::string, std::vector<float>> patch;
@@ -128,6 +134,13 @@ int run_set(const SetOpts& s) {
     const PointScale* old = q->scales.find(p.layer, p.point);
     if (old && old->scale == p.scale && old->values == p.values) continue;
     patch[scale_tensor_name(m->config().arch, p.layer, p.point)] = p.values.empty() ? std::vector<float>{p.scale} : p.values;
+  }
+  const std::string cfg_file = (dst / "config.json").string();
+  if (s.in_place) {  // config.json is replaced by a new file below; refuse first what patching cannot keep apart
+    struct stat st {};
+    if (::lstat(cfg_file.c_str(), &st) == 0 && (S_ISLNK(st.st_mode) || st.st_nlink > 1))
+      fail("{}: is a link or has other names; editing the folder in place would mix it with the copies it shares "
+           "files with (write a copy with -o NEW)", cfg_file);
   }
   patch_safetensors_f32(weights, patch);
   const std::string cfg_path = (dst / "config.json").string();
@@ -195,10 +208,11 @@ Runner register_scales(CLI::App& app) {
   sub->add_option("--threshold", o->threshold, "List scales whose relative difference exceeds this")
       ->capture_default_str();
   sub->add_option("--json", o->json, "Write the rows and the summary as JSON to FILE ('-' = stdout)");
-  return [o, set] {
+  auto force = add_force(sub);
+  return [o, set, force] {
     if (set->parsed()) return run_set(o->set);
     if (o->a.empty()) fail("scales: MODEL is required (or: scales set MODEL --point P ...)");
-    check_output_file(o->json, "--json");
+    check_new_output_file(o->json, "--json", *force);
     auto ma = Model::load(o->a);
     const auto ra = scale_rows(*ma, o->a);
     if (o->b.empty()) {

@@ -25,8 +25,9 @@ Runner register_verify_observer(CLI::App& app) {
   sub->add_option("--outliers", o->v.outlier_share, "Share of planted outliers")->capture_default_str();
   sub->add_option("--seed", o->v.seed, "Seed of the activations")->capture_default_str();
   sub->add_option("--json", o->json, "Write the rows as JSON to FILE ('-' = stdout)");
-  return [o] {
-    check_output_file(o->json, "--json");
+  auto force = add_force(sub);
+  return [o, force] {
+    check_new_output_file(o->json, "--json", *force);
     const auto rows = verify_observer(o->v);
     fmt::print("{:<6} {:>8} {:>12} {:>12} {:>12} {:>12}  {}\n", "mode", "alpha", "clip", "scale", "inside",
                "clipped", "check");

@@ -41,6 +41,8 @@ double peak_rss_mib();
 void add_mode(CLI::App* sub, std::string& mode);
 // --backend NAME (default: $MAMBAQ_BACKEND, else cpu), on every command that runs a model.
 void add_backend(CLI::App* sub, Common& c);
+// Adds --force (replace existing result files: io/mmap_file.h check_new_output_file) to a subcommand.
+std::shared_ptr<bool> add_force(CLI::App* sub);
 // Adds --dtype (the float weights' type on the backend) to a subcommand.
 void add_dtype(CLI::App* sub, Common& c);
 // --dtype as a type (F32 when not given); an unknown name fails naming the flag.

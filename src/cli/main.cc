@@ -87,10 +87,7 @@ void write_json(const std::string& file, const nlohmann::json& j) {
     std::cout << j.dump(2) << "\n";
     return;
   }
-  std::ofstream out(file, std::ios::trunc);
-  if (!out) fail("--json: cannot write '{}'", file);
-  out << j.dump(2) << "\n";
-  if (!out) fail("--json: write to '{}' failed", file);
+  write_file_atomic(file, j.dump(2) + "\n");
 }
 
 void add_mode(CLI::App* sub, std::string& mode) {
@@ -103,6 +100,12 @@ void add_backend(CLI::App* sub, Common& c) {
   sub->add_option("--backend", c.backend,
                   "Where the model computes: " + fmt::format("{}", fmt::join(backend_names(), ", ")) +
                       " (default: $MAMBAQ_BACKEND, else cpu = the widest cpu variant this CPU runs)");
+}
+
+std::shared_ptr<bool> add_force(CLI::App* sub) {
+  auto force = std::make_shared<bool>(false);
+  sub->add_flag("--force", *force, "Replace existing output files (without it, an existing file is refused)");
+  return force;
 }
 
 void add_dtype(CLI::App* sub, Common& c) {

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -16,6 +17,13 @@
 #include "mambaq/error.h"
 
 namespace mambaq {
+
+namespace {
+std::string parent_of(const std::string& path) {
+  const std::string p = std::filesystem::path(path).parent_path().string();
+  return p.empty() ? "." : p;
+}
+}  // namespace
 
 void check_regular_file(const std::string& path) {
   struct stat st {};
@@ -53,11 +61,69 @@ MappedFile::~MappedFile() {
   if (data_) munmap(const_cast<uint8_t*>(data_), size_);
 }
 
-void write_text_file(const std::string& path, const std::string& text) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  if (!f) fail("{}: cannot write: {}", path, std::strerror(errno));
-  f.write(text.data(), std::streamsize(text.size()));
-  if (!f.flush()) fail("{}: write failed", path);
+void write_text_file(const std::string& path, const std::string& text) { write_file_atomic(path, text); }
+
+AtomicWriter::AtomicWriter(std::string path) : path_(std::move(path)) {
+  struct stat st {};
+  if (::stat(path_.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) fail("{}: is a folder, not a file", path_);
+  const std::filesystem::path p(path_);
+  const std::string dir = p.has_parent_path() ? p.parent_path().string() : std::string(".");
+  tmp_ = dir + "/." + p.filename().string() + ".mambaq-tmp-XXXXXX";
+  std::vector<char> name(tmp_.begin(), tmp_.end());
+  name.push_back('\0');
+  fd_ = ::mkostemp(name.data(), O_CLOEXEC);
+  if (fd_ < 0) fail("{}: cannot create a file in '{}': {}", path_, dir, std::strerror(errno));
+  tmp_ = name.data();
+  ::fchmod(fd_, 0644);
+}
+
+AtomicWriter::~AtomicWriter() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!done_ && !tmp_.empty()) ::unlink(tmp_.c_str());
+}
+
+void AtomicWriter::write(const void* data, size_t n) {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    const ssize_t w = ::write(fd_, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) fail("{}: write failed: {}", path_, std::strerror(w < 0 ? errno : ENOSPC));
+    p += w, n -= size_t(w);
+  }
+}
+
+void AtomicWriter::commit() {
+  if (::fsync(fd_) != 0) fail("{}: write failed (fsync): {}", path_, std::strerror(errno));
+  if (::close(fd_) != 0) {
+    fd_ = -1;
+    fail("{}: write failed (close): {}", path_, std::strerror(errno));
+  }
+  fd_ = -1;
+  // rename() replaces a link at path_ itself; it never opens what the link points to
+  if (::rename(tmp_.c_str(), path_.c_str()) != 0) fail("{}: cannot replace: {}", path_, std::strerror(errno));
+  done_ = true;
+  const std::string dir = parent_of(path_);
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);  // the rename itself on disk
+    ::close(dfd);
+  }
+  atomic_commit_hook();
+}
+
+void write_file_atomic(const std::string& path, const std::string& bytes) {
+  AtomicWriter w(path);
+  w.write(bytes.data(), bytes.size());
+  w.commit();
+}
+
+void atomic_commit_hook() {
+  static const long kill_after = [] {
+    const char* e = std::getenv("MAMBAQ_TEST_KILL_AFTER_COMMITS");
+    return e ? std::strtol(e, nullptr, 10) : 0L;
+  }();
+  static long commits = 0;
+  if (kill_after > 0 && ++commits == kill_after) ::_exit(99);
 }
 
 std::string read_text_file(const std::string& path) {
@@ -85,12 +151,6 @@ bool file_exists(const std::string& path) {
 
 namespace mambaq {
 
-namespace {
-std::string parent_of(const std::string& path) {
-  const std::string p = std::filesystem::path(path).parent_path().string();
-  return p.empty() ? "." : p;
-}
-}  // namespace
 
 void check_output_file(const std::string& path, const std::string& flag) {
   if (path.empty() || path == "-") return;
@@ -104,6 +164,21 @@ void check_output_file(const std::string& path, const std::string& flag) {
   if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
     fail("{}: cannot write '{}': folder '{}' does not exist", flag, path, dir);
   if (::access(dir.c_str(), W_OK | X_OK) != 0) fail("{}: cannot write '{}' in '{}': {}", flag, path, dir, std::strerror(errno));
+}
+
+void check_new_output_file(const std::string& path, const std::string& flag, bool force) {
+  check_output_file(path, flag);
+  if (path.empty() || path == "-" || force) return;
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) == 0)
+    fail("{}: '{}' already exists (add --force to replace it)", flag, path);
+}
+
+void check_new_output_dir(const std::string& path, const std::string& flag, bool force) {
+  check_output_dir(path, flag);
+  if (force || !std::filesystem::is_directory(path)) return;
+  if (!std::filesystem::is_empty(path))
+    fail("{}: folder '{}' is not empty (its results would be replaced: add --force, or give a new folder)", flag, path);
 }
 
 void check_output_dir(const std::string& path, const std::string& flag) {

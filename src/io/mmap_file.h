@@ -27,8 +27,36 @@ void check_regular_file(const std::string& path);
 // A whole text file (regular, at most kMaxTextFile bytes); errors name the file.
 constexpr uint64_t kMaxTextFile = uint64_t(4) << 30;
 std::string read_text_file(const std::string& path);
-// Writes (replaces) a whole text file; errors name the file.
+// Writes (replaces) a whole text file atomically (write_file_atomic); errors name the file.
 void write_text_file(const std::string& path, const std::string& text);
+
+// How every file mambaq writes for a user is written (docs/robustness.md): into a new temporary
+// file in the same folder (created exclusively), flushed to disk, then rename()d over `path`. So a
+// reader sees the old file or the new one, never half of one; a kill leaves at most a
+// `.NAME.mambaq-tmp-*` beside it; and a symbolic or hard link at `path` is replaced by the new
+// file instead of being written through (the file it pointed to, and any other name of it, keep
+// their bytes). Errors name the file; on any failure the temporary is removed and `path` is as it
+// was.
+class AtomicWriter {
+ public:
+  explicit AtomicWriter(std::string path);
+  ~AtomicWriter();  // not committed (an error on the way): the temporary is removed
+  AtomicWriter(const AtomicWriter&) = delete;
+  AtomicWriter& operator=(const AtomicWriter&) = delete;
+  void write(const void* data, size_t n);
+  void commit();  // fsync, rename over `path`, fsync the folder
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_, tmp_;
+  int fd_ = -1;
+  bool done_ = false;
+};
+void write_file_atomic(const std::string& path, const std::string& bytes);
+
+// Test hook (docs/robustness.md): when $MAMBAQ_TEST_KILL_AFTER_COMMITS is N > 0, the process
+// _exit(99)s right after its N-th committed file, as a kill between two files of one save would.
+void atomic_commit_hook();
 bool file_exists(const std::string& path);
 
 // Output paths are checked before long work starts, so a typo does not cost an hour of
@@ -37,6 +65,13 @@ bool file_exists(const std::string& path);
 // writable existing ancestor.
 void check_output_file(const std::string& path, const std::string& flag);
 void check_output_dir(const std::string& path, const std::string& flag);
+// The one overwrite rule, for results a user keeps (--json, --output-path, --save-activations,
+// report -o, ...): check_output_file, and an existing file (or link) is refused unless `force`,
+// with one message naming the flag and --force. "-" (stdout) and "" pass.
+void check_new_output_file(const std::string& path, const std::string& flag, bool force);
+// The same for a folder that results are written into: an existing non-empty folder is refused
+// unless `force`.
+void check_new_output_dir(const std::string& path, const std::string& flag, bool force);
 
 // Hex SHA-256 of a file's bytes (errors name the file).
 std::string sha256_file(const std::string& path);

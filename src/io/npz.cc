@@ -2,6 +2,9 @@
 
 #include <zip.h>
 
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -40,11 +43,7 @@ std::string npy_bytes(const std::vector<float>& v, std::vector<size_t> shape) {
 }
 
 void save_npy(const std::string& path, const std::vector<float>& v, std::vector<size_t> shape) {
-  const std::string b = npy_bytes(v, std::move(shape));
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) fail("{}: cannot create file", path);
-  out.write(b.data(), std::streamsize(b.size()));
-  if (!out) fail("{}: write failed", path);
+  write_file_atomic(path, npy_bytes(v, std::move(shape)));
 }
 
 // Parses .npy bytes (version 1.0, '<f4', C order); `source` names the file or member in errors.
@@ -119,9 +118,21 @@ std::map<std::string, std::vector<float>> load_npz(const std::string& path) {
 }
 
 void save_npz(const std::string& path, const std::map<std::string, std::vector<float>>& arrays) {
-  std::filesystem::remove(path);
+  // libzip writes the archive under a new name in the same folder, renamed over `path` only when
+  // complete (as AtomicWriter does: a link at `path` is replaced, not written through)
+  if (std::filesystem::is_directory(path)) fail("{}: is a folder, not a file", path);
+  const std::filesystem::path p(path);
+  const std::string tmp = (p.has_parent_path() ? p.parent_path().string() : std::string(".")) + "/." +
+                          p.filename().string() + ".mambaq-tmp-" + std::to_string(::getpid());
+  struct Unlink {
+    const std::string& f;
+    bool keep = false;
+    ~Unlink() {
+      if (!keep) ::unlink(f.c_str());
+    }
+  } cleanup{tmp};
   int err = 0;
-  zip_t* z = zip_open(path.c_str(), ZIP_CREATE | ZIP_TRUNCATE, &err);
+  zip_t* z = zip_open(tmp.c_str(), ZIP_CREATE | ZIP_TRUNCATE, &err);
   if (!z) fail("{}: cannot create .npz (libzip error {})", path, err);
   std::vector<std::string> bufs;  // libzip reads sources at zip_close
   bufs.reserve(arrays.size());
@@ -141,6 +152,9 @@ void save_npz(const std::string& path, const std::map<std::string, std::vector<f
     zip_discard(z);
     fail("{}: write failed: {}", path, msg);
   }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) fail("{}: cannot replace: {}", path, std::strerror(errno));
+  cleanup.keep = true;
+  atomic_commit_hook();
 }
 
 }  // namespace mambaq

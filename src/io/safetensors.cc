@@ -2,7 +2,10 @@
 // {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}, then the data.
 #include "io/safetensors.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -117,18 +120,28 @@ void save_safetensors(const std::string& path, const std::vector<NamedTensor>& t
   }
   std::string h = header.dump();
   while ((8 + h.size()) % 8) h.push_back(' ');
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) fail("{}: cannot create file", path);
-  uint64_t hl = h.size();
-  for (int i = 0; i < 8; ++i) out.put(char((hl >> (8 * i)) & 0xff));
-  out.write(h.data(), std::streamsize(h.size()));
+  AtomicWriter out(path);  // a new file renamed over `path` when complete (io/mmap_file.h)
+  const uint64_t hl = h.size();
+  unsigned char len[8];
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>((hl >> (8 * i)) & 0xff);
+  out.write(len, 8);
+  out.write(h.data(), h.size());
   // Data in input order, matching the offsets assigned above.
-  for (const auto& t : tensors)
-    out.write(static_cast<const char*>(t.data), std::streamsize(uint64_t(numel(t.shape)) * dtype_size(t.dtype)));
-  if (!out) fail("{}: write failed", path);
+  for (const auto& t : tensors) out.write(t.data, size_t(uint64_t(numel(t.shape)) * dtype_size(t.dtype)));
+  out.commit();
 }
 
 void patch_safetensors_f32(const std::string& path, const std::map<std::string, std::vector<float>>& values) {
+  // In place means through this name only: a link, or a file with other names (a hard-linked
+  // copy, `cp -al`), would carry the edit into the other copies.
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) fail("{}: cannot open: {}", path, std::strerror(errno));
+  if (S_ISLNK(st.st_mode))
+    fail("{}: is a symbolic link; editing it in place would change the file it points to (write a copy with -o NEW)",
+         path);
+  if (st.st_nlink > 1)
+    fail("{}: has {} names (a hard-linked copy); editing it in place would change the other copies too (write a "
+         "copy with -o NEW)", path, uint64_t(st.st_nlink));
   TensorStore check;
   load_safetensors(path, check);  // validates the whole header (and every range) first
   std::fstream f(path, std::ios::binary | std::ios::in | std::ios::out);

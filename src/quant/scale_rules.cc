@@ -141,6 +141,14 @@ nlohmann::json apply_scale_rules(ScaleTable& t, const std::vector<ScaleRule>& ru
         p.amax = float(p.amax * f);
         for (auto& v : p.values) v = float(v * f);
       }
+      // every new scale must be a positive, finite, normal float32 (what every loader accepts):
+      // checked here, before any caller writes anything
+      auto usable = [](float v) { return std::isnormal(v) && v > 0; };
+      bool ok = usable(p.scale) && std::isfinite(p.amax);
+      for (float v : p.values) ok = ok && usable(v);
+      if (!ok)
+        fail("{} '{}': layer {} {}: the new scale {} is not a positive, finite, normal float32 (from {}); nothing "
+             "was written", flag, r.text, p.layer, p.point, p.scale, olds.back().get<float>());
       layers.push_back(p.layer);
       news.push_back(p.scale);
     }

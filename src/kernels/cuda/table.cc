@@ -16,7 +16,7 @@ using namespace cuda_impl;
 
 const Backend kCuda{
     .name = "cuda",
-    .isa = "CUDA sm_80 / sm_90 (first slice: float kernels, cuBLAS fp32)",
+    .isa = "CUDA sm_80 / sm_90 (float kernels; cuBLAS fp32, bf16/fp16 weights on the tensor cores)",
     .device = "cuda",
     .host_memory = false,
     .alloc = c_alloc,
@@ -68,7 +68,7 @@ BackendRef open_cuda(const std::string& arg) {
 
 void register_cuda_backends() {
   register_backend({.name = "cuda",
-                    .description = "NVIDIA GPUs (cuda:N picks the device); first slice: fp32 and fake-quant plans",
+                    .description = "NVIDIA GPUs (cuda:N picks the device); fp32 (--dtype bf16/fp16 weights) and fake-quant plans",
                     .available = [] { return device_count() > 0 ? std::string() : std::string("no CUDA device"); },
                     .open = open_cuda,
                     .rank = 20});

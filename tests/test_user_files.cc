@@ -1,0 +1,137 @@
+// A user's files (docs/robustness.md): written whole under their name or not at all, never
+// through a link, never replaced without --force; scale edits checked before anything is written.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "io/mmap_file.h"
+#include "io/safetensors.h"
+#include "model/quant_state.h"
+#include "quant/scale_rules.h"
+#include "util.h"
+
+using namespace mambaq;
+namespace fs = std::filesystem;
+
+namespace {
+size_t temporaries_in(const std::string& dir) {
+  size_t n = 0;
+  for (const auto& e : fs::directory_iterator(dir)) n += e.path().filename().string().find(".mambaq-tmp") != std::string::npos;
+  return n;
+}
+}  // namespace
+
+TEST(AtomicWrites, ReplaceALinkInsteadOfWritingThroughIt) {
+  const std::string d = mqtest::temp_dir("atomic_links");
+  mqtest::write_file(d + "/orig", "original");
+  fs::create_symlink(d + "/orig", d + "/sym");
+  ASSERT_EQ(::link((d + "/orig").c_str(), (d + "/hard").c_str()), 0);
+  write_file_atomic(d + "/sym", "new through the symlink's name");
+  write_file_atomic(d + "/hard", "new through the hard link's name");
+  EXPECT_EQ(mqtest::read_file(d + "/orig"), "original");  // the file the links shared is untouched
+  EXPECT_FALSE(fs::is_symlink(d + "/sym"));
+  EXPECT_EQ(mqtest::read_file(d + "/sym"), "new through the symlink's name");
+  EXPECT_EQ(mqtest::read_file(d + "/hard"), "new through the hard link's name");
+  struct stat st {};
+  ASSERT_EQ(::stat((d + "/orig").c_str(), &st), 0);
+  EXPECT_EQ(st.st_nlink, 1u);
+  EXPECT_EQ(temporaries_in(d), 0u);
+  // the same for the writers built on it
+  fs::create_symlink(d + "/orig", d + "/sym2");
+  write_text_file(d + "/sym2", "text");
+  save_safetensors(d + "/sym2", {{"t", DType::F32, {2}, std::vector<float>{1.f, 2.f}.data()}}, {});
+  EXPECT_EQ(mqtest::read_file(d + "/orig"), "original");
+}
+
+TEST(AtomicWrites, AnUncommittedOrFailedWriteLeavesTheOldFile) {
+  const std::string d = mqtest::temp_dir("atomic_fail");
+  mqtest::write_file(d + "/f", "old");
+  {
+    AtomicWriter w(d + "/f");
+    w.write("half of the new", 15);
+  }  // not committed: an error on the way
+  EXPECT_EQ(mqtest::read_file(d + "/f"), "old");
+  EXPECT_EQ(temporaries_in(d), 0u);
+  fs::create_directories(d + "/folder");
+  EXPECT_ERROR(write_file_atomic(d + "/folder", "x"), "is a folder");
+  EXPECT_ERROR(write_file_atomic(d + "/none/f", "x"), "cannot create");
+}
+
+TEST(AtomicWrites, InPlacePatchRefusesLinks) {
+  const std::string d = mqtest::temp_dir("patch_links");
+  const std::vector<float> v = {1.f, 2.f, 3.f};
+  save_safetensors(d + "/w.safetensors", {{"s", DType::F32, {3}, v.data()}}, {});
+  const std::string before = mqtest::read_file(d + "/w.safetensors");
+  fs::create_symlink(d + "/w.safetensors", d + "/sym.safetensors");
+  EXPECT_ERROR(patch_safetensors_f32(d + "/sym.safetensors", {{"s", {4.f, 5.f, 6.f}}}), "symbolic link", "-o NEW");
+  ASSERT_EQ(::link((d + "/w.safetensors").c_str(), (d + "/hard.safetensors").c_str()), 0);
+  EXPECT_ERROR(patch_safetensors_f32(d + "/hard.safetensors", {{"s", {4.f, 5.f, 6.f}}}), "2 names", "hard-linked");
+  EXPECT_EQ(mqtest::read_file(d + "/w.safetensors"), before);
+  fs::remove(d + "/hard.safetensors");
+  patch_safetensors_f32(d + "/w.safetensors", {{"s", {4.f, 5.f, 6.f}}});  // its only name: patched in place
+  EXPECT_NE(mqtest::read_file(d + "/w.safetensors"), before);
+}
+
+// A scale an edit would push out of float32 (or to 0 / a subnormal) is refused naming the rule,
+// before anything is written.
+TEST(ScaleEdits, OverflowAndUnderflowAreRefusedBeforeWriting) {
+  ModelConfig c;
+  c.arch = Arch::Mamba1, c.n_layer = 2;
+  ScaleTable t;
+  t.points.push_back({0, "x_proj:input", "percentile", 12.7f, 0.1f});
+  t.points.push_back({1, "x_proj:input", "percentile", 12.7f, 0.1f});
+  ScaleTable keep = t;
+  EXPECT_ERROR(apply_scale_rules(t, {parse_scale_rule("x_proj:input=*1e300", c, "--scale-override")}, "--scale-override"),
+               "not a positive, finite", "layer 0 x_proj:input", "nothing was written");
+  ScaleTable u = keep;
+  EXPECT_ERROR(apply_scale_rules(u, {parse_scale_rule("x_proj:input=*1e-300", c, "f")}, "f"), "not a positive, finite");
+  ScaleTable g;
+  g.points.push_back({0, "x_proj:input", "grouped-minmax", 2.f, 0.02f, {2}, {0.01f, 3e38f}});
+  EXPECT_ERROR(apply_scale_rules(g, {parse_scale_rule("x_proj:input=*10", c, "f")}, "f"), "not a positive, finite");
+}
+
+// The one overwrite rule on every flag that writes a result: an existing file is refused (one
+// line naming the flag and --force) and keeps its bytes; --force replaces it.
+TEST(Overwrite, EveryResultFlagRefusesAnExistingFile) {
+  const std::string d = mqtest::temp_dir("overwrite");
+  const std::string m = mqtest::repo("models/mamba-tiny");
+  const std::string f = d + "/existing.json";
+  const std::vector<std::string> commands = {
+      "info " + m + " --json " + f,
+      "logits " + m + " --prompt hi --json " + f,
+      "bench " + m + " --prompt-len 8 --decode 2 --repeats 1 --no-bandwidth --json " + f,
+      "eval " + m + " --tasks lambada_openai --limit 2 --no-log --json " + f,
+      "eval " + m + " --tasks lambada_openai --limit 2 --no-log --output-path " + f,
+      "compare --ref " + m + " --cand " + m + " --json " + f,
+      "scales " + m + " --json " + f,
+      "logs " + d + "/none.jsonl --json " + f,
+      "verify-observer --json " + f,
+      "quantize " + m + " -o " + d + "/q --save-activations " + f,
+      "report --compare " + f + " -o " + f,
+  };
+  for (const auto& cmd : commands) {
+    SCOPED_TRACE(cmd);
+    mqtest::write_file(f, "keep me");
+    const auto r = mqtest::run_cli(cmd);
+    mqtest::expect_one_line_error(r, "already exists (add --force");
+    EXPECT_EQ(mqtest::read_file(f), "keep me");
+  }
+  mqtest::write_file(f, "keep me");
+  const auto r = mqtest::run_cli("info " + m + " --json " + f + " --force");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(mqtest::read_file(f), "keep me");
+  // a results folder that is not empty, and a .jsonl taken for a results file
+  fs::create_directories(d + "/results");
+  mqtest::write_file(d + "/results/results.json", "keep me");
+  mqtest::expect_one_line_error(
+      mqtest::run_cli("eval " + m + " --tasks lambada_openai --limit 2 --no-log --output-path " + d + "/results"),
+      "is not empty");
+  EXPECT_EQ(mqtest::read_file(d + "/results/results.json"), "keep me");
+  mqtest::write_file(d + "/experiments.jsonl", "{\"kind\": \"eval\"}\n");
+  mqtest::expect_one_line_error(
+      mqtest::run_cli("eval " + m + " --tasks lambada_openai --limit 2 --no-log --output-path " + d + "/experiments.jsonl --force"),
+      "looks like an experiment log");
+  EXPECT_EQ(mqtest::read_file(d + "/experiments.jsonl"), "{\"kind\": \"eval\"}\n");
+}
