@@ -129,7 +129,7 @@ TEST(CompareCli, FpOpsAttribution) {
   const std::string q = quantized_tiny();
   auto kl = [&](const std::string& ops) {
     auto r = run_cli("compare --ref " + mqtest::model_dir("mamba-tiny") + " --cand " + q + " --cand-mode fake --samples 1 "
-                     "--seqlen 128 -q --json " + d + "/c.json" + (ops.empty() ? "" : " --fp-ops " + ops));
+                     "--seqlen 128 -q --force --json " + d + "/c.json" + (ops.empty() ? "" : " --fp-ops " + ops));
     EXPECT_EQ(r.code, 0) << r.err;
     auto j = read_json_file(d + "/c.json");
     EXPECT_EQ(j["runs"][0]["fp_ops"], ops);
