@@ -49,6 +49,37 @@ std::vector<float> logits(Session& s) {
                                "Call me Ishmael. Some years ago, never mind how long precisely");
 }
 
+// A small random Mamba1 or Mamba2 model (the shapes the EveryBackend tests run).
+std::unique_ptr<Model> small_random_model(bool m2, uint64_t seed) {
+  const nlohmann::json j = m2 ? nlohmann::json{{"d_model", 128},   {"n_layer", 3},   {"vocab_size", 1000},
+                                               {"ssm_cfg", {{"layer", "Mamba2"}, {"d_state", 64}, {"headdim", 32}}}}
+                              : nlohmann::json{{"d_model", 96}, {"n_layer", 3}, {"vocab_size", 1000}};
+  return Model::random(parse_config(j, "synthetic"), seed);
+}
+// The logits of every position of a packed batch.
+std::vector<float> all_logits(Session& s, const std::vector<int32_t>& toks, const std::vector<int>& lens) {
+  const int T = int(toks.size()), V = s.config().padded_vocab, dm = s.config().d_model;
+  std::vector<float> h(size_t(T) * dm), lg(size_t(T) * V);
+  s.forward(toks, lens, nullptr, h.data());
+  s.lm_head(h.data(), T, lg.data());
+  return lg;
+}
+// Prefill `prefill` tokens, then `steps` one-token decode steps carrying the state: their logits.
+std::vector<float> decode_logits(Session& s, const std::vector<int32_t>& toks, int prefill, int steps) {
+  const int V = s.config().padded_vocab, dm = s.config().d_model;
+  SeqState st = s.new_state();
+  SeqState* sp[1] = {&st};
+  const int lp[1] = {prefill}, l1[1] = {1};
+  std::vector<float> h(size_t(prefill) * dm), lg(static_cast<size_t>(V)), out;
+  s.forward(std::span(toks).first(size_t(prefill)), lp, sp, h.data());
+  for (int t = prefill; t < prefill + steps; ++t) {
+    s.forward(std::span(toks).subspan(size_t(t), 1), l1, sp, h.data());
+    s.lm_head(h.data(), 1, lg.data());
+    out.insert(out.end(), lg.begin(), lg.end());
+  }
+  return out;
+}
+
 }  // namespace
 
 class WholeModel : public ::testing::TestWithParam<const char*> {};
@@ -174,27 +205,17 @@ INSTANTIATE_TEST_SUITE_P(Backends, EveryBackend, ::testing::ValuesIn(mqtest::tes
 TEST_P(EveryBackend, SixteenBitWeights) {
   for (bool m2 : {false, true}) {
     SCOPED_TRACE(m2 ? "mamba2" : "mamba1");
-    const nlohmann::json j = m2 ? nlohmann::json{{"d_model", 128},   {"n_layer", 3},   {"vocab_size", 1000},
-                                                 {"ssm_cfg", {{"layer", "Mamba2"}, {"d_state", 64}, {"headdim", 32}}}}
-                                : nlohmann::json{{"d_model", 96}, {"n_layer", 3}, {"vocab_size", 1000}};
-    const ModelConfig cfg = parse_config(j, "synthetic");
-    auto m = Model::random(cfg, 12);
+    auto m = small_random_model(m2, 12);
     std::vector<int32_t> toks;
     for (int i = 0; i < 40; ++i) toks.push_back(int32_t((i * 41 + 3) % 1000));
     const std::vector<int> lens = {17, 1, 22};
-    const int T = 40, V = cfg.padded_vocab, dm = cfg.d_model;
-    auto logits = [&](Session& s) {
-      std::vector<float> h(size_t(T) * dm), lg(size_t(T) * V);
-      s.forward(toks, lens, nullptr, h.data());
-      s.lm_head(h.data(), T, lg.data());
-      return lg;
-    };
+    const int T = 40, V = m->config().padded_vocab;
     Session f32(*m, {.backend = "ref"});
-    const auto base = logits(f32);
+    const auto base = all_logits(f32, toks, lens);
     for (const DType dt : {DType::BF16, DType::F16}) {
       SCOPED_TRACE(float_type_name(dt));
       Session r(*m, {.backend = "ref", .dtype = dt}), b(*m, {.backend = GetParam(), .dtype = dt});
-      const auto a = logits(r), c = logits(b);
+      const auto a = all_logits(r, toks, lens), c = all_logits(b, toks, lens);
       EXPECT_LT(mqtest::rel_err(c, a), 5e-3);
       EXPECT_GE(mqtest::top1_agreement(a, c, V), T - 1);
       const double off = mqtest::rel_err(a, base);
@@ -202,20 +223,7 @@ TEST_P(EveryBackend, SixteenBitWeights) {
       EXPECT_GT(off, dt == DType::BF16 ? 1e-4 : 1e-5) << "16-bit weights changed nothing";
       EXPECT_LT(double(b.weight_bytes()), 0.6 * double(f32.weight_bytes()));
       // decode: 8 tokens of prefill, then 4 one-token steps carrying the state (M = 1 products)
-      auto decode = [&](Session& s) {
-        SeqState st = s.new_state();
-        SeqState* sp[1] = {&st};
-        const int l8[1] = {8}, l1[1] = {1};
-        std::vector<float> h(size_t(8) * dm), lg(static_cast<size_t>(V)), out;
-        s.forward(std::span(toks).first(8), l8, sp, h.data());
-        for (int t = 8; t < 12; ++t) {
-          s.forward(std::span(toks).subspan(size_t(t), 1), l1, sp, h.data());
-          s.lm_head(h.data(), 1, lg.data());
-          out.insert(out.end(), lg.begin(), lg.end());
-        }
-        return out;
-      };
-      EXPECT_LT(mqtest::rel_err(decode(b), decode(r)), 5e-3);
+      EXPECT_LT(mqtest::rel_err(decode_logits(b, toks, 8, 4), decode_logits(r, toks, 8, 4)), 5e-3);
     }
   }
 }
@@ -223,40 +231,17 @@ TEST_P(EveryBackend, SixteenBitWeights) {
 TEST_P(EveryBackend, RandomModelsAgreeWithRef) {
   for (bool m2 : {false, true}) {
     SCOPED_TRACE(m2 ? "mamba2" : "mamba1");
-    const nlohmann::json j = m2 ? nlohmann::json{{"d_model", 128},   {"n_layer", 3},   {"vocab_size", 1000},
-                                                 {"ssm_cfg", {{"layer", "Mamba2"}, {"d_state", 64}, {"headdim", 32}}}}
-                                : nlohmann::json{{"d_model", 96}, {"n_layer", 3}, {"vocab_size", 1000}};
-    const ModelConfig cfg = parse_config(j, "synthetic");
-    auto m = Model::random(cfg, 11);
+    auto m = small_random_model(m2, 11);
     Session r(*m, {.backend = "ref"}), b(*m, {.backend = GetParam()});
     std::vector<int32_t> toks;
     for (int i = 0; i < 40; ++i) toks.push_back(int32_t((i * 37 + 5) % 1000));
     const std::vector<int> lens = {17, 1, 22};
-    const int T = 40, V = cfg.padded_vocab, dm = cfg.d_model;
-    auto logits = [&](Session& s) {
-      std::vector<float> h(size_t(T) * dm), lg(size_t(T) * V);
-      s.forward(toks, lens, nullptr, h.data());
-      s.lm_head(h.data(), T, lg.data());
-      return lg;
-    };
-    const auto a = logits(r), c = logits(b);
+    const int T = 40, V = m->config().padded_vocab;
+    const auto a = all_logits(r, toks, lens), c = all_logits(b, toks, lens);
     EXPECT_LT(mqtest::rel_err(c, a), 1e-4);
     EXPECT_EQ(mqtest::top1_agreement(a, c, V), T);
     // prefill 10 tokens, then 5 decode steps carrying the state
-    auto decode = [&](Session& s) {
-      SeqState st = s.new_state();
-      SeqState* sp[1] = {&st};
-      const int l10[1] = {10}, l1[1] = {1};
-      std::vector<float> h(size_t(10) * dm), lg(static_cast<size_t>(V)), out;
-      s.forward(std::span(toks).first(10), l10, sp, h.data());
-      for (int t = 10; t < 15; ++t) {
-        s.forward(std::span(toks).subspan(size_t(t), 1), l1, sp, h.data());
-        s.lm_head(h.data(), 1, lg.data());
-        out.insert(out.end(), lg.begin(), lg.end());
-      }
-      return out;
-    };
-    EXPECT_LT(mqtest::rel_err(decode(b), decode(r)), 1e-4);
+    EXPECT_LT(mqtest::rel_err(decode_logits(b, toks, 10, 5), decode_logits(r, toks, 10, 5)), 1e-4);
   }
 }
 
