@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzz every input parser with libFuzzer under AddressSanitizer + UndefinedBehaviorSanitizer.
 #   bash scripts/fuzz.sh [SECONDS_PER_TARGET (default 60)] [TARGET ...]
-# Builds build-fuzz/ with clang, writes the seed corpus (fuzz/seeds.cc), and runs each target
+#   bash scripts/fuzz.sh --build-only        # the build alone (scripts/hardening.sh runs its tests)
+# Builds build-fuzz/ with clang (the unit tests too: the sanitizer run of hardening.sh uses them), writes the seed corpus (fuzz/seeds.cc), and runs each target
 # for the given time on its growing corpus build-fuzz/corpus/<target>. A crash, sanitizer report,
 # leak, hang (>10 s) or memory blow-up (>2 GB) stops the run and leaves the input in
 # tests/fuzz/<target>/: fix the defect and keep the input, CTest replays it from then on.
@@ -9,13 +10,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}; shift || true
 B=build-fuzz
+if [ -f $B/CMakeCache.txt ] && grep -q '^MAMBAQ_BUILD_TESTS:BOOL=OFF' $B/CMakeCache.txt; then
+  rm -rf $B  # an older build-fuzz without the unit tests
+fi
 if [ ! -f $B/CMakeCache.txt ]; then
   CC=clang CXX=clang++ cmake -S . -B $B -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMAMBAQ_FUZZ=ON -DMAMBAQ_SANITIZE=ON -DMAMBAQ_CUDA=OFF \
-    -DMAMBAQ_BUILD_TESTS=OFF -DMAMBAQ_BUILD_BENCH=OFF \
+    -DMAMBAQ_BUILD_TESTS=ON -DMAMBAQ_BUILD_BENCH=OFF \
     -DOpenMP_CXX_FLAGS=-fopenmp=libgomp -DOpenMP_CXX_LIB_NAMES=gomp \
     -DOpenMP_gomp_LIBRARY="$(g++ -print-file-name=libgomp.so)" >/dev/null
 fi
 cmake --build $B -j"$(nproc)" >/dev/null
+[ "$secs" = "--build-only" ] && exit 0
 targets=("$@"); [ ${#targets[@]} -gt 0 ] || mapfile -t targets < <($B/fuzz/mambaq_fuzz list | cut -f1)
 $B/fuzz/mambaq_fuzz seeds $B/seeds
 export ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1

@@ -532,7 +532,9 @@ INSTANTIATE_TEST_SUITE_P(Published, Quamba2Widths,
                          ::testing::Values(std::tuple{false, 768, 1}, std::tuple{false, 2560, 1}, std::tuple{true, 768, 1},
                                            std::tuple{true, 2560, 1}, std::tuple{true, 4096, 8}));
 TEST_P(Quamba2Widths, RotationAndW4A8Work) {
-  const auto [m2, dm, G] = GetParam();
+  // not a structured binding: clang 14 does not let lambdas capture those
+  const bool m2 = std::get<0>(GetParam());
+  const int dm = std::get<1>(GetParam()), G = std::get<2>(GetParam());
   nlohmann::json j = {{"d_model", dm}, {"n_layer", 1}, {"vocab_size", 512}, {"pad_vocab_size_multiple", 16},
                       {"rms_norm", true}, {"residual_in_fp32", true}, {"tie_embeddings", true}};
   j["ssm_cfg"] = m2 ? nlohmann::json{{"layer", "Mamba2"}, {"d_state", 128}, {"headdim", 64}, {"ngroups", G}, {"chunk_size", 256}}

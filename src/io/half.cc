@@ -152,7 +152,8 @@ int QTensor::code(int row, int col) const {
 
 std::string QTensor::describe() const {
   if (format == WFormat::F32) return "f32";
-  std::string s = std::string(wformat_name(format)) + (bits != 8 && format == WFormat::S8 ? "(" + std::to_string(bits) + "b)" : "");
+  std::string s = wformat_name(format);
+  if (bits != 8 && format == WFormat::S8) s += fmt::format("({}b)", bits);  // (not "(" + string: a GCC 12 -Wrestrict false positive)
   switch (granularity) {
     case Granularity::Tensor: return s + " per tensor";
     case Granularity::Channel: return s + " per channel";

@@ -143,7 +143,7 @@ void MAMBAQ_CPU_NS::gemm(int M, int N, int K, const float* A, int lda, const flo
   const int mb = 16 * kMR;
   const int ncb = (N + nb - 1) / nb, nmb = (M + mb - 1) / mb;
   const int tasks = ncb * nmb;
-  const double flops = 2.0 * M * N * K;
+  [[maybe_unused]] const double flops = 2.0 * M * N * K;  // unused where OpenMP is off
 #pragma omp parallel for schedule(dynamic, 1) if (tasks > 1 && flops > 2e5)
   for (int t = 0; t < tasks; ++t) {
     const int cb = t % ncb, rb = t / ncb;  // neighbouring tasks share rows of A

@@ -63,7 +63,9 @@ void permute64(const int8_t* a, int K, int8_t* out) {
 // GCC 12 reports its own intrinsics (_mm512_inserti64x4, _mm512_cvtepi32_ps: they start from
 // _mm512_undefined_*()) as maybe-uninitialized once inlined; a known false positive.
 #pragma GCC diagnostic push
+#if !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 // sum_g ws[g] * sum_{k in g} u[k] a[k] over one row; the caller subtracts 8 * sum_g ws[g] sa[g].
 // `ap` is the row permuted by permute64. Needs group % 64 == 0 (else the portable version).
