@@ -206,10 +206,11 @@ TEST_P(Kernels, GemmSixteenBitWeights) {
 
 // Sequences of different lengths packed back to back, some with a carried state, some without.
 struct Packed {
-  std::vector<int> lens{5, 1, 17, 3, 64};
+  std::vector<int> lens;
   std::vector<int> offs;
   int T = 0;
-  Packed() {
+  Packed() : Packed(std::vector<int>{5, 1, 17, 3, 64}) {}
+  explicit Packed(std::vector<int> ls) : lens(std::move(ls)) {
     offs.push_back(0);
     for (int l : lens) offs.push_back(T += l);
   }
@@ -217,26 +218,31 @@ struct Packed {
 };
 
 TEST_P(Kernels, Conv1dSiluPackedWithState) {
-  mqtest::Dev d(bparam());
-  Packed p;
-  const int C = 150, K = 4, ldx = 170, ldo = 160;
-  auto x = mqtest::randn(size_t(p.T) * ldx, 6), w = mqtest::randn(size_t(C) * K, 7, 0.5f), b = mqtest::randn(size_t(C), 8);
-  std::vector<float> a(size_t(p.T) * ldo, 0.f), o(size_t(p.T) * ldo, 0.f);
-  std::vector<std::vector<float>> st_ref;
-  for (int s = 0; s < p.n(); ++s)
-    st_ref.push_back(s == 1 ? std::vector<float>{} : mqtest::randn(size_t(K - 1) * C, 100 + uint32_t(s)));
-  auto st = d.states(st_ref);
-  for (int s = 0; s < p.n(); ++s)
-    ref::conv1d_silu(x.data() + size_t(p.offs[size_t(s)]) * ldx, ldx, p.lens[size_t(s)], C, K, w.data(), b.data(),
-                     s == 1 ? nullptr : st_ref[size_t(s)].data(), a.data() + size_t(p.offs[size_t(s)]) * ldo, ldo);
-  ConvArgs c;
-  c.b = d.batch(p.offs), c.C = C, c.K = K, c.x = act_f32(d.up(x), ldx), c.w = w_f32(d.up(w), C, K), c.bias = d.up(b);
-  c.st = st.view(DType::F32), c.out = d.up(o), c.ldo = ldo;
-  d.k.conv1d_silu(d.ctx, c);
-  d.down_into(o, static_cast<float*>(c.out));
-  EXPECT_LT(rel_err(o, a), 1e-5);
-  const auto st_fast = d.down_states(st, st_ref);
-  for (int s = 0; s < p.n(); ++s) EXPECT_EQ(st_fast[size_t(s)], st_ref[size_t(s)]) << "state of sequence " << s;
+  // a prefill batch (the state-less sequence is 1 long), then sequences shorter than the window
+  // with states: decode steps (1 token) and a 2-token one, which shift only part of the state
+  for (const std::vector<int>& lens : {std::vector<int>{5, 1, 17, 3, 64}, std::vector<int>{1, 9, 1, 2, 1}}) {
+    SCOPED_TRACE(::testing::Message() << "lens " << lens[0] << "," << lens[1] << "," << lens[2] << ",...");
+    mqtest::Dev d(bparam());
+    Packed p(lens);
+    const int C = 150, K = 4, ldx = 170, ldo = 160;
+    auto x = mqtest::randn(size_t(p.T) * ldx, 6), w = mqtest::randn(size_t(C) * K, 7, 0.5f), b = mqtest::randn(size_t(C), 8);
+    std::vector<float> a(size_t(p.T) * ldo, 0.f), o(size_t(p.T) * ldo, 0.f);
+    std::vector<std::vector<float>> st_ref;
+    for (int s = 0; s < p.n(); ++s)
+      st_ref.push_back(s == 1 ? std::vector<float>{} : mqtest::randn(size_t(K - 1) * C, 100 + uint32_t(s)));
+    auto st = d.states(st_ref);
+    for (int s = 0; s < p.n(); ++s)
+      ref::conv1d_silu(x.data() + size_t(p.offs[size_t(s)]) * ldx, ldx, p.lens[size_t(s)], C, K, w.data(), b.data(),
+                       s == 1 ? nullptr : st_ref[size_t(s)].data(), a.data() + size_t(p.offs[size_t(s)]) * ldo, ldo);
+    ConvArgs c;
+    c.b = d.batch(p.offs), c.C = C, c.K = K, c.x = act_f32(d.up(x), ldx), c.w = w_f32(d.up(w), C, K), c.bias = d.up(b);
+    c.st = st.view(DType::F32), c.out = d.up(o), c.ldo = ldo;
+    d.k.conv1d_silu(d.ctx, c);
+    d.down_into(o, static_cast<float*>(c.out));
+    EXPECT_LT(rel_err(o, a), 1e-5);
+    const auto st_fast = d.down_states(st, st_ref);
+    for (int s = 0; s < p.n(); ++s) EXPECT_EQ(st_fast[size_t(s)], st_ref[size_t(s)]) << "state of sequence " << s;
+  }
 }
 
 TEST_P(Kernels, SelectiveScanPackedWithState) {
