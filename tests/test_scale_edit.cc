@@ -149,14 +149,21 @@ TEST(ScalesSet, EditsOnlyTheTargetedTensorsAndKeepsHistory) {
   ASSERT_EQ(log.size(), 1u);
   EXPECT_EQ(log[0]["kind"], "scales_set");
   EXPECT_EQ(log[0]["edit"]["note"], "clip less");
-  // byte for byte: only the two scale tensors' 4 bytes each may differ
+  // byte for byte: only the two scale tensors' 4 bytes each may differ, and the save id (a new one
+  // of the same length, in the header's metadata and in config.json)
   TensorStore s;
   load_safetensors(q + "/model.safetensors", s);
   const std::string a = mqtest::read_file(q + "/model.safetensors"), b = mqtest::read_file(d + "/e/model.safetensors");
   ASSERT_EQ(a.size(), b.size());
+  const std::string id = s.metadata.at("mambaq_save_id");
+  const size_t id_at = a.find(id);
+  ASSERT_EQ(id.size(), 32u);
+  ASSERT_NE(id_at, std::string::npos);
+  EXPECT_NE(b.substr(id_at, 32), id);
+  EXPECT_EQ(read_json_file(d + "/e/config.json")["quantization"]["save_id"], b.substr(id_at, 32));
   size_t diff = 0, first = a.size(), last = 0;
   for (size_t i = 0; i < a.size(); ++i)
-    if (a[i] != b[i]) ++diff, first = std::min(first, i), last = std::max(last, i);
+    if (a[i] != b[i] && (i < id_at || i >= id_at + 32)) ++diff, first = std::min(first, i), last = std::max(last, i);
   EXPECT_GT(diff, 0u);
   EXPECT_LE(diff, 8u);
   auto m0 = Model::load(q), m1 = Model::load(d + "/e");

@@ -5,9 +5,12 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <map>
 
+#include "io/json_file.h"
 #include "io/mmap_file.h"
 #include "io/safetensors.h"
+#include "mambaq/model.h"
 #include "model/quant_state.h"
 #include "quant/scale_rules.h"
 #include "util.h"
@@ -134,4 +137,122 @@ TEST(Overwrite, EveryResultFlagRefusesAnExistingFile) {
       mqtest::run_cli("eval " + m + " --tasks lambada_openai --limit 2 --no-log --output-path " + d + "/experiments.jsonl --force"),
       "looks like an experiment log");
   EXPECT_EQ(mqtest::read_file(d + "/experiments.jsonl"), "{\"kind\": \"eval\"}\n");
+}
+
+namespace {
+// The folder's files other than mambaq's bookkeeping (.mambaq*), name -> bytes.
+std::map<std::string, std::string> folder_files(const std::string& dir) {
+  std::map<std::string, std::string> f;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().filename().string().rfind(".mambaq", 0) != 0) f[e.path().filename().string()] = mqtest::read_file(e.path().string());
+  return f;
+}
+void copy_folder(const std::string& from, const std::string& to) {
+  fs::remove_all(to);
+  fs::copy(from, to, fs::copy_options::recursive);
+}
+mqtest::CliResult run_killed(const std::string& args, int after_commits) {
+  ::setenv("MAMBAQ_TEST_KILL_AFTER_COMMITS", std::to_string(after_commits).c_str(), 1);
+  auto r = mqtest::run_cli(args);
+  ::unsetenv("MAMBAQ_TEST_KILL_AFTER_COMMITS");
+  return r;
+}
+const std::string& quantized_tiny() {  // made once: quamba1 W8A8 of the bundled mamba-tiny
+  static const std::string q = [] {
+    const std::string d = mqtest::temp_dir("folder_saves_src") + "/q";
+    const auto r = mqtest::run_cli("quantize " + mqtest::model_dir("mamba-tiny") + " -o " + d +
+                                   " -q --no-log --calib-num 2 --calib-seqlen 32");
+    EXPECT_EQ(r.code, 0) << r.err;
+    return d;
+  }();
+  return q;
+}
+}  // namespace
+
+// An in-place scale edit killed after each of its file writes (the journal, the patched weights,
+// config.json, the journal's removal): the folder is byte-identical to before, or refused with one
+// line naming --recover, after which it is byte-identical to before or holds the whole edit.
+TEST(FolderSaves, AKilledInPlaceEditLeavesTheOldFolderOrOneThatRecovers) {
+  const std::string src = quantized_tiny(), d = mqtest::temp_dir("folder_kill_edit"), f = d + "/q";
+  const auto before = folder_files(src);
+  const float old = Model::load(src)->quantized()->scales.find(0, "x_proj:input")->scale;
+  const std::string edit = "scales set " + f + " --in-place --point x_proj:input --layers 0 --factor 2 --no-log";
+  int killed = 0;
+  for (int k = 1;; ++k) {
+    SCOPED_TRACE("killed after commit " + std::to_string(k));
+    copy_folder(src, f);
+    const auto r = run_killed(edit, k);
+    if (r.code == 0) break;  // k is past the edit's last write
+    ASSERT_EQ(r.code, 99) << r.err;
+    ++killed;
+    const auto info = mqtest::run_cli("info " + f);
+    if (info.code != 0) {
+      mqtest::expect_one_line_error(info, "--recover");
+      ASSERT_EQ(mqtest::run_cli("scales set " + f + " --recover").code, 0);
+    }
+    const auto after = Model::load(f);
+    const float now = after->quantized()->scales.find(0, "x_proj:input")->scale;
+    if (now == old) {
+      EXPECT_EQ(folder_files(f), before);  // as if the edit never started
+    } else {
+      EXPECT_FLOAT_EQ(now, 2 * old);       // the whole edit, recorded once
+      EXPECT_EQ(after->quantized()->meta.edits.size(), 1u);
+    }
+    EXPECT_FALSE(fs::exists(f + "/.mambaq-edit-pending.json"));
+  }
+  EXPECT_GE(killed, 4);  // the journal, the weights, config.json, the journal's removal
+  mqtest::expect_one_line_error(mqtest::run_cli("scales set " + f + " --recover"), "no interrupted edit");
+}
+
+// quantize --force over an existing folder, killed between its files: the folder is refused
+// (config.json and the weights from different saves) until quantized again; never loaded mixed.
+TEST(FolderSaves, AKilledSaveOverAFolderIsRefusedNotMixed) {
+  const std::string src = quantized_tiny(), d = mqtest::temp_dir("folder_kill_save"), f = d + "/q";
+  const std::string save = "quantize " + mqtest::model_dir("mamba-tiny") + " -o " + f +
+                           " --force -q --no-log --calib-num 3 --calib-seqlen 32";
+  int refused = 0;
+  for (int k = 1;; ++k) {
+    SCOPED_TRACE("killed after commit " + std::to_string(k));
+    copy_folder(src, f);
+    const auto r = run_killed(save, k);
+    if (r.code == 0) break;
+    ASSERT_EQ(r.code, 99) << r.err;
+    const auto info = mqtest::run_cli("info " + f);
+    if (info.code != 0) {
+      mqtest::expect_one_line_error(info, "different saves");
+      ++refused;
+    } else if (read_json_file(f + "/config.json")["quantization"]["calibration"]["samples"] == 3) {
+      EXPECT_FALSE(fs::exists(f + "/.mambaq-edit-pending.json"));  // the new save, whole (killed after its last file)
+    } else {
+      EXPECT_EQ(folder_files(f), folder_files(src));  // nothing of the new save is in place yet
+    }
+  }
+  EXPECT_GE(refused, 1);  // the new weights beside the old config.json
+  // and a hand-mixed folder (another save's config.json) names both files
+  const std::string g = d + "/mixed";
+  copy_folder(src, g);
+  ASSERT_EQ(mqtest::run_cli(save).code, 0);
+  fs::copy_file(f + "/config.json", g + "/config.json", fs::copy_options::overwrite_existing);
+  const auto r = mqtest::run_cli("info " + g);
+  mqtest::expect_one_line_error(r, "different saves");
+  EXPECT_NE(r.err.find(g + "/config.json"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(g + "/model.safetensors"), std::string::npos) << r.err;
+}
+
+// Three editors of one folder at once: they take turns (the folder's lock), so every edit is
+// applied once and recorded once: x2 x3 x5 = x30, in whatever order they ran.
+TEST(FolderSaves, ConcurrentInPlaceEditsTakeTurns) {
+  const std::string src = quantized_tiny(), d = mqtest::temp_dir("folder_concurrent"), f = d + "/q";
+  copy_folder(src, f);
+  const float old = Model::load(f)->quantized()->scales.find(0, "x_proj:input")->scale;
+  std::string cmd;
+  for (const char* x : {"2", "3", "5"})
+    cmd += std::string(MAMBAQ_CLI) + " scales set " + f + " --in-place --point x_proj:input --layers 0 --factor " + x +
+           " --no-log > " + d + "/out" + x + " 2>&1 & ";
+  cmd += "wait";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  for (const char* x : {"2", "3", "5"}) EXPECT_NE(mqtest::read_file(d + "/out" + x).find("written to"), std::string::npos);
+  const auto m = Model::load(f);
+  EXPECT_NEAR(m->quantized()->scales.find(0, "x_proj:input")->scale, 30 * old, 30 * old * 1e-6);
+  EXPECT_EQ(m->quantized()->meta.edits.size(), 3u);
 }

@@ -15,6 +15,7 @@
 #include "model/points.h"
 #include "model/quant_state.h"
 #include "analysis/explog.h"
+#include "io/folder.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
 #include "quant/scale_rules.h"
@@ -91,10 +92,52 @@ Stat stat(std::vector<double> v) {
 struct SetOpts {
   std::string model, out, point, layers = "all", note, log = "experiments.jsonl";
   double factor = 0, value = 0, add_clip = NAN;
-  bool in_place = false, force = false, no_log = false;
+  bool in_place = false, force = false, no_log = false, recover = false;
 };
 
+// `scales set DIR --recover`: a folder whose in-place edit was interrupted (its journal,
+// io/folder.h, still there) is put back in order: if config.json already records the edit, the
+// edit completed and only the journal goes; otherwise the old scales and save id go back into the
+// weights (byte for byte as before the edit) and then the journal goes.
+int run_recover(const SetOpts& s) {
+  const fs::path dir(s.model);
+  FolderLock lock(dir.string());
+  const std::string jp = (dir / kPendingEditFile).string();
+  if (!fs::exists(jp)) fail("scales set --recover: {} has no interrupted edit (no {})", s.model, kPendingEditFile);
+  const nlohmann::json j = read_json_file(jp);
+  const std::string cfg_path = (dir / "config.json").string();
+  const nlohmann::json cfg = read_json_file(cfg_path);
+  const size_t edits = cfg.contains("quantization") && cfg["quantization"].contains("edits") ? cfg["quantization"]["edits"].size() : 0;
+  const std::string weights = (dir / "model.safetensors").string();
+  std::string what;
+  if (edits > j.at("edits_before").get<size_t>()) {
+    what = "the edit had completed (config.json records it)";
+  } else {
+    std::map<std::string, std::vector<float>> old;
+    for (const auto& [name, v] : j.at("old").items()) old[name] = v.get<std::vector<float>>();
+    const std::string id_old = j.value("old_save_id", ""), id_new = j.value("new_save_id", "");
+    TensorStore head;
+    load_safetensors(weights, head);
+    const auto it = head.metadata.find(kSaveIdKey);
+    const std::string now = it == head.metadata.end() ? "" : it->second;
+    if (!id_new.empty() && now == id_new)
+      patch_safetensors_f32(weights, old, kSaveIdKey, id_new, id_old);
+    else
+      patch_safetensors_f32(weights, old);
+    what = "the scales from before the edit are back";
+  }
+  remove_file_durably(jp);
+  Model::load(dir.string());  // whole again
+  fmt::print("{}: {}\n", s.model, what);
+  return 0;
+}
+
 int run_set(const SetOpts& s) {
+  if (s.recover) {
+    if (!s.out.empty() || s.in_place || !s.point.empty()) fail("scales set --recover: give only MODEL");
+    return run_recover(s);
+  }
+  if (s.point.empty()) fail("scales set: --point is required");
   if (!s.out.empty() && s.in_place) fail("scales set: give -o NEW or --in-place, not both");
   if (s.out.empty() && !s.in_place)
     fail("scales set: give -o NEW (a copy with the edit) or --in-place (edit {} itself)", s.model);
@@ -104,6 +147,16 @@ int run_set(const SetOpts& s) {
   if (!s.no_log) check_output_file(s.log, "--log");
   const fs::path src(s.model);
   if (fs::is_regular_file(src)) fail("scales set: {} is a file; give the quantized model's folder", s.model);
+  fs::path dst = src;
+  if (!s.out.empty()) {
+    dst = s.out;
+    if (fs::exists(dst) && fs::equivalent(src, dst)) fail("-o {}: is the model itself (use --in-place)", s.out);
+    if (fs::exists(dst) && !s.force) fail("-o {}: already exists (add --force to replace its files)", s.out);
+    check_output_dir(s.out, "-o");
+  }
+  // One writer at a time: the edited folder is locked from before it is read until it reloads.
+  std::unique_ptr<FolderLock> lock;
+  if (s.in_place) lock = std::make_unique<FolderLock>(src.string());
   auto m = Model::load(s.model);
   const QuantState* q = m->quantized();
   if (!q) fail("scales set: {} is not a quantized model (its config.json has no \"quantization\" section)", s.model);
@@ -113,15 +166,12 @@ int run_set(const SetOpts& s) {
   const ScaleRule rule = parse_scale_rule(rule_text, m->config(), "scales set");
   ScaleTable table = q->scales;
   nlohmann::json rec = apply_scale_rules(table, {rule}, "scales set")[0];
-  fs::path dst = src;
   if (!s.out.empty()) {
-    dst = s.out;
-    if (fs::exists(dst) && fs::equivalent(src, dst)) fail("-o {}: is the model itself (use --in-place)", s.out);
-    if (fs::exists(dst) && !s.force) fail("-o {}: already exists (add --force to replace its files)", s.out);
-    check_output_dir(s.out, "-o");
     fs::create_directories(dst);
+    lock = std::make_unique<FolderLock>(dst.string());
     for (const auto& e : fs::directory_iterator(src))
-      if (e.is_regular_file()) {  // a new file under each name: a link in NEW is replaced, not written through
+      if (e.is_regular_file() && !is_folder_bookkeeping(e.path().filename().string())) {
+        // a new file under each name: a link in NEW is replaced, not written through
         const auto f = MappedFile::open(e.path().string());
         AtomicWriter w((dst / e.path().filename()).string());
         w.write(f->data(), f->size());
@@ -129,11 +179,13 @@ int run_set(const SetOpts& s) {
       }
   }
   const std::string weights = (dst / "model.safetensors").string();
-  std::map<std::string, std::vector<float>> patch;
+  std::map<std::string, std::vector<float>> patch, old;
   for (const auto& p : table.points) {
-    const PointScale* old = q->scales.find(p.layer, p.point);
-    if (old && old->scale == p.scale && old->values == p.values) continue;
-    patch[scale_tensor_name(m->config().arch, p.layer, p.point)] = p.values.empty() ? std::vector<float>{p.scale} : p.values;
+    const PointScale* was = q->scales.find(p.layer, p.point);
+    if (was && was->scale == p.scale && was->values == p.values) continue;
+    const std::string name = scale_tensor_name(m->config().arch, p.layer, p.point);
+    patch[name] = p.values.empty() ? std::vector<float>{p.scale} : p.values;
+    if (was) old[name] = was->values.empty() ? std::vector<float>{was->scale} : was->values;
   }
   const std::string cfg_file = (dst / "config.json").string();
   if (s.in_place) {  // config.json is replaced by a new file below; refuse first what patching cannot keep apart
@@ -142,20 +194,32 @@ int run_set(const SetOpts& s) {
       fail("{}: is a link or has other names; editing the folder in place would mix it with the copies it shares "
            "files with (write a copy with -o NEW)", cfg_file);
   }
-  patch_safetensors_f32(weights, patch);
-  const std::string cfg_path = (dst / "config.json").string();
-  nlohmann::json cfg = read_json_file(cfg_path);
+  // The journal first (what --recover needs to undo the patch), then the weights with a new save
+  // id, then config.json recording the edit and the id, then the journal goes: a kill at any point
+  // leaves a folder that loads as before, or one refused until `--recover`.
+  nlohmann::json cfg = read_json_file(cfg_file);
+  const std::string id_old = q->meta.save_id, id_new = id_old.empty() ? "" : new_save_id();
   rec["time"] = utc_timestamp();
+  const std::string journal = (dst / kPendingEditFile).string();
+  write_json(journal, {{"rule", rule_text}, {"time", rec["time"]}, {"edits_before", q->meta.edits.size()},
+                       {"old_save_id", id_old}, {"new_save_id", id_new}, {"old", old}});
+  if (id_new.empty())
+    patch_safetensors_f32(weights, patch);  // a folder saved before save ids: it stays without one
+  else
+    patch_safetensors_f32(weights, patch, kSaveIdKey, id_old, id_new);
   if (!s.note.empty()) rec["note"] = s.note;
   if (!s.out.empty()) rec["from"] = s.model;
   cfg["quantization"]["edits"].push_back(rec);
-  write_text_file(cfg_path, cfg.dump(2) + "\n");
+  if (!id_new.empty()) cfg["quantization"]["save_id"] = id_new;
+  write_text_file(cfg_file, cfg.dump(2) + "\n");
+  remove_file_durably(journal);
   // the folder reloads with exactly the new scales
   auto check = Model::load(dst.string());
   for (const auto& p : table.points) {
     const PointScale* got = check->quantized()->scales.find(p.layer, p.point);
     if (!got || got->scale != p.scale) fail("internal error: {} did not reload with the edited scale", dst.string());
   }
+  lock.reset();
   if (!s.no_log) {
     nlohmann::json r = log_header("scales_set");
     r["model"] = s.model;
@@ -194,7 +258,9 @@ Runner register_scales(CLI::App& app) {
   set->add_option("-o,--output", o->set.out, "Write the edited copy here (the folder is copied, then edited)");
   set->add_flag("--in-place", o->set.in_place, "Edit MODEL itself");
   set->add_flag("--force", o->set.force, "-o: replace the files of an existing folder");
-  set->add_option("--point", o->set.point, "Scale point, e.g. x_proj:input (`mambaq scales MODEL` lists them)")->required();
+  set->add_option("--point", o->set.point, "Scale point, e.g. x_proj:input (`mambaq scales MODEL` lists them)");
+  set->add_flag("--recover", o->set.recover,
+                "Put a folder whose in-place edit was interrupted back in order (the old scales, or the completed edit)");
   set->add_option("--layers", o->set.layers, "all, N, N-M or a comma list (head: the LM head's input)")->capture_default_str();
   set->add_option("--factor", o->set.factor, "Multiply the scales by F")->check(CLI::PositiveNumber);
   set->add_option("--value", o->set.value, "Set the scales to V")->check(CLI::PositiveNumber);

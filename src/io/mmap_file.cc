@@ -117,6 +117,16 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
   w.commit();
 }
 
+void remove_file_durably(const std::string& path) {
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) fail("{}: cannot remove: {}", path, std::strerror(errno));
+  const int dfd = ::open(parent_of(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  atomic_commit_hook();
+}
+
 void atomic_commit_hook() {
   static const long kill_after = [] {
     const char* e = std::getenv("MAMBAQ_TEST_KILL_AFTER_COMMITS");

@@ -57,6 +57,9 @@ void write_file_atomic(const std::string& path, const std::string& bytes);
 // Test hook (docs/robustness.md): when $MAMBAQ_TEST_KILL_AFTER_COMMITS is N > 0, the process
 // _exit(99)s right after its N-th committed file, as a kill between two files of one save would.
 void atomic_commit_hook();
+
+// Remove a file and make the removal durable (the folder synced); one commit of the hook above.
+void remove_file_durably(const std::string& path);
 bool file_exists(const std::string& path);
 
 // Output paths are checked before long work starts, so a typo does not cost an hour of

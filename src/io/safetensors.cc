@@ -2,7 +2,9 @@
 // {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}, then the data.
 #include "io/safetensors.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -131,7 +133,8 @@ void save_safetensors(const std::string& path, const std::vector<NamedTensor>& t
   out.commit();
 }
 
-void patch_safetensors_f32(const std::string& path, const std::map<std::string, std::vector<float>>& values) {
+void patch_safetensors_f32(const std::string& path, const std::map<std::string, std::vector<float>>& values,
+                           const std::string& id_key, const std::string& id_from, const std::string& id_to) {
   // In place means through this name only: a link, or a file with other names (a hard-linked
   // copy, `cp -al`), would carry the edit into the other copies.
   struct stat st {};
@@ -163,11 +166,32 @@ void patch_safetensors_f32(const std::string& path, const std::map<std::string, 
     if (off[1] - off[0] != v.size() * sizeof(float))
       fail("{}: tensor '{}' holds {} values, not {}", path, name, (off[1] - off[0]) / sizeof(float), v.size());
   }
+  size_t id_at = std::string::npos;  // the id's first byte within the header
+  if (!id_to.empty()) {
+    const auto& meta = header.contains("__metadata__") ? header["__metadata__"] : nlohmann::json();
+    if (id_from.size() != id_to.size() || !meta.is_object() || meta.value(id_key, "") != id_from)
+      fail("{}: its metadata '{}' is not '{}'", path, id_key, id_from);
+    id_at = head.find('"' + id_from + '"');
+    if (id_at == std::string::npos || head.find('"' + id_from + '"', id_at + 1) != std::string::npos)
+      fail("{}: the metadata '{}' is not found once in the header", path, id_key);
+    ++id_at;
+  }
   for (const auto& [name, v] : values) {  // every tensor checked: now write
     f.seekp(std::streamoff(8 + hlen + header[name]["data_offsets"][0].get<uint64_t>()));
     f.write(reinterpret_cast<const char*>(v.data()), std::streamsize(v.size() * sizeof(float)));
   }
+  if (id_at != std::string::npos) {
+    f.seekp(std::streamoff(8 + id_at));
+    f.write(id_to.data(), std::streamsize(id_to.size()));
+  }
   if (!f.flush()) fail("{}: write failed", path);
+  f.close();
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);  // the patch on disk before the next file
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+  atomic_commit_hook();
 }
 
 }  // namespace mambaq

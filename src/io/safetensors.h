@@ -26,7 +26,10 @@ void save_safetensors(const std::string& path, const std::vector<NamedTensor>& t
 // header and all other tensors stay as they are. Each name must exist, be F32 and hold exactly
 // values.size() elements (errors name the file and tensor); all are checked before any byte is
 // written. Only the header is read and only those tensors' bytes are written, in place (the
-// file may be many GiB).
-void patch_safetensors_f32(const std::string& path, const std::map<std::string, std::vector<float>>& values);
+// file may be many GiB). With `id_from` and `id_to` (equal lengths): the metadata value id_from of
+// key id_key is replaced by id_to in the header, in the same bytes. Counts as one commit of
+// atomic_commit_hook (the kill-between-files tests).
+void patch_safetensors_f32(const std::string& path, const std::map<std::string, std::vector<float>>& values,
+                           const std::string& id_key = "", const std::string& id_from = "", const std::string& id_to = "");
 
 }  // namespace mambaq

@@ -116,6 +116,7 @@ nlohmann::json QuantMeta::to_json() const {
   }
   if (!scale_overrides.empty()) j["scale_overrides"] = scale_overrides;
   if (!edits.empty()) j["edits"] = edits;
+  if (!save_id.empty()) j["save_id"] = save_id;
   return j;
 }
 
@@ -203,6 +204,7 @@ QuantMeta QuantMeta::from_json(const nlohmann::json& j, const std::string& src) 
     if (!j["edits"].is_array()) fail("{}: field 'edits' is not a list", w);
     m.edits = j["edits"];
   }
+  if (j.contains("save_id")) m.save_id = json_string(j, "save_id", "", w);
   return m;
 }
 

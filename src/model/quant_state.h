@@ -79,6 +79,10 @@ struct QuantMeta {
   std::vector<std::string> scale_overrides;
   // `scales set` edits of the saved folder, oldest first: {rule, point, layers, old, new, note, time}
   nlohmann::json edits = nlohmann::json::array();
+  // A random id written by every save and in-place edit into both config.json and the weights'
+  // safetensors metadata (`mambaq_save_id`): a folder whose two files disagree was left mixed by an
+  // interrupted save and is refused. Empty in folders saved before the id existed.
+  std::string save_id;
   nlohmann::json to_json() const;
   // One line for tables: "quamba2 W4A8 (preset w4a8): 4-bit weights in groups of 128, GPTQ, ..."
   std::string summary() const;

@@ -9,6 +9,7 @@
 #include "mambaq/checkpoint.h"
 #include "mambaq/error.h"
 #include "mambaq/model.h"
+#include "io/folder.h"
 #include "model/exec.h"
 #include "model/names.h"
 #include "model/points.h"
@@ -128,6 +129,16 @@ const char* proj_name(Proj p) {
   return n[p];
 }
 
+// config.json and the weights of a mambaq folder come from one save (io/folder.h); folders saved
+// before the id existed have it in neither file.
+static void check_save_id(const std::string& cfg_id, const TensorStore& store, const std::string& cfg_src) {
+  const auto it = store.metadata.find(kSaveIdKey);
+  const std::string w = it == store.metadata.end() ? "" : it->second;
+  if (w == cfg_id) return;
+  fail("{} and {} are from different saves (save id '{}' vs '{}'): a save or edit was interrupted between the two "
+       "files; quantize or copy the model again", cfg_src, store.source, cfg_id, w);
+}
+
 std::unique_ptr<Model> Model::from_store(const ModelConfig& cfg, const TensorStore& store) {
   std::vector<TensorInfo> info;
   Binder b{store, cfg, {}, info};
@@ -136,6 +147,7 @@ std::unique_ptr<Model> Model::from_store(const ModelConfig& cfg, const TensorSto
   if (cfg.raw.is_object() && cfg.raw.contains("quantization")) {
     q = std::make_shared<QuantState>();
     q->meta = QuantMeta::from_json(cfg.raw.at("quantization"), cfg.source);
+    check_save_id(q->meta.save_id, store, cfg.source);
   }
   const int64_t V = cfg.padded_vocab, dm = cfg.d_model;
   // Embedding: state-spaces "backbone.embedding", HF "backbone.embeddings".
@@ -277,6 +289,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir) {
   if (fs::is_regular_file(dir))
     fail("{}: is a file; a model is the folder holding config.json and the weights (here: '{}')", dir,
          fs::path(dir).parent_path().empty() ? "." : fs::path(dir).parent_path().string());
+  check_no_pending_edit(dir);
   ModelConfig cfg = load_config(dir);
   TensorStore store = load_checkpoint(dir);
   return from_store(cfg, store);

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <set>
 
+#include "io/folder.h"
 #include "io/mmap_file.h"
 #include "io/safetensors.h"
 #include "mambaq/error.h"
@@ -181,9 +182,11 @@ void save_quantized(const Model& m, const std::string& dir, const std::string& t
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) fail("{}: cannot create folder: {}", dir, ec.message());
+  FolderLock lock(dir);  // one writer of a folder at a time (a scales edit of it waits, and vice versa)
 
   std::vector<NamedTensor> ts;
-  std::map<std::string, std::string> meta{{"format", "mambaq-quantized"}, {"recipe", q->meta.recipe}};
+  const std::string save_id = new_save_id();  // in both files: a folder mixed by a killed save is refused
+  std::map<std::string, std::string> meta{{"format", "mambaq-quantized"}, {"recipe", q->meta.recipe}, {kSaveIdKey, save_id}};
   auto f32 = [&](const std::string& name, const Weight& t) {
     if (t.data) ts.push_back({name, DType::F32, t.shape, t.data});
   };
@@ -218,6 +221,14 @@ void save_quantized(const Model& m, const std::string& dir, const std::string& t
     ts.push_back({layer_prefix(int(l)) + "mixer.conv1d.x_channel_order", DType::I32, {int64_t(g.channel.size())}, g.channel.data()});
     ts.push_back({layer_prefix(int(l)) + "mixer.conv1d.x_head_order", DType::I32, {int64_t(g.head.size())}, g.head.data()});
   }
+  // The tokenizer first, config.json last: the folder is whole once config.json (with the save id
+  // of the weights) is in place. Each file a new one under its name (links replaced, not followed).
+  if (!tokenizer_file.empty()) {
+    const auto tok = MappedFile::open(tokenizer_file);
+    AtomicWriter tw((fs::path(dir) / "tokenizer.json").string());
+    tw.write(tok->data(), tok->size());
+    tw.commit();
+  }
   save_safetensors((fs::path(dir) / "model.safetensors").string(), ts, meta);
 
   nlohmann::json c = cfg.raw;
@@ -226,13 +237,10 @@ void save_quantized(const Model& m, const std::string& dir, const std::string& t
   for (const auto& ps : q->scales.points)
     if (ps.observer == "percentile") pct.insert(ps.point);
   qj["observers"]["percentile_points"] = pct;
+  qj["save_id"] = save_id;
   c["quantization"] = qj;
   const std::string cp = (fs::path(dir) / "config.json").string();
   write_text_file(cp, c.dump(2) + "\n");
-  if (!tokenizer_file.empty()) {
-    fs::copy_file(tokenizer_file, fs::path(dir) / "tokenizer.json", fs::copy_options::overwrite_existing, ec);
-    if (ec) fail("{}: cannot copy the tokenizer into {}: {}", tokenizer_file, dir, ec.message());
-  }
 }
 
 }  // namespace mambaq
