@@ -4,6 +4,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <map>
 
@@ -255,4 +257,54 @@ TEST(FolderSaves, ConcurrentInPlaceEditsTakeTurns) {
   const auto m = Model::load(f);
   EXPECT_NEAR(m->quantized()->scales.find(0, "x_proj:input")->scale, 30 * old, 30 * old * 1e-6);
   EXPECT_EQ(m->quantized()->meta.edits.size(), 3u);
+}
+
+// compare --save-dir reuses a saved run only for the same content: new weights of the same size
+// under the same config.json (a scale patched in place, as the example), or a saved array
+// changed behind its manifest (a NaN planted), are recomputed and say why; a run folder that is a
+// symbolic link is refused, not written through.
+TEST(CompareCache, NewContentOrADamagedArrayIsRecomputed) {
+  const std::string d = mqtest::temp_dir("compare_stale"), q = d + "/q", sd = d + "/sd";
+  copy_folder(quantized_tiny(), q);
+  const std::string cmd = "compare --ref " + mqtest::model_dir("mamba-tiny") + " --cand " + q +
+                          " --cand-mode int8 --layers 0 --seqlen 32 --samples 1 -q --save-dir " + sd + " --force --json " + d + "/c.json";
+  ASSERT_EQ(mqtest::run_cli(cmd).code, 0);
+  auto r = mqtest::run_cli(cmd);
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto j = read_json_file(d + "/c.json");
+  ASSERT_TRUE(j["runs"][0]["reused"].get<bool>());
+  const std::string run = j["runs"][0]["saved"], cfg_before = mqtest::read_file(q + "/config.json");
+  const double mse_before = j["runs"][0]["layers"][0]["mse"];
+  // the same config.json, a weights file of the same size with other scales
+  TensorStore s;
+  load_safetensors(q + "/model.safetensors", s);
+  patch_safetensors_f32(q + "/model.safetensors", {{"backbone.layers.0.mixer.conv1d.output_scale", {0.5f}}});
+  ASSERT_EQ(mqtest::read_file(q + "/config.json"), cfg_before);
+  r = mqtest::run_cli(cmd);
+  ASSERT_EQ(r.code, 0) << r.err;
+  j = read_json_file(d + "/c.json");
+  EXPECT_FALSE(j["runs"][0]["reused"].get<bool>());
+  EXPECT_NE(r.err.find("the model's files changed"), std::string::npos) << r.err;
+  EXPECT_NE(j["runs"][0]["layers"][0]["mse"].get<double>(), mse_before);  // the new weights' statistics
+  // a NaN planted in a saved array (same size): recomputed, naming the file
+  const std::string arr = run + "/layer_0_block_out.npy";
+  std::string bytes = mqtest::read_file(arr);
+  const float nan = std::nanf("");
+  std::memcpy(bytes.data() + bytes.size() - 4, &nan, 4);
+  mqtest::write_file(arr, bytes);
+  r = mqtest::run_cli(cmd);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(read_json_file(d + "/c.json")["runs"][0]["reused"].get<bool>());
+  EXPECT_NE(r.err.find(arr + ": its content differs from the manifest"), std::string::npos) << r.err;
+  EXPECT_TRUE(std::isfinite(read_json_file(d + "/c.json")["runs"][0]["layers"][0]["mse"].get<double>()));
+  // a run folder that is a link to another folder: refused, the other folder untouched
+  const std::string elsewhere = d + "/elsewhere";
+  fs::rename(run, elsewhere);
+  fs::create_directory_symlink(elsewhere, run);
+  const auto files_before = folder_files(elsewhere);
+  patch_safetensors_f32(q + "/model.safetensors", {{"backbone.layers.0.mixer.conv1d.output_scale", {0.25f}}});
+  r = mqtest::run_cli(cmd);  // (after the reference's "reused" line)
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("error: --save-dir: " + run + " is a symbolic link"), std::string::npos) << r.err;
+  EXPECT_EQ(folder_files(elsewhere), files_before);
 }

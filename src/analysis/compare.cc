@@ -1,6 +1,10 @@
 #include "analysis/compare.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <cctype>
 #include <cmath>
 #include <filesystem>
@@ -208,6 +212,46 @@ nlohmann::json inputs_json(const RunInputs& in, const std::vector<std::vector<in
 
 std::string layer_file(int layer, const std::string& tensor) { return fmt::format("layer_{}_{}.npy", layer, tensor); }
 
+// sha256 of a file's bytes, remembered in SAVE_DIR/file-hashes.json by canonical path, size,
+// mtime and inode (a 2.7B folder is hashed once, not at every compare; any rewrite of the file
+// changes its mtime or inode, so a stale entry is never used).
+std::string cached_sha256(const fs::path& save_dir, const fs::path& file) {
+  struct stat st {};
+  const std::string path = fs::weakly_canonical(file).string();
+  if (::stat(path.c_str(), &st) != 0) fail("{}: cannot read: {}", path, std::strerror(errno));
+  const nlohmann::json stamp = {{"size", uint64_t(st.st_size)},
+                                {"mtime_ns", int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec},
+                                {"inode", uint64_t(st.st_ino)}};
+  const fs::path cache = save_dir / "file-hashes.json";
+  nlohmann::json c = nlohmann::json::object();
+  if (fs::exists(cache)) {
+    try {
+      c = nlohmann::json::parse(read_text_file(cache.string()));
+    } catch (const std::exception&) {
+      c = nlohmann::json::object();  // damaged: rebuilt (it holds only what can be recomputed)
+    }
+  }
+  if (c.is_object() && c.contains(path) && c[path].is_object() && c[path].value("stamp", nlohmann::json()) == stamp &&
+      c[path].value("sha256", "").size() == 64)
+    return c[path]["sha256"].get<std::string>();
+  const std::string h = sha256_file(path);
+  if (!c.is_object()) c = nlohmann::json::object();
+  c[path] = {{"stamp", stamp}, {"sha256", h}};
+  write_text_file(cache.string(), c.dump(1) + "\n");
+  return h;
+}
+
+// The content of a model folder: every regular file's name and sha256 (not mambaq's bookkeeping).
+std::string folder_content_sha256(const fs::path& save_dir, const std::string& model) {
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(model))
+    if (e.is_regular_file() && e.path().filename().string()[0] != '.') names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  std::string all;
+  for (const auto& n : names) all += n + " " + cached_sha256(save_dir, fs::path(model) / n) + "\n";
+  return sha256_string(all);
+}
+
 // Names the first field where a saved manifest differs from the run asked for ("" = reusable).
 std::string why_not_reusable(const nlohmann::json& old, const nlohmann::json& key, const nlohmann::json& inputs,
                              const std::set<int>& layers) {
@@ -215,7 +259,7 @@ std::string why_not_reusable(const nlohmann::json& old, const nlohmann::json& ke
     return "its manifest.json is not one mambaq wrote";
   for (const auto& [k, v] : key.items())
     if (old["key"].value(k, nlohmann::json()) != v)
-      return fmt::format("it was saved for {} {} (now {})", k, old["key"].value(k, nlohmann::json()).dump(), v.dump());
+      return k == "files_sha256" ? std::string("the model's files changed since (their content hash differs)") : fmt::format("it was saved for {} {} (now {})", k, old["key"].value(k, nlohmann::json()).dump(), v.dump());
   for (const auto& [k, v] : inputs.items())
     if (old["inputs"].value(k, nlohmann::json()) != v) return fmt::format("it was saved for other inputs ({} differs)", k);
   std::set<int> have;
@@ -269,10 +313,16 @@ CachedRun cached_run(Session& m, const RunKey& key, const RunInputs& in,
   const size_t dm = size_t(m.config().d_model), V = size_t(m.config().padded_vocab);
   size_t positions = 0;
   for (const auto& s : samples) positions += s.size();
-  const nlohmann::json kj = key_json(key), ij = inputs_json(in, samples);
-  const fs::path dir = fs::path(save_dir) / dir_name(key, kj);
+  nlohmann::json kj = key_json(key);
+  const nlohmann::json ij = inputs_json(in, samples);
+  const fs::path dir = fs::path(save_dir) / dir_name(key, kj);  // one folder per key; new content recomputes into it
   const fs::path mf = dir / "manifest.json";
   out.dir = dir.string();
+  if (fs::is_symlink(dir))
+    fail("--save-dir: {} is a symbolic link; mambaq does not write into the folder it points to (remove the link)",
+         dir.string());
+  fs::create_directories(save_dir);
+  if (fs::is_directory(key.model)) kj["files_sha256"] = folder_content_sha256(save_dir, key.model);
   if (fs::exists(mf)) {
     nlohmann::json old;
     try {
@@ -285,13 +335,21 @@ CachedRun cached_run(Session& m, const RunKey& key, const RunInputs& in,
       try {
         RunCapture R;
         std::vector<size_t> shape;
+        const auto checked = [&](const std::string& name) {  // the file the manifest describes, byte for byte
+          const std::string f = (dir / name).string();
+          const nlohmann::json rec =
+              old.contains("files") && old["files"].is_object() && old["files"].contains(name) ? old["files"][name] : nlohmann::json();
+          if (!rec.is_object() || !rec.contains("sha256")) fail("{}: not in the manifest with its sha256", f);
+          if (sha256_file(f) != rec["sha256"]) fail("{}: its content differs from the manifest's sha256", f);
+          return f;
+        };
         for (int l : layers)
           for (const char* t : {"block_out", "mixer_out"}) {
-            auto v = load_npy((dir / layer_file(l, t)).string(), &shape);
+            auto v = load_npy(checked(layer_file(l, t)), &shape);
             if (shape != std::vector<size_t>{positions, dm}) fail("{}: shape differs", layer_file(l, t));
             R.layers[{l, t}] = std::move(v);
           }
-        R.logits = load_npy((dir / "logits.npy").string(), &shape);
+        R.logits = load_npy(checked("logits.npy"), &shape);
         if (shape != std::vector<size_t>{positions, V}) fail("logits.npy: shape differs");
         out.cap = std::move(R);
         out.reused = true;
@@ -309,11 +367,14 @@ CachedRun cached_run(Session& m, const RunKey& key, const RunInputs& in,
     if (e.path().extension() == ".npy") fs::remove(e.path());
   nlohmann::json files = nlohmann::json::object();
   for (const auto& [k, v] : out.cap.layers) {
-    save_npy((dir / layer_file(k.first, k.second)).string(), v, {v.size() / dm, dm});
-    files[layer_file(k.first, k.second)] = {{"layer", k.first}, {"tensor", k.second}, {"shape", {v.size() / dm, dm}}};
+    const std::string f = (dir / layer_file(k.first, k.second)).string();
+    save_npy(f, v, {v.size() / dm, dm});
+    files[layer_file(k.first, k.second)] = {
+        {"layer", k.first}, {"tensor", k.second}, {"shape", {v.size() / dm, dm}}, {"sha256", sha256_file(f)}};
   }
   save_npy((dir / "logits.npy").string(), out.cap.logits, {out.cap.logits.size() / V, V});
-  files["logits.npy"] = {{"tensor", "logits"}, {"shape", {out.cap.logits.size() / V, V}}};
+  files["logits.npy"] = {
+      {"tensor", "logits"}, {"shape", {out.cap.logits.size() / V, V}}, {"sha256", sha256_file((dir / "logits.npy").string())}};
   nlohmann::json manifest = {{"model", fs::weakly_canonical(key.model).string()},
                              {"key", kj},
                              {"inputs", ij},
