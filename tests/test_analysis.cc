@@ -274,7 +274,7 @@ TEST(CompareCli, TwoCandidatesSideBySide) {
 
 TEST(CompareCli, BadInput) {
   mqtest::expect_one_line_error(run_cli("compare --ref " + mqtest::model_dir("mamba-tiny") + " --cand " + mqtest::model_dir("mamba2-tiny-hf")),
-                        "different shapes");
+                        "not the same architecture (architecture mamba vs mamba2");
   mqtest::expect_one_line_error(run_cli("compare --ref " + mqtest::model_dir("mamba-tiny") + " --cand " + mqtest::model_dir("mamba-tiny") +
                                 " --layers 0,9"),
                         "--layers: layer 9");

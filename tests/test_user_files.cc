@@ -308,3 +308,23 @@ TEST(CompareCache, NewContentOrADamagedArrayIsRecomputed) {
   EXPECT_NE(r.err.find("error: --save-dir: " + run + " is a symbolic link"), std::string::npos) << r.err;
   EXPECT_EQ(folder_files(elsewhere), files_before);
 }
+
+// --fp-model (or the folder's source_model) is checked against the quantized model before any
+// transform of its weights: another architecture (once a SIGSEGV in the Quamba2 basis change), a
+// quantized folder, or other dimensions are one line naming what differs.
+TEST(CrossChecks, FpModelOfAnotherArchitectureOrAQuantizedOneIsRefused) {
+  const std::string d = mqtest::temp_dir("fp_model_check"), q2 = d + "/q2";
+  ASSERT_EQ(mqtest::run_cli("quantize " + mqtest::model_dir("mamba2-tiny-hf") + " -o " + q2 +
+                            " -q --no-log --recipe quamba2 --preset w8a8 --calib-num 2 --calib-seqlen 32").code, 0);
+  const std::string ev = "eval " + q2 + " --mode fake --fp-ops linear --tasks ppl:" + mqtest::repo("data/corpus/heldout.txt") +
+                         " --limit 1 --fp-model ";
+  mqtest::expect_one_line_error(mqtest::run_cli(ev + mqtest::model_dir("mamba-tiny")), "architecture mamba vs mamba2");
+  mqtest::expect_one_line_error(mqtest::run_cli(ev + quantized_tiny()), "is a quantized model");
+  // same architecture, other dimensions: a synthetic Mamba2 of another width
+  ModelConfig c = load_config(mqtest::model_dir("mamba2-tiny-hf"));
+  ModelConfig w = c;
+  w.d_model = c.d_model / 2, w.d_inner = c.d_inner / 2, w.nheads = c.nheads / 2;
+  EXPECT_EQ(config_difference(c, w), fmt::format("d_model {} vs {}", c.d_model, w.d_model));
+  EXPECT_EQ(config_difference(c, c), "");
+  EXPECT_EQ(mqtest::run_cli(ev + mqtest::model_dir("mamba2-tiny-hf")).code, 0);  // its own FP model
+}

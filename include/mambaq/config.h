@@ -47,6 +47,9 @@ struct ModelConfig {
 
 // Parse <dir>/config.json (or a path to a config file) in either layout, filling
 // the published defaults for omitted fields; errors name the file and the field.
+// The first architecture field in which two models differ, as "d_model 768 vs 1024" (a's value
+// first), or "" when every dimension that shapes a tensor is equal.
+std::string config_difference(const ModelConfig& a, const ModelConfig& b);
 ModelConfig load_config(const std::string& dir_or_file);
 ModelConfig parse_config(const nlohmann::json& j, const std::string& source);
 

@@ -457,9 +457,8 @@ std::vector<CompareRun> compare_models(const Model& ref, const std::vector<const
   // Every check and every plan before the first long run.
   for (size_t c = 0; c < cands.size(); ++c) {
     const auto& cc = cands[c]->config();
-    if (rc.arch != cc.arch || rc.n_layer != cc.n_layer || rc.d_model != cc.d_model || rc.padded_vocab != cc.padded_vocab)
-      fail("--ref {} and --cand {} have different shapes ({} layers x d_model {}, vocab {} vs {} x {}, {})", spec.ref_path,
-           spec.cand_paths[c], rc.n_layer, rc.d_model, rc.padded_vocab, cc.n_layer, cc.d_model, cc.padded_vocab);
+    if (const std::string d = config_difference(rc, cc); !d.empty())
+      fail("--ref {} and --cand {} are not the same architecture ({}: --ref's first)", spec.ref_path, spec.cand_paths[c], d);
   }
   if ((spec.fp_ops & (kFpLinear | kFpConv)) && ref.is_quantized())
     fail_option("fp_ops", "fp_ops {}: keeping linear/conv in FP32 needs the FP model's weights: the reference {} is "

@@ -178,6 +178,12 @@ Runner register_eval(CLI::App& app) {
         fail("--fp-ops {}: needs the FP model's weights: give --fp-model DIR (the folder {} was quantized from)",
              fp_ops_str(all_ops), o->model);
       fp = Model::load(src);
+      // before any transform of its weights: the FP model of this architecture and these dimensions
+      const std::string flag = o->fp_model.empty() ? "the source_model " + src : "--fp-model " + src;
+      if (fp->is_quantized())
+        fail("{}: is a quantized model; --fp-ops need the FP model {} was quantized from", flag, o->model);
+      if (const std::string d = config_difference(fp->config(), m->config()); !d.empty())
+        fail("{}: is not the FP model of {} ({})", flag, o->model, d);
       if (changes_basis(*m->quantized())) fp = fp_in_quantized_basis(*fp, *m->quantized());
     }
     auto tok = load_tokenizer(o->model, o->c);

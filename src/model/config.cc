@@ -1,6 +1,8 @@
 #include "mambaq/config.h"
 
 #include <filesystem>
+#include <fmt/format.h>
+#include <utility>
 #include <set>
 
 #include "io/json_file.h"
@@ -9,6 +11,25 @@
 namespace mambaq {
 
 const char* arch_name(Arch a) { return a == Arch::Mamba1 ? "mamba" : "mamba2"; }
+
+std::string config_difference(const ModelConfig& a, const ModelConfig& b) {
+  if (a.arch != b.arch) return fmt::format("architecture {} vs {}", arch_name(a.arch), arch_name(b.arch));
+  const std::pair<const char*, int ModelConfig::*> dims[] = {
+      {"n_layer", &ModelConfig::n_layer},   {"d_model", &ModelConfig::d_model}, {"vocab (padded)", &ModelConfig::padded_vocab},
+      {"d_inner", &ModelConfig::d_inner},   {"d_state", &ModelConfig::d_state}, {"d_conv", &ModelConfig::d_conv},
+      {"dt_rank", &ModelConfig::dt_rank},   {"headdim", &ModelConfig::headdim}, {"nheads", &ModelConfig::nheads},
+      {"ngroups", &ModelConfig::ngroups}};
+  for (const auto& [name, f] : dims)
+    if (a.*f != b.*f && (a.arch == Arch::Mamba2 || (std::string(name) != "headdim" && std::string(name) != "nheads" &&
+                                                     std::string(name) != "ngroups")))
+      return fmt::format("{} {} vs {}", name, a.*f, b.*f);
+  const std::pair<const char*, bool ModelConfig::*> flags[] = {
+      {"conv_bias", &ModelConfig::conv_bias}, {"proj_bias", &ModelConfig::proj_bias}, {"rms_norm", &ModelConfig::rms_norm},
+      {"tie_embeddings", &ModelConfig::tie_embeddings}};
+  for (const auto& [name, f] : flags)
+    if (a.*f != b.*f) return fmt::format("{} {} vs {}", name, a.*f, b.*f);
+  return "";
+}
 
 namespace {
 
