@@ -229,6 +229,27 @@ TEST(Hardening, ZipMemberDeclaringAHugeSizeIsNotAllocated) {
   EXPECT_ERROR(load_torch_zip(d + "/bomb.bin", st), "bomb.bin");
 }
 
+// A data.pkl that inflates to more than any state_dict's description needs (65 MiB of zeros
+// deflate to ~64 KB, within deflate's ratio bound) is refused by its declared size, before the
+// allocation, naming the member and the limit.
+TEST(Hardening, APickleMemberIsBoundedByWhatItDescribes) {
+  const std::string d = mqtest::temp_dir("pkl_bound");
+  std::string pkl = one_tensor_pickle("0", 0, {4}, {1});
+  pkl.resize(65u << 20, '\0');
+  int err = 0;
+  zip_t* z = zip_open((d + "/big.bin").c_str(), ZIP_CREATE | ZIP_TRUNCATE, &err);
+  ASSERT_NE(z, nullptr);
+  const std::string data = floats({1, 2, 3, 4});
+  const zip_int64_t i = zip_file_add(z, "archive/data.pkl", zip_source_buffer(z, pkl.data(), pkl.size(), 0), 0);
+  ASSERT_GE(i, 0);
+  ASSERT_EQ(zip_set_file_compression(z, zip_uint64_t(i), ZIP_CM_DEFLATE, 9), 0);
+  ASSERT_GE(zip_file_add(z, "archive/data/0", zip_source_buffer(z, data.data(), data.size(), 0), 0), 0);
+  ASSERT_EQ(zip_close(z), 0);
+  EXPECT_LT(fs::file_size(d + "/big.bin"), 1u << 20);
+  TensorStore st;
+  EXPECT_ERROR(load_torch_zip(d + "/big.bin", st), "big.bin", "archive/data.pkl", "at most 64 MiB");
+}
+
 // ---------------------------------------------------------------- safetensors offsets
 TEST(Hardening, SafetensorsMisalignedDataIsReadCorrectly) {
   // a header padded to an odd length puts F32 data at an odd address: values must still be right

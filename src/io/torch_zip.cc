@@ -23,7 +23,13 @@ struct Zip {
   }
 };
 
-std::shared_ptr<std::vector<uint8_t>> read_entry(zip_t* z, const std::string& name, const std::string& path) {
+// data.pkl only describes the tensors (names, shapes, storage keys: ~100 bytes each), so a few MB
+// hold any real state_dict; 64 MiB is ~600,000 tensors. A larger declared size is refused before
+// anything is allocated (the deflate ratio alone would let a 3 MB file ask for 3 GiB).
+constexpr uint64_t kMaxPickleBytes = 64ull << 20;
+
+std::shared_ptr<std::vector<uint8_t>> read_entry(zip_t* z, const std::string& name, const std::string& path,
+                                                 uint64_t max_size = UINT64_MAX, const char* what = nullptr) {
   zip_stat_t st;
   zip_stat_init(&st);
   if (zip_stat(z, name.c_str(), 0, &st) != 0) fail("{}: missing archive entry '{}'", path, name);
@@ -35,6 +41,8 @@ std::shared_ptr<std::vector<uint8_t>> read_entry(zip_t* z, const std::string& na
   if (st.comp_method == ZIP_CM_STORE ? st.size != st.comp_size : st.size / 1032 > st.comp_size)
     fail("{}: archive entry '{}' declares {} bytes from {} compressed: corrupt archive or a zip bomb", path, name,
          st.size, st.comp_size);
+  if (st.size > max_size)
+    fail("{}: archive entry '{}' declares {} bytes; {} holds at most {} MiB", path, name, st.size, what, max_size >> 20);
   auto buf = std::make_shared<std::vector<uint8_t>>(size_t(st.size));
   zip_file_t* f = zip_fopen(z, name.c_str(), 0);
   if (!f) fail("{}: cannot open archive entry '{}': {}", path, name, zip_strerror(z));
@@ -102,7 +110,7 @@ void load_torch_zip(const std::string& path, TensorStore& store) {
   }
   if (root.empty() && zip_name_locate(zip.z, "data.pkl", 0) < 0)
     fail("{}: zip archive has no data.pkl (not a torch.save checkpoint)", path);
-  auto pkl = read_entry(zip.z, root + "data.pkl", path);
+  auto pkl = read_entry(zip.z, root + "data.pkl", path, kMaxPickleBytes, "a state_dict's description (data.pkl)");
   torch_state_dict(pkl->data(), pkl->size(), path, path + ":" + root + "data.pkl",
                    [&](const std::string& key) { return read_entry(zip.z, root + "data/" + key, path); }, store);
 }
