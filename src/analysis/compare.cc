@@ -212,43 +212,46 @@ nlohmann::json inputs_json(const RunInputs& in, const std::vector<std::vector<in
 
 std::string layer_file(int layer, const std::string& tensor) { return fmt::format("layer_{}_{}.npy", layer, tensor); }
 
-// sha256 of a file's bytes, remembered in SAVE_DIR/file-hashes.json by canonical path, size,
-// mtime and inode (a 2.7B folder is hashed once, not at every compare; any rewrite of the file
-// changes its mtime or inode, so a stale entry is never used).
-std::string cached_sha256(const fs::path& save_dir, const fs::path& file) {
-  struct stat st {};
-  const std::string path = fs::weakly_canonical(file).string();
-  if (::stat(path.c_str(), &st) != 0) fail("{}: cannot read: {}", path, std::strerror(errno));
-  const nlohmann::json stamp = {{"size", uint64_t(st.st_size)},
-                                {"mtime_ns", int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec},
-                                {"inode", uint64_t(st.st_ino)}};
+// The content of a model folder: every regular file's name and sha256 (hidden files, mambaq's
+// bookkeeping among them, left out). Each file's sha256 is remembered in SAVE_DIR/file-hashes.json
+// by canonical path, size, mtime and inode (a 2.7B folder is hashed once, not at every compare; any
+// rewrite of a file changes its mtime or inode, so a stale entry is never used); the cache is read
+// once and written once per folder, and only when an entry changed.
+std::string folder_content_sha256(const fs::path& save_dir, const std::string& model) {
   const fs::path cache = save_dir / "file-hashes.json";
   nlohmann::json c = nlohmann::json::object();
   if (fs::exists(cache)) {
     try {
       c = nlohmann::json::parse(read_text_file(cache.string()));
     } catch (const std::exception&) {
-      c = nlohmann::json::object();  // damaged: rebuilt (it holds only what can be recomputed)
     }
+    if (!c.is_object()) c = nlohmann::json::object();  // damaged: rebuilt (it holds only what can be recomputed)
   }
-  if (c.is_object() && c.contains(path) && c[path].is_object() && c[path].value("stamp", nlohmann::json()) == stamp &&
-      c[path].value("sha256", "").size() == 64)
-    return c[path]["sha256"].get<std::string>();
-  const std::string h = sha256_file(path);
-  if (!c.is_object()) c = nlohmann::json::object();
-  c[path] = {{"stamp", stamp}, {"sha256", h}};
-  write_text_file(cache.string(), c.dump(1) + "\n");
-  return h;
-}
-
-// The content of a model folder: every regular file's name and sha256 (not mambaq's bookkeeping).
-std::string folder_content_sha256(const fs::path& save_dir, const std::string& model) {
   std::vector<std::string> names;
   for (const auto& e : fs::directory_iterator(model))
     if (e.is_regular_file() && e.path().filename().string()[0] != '.') names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());
   std::string all;
-  for (const auto& n : names) all += n + " " + cached_sha256(save_dir, fs::path(model) / n) + "\n";
+  bool changed = false;
+  for (const auto& n : names) {
+    const std::string path = fs::weakly_canonical(fs::path(model) / n).string();
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) fail("{}: cannot read: {}", path, std::strerror(errno));
+    const nlohmann::json stamp = {{"size", uint64_t(st.st_size)},
+                                  {"mtime_ns", int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec},
+                                  {"inode", uint64_t(st.st_ino)}};
+    const nlohmann::json& e = c.contains(path) ? c[path] : nlohmann::json();
+    std::string h;
+    if (e.is_object() && e.value("stamp", nlohmann::json()) == stamp && e.value("sha256", "").size() == 64) {
+      h = e["sha256"].get<std::string>();
+    } else {
+      h = sha256_file(path);
+      c[path] = {{"stamp", stamp}, {"sha256", h}};
+      changed = true;
+    }
+    all += n + " " + h + "\n";
+  }
+  if (changed) write_text_file(cache.string(), c.dump(1) + "\n");
   return sha256_string(all);
 }
 
@@ -259,7 +262,9 @@ std::string why_not_reusable(const nlohmann::json& old, const nlohmann::json& ke
     return "its manifest.json is not one mambaq wrote";
   for (const auto& [k, v] : key.items())
     if (old["key"].value(k, nlohmann::json()) != v)
-      return k == "files_sha256" ? std::string("the model's files changed since (their content hash differs)") : fmt::format("it was saved for {} {} (now {})", k, old["key"].value(k, nlohmann::json()).dump(), v.dump());
+      return k == "files_sha256"
+                 ? std::string("the model's files changed since (their content hash differs)")
+                 : fmt::format("it was saved for {} {} (now {})", k, old["key"].value(k, nlohmann::json()).dump(), v.dump());
   for (const auto& [k, v] : inputs.items())
     if (old["inputs"].value(k, nlohmann::json()) != v) return fmt::format("it was saved for other inputs ({} differs)", k);
   std::set<int> have;

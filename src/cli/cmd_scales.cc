@@ -120,10 +120,7 @@ int run_recover(const SetOpts& s) {
     load_safetensors(weights, head);
     const auto it = head.metadata.find(kSaveIdKey);
     const std::string now = it == head.metadata.end() ? "" : it->second;
-    if (!id_new.empty() && now == id_new)
-      patch_safetensors_f32(weights, old, kSaveIdKey, id_new, id_old);
-    else
-      patch_safetensors_f32(weights, old);
+    patch_safetensors_f32(weights, old, kSaveIdKey, now, now == id_new ? id_old : "");  // the old id back if it moved
     what = "the scales from before the edit are back";
   }
   remove_file_durably(jp);
@@ -203,10 +200,7 @@ int run_set(const SetOpts& s) {
   const std::string journal = (dst / kPendingEditFile).string();
   write_json(journal, {{"rule", rule_text}, {"time", rec["time"]}, {"edits_before", q->meta.edits.size()},
                        {"old_save_id", id_old}, {"new_save_id", id_new}, {"old", old}});
-  if (id_new.empty())
-    patch_safetensors_f32(weights, patch);  // a folder saved before save ids: it stays without one
-  else
-    patch_safetensors_f32(weights, patch, kSaveIdKey, id_old, id_new);
+  patch_safetensors_f32(weights, patch, kSaveIdKey, id_old, id_new);  // no id before: none after
   if (!s.note.empty()) rec["note"] = s.note;
   if (!s.out.empty()) rec["from"] = s.model;
   cfg["quantization"]["edits"].push_back(rec);

@@ -102,13 +102,16 @@ void AtomicWriter::commit() {
   // rename() replaces a link at path_ itself; it never opens what the link points to
   if (::rename(tmp_.c_str(), path_.c_str()) != 0) fail("{}: cannot replace: {}", path_, std::strerror(errno));
   done_ = true;
-  const std::string dir = parent_of(path_);
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);  // the rename itself on disk
-    ::close(dfd);
-  }
+  sync_to_disk(parent_of(path_));  // the rename itself on disk
   atomic_commit_hook();
+}
+
+void sync_to_disk(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
 }
 
 void write_file_atomic(const std::string& path, const std::string& bytes) {
@@ -119,11 +122,7 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
 
 void remove_file_durably(const std::string& path) {
   if (::unlink(path.c_str()) != 0 && errno != ENOENT) fail("{}: cannot remove: {}", path, std::strerror(errno));
-  const int dfd = ::open(parent_of(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
+  sync_to_disk(parent_of(path));
   atomic_commit_hook();
 }
 

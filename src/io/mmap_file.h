@@ -58,6 +58,9 @@ void write_file_atomic(const std::string& path, const std::string& bytes);
 // _exit(99)s right after its N-th committed file, as a kill between two files of one save would.
 void atomic_commit_hook();
 
+// fsync a file or a folder by name (best effort: a path that cannot be opened is skipped).
+void sync_to_disk(const std::string& path);
+
 // Remove a file and make the removal durable (the folder synced); one commit of the hook above.
 void remove_file_durably(const std::string& path);
 bool file_exists(const std::string& path);

@@ -2,9 +2,7 @@
 // {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}, then the data.
 #include "io/safetensors.h"
 
-#include <fcntl.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -186,11 +184,7 @@ void patch_safetensors_f32(const std::string& path, const std::map<std::string, 
   }
   if (!f.flush()) fail("{}: write failed", path);
   f.close();
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);  // the patch on disk before the next file
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
+  sync_to_disk(path);  // the patch on disk before the next file
   atomic_commit_hook();
 }
 
