@@ -1,27 +1,73 @@
 #!/usr/bin/env bash
-# On a GPU machine: the cuda backend's tests and a short benchmark, one table last.
-# Uses build/ (or BIN_DIR, e.g. a carried .gpu/ with mambaq, mambaq_tests and lib.tgz of the
-# Debian libraries they link, where the machine has no Debian packages to build with).
+# On a GPU machine: the cuda backend's tests, the agreement checks on the bundled fixtures that are
+# present, a short benchmark and a per-op GPU time profile; one table last.
+# Uses build/ (or BIN_DIR, e.g. a carried .gpu/ with mambaq, mambaq_tests and lib.tgz / lib.txz of
+# the Debian libraries they link, where the machine has no Debian packages to build with).
 #   bash scripts/gpu-check.sh [OUT_DIR]
+# GPU_CHECK_SHAPES / GPU_CHECK_BIG (bf16 only) / GPU_CHECK_BATCH choose the benchmark's shapes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-/tmp/gpu-check}}; mkdir -p "$out"
 bin=${BIN_DIR:-build}; tests=$bin/mambaq_tests; [ -x "$tests" ] || tests=$bin/tests/mambaq_tests
-if [ -f "$bin/lib.tgz" ]; then mkdir -p /tmp/gpu-libs && tar xzf "$bin/lib.tgz" -C /tmp/gpu-libs; export LD_LIBRARY_PATH=/tmp/gpu-libs/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}; fi
+for a in "$bin/lib.tgz" "$bin/lib.txz"; do
+  if [ -f "$a" ]; then mkdir -p /tmp/gpu-libs && tar xf "$a" -C /tmp/gpu-libs; export LD_LIBRARY_PATH=/tmp/gpu-libs/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}; fi
+done
 nvidia-smi -L | tee "$out/gpu.txt"
+t0=$(date +%s)
 "$tests" --gtest_filter='Backends/*:Shapes/*:Groups/*:Backends.*:CheckedBackend.*:StateKernels.*' > "$out/tests.txt" 2>&1
 trc=$?
 passed=$(grep -c '^\[       OK \]' "$out/tests.txt"); skipped=$(grep -c '^\[  SKIPPED \] .*ms)' "$out/tests.txt"); failed=$(grep -c '^\[  FAILED  \] .*ms)' "$out/tests.txt")
-rows=""
-for dt in fp32 bf16; do
-  for m in mamba-130m mamba2-130m mamba-1.4b mamba2-1.3b; do
-    "$bin/mambaq" bench --synthetic $m --backend cuda --dtype $dt --prompt-len 1024 --decode 128 --repeats 3 --no-bandwidth --json "$out/bench-$m-$dt.json" > "$out/bench-$m-$dt.txt" 2>&1
-    rows+=$(python3 -c "import json;j=json.load(open('$out/bench-$m-$dt.json'));print(f\"| $m | $dt | {j['prefill_tok_s']:.0f} | {j['decode_tok_s']:.1f} | {j['weight_bytes_per_token']/2**20:.0f} |\")" 2>/dev/null || echo "| $m | $dt | failed | | |")$'\n'
+echo "gpu tests: $passed passed, $skipped skipped, $failed failed (exit $trc, $(( $(date +%s) - t0 )) s)" | tee "$out/summary.txt"
+
+# Agreement on the fixtures that travelled: lambada / held-out / lastword equal reference.json on
+# cuda fp32 (the suite's own test, its default backend set to cuda); logits vs cpu; bf16 held-out
+# perplexity vs fp32.
+agree=""
+for m in models/mamba-tiny models/mamba2-tiny-hf; do
+  [ -f "$m/config.json" ] && ls "$m"/*.bin "$m"/*.safetensors >/dev/null 2>&1 || continue
+  n=$(basename "$m")
+  MAMBAQ_BACKEND=cuda "$tests" --gtest_filter='Fixtures/BundledReference.*' > "$out/reference-$n.txt" 2>&1
+  agree+="| $n | reference.json on cuda fp32 | $(grep -q '^\[  PASSED  \] 1 test' "$out/reference-$n.txt" && echo pass || echo FAIL) |"$'\n'
+  p="The president said that the nation"
+  "$bin/mambaq" logits "$m" --prompt "$p" --top 10 --backend cpu --json "$out/logits-$n-cpu.json" --force > /dev/null 2>&1
+  "$bin/mambaq" logits "$m" --prompt "$p" --top 10 --backend cuda --json "$out/logits-$n-cuda.json" --force > /dev/null 2>&1
+  agree+="| $n | logits cuda fp32 vs cpu | $(python3 -c "
+import json;a=json.load(open('$out/logits-$n-cpu.json'));b=json.load(open('$out/logits-$n-cuda.json'))
+r=max(abs(x-y) for x,y in zip(a['top_logits'],b['top_logits']))/max(abs(x) for x in a['top_logits'])
+print(('pass' if a['top_ids']==b['top_ids'] and r<1e-3 else 'FAIL')+f' (top-10 ids equal: {a[\"top_ids\"]==b[\"top_ids\"]}, max rel diff {r:.2e})')" 2>&1) |"$'\n'
+  for dt in fp32 bf16; do
+    "$bin/mambaq" eval "$m" --tasks ppl:corpus/heldout.txt,lambada_openai --backend cuda --dtype $dt -q --no-log --json "$out/eval-$n-$dt.json" --force > "$out/eval-$n-$dt.txt" 2>&1
   done
+  agree+="| $n | held-out ppl bf16 vs fp32 (cuda) | $(python3 -c "
+import json;a=json.load(open('$out/eval-$n-fp32.json'))['results'];b=json.load(open('$out/eval-$n-bf16.json'))['results']
+pa=a['heldout']['perplexity,none'];pb=b['heldout']['perplexity,none']
+d=abs(pb/pa-1);print(('pass' if d<5e-3 else 'FAIL')+f' ({pa:.3f} vs {pb:.3f}: {100*d:.3f} %)')" 2>&1) |"$'\n'
 done
+
+# Speed: synthetic published shapes, batch 1, prompt 1024, decode 128, median of 3.
+rows=""
+bench() {  # shape dtype batch prompt decode
+  local f="$out/bench-$1-$2-b$3"
+  "$bin/mambaq" bench --synthetic $1 --backend cuda --dtype $2 --batch $3 --prompt-len $4 --decode $5 --repeats 3 --no-bandwidth --json "$f.json" > "$f.txt" 2>&1
+  rows+=$(python3 -c "import json;j=json.load(open('$f.json'));print(f\"| $1 | $2 | $3 | {j['prefill_tok_s']:.0f} | {j['decode_tok_s']:.1f} | {j['weight_bytes_per_token']/2**20:.0f} | {j.get('device_mib',0):.0f} |\")" 2>/dev/null || echo "| $1 | $2 | $3 | failed: $(tail -1 "$f.txt") | | | |")$'\n'
+}
+for dt in fp32 bf16; do
+  for m in ${GPU_CHECK_SHAPES:-mamba-130m mamba2-130m mamba-1.4b mamba2-1.3b}; do bench $m $dt 1 1024 128; done
+done
+for m in ${GPU_CHECK_BIG:-mamba-2.8b mamba2-2.7b}; do bench $m bf16 1 1024 128; done
+for b in ${GPU_CHECK_BATCH:-16 64}; do bench mamba-1.4b bf16 $b 128 64; bench mamba2-1.3b bf16 $b 128 64; done
+
+# Where the GPU time goes: every op between two CUDA events (no graphs then), by op.
+for m in mamba-1.4b mamba2-1.3b; do
+  MAMBAQ_CUDA_PROFILE=1 "$bin/mambaq" bench --synthetic $m --backend cuda --dtype bf16 --prompt-len 1024 --decode 1 --repeats 1 --no-bandwidth > "$out/profile-prefill-$m.txt" 2>&1
+  MAMBAQ_CUDA_PROFILE=1 "$bin/mambaq" bench --synthetic $m --backend cuda --dtype bf16 --prompt-len 1 --decode 64 --repeats 1 --no-bandwidth > "$out/profile-decode-$m.txt" 2>&1
+done
+
 echo
-echo "gpu tests: $passed passed, $skipped skipped (declined by supports), $failed failed (exit $trc)"
-echo "| shape (batch 1, cuda) | weights | prefill 1024 (t/s) | decode (t/s) | weights read per token (MiB) |"
-echo "|---|---|---|---|---|"
+cat "$out/summary.txt"
+if [ -n "$agree" ]; then echo "| fixture | check | result |"; echo "|---|---|---|"; printf "%s" "$agree"; echo; fi
+echo "| shape (cuda) | weights | batch | prefill (t/s) | decode (t/s) | weights read per token (MiB) | device MiB |"
+echo "|---|---|---|---|---|---|---|"
 printf "%s" "$rows"
+for f in "$out"/profile-*.txt; do echo; echo "== $(basename "$f")"; sed -n '/cuda profile/,$p' "$f" | head -14; done
 exit $trc

@@ -245,6 +245,78 @@ TEST_P(EveryBackend, RandomModelsAgreeWithRef) {
   }
 }
 
+// Session::decode (one batched step; on a backend with graphs: eager on the first step with a
+// batch of states, captured on the second, replayed after) gives the logits of forward + lm_head
+// of the same tokens bit for bit: the same ops in the same order. Three sequences prefilled to
+// different lengths, 5 steps; then a batch of two of them (a new graph), 3 steps; fp32 and bf16.
+TEST_P(EveryBackend, DecodeStepsAreForwardAndLmHeadBitForBit) {
+  for (bool m2 : {false, true})
+    for (const DType dt : {DType::F32, DType::BF16}) {
+      SCOPED_TRACE(::testing::Message() << (m2 ? "mamba2 " : "mamba1 ") << float_type_name(dt));
+      auto m = small_random_model(m2, 21);
+      Session s(*m, {.backend = GetParam(), .dtype = dt});
+      const int V = m->config().padded_vocab, dm = m->config().d_model;
+      std::vector<int32_t> toks;
+      for (int i = 0; i < 30; ++i) toks.push_back(int32_t((i * 53 + 11) % 1000));
+      const std::vector<int> lens = {13, 4, 13};
+      std::vector<SeqState> a, b;
+      for (int i = 0; i < 3; ++i) a.push_back(s.new_state());
+      SeqState* pa[3] = {&a[0], &a[1], &a[2]};
+      s.forward(toks, lens, pa, nullptr);
+      for (int i = 0; i < 3; ++i) b.push_back(s.clone_state(a[size_t(i)]));
+      SeqState* pb[3] = {&b[0], &b[1], &b[2]};
+      int32_t next[3] = {7, 500, 999};
+      auto check = [&](int n, SeqState** sa, SeqState** sb, int steps) {
+        std::vector<float> la(size_t(n) * V), lb(size_t(n) * V), h(size_t(n) * dm);
+        const std::vector<int> ones(size_t(n), 1);
+        for (int step = 0; step < steps; ++step) {
+          SCOPED_TRACE(::testing::Message() << n << " sequences, step " << step);
+          s.decode(std::span<const int32_t>(next, size_t(n)), sa, la.data());
+          s.forward(std::span<const int32_t>(next, size_t(n)), ones, sb, h.data());
+          s.lm_head(h.data(), n, lb.data());
+          ASSERT_EQ(la, lb);
+          for (int i = 0; i < n; ++i) {
+            EXPECT_EQ(sa[i]->pos, sb[i]->pos);
+            next[i] = int32_t(std::max_element(la.begin() + i * V, la.begin() + (i + 1) * V) - la.begin() - i * V);
+          }
+        }
+      };
+      check(3, pa, pb, 5);
+      SeqState* qa[2] = {&a[2], &a[0]};
+      SeqState* qb[2] = {&b[2], &b[0]};
+      check(2, qa, qb, 3);
+      check(3, pa, pb, 2);
+    }
+}
+
+// An overflow inside a decode step names its place as forward does: a layer's block output, or
+// the LM head's logits (the token id), never a NaN handed back as a result.
+TEST_P(EveryBackend, DecodeOverflowIsNamed) {
+  for (bool m2 : {false, true}) {
+    SCOPED_TRACE(m2 ? "mamba2" : "mamba1");
+    {
+      auto m = small_random_model(m2, 22);
+      for (float& v : std::span(const_cast<float*>(m->weights().layers[1].norm.data), size_t(m->config().d_model)))
+        v = 3e38f;  // layer 1's in_proj overflows
+      Session s(*m, {.backend = GetParam()});
+      SeqState st = s.new_state();
+      SeqState* sp[1] = {&st};
+      const int32_t t[1] = {5};
+      for (int i = 0; i < 3; ++i) EXPECT_ERROR(s.decode(t, sp, nullptr), "non-finite", "layer 1", "fp32 mode");
+    }
+    auto m = small_random_model(m2, 23);
+    ASSERT_TRUE(m->weights().tied());
+    for (float& v : std::span(const_cast<float*>(m->weights().embedding.f32()) + size_t(77) * m->config().d_model,
+                              size_t(m->config().d_model)))
+      v = 3e38f;  // the logit of token 77 overflows
+    Session s(*m, {.backend = GetParam()});
+    SeqState st = s.new_state();
+    SeqState* sp[1] = {&st};
+    const int32_t t[1] = {5};
+    for (int i = 0; i < 3; ++i) EXPECT_ERROR(s.decode(t, sp, nullptr), "non-finite logit", "token id 77");
+  }
+}
+
 // --dtype where it would mean nothing or cannot be: one error naming the option.
 TEST(SixteenBitWeights, RefusedByName) {
   const Fixture& f = fixture("models/mamba-tiny");

@@ -182,6 +182,13 @@ class Session {
                         Tap* tap = nullptr);
   void download(const Hidden& h, float* out);  // {rows, d_model}
 
+  // One decoding step of tokens.size() sequences: tokens[i] follows sequence i, whose state
+  // states[i] (every one given) is updated; writes the next-token logits {tokens.size(),
+  // padded_vocab} to `logits` (host memory; may be null). The same numbers as forward + lm_head
+  // of those tokens. On a backend with graphs the step's ops run as one captured graph, made on
+  // the second step with the same states and replayed from then on.
+  void decode(std::span<const int32_t> tokens, SeqState* const* states, float* logits);
+
   // logits {rows, padded_vocab} = hidden {rows, d_model} x lm_head^T (host memory in and out)
   void lm_head(const float* hidden, int rows, float* logits);
   // Logits of the last position of one sequence (full prefill).

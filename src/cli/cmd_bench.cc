@@ -73,26 +73,38 @@ void reset_peak_rss() {
   out << "5";
 }
 
-BenchRun run_once(Session& m, const std::vector<int32_t>& prompt, int decode, int repeats) {
+// `batch` sequences: their prompts (the same tokens) prefilled in one packed forward, then decoded
+// together, one token each per step (greedy).
+BenchRun run_once(Session& m, const std::vector<int32_t>& prompt, int decode, int repeats, int batch) {
   const auto& c = m.config();
-  const int dm = c.d_model, V = c.padded_vocab, P = int(prompt.size());
+  const int dm = c.d_model, V = c.padded_vocab, P = int(prompt.size()), B = batch;
   BenchRun r;
-  std::vector<float> hidden(prompt.size() * size_t(dm)), logits(static_cast<size_t>(V));
+  std::vector<int32_t> prompts;
+  for (int b = 0; b < B; ++b) prompts.insert(prompts.end(), prompt.begin(), prompt.end());
+  const std::vector<int> lens(size_t(B), P);
+  std::vector<float> hidden(prompts.size() * size_t(dm)), logits(size_t(B) * V), last(size_t(B) * dm);
+  std::vector<int32_t> tok(static_cast<size_t>(B));
+  auto greedy = [&] {
+    for (int b = 0; b < B; ++b)
+      tok[size_t(b)] = int32_t(std::max_element(logits.begin() + size_t(b) * V, logits.begin() + size_t(b + 1) * V) -
+                               (logits.begin() + size_t(b) * V));
+  };
   for (int rep = 0; rep < repeats; ++rep) {
-    SeqState st = m.new_state();
-    SeqState* sp[1] = {&st};
-    const int lens[1] = {P};
+    std::vector<SeqState> st;
+    std::vector<SeqState*> sp;
+    for (int b = 0; b < B; ++b) st.push_back(m.new_state());
+    for (auto& s : st) sp.push_back(&s);
     double t0 = now_s();
-    m.forward(prompt, lens, sp, hidden.data());
-    m.lm_head(hidden.data() + size_t(P - 1) * dm, 1, logits.data());
+    m.forward(prompts, lens, sp.data(), hidden.data());
+    for (int b = 0; b < B; ++b)
+      std::copy_n(hidden.begin() + (size_t(b) * P + size_t(P - 1)) * dm, dm, last.begin() + size_t(b) * dm);
+    m.lm_head(last.data(), B, logits.data());
     r.pre.push_back(now_s() - t0);
-    int32_t tok = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
-    const int one[1] = {1};
+    greedy();
     t0 = now_s();
     for (int i = 0; i < decode; ++i) {
-      m.forward(std::span<const int32_t>(&tok, 1), one, sp, hidden.data());
-      m.lm_head(hidden.data(), 1, logits.data());
-      tok = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+      m.decode(tok, sp.data(), logits.data());
+      greedy();
     }
     r.dec.push_back(now_s() - t0);
   }
@@ -105,7 +117,7 @@ BenchRun run_once(Session& m, const std::vector<int32_t>& prompt, int decode, in
 Runner register_bench(CLI::App& app) {
   struct Opts {
     std::string model, synthetic, json, modes, quant;
-    int prompt = 1024, decode = 128, repeats = 3;
+    int prompt = 1024, decode = 128, repeats = 3, batch = 1;
     uint64_t seed = 1;
     bool no_bw = false;
     Common c;
@@ -129,6 +141,9 @@ Runner register_bench(CLI::App& app) {
   sub->add_option("--prompt-len", o->prompt, "Prefill length")->capture_default_str()->check(at_least(1));
   sub->add_option("--decode", o->decode, "Tokens to decode")->capture_default_str()->check(at_least(1));
   sub->add_option("--repeats", o->repeats, "Runs; the median is reported")->capture_default_str()->check(at_least(1));
+  sub->add_option("--batch", o->batch, "Sequences prefilled and decoded together (decode tok/s counts all of them)")
+      ->capture_default_str()
+      ->check(at_least(1));
   sub->add_option("--seed", o->seed, "Seed of synthetic weights and prompt")->capture_default_str();
   sub->add_flag("--no-bandwidth", o->no_bw, "Skip the memory bandwidth measurement");
   sub->add_option("--json", o->json, "Write the results as JSON to FILE ('-' = stdout)");
@@ -209,22 +224,25 @@ Runner register_bench(CLI::App& app) {
       backend_name = S.backend_name();
       malloc_trim(0);  // memory the quantization freed goes back to the system before the peak is reset
       reset_peak_rss();
-      const BenchRun r = run_once(S, prompt, o->decode, o->repeats);
+      const BenchRun r = run_once(S, prompt, o->decode, o->repeats, o->batch);
+      const double B = o->batch;
       const double bytes = double(S.weight_bytes());
       const double bound = bw > 0 ? bw * 1e9 / bytes : 0;
       fmt::print("{:<28} {:>7} {:>8} {:>12.1f} {:>12.2f} {:>10.1f} {:>12.1f} {:>12.2f} {:>10.1f}\n", name,
-                 variant, num_threads(), o->prompt / r.ttft, o->decode / r.dect, 1e3 * r.ttft,
+                 variant, num_threads(), B * o->prompt / r.ttft, B * o->decode / r.dect, 1e3 * r.ttft,
                  bytes / 1048576.0, bound, r.peak_mib);
       runs.push_back({{"mode", variant},
                       {"exec_mode", mode_name(mode)},
-                      {"prefill_tok_s", o->prompt / r.ttft},
-                      {"decode_tok_s", o->decode / r.dect},
+                      {"prefill_tok_s", B * o->prompt / r.ttft},
+                      {"decode_tok_s", B * o->decode / r.dect},
                       {"ttft_ms", 1e3 * r.ttft},
                       {"prefill_runs_s", r.pre},
                       {"decode_runs_s", r.dec},
                       {"weight_bytes_per_token", bytes},
                       {"decode_bound_tok_s", bound},
-                      {"peak_rss_mib", r.peak_mib}});
+                      {"peak_rss_mib", r.peak_mib},
+                      {"device_mib", S.host_memory() ? 0.0 : double(S.device_bytes()) / 1048576.0}});
+      if (!S.host_memory()) fmt::print("  device memory held by the session: {:.1f} MiB\n", double(S.device_bytes()) / 1048576.0);
     }
     if (bw > 0) fmt::print("memory read bandwidth {:.1f} GB/s\n", bw);
     fmt::print("kernels: backend {}, float weights {}\n", backend_desc, float_type_name(dtype_flag(o->c)));
@@ -236,7 +254,7 @@ Runner register_bench(CLI::App& app) {
                    runs[i]["decode_tok_s"].get<double>() / runs[0]["decode_tok_s"].get<double>(),
                    runs[i]["peak_rss_mib"].get<double>() / runs[0]["peak_rss_mib"].get<double>());
     if (!o->json.empty()) {
-      nlohmann::json j = {{"model", name},         {"threads", num_threads()}, {"backend", backend_name}, {"dtype", float_type_name(dtype_flag(o->c))}, {"prompt_len", o->prompt},
+      nlohmann::json j = {{"model", name},         {"threads", num_threads()}, {"backend", backend_name}, {"dtype", float_type_name(dtype_flag(o->c))}, {"prompt_len", o->prompt}, {"batch", o->batch},
                           {"decode_tokens", o->decode}, {"repeats", o->repeats}, {"read_bandwidth_gbs", bw},
                           {"load_s", load_s},      {"quantize_s", quantize_s}, {"runs", runs}};
       for (auto& [k, v] : runs[0].items()) j[k] = v;  // the first mode also at top level (older scripts)

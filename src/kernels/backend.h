@@ -180,6 +180,22 @@ struct NonFinite {
   float value = 0;
 };
 
+// The boundary between two blocks (or the last block and the final norm): r {T, d} += y {T, d}
+// (y null: nothing added); then r is checked as check_finite(r, T * d, tag, rec); then out {T, d}
+// = rmsnorm(r) * w, or layernorm(r) * w + b when `layer_norm` (ref/ops.h). The same numbers as
+// add, check_finite and the norm one after the other (which is what a backend without it runs).
+struct AddNormArgs {
+  float* r = nullptr;
+  const float* y = nullptr;
+  const float *w = nullptr, *b = nullptr;
+  float* out = nullptr;
+  int T = 0, d = 0;
+  float eps = 0;
+  bool layer_norm = false;
+  int32_t tag = 0;
+  NonFinite* rec = nullptr;
+};
+
 // Operations a backend may decline (Backend::supports): the op and the formats of its operands.
 enum class Op : uint8_t {
   RmsNorm, LayerNorm, Conv1dSilu, SelectiveScan, SsdScan, GatedRmsNorm, Gemm, Add, Hadamard, Quantize, Dequantize,
@@ -234,6 +250,8 @@ struct Backend {
   void (*embed)(void* ctx, const EmbedArgs& a) = nullptr;
   void (*score_rows)(void* ctx, const ScoreArgs& a) = nullptr;
   void (*check_finite)(void* ctx, const float* x, int64_t n, int32_t tag, NonFinite* rec) = nullptr;
+  // Optional (null: the session runs add, check_finite and the norm): AddNormArgs above.
+  void (*add_norm)(void* ctx, const AddNormArgs& a) = nullptr;
   // dst row i {cols} = src row idx[i] (idx {n} in backend memory; row strides lds, ldd)
   void (*gather_rows)(void* ctx, const float* src, int lds, const int32_t* idx, int n, int cols, float* dst,
                       int ldd) = nullptr;
@@ -248,7 +266,18 @@ struct Backend {
   void (*state_dequantize)(void* ctx, const int8_t* q, float* x, int H, int N, int P, StateScalesView s) = nullptr;
   void (*state_fake_quantize)(void* ctx, float* x, int H, int N, int P, StateScalesView s, int bits) = nullptr;
 
+  // ---- graphs (optional: null where the backend has none) ----
+  // graph_begin .. graph_end records the ops queued in between (they do not run) into a graph
+  // that graph_launch replays, reading and writing the same pointers each time. No host copy,
+  // allocation or synchronization may happen in between; graph_end returns null (and the backend
+  // is usable again) when the capture failed.
+  void (*graph_begin)(void* ctx) = nullptr;
+  void* (*graph_end)(void* ctx) = nullptr;
+  void (*graph_launch)(void* ctx, void* graph) = nullptr;
+  void (*graph_free)(void* ctx, void* graph) = nullptr;
+
   bool can(Op op, OpFormats f = {}) const { return supports(ctx, op, f); }
+  bool has_graphs() const { return graph_begin != nullptr; }
 };
 
 // An instance: the table and the context it owns. Sessions, states and buffers hold a

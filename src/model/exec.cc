@@ -310,6 +310,7 @@ void* Workspace::bytes(int slot, size_t n) {
   if (b.bytes() < n || b.empty()) {
     b.reset();
     b = Buffer(b_, n);
+    ++gen_;
   }
   return b.data();
 }

@@ -26,6 +26,7 @@ enum WsSlot {
   kSlotQState, kSlotGateZ, kSlotQHead, kSlotTapView,                                       // model/exec.cc
   kSlotTokens, kSlotOffs, kSlotStatePtrs, kSlotStatePtrsF, kSlotFinite, kSlotTapUp,  // per call
   kSlotScoreIdx, kSlotScoreRows, kSlotLogits, kSlotScores, kSlotArgmax,        // model/session.cc: scoring
+  kSlotDecodeIn, kSlotDecodeOut,                                               // model/session.cc: decode
   kWsSlots
 };
 
@@ -36,10 +37,14 @@ class Workspace {
   float* f(int slot, size_t n) { return static_cast<float*>(bytes(slot, n * sizeof(float))); }
   int8_t* q(int slot, size_t n) { return static_cast<int8_t*>(bytes(slot, n)); }
   size_t held() const;
+  // Counts the slots' (re)allocations: a captured graph holds the slots' pointers, valid while
+  // this is unchanged.
+  uint64_t generation() const { return gen_; }
 
  private:
   BackendRef b_;
   std::vector<Buffer> slots_;
+  uint64_t gen_ = 0;
 };
 
 // An activation between two ops: float values, or int8 codes with one scale per column (host

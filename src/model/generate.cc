@@ -71,13 +71,11 @@ std::vector<int32_t> generate(Session& m, const std::vector<int32_t>& prompt, in
   std::vector<int32_t> out;
   int32_t tok = sample_token(logits, opt, rng);
   auto t1 = clk::now();
-  const int lens1[1] = {1};
   for (int i = 0; i < n; ++i) {
     out.push_back(tok);
     if (on_token && !on_token(tok)) break;
     if (tok == opt.stop_id || i + 1 == n) break;
-    m.forward(std::span<const int32_t>(&tok, 1), lens1, sp, hidden.data());
-    m.lm_head(hidden.data(), 1, logits.data());
+    m.decode(std::span<const int32_t>(&tok, 1), sp, logits.data());
     tok = sample_token(logits, opt, rng);
   }
   auto t2 = clk::now();

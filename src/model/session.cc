@@ -8,7 +8,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <functional>
 
 #include "kernels/backend.h"
 #include "mambaq/error.h"
@@ -94,10 +96,17 @@ struct SessionCore {
     k().upload(ctx(), r, &none, sizeof none);
     return r;
   }
+  static constexpr int32_t kTagLogits = -2;  // the LM head's output (decode)
   void raise_if_nonfinite(NonFinite* rec) {
     NonFinite h;
     k().download(ctx(), &h, rec, sizeof h);
+    raise_record(h);
+  }
+  void raise_record(const NonFinite& h) {
     if (h.index < 0) return;
+    if (h.tag == kTagLogits)
+      fail("non-finite logit ({}) for token id {}: the LM head overflows on this input", h.value,
+           h.index % cfg().padded_vocab);
     const int layer = h.tag;
     const std::string where =
         layer < 0 ? std::string("final norm output") : fmt::format("layer {} block output", layer);
@@ -128,11 +137,31 @@ struct SessionCore {
     k().embed(ctx(), a);
   }
 
-  void run_layers(float* r, const std::vector<int>& offs, int l0, int l1, SeqState* const* states, Tap* tap,
-                  NonFinite* rec);
+  std::vector<void*> state_ptrs(size_t nseq, int l0, int l1, SeqState* const* states) const;
+  // the pointer array in backend memory (the host's own on host-memory backends)
+  void* const* dev_ptrs(const std::vector<void*>& ptrs) {
+    if (k().host_memory || ptrs.empty()) return ptrs.data();
+    void* d = ws.bytes(kSlotStatePtrs, sizeof(void*) * ptrs.size());
+    k().upload(ctx(), d, ptrs.data(), sizeof(void*) * ptrs.size());
+    return static_cast<void* const*>(d);
+  }
+  void add_norm(float* r, const float* y, const float* w, const float* bias, float* out, int T, int32_t tag,
+                NonFinite* rec);
+  void run_layers(float* r, const Batch& bt, int l0, int l1, SeqState* const* states, const std::vector<void*>& ptrs,
+                  void* const* dptrs, Tap* tap, NonFinite* rec, float* final_out);
   void forward_dev(std::span<const int32_t> tokens, std::span<const int> lens, SeqState* const* states, float* hidden,
                    Tap* tap);
   void lm_head_dev(const float* hidden, int rows, float* logits);
+  void decode(std::span<const int32_t> tokens, SeqState* const* states, float* logits);
+
+  // decode's graph (backends with graphs): the one for the last batch of states
+  void run_step(const std::vector<void*>& key, const std::function<void()>& step);
+  void drop_graph();
+  void* graph = nullptr;
+  std::vector<void*> graph_key, warm_key;
+  uint64_t graph_gen = 0, warm_gen = 0;
+  bool graphs_off = false;
+  ~SessionCore() { drop_graph(); }
 };
 
 namespace {
@@ -315,24 +344,15 @@ SeqState Session::clone_state(const SeqState& s) {
   return d;
 }
 
-void SessionCore::run_layers(float* r, const std::vector<int>& offs, int l0, int l1, SeqState* const* states, Tap* tap,
-                             NonFinite* rec) {
-  const ModelConfig& c = cfg();
-  const int dm = c.d_model, T = offs.back();
-  const size_t nseq = offs.size() - 1;
-  Exec X(c, *pp, ws, tap, batch(offs));
-  float* x = ws.f(kSlotNormed, size_t(T) * dm);
-  float* mix = ws.f(kSlotMixerOut, size_t(T) * dm);
-  std::vector<char> exact(nseq, 0);
-  for (size_t s = 0; s < nseq && states; ++s) exact[s] = states[s] && states[s]->exact();
-  X.set_exact(exact.data());
-  // Every layer's per-sequence state pointers, four arrays {nseq} per layer, uploaded once.
-  const size_t nl = size_t(l1 - l0), per = 4 * nseq;
-  std::vector<void*> ptrs(nl * per, nullptr);
+// Every layer's per-sequence state pointers for layers [l0, l1): four arrays {nseq} per layer
+// (conv float, conv int8, ssm float, ssm int8), null where a sequence has no state.
+std::vector<void*> SessionCore::state_ptrs(size_t nseq, int l0, int l1, SeqState* const* states) const {
+  const size_t per = 4 * nseq;
+  std::vector<void*> ptrs(size_t(l1 - l0) * per, nullptr);
   for (size_t s = 0; s < nseq && states; ++s) {
     SeqState* st = states[s];
     if (!st) continue;
-    if (!st->d_ || st->d_->plan != pp.get() || st->d_->layers.size() != size_t(c.n_layer))
+    if (!st->d_ || st->d_->plan != pp.get() || st->d_->layers.size() != size_t(cfg().n_layer))
       fail(
           "internal error: sequence state made for another session or execution plan (make states with this session's "
           "new_state)");
@@ -343,33 +363,74 @@ void SessionCore::run_layers(float* r, const std::vector<int>& offs, int l0, int
       (ly.ssm8 ? p[3 * nseq + s] : p[2 * nseq + s]) = ly.ssm.data();
     }
   }
-  void* const* dptrs = ptrs.data();
-  if (!k().host_memory && !ptrs.empty()) {
-    void* d = ws.bytes(kSlotStatePtrs, sizeof(void*) * ptrs.size());
-    k().upload(ctx(), d, ptrs.data(), sizeof(void*) * ptrs.size());
-    dptrs = static_cast<void* const*>(d);
+  return ptrs;
+}
+
+// The residual stream's block boundary: r += y (y may be null), r checked under `tag`, out =
+// norm(r); one backend op where the backend has it.
+void SessionCore::add_norm(float* r, const float* y, const float* w, const float* bias, float* out, int T, int32_t tag,
+                           NonFinite* rec) {
+  const size_t n = size_t(T) * cfg().d_model;
+  if (k().add_norm) {
+    AddNormArgs a;
+    a.r = r, a.y = y, a.w = w, a.b = bias, a.out = out, a.T = T, a.d = cfg().d_model, a.eps = cfg().norm_eps;
+    a.layer_norm = !cfg().rms_norm, a.tag = tag, a.rec = rec;
+    return k().add_norm(ctx(), a);
   }
+  if (y) k().add(ctx(), r, y, n);
+  k().check_finite(ctx(), r, int64_t(n), tag, rec);
+  block_norm(r, w, bias, out, T);
+}
+
+// Layers [l0, l1) over the residual r {T, d_model}; `ptrs` from state_ptrs (host) with its copy
+// in backend memory (`dptrs`). With `final_out`, the model's final norm of the residual follows
+// (into final_out), fused with the last layer's residual add. No host copies happen here.
+void SessionCore::run_layers(float* r, const Batch& bt, int l0, int l1, SeqState* const* states,
+                             const std::vector<void*>& ptrs, void* const* dptrs, Tap* tap, NonFinite* rec,
+                             float* final_out) {
+  const ModelConfig& c = cfg();
+  const int dm = c.d_model, T = bt.rows();
+  const size_t nseq = size_t(bt.nseq);
+  Exec X(c, *pp, ws, tap, bt);
+  float* x = ws.f(kSlotNormed, size_t(T) * dm);
+  float* mix = ws.f(kSlotMixerOut, size_t(T) * dm);
+  std::vector<char> exact(nseq, 0);
+  for (size_t s = 0; s < nseq && states; ++s) exact[s] = states[s] && states[s]->exact();
+  X.set_exact(exact.data());
+  const std::vector<int> offs(bt.offs, bt.offs + nseq + 1);  // for the taps
+  const size_t per = 4 * nseq;
+  // a tap sees (and may edit) the block output before the next norm reads it: no fusion then
+  const bool fuse = tap == nullptr;
+  if (l0 < l1) block_norm(r, pp->layers[size_t(l0)].dev.norm, pp->layers[size_t(l0)].dev.norm_b, x, T);
   for (int l = l0; l < l1; ++l) {
     const LayerDev& L = pp->layers[size_t(l)].dev;
     const size_t o = size_t(l - l0) * per;
-    const bool any = states != nullptr;
     LayerStates ls;
-    if (any) {
+    if (states) {
       ls = {ptrs.data() + o, ptrs.data() + o + nseq, ptrs.data() + o + 2 * nseq, ptrs.data() + o + 3 * nseq,
             dptrs + o,       dptrs + o + nseq,       dptrs + o + 2 * nseq,       dptrs + o + 3 * nseq};
     }
-    block_norm(r, L.norm, L.norm_b, x, T);
     X.set_layer(l, ls);
     if (c.arch == Arch::Mamba1)
       mixer_mamba1(X, c, L, x, mix);
     else
       mixer_mamba2(X, c, L, x, mix);
     X.tap_floats(kTapMixerOut, mix, T, dm, offs);
+    const bool last = l + 1 == l1;
+    if (fuse && (!last || final_out)) {
+      // r += mix, checked; then the next layer's norm (or the final norm) of r
+      const LayerDev* next = last ? nullptr : &pp->layers[size_t(l + 1)].dev;
+      add_norm(r, mix, next ? next->norm : pp->norm_f, next ? next->norm_b : pp->norm_f_b, next ? x : final_out, T, l,
+               rec);
+      continue;
+    }
     k().add(ctx(), r, mix, size_t(T) * dm);
     k().check_finite(ctx(), r, int64_t(T) * dm, l, rec);
     if (tap) raise_if_nonfinite(rec);  // before the tap reads it
     X.tap_floats(kTapBlockOut, r, T, dm, offs);
+    if (!last) block_norm(r, pp->layers[size_t(l + 1)].dev.norm, pp->layers[size_t(l + 1)].dev.norm_b, x, T);
   }
+  if (final_out && (l0 == l1 || !fuse)) block_norm(r, pp->norm_f, pp->norm_f_b, final_out, T);
 }
 
 void SessionCore::forward_dev(std::span<const int32_t> tokens, std::span<const int> lens, SeqState* const* states,
@@ -383,16 +444,118 @@ void SessionCore::forward_dev(std::span<const int32_t> tokens, std::span<const i
   // r: the residual stream {T, d_model}
   float* r = ws.f(kSlotResidual, size_t(T) * dm);
   embed_dev(tokens, r);
-  run_layers(r, offs, 0, cfg().n_layer, states, tap, rec);
-  block_norm(r, pp->norm_f, pp->norm_f_b, hidden, T);
+  const Batch bt = batch(offs);
+  const std::vector<void*> ptrs = state_ptrs(offs.size() - 1, 0, cfg().n_layer, states);
+  run_layers(r, bt, 0, cfg().n_layer, states, ptrs, dev_ptrs(ptrs), tap, rec, hidden);
   k().check_finite(ctx(), hidden, int64_t(T) * dm, -1, rec);
   raise_if_nonfinite(rec);
-  Exec X(cfg(), *pp, ws, tap, batch(offs));
+  Exec X(cfg(), *pp, ws, tap, bt);
   X.set_layer(-1, {});
   X.point("lm_head:input", Act::floats(hidden, T, dm, dm), kSlotQIn);
   if (states)
     for (size_t s = 0; s < lens.size(); ++s)
       if (states[s]) states[s]->pos += lens[s];
+}
+
+// One decoding step: the inputs go up in one copy (state pointers, token ids, offsets), the
+// step's ops run from them (eagerly, or as one captured graph where the backend has graphs),
+// the logits and the non-finite record come back in one copy.
+void SessionCore::decode(std::span<const int32_t> tokens, SeqState* const* states, float* logits) {
+  const ModelConfig& c = cfg();
+  const int nseq = int(tokens.size()), dm = c.d_model, V = c.padded_vocab;
+  if (nseq == 0) return;
+  for (int s = 0; s < nseq; ++s)
+    if (!states || !states[s]) fail("internal error: decode needs every sequence's state");
+  for (int32_t id : tokens)
+    if (id < 0 || id >= V) fail("token id {} is outside the model's vocabulary [0, {})", id, V);
+  const std::vector<void*> ptrs = state_ptrs(size_t(nseq), 0, c.n_layer, states);
+  std::vector<int> offs(size_t(nseq) + 1);
+  for (int s = 0; s <= nseq; ++s) offs[size_t(s)] = s;
+  // staged inputs: [pointers][ids {nseq}][offsets {nseq + 1}]
+  const size_t pb = ptrs.size() * sizeof(void*), ib = size_t(nseq) * 4, ob = offs.size() * 4;
+  std::vector<char> in(pb + ib + ob);
+  std::memcpy(in.data(), ptrs.data(), pb);
+  std::memcpy(in.data() + pb, tokens.data(), ib);
+  std::memcpy(in.data() + pb + ib, offs.data(), ob);
+  // outputs: [logits {nseq, V}][record]
+  const size_t lb = size_t(nseq) * V * sizeof(float);
+  char* din = static_cast<char*>(ws.bytes(kSlotDecodeIn, in.size()));
+  char* dout = static_cast<char*>(ws.bytes(kSlotDecodeOut, lb + sizeof(NonFinite)));
+  k().upload(ctx(), din, in.data(), in.size());
+  auto* dlogits = reinterpret_cast<float*>(dout);
+  auto* rec = reinterpret_cast<NonFinite*>(dout + lb);
+  const auto* dptrs = reinterpret_cast<void* const*>(din);
+  const auto* dids = reinterpret_cast<const int32_t*>(din + pb);
+  Batch bt;
+  bt.nseq = nseq, bt.offs = offs.data(), bt.offs_dev = reinterpret_cast<const int*>(din + pb + ib);
+  auto step = [&] {
+    k().fill(ctx(), rec, 0xff, sizeof(NonFinite));  // index -1: no record
+    float* r = ws.f(kSlotResidual, size_t(nseq) * dm);
+    float* hidden = ws.f(kSlotHidden, size_t(nseq) * dm);
+    EmbedArgs e;
+    e.T = nseq, e.ids = dids, e.table = pp->emb, e.out = r, e.ldo = dm;
+    k().embed(ctx(), e);
+    run_layers(r, bt, 0, c.n_layer, states, ptrs, dptrs, nullptr, rec, hidden);
+    k().check_finite(ctx(), hidden, int64_t(nseq) * dm, -1, rec);
+    Exec X(c, *pp, ws, nullptr, bt);
+    X.set_layer(-1, {});
+    X.point("lm_head:input", Act::floats(hidden, nseq, dm, dm), kSlotQIn);  // as forward, then lm_head
+    Act h = Act::floats(hidden, nseq, dm, dm);
+    const TapExec* te = pp->head.tap("lm_head:input");
+    if (te && te->int8) h = X.quantize_at("lm_head:input", h, kSlotQHead);
+    X.linear(pp->head_w, h, nullptr, dlogits);
+    k().check_finite(ctx(), dlogits, int64_t(nseq) * V, kTagLogits, rec);
+  };
+  run_step(ptrs, step);
+  std::vector<char> out(lb + sizeof(NonFinite));
+  k().download(ctx(), out.data(), dout, out.size());
+  NonFinite h;
+  std::memcpy(&h, out.data() + lb, sizeof h);
+  raise_record(h);
+  if (logits) std::memcpy(logits, out.data(), lb);
+  for (int s = 0; s < nseq; ++s) states[s]->pos += 1;
+}
+
+// Runs `step` (queued ops only): eagerly the first time for a batch of states (which also sizes
+// every buffer it uses), captured into a graph the second time, then replayed; a capture the
+// backend declines leaves the session eager.
+void SessionCore::run_step(const std::vector<void*>& key, const std::function<void()>& step) {
+  if (!k().has_graphs() || graphs_off) return step();
+  const uint64_t gen = ws.generation();
+  if (graph && (graph_key != key || graph_gen != gen)) drop_graph();
+  if (graph) return k().graph_launch(ctx(), graph);
+  if (warm_key != key || warm_gen != gen) {
+    step();
+    warm_key = key, warm_gen = ws.generation();
+    return;
+  }
+  // graphs are only a faster way to run the same ops: a failed capture says so once and the
+  // session decodes eagerly from then on
+  std::string why;
+  k().graph_begin(ctx());
+  try {
+    step();
+  } catch (const std::exception& e) {
+    why = e.what();
+  }
+  graph = k().graph_end(ctx());
+  if (!why.empty() || !graph) {
+    if (graph) k().graph_free(ctx(), graph);
+    graph = nullptr;
+    graphs_off = true;
+    std::fprintf(stderr, "mambaq: backend '%s' could not capture a decode step as a graph (%s); decoding without\n",
+                 k().name, why.empty() ? "the capture failed" : why.c_str());
+    return step();
+  }
+  MQ_ASSERT(ws.generation() == gen);
+  graph_key = key, graph_gen = gen;
+  k().graph_launch(ctx(), graph);
+}
+
+void SessionCore::drop_graph() {
+  if (graph) k().graph_free(ctx(), graph);
+  graph = nullptr;
+  graph_key.clear();
 }
 
 void SessionCore::lm_head_dev(const float* hidden, int rows, float* logits) {
@@ -414,6 +577,10 @@ void Session::forward(std::span<const int32_t> tokens, std::span<const int> lens
   float* h = c_->ws.f(kSlotHidden, std::max<size_t>(n, 1));
   c_->forward_dev(tokens, lens, states, h, tap);
   if (hidden && n) c_->k().download(c_->ctx(), hidden, h, n * sizeof(float));
+}
+
+void Session::decode(std::span<const int32_t> tokens, SeqState* const* states, float* logits) {
+  c_->decode(tokens, states, logits);
 }
 
 Hidden Session::forward_hidden(std::span<const int32_t> tokens, std::span<const int> lens, SeqState* const* states,
@@ -544,7 +711,7 @@ void Session::forward_layers(float* residual, std::span<const int> lens, int l0,
     r = c.ws.f(kSlotResidual, n);
     c.k().upload(c.ctx(), r, residual, n * sizeof(float));
   }
-  c.run_layers(r, offs, l0, l1, nullptr, tap, rec);
+  c.run_layers(r, c.batch(offs), l0, l1, nullptr, {}, nullptr, tap, rec, nullptr);
   c.raise_if_nonfinite(rec);
   if (!c.k().host_memory) c.k().download(c.ctx(), residual, r, n * sizeof(float));
 }

@@ -13,6 +13,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -45,6 +46,7 @@ template <class... A>
     if (e_ != cudaSuccess) failf("cuda: %s failed: %s", #call, cudaGetErrorString(e_));       \
   } while (0)
 
+constexpr size_t kBlasWorkspace = size_t(32) << 20;
 struct Ctx {
   int device = 0;
   cudaStream_t stream = nullptr;
@@ -55,23 +57,72 @@ struct Ctx {
   size_t tmp_n = 0;
   void* a16 = nullptr;                     // a GEMM's activations rounded to its weights' 16-bit type
   size_t a16_bytes = 0;
+  void* scan = nullptr;                    // the scans' chunk list and chunked-pass states
+  size_t scan_bytes = 0;
+  bool capturing = false;                  // a graph is being captured: no allocation, no host copy
+  void* blas_ws = nullptr;                 // cuBLAS's workspace (kBlasWorkspace bytes)
   std::string name;
+  // $MAMBAQ_CUDA_PROFILE: each op between two events, summed by op at the end (stderr)
+  struct Timed {
+    cudaEvent_t a, b;
+    const char* op;
+  };
+  std::vector<Timed> timed;
+  void print_profile();
   ~Ctx() {
+    if (!timed.empty()) print_profile();
+    if (blas_ws) cudaFree(blas_ws);
     for (auto& [n, p] : hadamard) cudaFree(p);
     if (tmp) cudaFree(tmp);
     if (a16) cudaFree(a16);
+    if (scan) cudaFree(scan);
     if (scratch) cudaFree(scratch);
     if (blas) cublasDestroy(blas);
     if (stream) cudaStreamDestroy(stream);
   }
 };
 Ctx& C(void* ctx) { return *static_cast<Ctx*>(ctx); }
+
+void Ctx::print_profile() {
+  cudaStreamSynchronize(stream);
+  std::map<std::string, std::pair<int, double>> by_op;
+  double total = 0;
+  for (const Timed& t : timed) {
+    float ms = 0;
+    cudaEventElapsedTime(&ms, t.a, t.b);
+    auto& e = by_op[t.op];
+    ++e.first, e.second += ms, total += ms;
+    cudaEventDestroy(t.a), cudaEventDestroy(t.b);
+  }
+  timed.clear();
+  std::vector<std::pair<double, std::string>> order;
+  for (const auto& [op, e] : by_op) order.push_back({e.second, op});
+  std::sort(order.rbegin(), order.rend());
+  std::fprintf(stderr, "cuda profile (%s): GPU time by op, summed over the run\n%-20s %8s %10s %6s\n", name.c_str(), "op",
+               "calls", "ms", "%");
+  for (const auto& [ms, op] : order)
+    std::fprintf(stderr, "%-20s %8d %10.3f %6.1f\n", op.c_str(), by_op[op].first, ms, 100.0 * ms / total);
+}
+void prof_begin(void* ctx) {
+  Ctx& c = C(ctx);
+  c.timed.push_back({});
+  cudaEventCreate(&c.timed.back().a);
+  cudaEventCreate(&c.timed.back().b);
+  cudaEventRecord(c.timed.back().a, c.stream);
+}
+void prof_end(void* ctx, const char* op) {
+  Ctx& c = C(ctx);
+  c.timed.back().op = op;
+  cudaEventRecord(c.timed.back().b, c.stream);
+}
 cudaStream_t S(void* ctx) { return C(ctx).stream; }
 void launched() { MQ_CUDA(cudaGetLastError()); }
 unsigned blocks(size_t n, unsigned t) { return unsigned((n + t - 1) / t); }
 
 // ---- memory ----
+void no_capture(void* ctx, const char* what);
 void* c_alloc(void* ctx, size_t bytes) {
+  no_capture(ctx, "an allocation");
   MQ_CUDA(cudaSetDevice(C(ctx).device));
   void* p = nullptr;
   const cudaError_t e = cudaMalloc(&p, bytes ? bytes : 64);
@@ -84,13 +135,18 @@ void* c_alloc(void* ctx, size_t bytes) {
   return p;
 }
 void c_free(void*, void* p) { cudaFree(p); }
+void no_capture(void* ctx, const char* what) {
+  if (C(ctx).capturing) failf("cuda: internal error: %s while a graph is being captured", what);
+}
 void c_upload(void* ctx, void* dst, const void* src, size_t n) {
   if (!n) return;
+  no_capture(ctx, "a host copy");
   MQ_CUDA(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, S(ctx)));
   MQ_CUDA(cudaStreamSynchronize(S(ctx)));
 }
 void c_download(void* ctx, void* dst, const void* src, size_t n) {
   if (!n) return;
+  no_capture(ctx, "a host copy");
   MQ_CUDA(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, S(ctx)));
   MQ_CUDA(cudaStreamSynchronize(S(ctx)));
 }
@@ -103,7 +159,37 @@ void c_copy2d(void* ctx, void* dst, size_t ldd, const void* src, size_t lds, siz
 void c_fill(void* ctx, void* dst, int byte, size_t n) {
   if (n) MQ_CUDA(cudaMemsetAsync(dst, byte, n, S(ctx)));
 }
-void c_sync(void* ctx) { MQ_CUDA(cudaStreamSynchronize(S(ctx))); }
+void c_sync(void* ctx) {
+  no_capture(ctx, "a synchronization");
+  MQ_CUDA(cudaStreamSynchronize(S(ctx)));
+}
+
+// ---- graphs: stream capture into an instantiated graph ----
+void c_graph_begin(void* ctx) {
+  Ctx& c = C(ctx);
+  no_capture(ctx, "a second capture");
+  MQ_CUDA(cudaStreamBeginCapture(c.stream, cudaStreamCaptureModeThreadLocal));
+  c.capturing = true;
+}
+void* c_graph_end(void* ctx) {
+  Ctx& c = C(ctx);
+  c.capturing = false;
+  cudaGraph_t g = nullptr;
+  if (cudaStreamEndCapture(c.stream, &g) != cudaSuccess || !g) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  cudaGraphExec_t x = nullptr;
+  const cudaError_t e = cudaGraphInstantiate(&x, g, 0);
+  cudaGraphDestroy(g);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  return x;
+}
+void c_graph_launch(void* ctx, void* g) { MQ_CUDA(cudaGraphLaunch(static_cast<cudaGraphExec_t>(g), S(ctx))); }
+void c_graph_free(void*, void* g) { cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(g)); }
 bool c_supports(void*, Op op, OpFormats f) {
   const bool w = f.weight == WFormat::F32 || (op == Op::Gemm && (f.weight == WFormat::F16 || f.weight == WFormat::BF16));
   return f.act == DType::F32 && w && f.state == DType::F32;
@@ -235,12 +321,54 @@ __global__ void k_conv_state(int nseq, const int* __restrict__ offs, const float
   for (int i = 0; i < kConvMax - 1; ++i)
     if (i < K - 1) st[size_t(i) * C + c] = nw[i];
 }
+// Short sequences (decode steps: at most kConvShort tokens each): one launch, thread (s, c) reads
+// its window (state ++ tokens) once, writes the outputs and then the new state.
+constexpr int kConvShort = 4;
+__global__ void k_conv_short(int nseq, const int* __restrict__ offs, const float* __restrict__ x, int ldx, int C, int K,
+                             const float* __restrict__ w, const float* __restrict__ bias, float* const* states,
+                             float* __restrict__ out, int ldo) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x, s = blockIdx.y;
+  if (c >= C || s >= nseq) return;
+  float* st = states ? states[s] : nullptr;
+  const int t0 = offs[s], len = offs[s + 1] - t0;
+  float win[kConvMax - 1 + kConvShort];  // inputs K-1 steps before the first token, then the tokens
+#pragma unroll
+  for (int i = 0; i < kConvMax - 1; ++i)
+    if (i < K - 1) win[i] = st ? st[size_t(i) * C + c] : 0.f;
+#pragma unroll
+  for (int i = 0; i < kConvShort; ++i)
+    if (i < len) win[K - 1 + i] = x[size_t(t0 + i) * ldx + c];
+  float wr[kConvMax];
+#pragma unroll
+  for (int j = 0; j < kConvMax; ++j) wr[j] = j < K ? w[size_t(c) * K + j] : 0.f;
+  const float b = bias ? bias[c] : 0.f;
+#pragma unroll
+  for (int i = 0; i < kConvShort; ++i)
+    if (i < len) {
+      float acc = b;
+#pragma unroll
+      for (int j = 0; j < kConvMax; ++j)
+        if (j < K) acc += wr[j] * win[i + j];
+      out[size_t(t0 + i) * ldo + c] = silu_f(acc);
+    }
+  if (st)
+#pragma unroll
+    for (int i = 0; i < kConvMax - 1; ++i)
+      if (i < K - 1) st[size_t(i) * C + c] = win[len + i];
+}
 void c_conv(void* ctx, const ConvArgs& a) {
   if (a.x.dtype != DType::F32 || a.w.format != WFormat::F32) cuda_fail("cuda: conv1d_silu on int8 operands is not built yet");
   if (a.K > kConvMax) failf("cuda: conv1d_silu with d_conv %d (at most %d)", a.K, kConvMax);
   const int T = a.b.nseq ? a.b.rows() : 0;
   if (T == 0) return;
   auto* st = reinterpret_cast<float* const*>(a.st.seq ? a.st.seq_dev : nullptr);
+  int longest = 0;
+  for (int s = 0; s < a.b.nseq; ++s) longest = std::max(longest, a.b.len(s));
+  if (longest <= kConvShort) {
+    k_conv_short<<<dim3(blocks(size_t(a.C), 128), unsigned(a.b.nseq)), 128, 0, S(ctx)>>>(
+        a.b.nseq, a.b.offs_dev, a.x.f(), a.x.ld, a.C, a.K, a.w.f(), a.bias, st, static_cast<float*>(a.out), a.ldo);
+    return launched();
+  }
   k_conv<<<dim3(blocks(size_t(a.C), 128), unsigned(std::min(T, 65535))), 128, 0, S(ctx)>>>(
       a.b.nseq, T, a.b.offs_dev, a.x.f(), a.x.ld, a.C, a.K, a.w.f(), a.bias, st, static_cast<float*>(a.out), a.ldo);
   launched();
@@ -252,15 +380,54 @@ void c_conv(void* ctx, const ConvArgs& a) {
 }
 
 // ---- The scans: 16 lanes per output channel, each holding NS of its N states in registers ----
-// One thread walking T with all N states (the first slice) had few threads (D per sequence) and its
-// state array, indexed in a loop of run-time length, lived in local memory. Here a group of 16
-// lanes of one warp shares a channel: lane l holds the states n = l + 16 j (j < NS, fully unrolled,
-// so in registers), and the channel's output sum over n is a 4-step butterfly of shuffles within
-// the 16 lanes. That is 16x the threads, and loads of B and C rows coalesce across the lanes.
-// Order of the sum over n: lane partials in j order, then the butterfly (not ref's n order; the
-// tests' bound, 2e-5 relative, covers it). Still sequential in t within a sequence: the parallel
-// chunked forms are the next step (issue 20).
-constexpr int kScanLanes = 16;
+// A group of 16 lanes of one warp shares a channel: lane l holds the states n = l + 16 j (j < NS,
+// fully unrolled, so in registers), and the channel's output sum over n is a 4-step butterfly of
+// shuffles within the 16 lanes; loads of B and C rows coalesce across the lanes. Order of the sum
+// over n: lane partials in j order, then the butterfly (not ref's n order; the tests' bound, 2e-5
+// relative, covers it).
+//
+// Time is cut into chunks (per sequence: at most kChunksMax chunks of at least kChunkMin tokens,
+// so a sequence's numbers depend on it alone, never on the batch around it). A sequence of one
+// chunk (every decode step) is one walk, as ref. A longer one runs in two launches:
+//   pass 0: chunk 0 walks from the carried state and writes its outputs and its end state
+//           hloc[k0]; every middle chunk walks from a zero state without outputs, writing its end
+//           state hloc[k] and the sum of its steps dt, dtsum[k];
+//   pass 1: chunk c >= 1 starts from h = hloc[k0], then h = exp(A dtsum[j]) h + hloc[j] for the
+//           middle chunks j before it (the state recurrence is linear: a chunk's effect on the
+//           state is its decay, exp(A sum dt), and its zero-start end state), and walks its
+//           chunk with outputs; the last chunk writes the carried state.
+// Only pass 0 reads a multi-chunk sequence's carried state and only pass 1 writes it: no races.
+// Walks load U steps' operands into registers before using them (the loop-carried work is only
+// the state update; the loads of the next steps no longer wait behind it).
+constexpr int kScanLanes = 16, kChunkMin = 64, kChunksMax = 32;
+__host__ __device__ inline int chunk_len(int len) {
+  const int L = (len + kChunksMax - 1) / kChunksMax;
+  return L < kChunkMin ? kChunkMin : L;
+}
+__host__ __device__ inline int chunks_of(int len) { return len <= 0 ? 0 : (len + chunk_len(len) - 1) / chunk_len(len); }
+struct Chunk {
+  int s, c, n, t0, t1;  // sequence, index in it, the sequence's chunk count, tokens [t0, t1)
+};
+// Every sequence's chunks in order (one block: each thread counts a run of sequences, thread 0
+// prefix-sums the 256 counts, each thread lists its run's chunks).
+__global__ void k_chunks(int nseq, const int* __restrict__ offs, Chunk* out) {
+  __shared__ int base[257];
+  const int per = (nseq + 255) / 256, s0 = int(threadIdx.x) * per, s1 = min(nseq, s0 + per);
+  int cnt = 0;
+  for (int s = s0; s < s1; ++s) cnt += chunks_of(offs[s + 1] - offs[s]);
+  base[threadIdx.x + 1] = cnt;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    base[0] = 0;
+    for (int i = 1; i <= 256; ++i) base[i] += base[i - 1];
+  }
+  __syncthreads();
+  int k = base[threadIdx.x];
+  for (int s = s0; s < s1; ++s) {
+    const int t0 = offs[s], len = offs[s + 1] - t0, L = chunk_len(len), n = chunks_of(len);
+    for (int c = 0; c < n; ++c) out[k++] = {s, c, n, t0 + c * L, min(t0 + len, t0 + (c + 1) * L)};
+  }
+}
 // The mask names only this group's 16 lanes: the warp's other group may have left (past D).
 __device__ inline float lanes_sum(float v) {
   const unsigned mask = 0xffffu << (threadIdx.x & 16u);
@@ -271,132 +438,305 @@ __device__ inline float lanes_sum(float v) {
 
 // Mamba1: y[t, d] = sum_n C[t, n] h[d, n] (+ Dskip[d] u[t, d]) (* silu(z[t, d])), with
 // h[d, n] = exp(dt A[d, n]) h[d, n] + dt B[t, n] u[t, d], dt = softplus(delta[t, d] + bias[d]).
-template <int NS>
-__global__ void k_scan(int nseq, const int* __restrict__ offs, int D, int N, const float* __restrict__ u, int ldu,
-                       const float* __restrict__ delta, int ldd, const float* __restrict__ dbias,
-                       const float* __restrict__ A, const float* __restrict__ B, int ldb, const float* __restrict__ Cm,
-                       int ldc, const float* __restrict__ Dskip, const float* __restrict__ z, int ldz,
-                       float* const* states, float* __restrict__ y, int ldy) {
-  const int lane = threadIdx.x % kScanLanes, s = blockIdx.y;
+struct ScanOps {
+  const float *u, *delta, *dbias, *A, *B, *C, *Dskip, *z;
+  int ldu, ldd, ldb, ldc, ldz, D, N;
+  float* y;
+  int ldy;
+};
+// One walk of channel d over tokens [t0, t1); OUT: write y; returns the sum of dt.
+template <int NS, int U, bool OUT>
+__device__ inline float scan_walk(const ScanOps& o, int d, int lane, int t0, int t1, float (&h)[NS],
+                                  const float (&a)[NS]) {
+  const float bias = o.dbias ? o.dbias[d] : 0.f, dsk = o.Dskip ? o.Dskip[d] : 0.f;
+  float dsum = 0.f;
+  for (int t = t0; t < t1; t += U) {
+    float dl[U], uu[U], zz[U], bb[U][NS], cc[U][NS];
+#pragma unroll
+    for (int i = 0; i < U; ++i)
+      if (t + i < t1) {
+        const size_t tt = size_t(t + i);
+        dl[i] = o.delta[tt * o.ldd + d];
+        uu[i] = o.u[tt * o.ldu + d];
+        zz[i] = OUT && o.z ? o.z[tt * o.ldz + d] : 0.f;
+#pragma unroll
+        for (int j = 0; j < NS; ++j) {
+          const int n = lane + kScanLanes * j;
+          bb[i][j] = n < o.N ? o.B[tt * o.ldb + n] : 0.f;
+          cc[i][j] = OUT && n < o.N ? o.C[tt * o.ldc + n] : 0.f;
+        }
+      }
+#pragma unroll
+    for (int i = 0; i < U; ++i)
+      if (t + i < t1) {
+        const float dt = softplus_f(dl[i] + bias), dtu = dt * uu[i];
+        dsum += dt;
+        float acc = 0;
+#pragma unroll
+        for (int j = 0; j < NS; ++j) {
+          h[j] = expf(dt * a[j]) * h[j] + dtu * bb[i][j];
+          acc += h[j] * cc[i][j];
+        }
+        if (OUT) {
+          acc = lanes_sum(acc);
+          if (lane == 0) {
+            float v = acc + dsk * uu[i];
+            if (o.z) v *= silu_f(zz[i]);
+            o.y[size_t(t + i) * o.ldy + d] = v;
+          }
+        }
+      }
+  }
+  return dsum;
+}
+// PASS 0 / 1 as above; grid (channel blocks, chunks). hloc {chunks, D, N}, dtsum {chunks, D}.
+template <int NS, int PASS>
+__global__ void k_scan(ScanOps o, const Chunk* __restrict__ chunks, float* const* states, float* __restrict__ hloc,
+                       float* __restrict__ dtsum) {
+  const int lane = threadIdx.x % kScanLanes, k = blockIdx.y;
   const int d = (blockIdx.x * blockDim.x + threadIdx.x) / kScanLanes;
-  if (d >= D || s >= nseq) return;  // whole 16-lane groups leave together
+  if (d >= o.D) return;  // whole 16-lane groups leave together
+  const Chunk ch = chunks[k];
+  if (PASS == 0 ? (ch.n == 1 || ch.c == ch.n - 1) : (ch.n > 1 && ch.c == 0)) return;  // the other pass's chunk
+  const int N = o.N;
   float h[NS], a[NS];
-  float* st = states ? states[s] : nullptr;
+  float* st = states ? states[ch.s] : nullptr;
+  const bool from_state = ch.c == 0;  // else from the chunks before it (PASS 1) or zero (PASS 0)
 #pragma unroll
   for (int j = 0; j < NS; ++j) {
     const int n = lane + kScanLanes * j;
-    a[j] = n < N ? A[size_t(d) * N + n] : 0.f;
-    h[j] = (st && n < N) ? st[size_t(d) * N + n] : 0.f;
+    a[j] = n < N ? o.A[size_t(d) * N + n] : 0.f;
+    h[j] = (from_state && st && n < N) ? st[size_t(d) * N + n] : 0.f;
   }
-  const float bias = dbias ? dbias[d] : 0.f, dsk = Dskip ? Dskip[d] : 0.f;
-  const int t1 = offs[s + 1];
-  for (int t = offs[s]; t < t1; ++t) {
-    const float dt = softplus_f(delta[size_t(t) * ldd + d] + bias);
-    const float ut = u[size_t(t) * ldu + d], dtu = dt * ut;
-    float acc = 0;
+  if (PASS == 1 && !from_state) {
+    const int k0 = k - ch.c;
 #pragma unroll
     for (int j = 0; j < NS; ++j) {
       const int n = lane + kScanLanes * j;
-      if (n < N) {
-        h[j] = expf(dt * a[j]) * h[j] + dtu * B[size_t(t) * ldb + n];
-        acc += h[j] * Cm[size_t(t) * ldc + n];
+      h[j] = n < N ? hloc[(size_t(k0) * o.D + d) * N + n] : 0.f;
+    }
+    for (int i = k0 + 1; i < k; ++i) {
+      const float S = dtsum[size_t(i) * o.D + d];
+#pragma unroll
+      for (int j = 0; j < NS; ++j) {
+        const int n = lane + kScanLanes * j;
+        if (n < N) h[j] = expf(S * a[j]) * h[j] + hloc[(size_t(i) * o.D + d) * N + n];
       }
     }
-    acc = lanes_sum(acc);
-    if (lane == 0) {
-      float o = acc + dsk * ut;
-      if (z) o *= silu_f(z[size_t(t) * ldz + d]);
-      y[size_t(t) * ldy + d] = o;
-    }
   }
-  if (st)
+  float S;
+  if (PASS == 1 || ch.c == 0)
+    S = scan_walk<NS, 8, true>(o, d, lane, ch.t0, ch.t1, h, a);
+  else
+    S = scan_walk<NS, 8, false>(o, d, lane, ch.t0, ch.t1, h, a);
+  float* dst = nullptr;
+  if (PASS == 0) {
+    dst = hloc + size_t(k) * o.D * N + size_t(d) * N;
+    if (lane == 0) dtsum[size_t(k) * o.D + d] = S;
+  } else if (st && ch.c == ch.n - 1) {
+    dst = st + size_t(d) * N;
+  }
+  if (dst)
 #pragma unroll
     for (int j = 0; j < NS; ++j) {
       const int n = lane + kScanLanes * j;
-      if (n < N) st[size_t(d) * N + n] = h[j];
+      if (n < N) dst[n] = h[j];
     }
 }
-void c_scan(void* ctx, const ScanArgs& a) {
-  if (a.u.dtype != DType::F32) cuda_fail("cuda: selective_scan on int8 operands is not built yet");
-  if (a.N > 64) failf("cuda: selective_scan with d_state %d (at most 64)", a.N);
-  if (a.b.nseq == 0) return;
-  const int per_block = 128 / kScanLanes;  // channels per block of 128 threads
-  const dim3 grid(unsigned((a.D + per_block - 1) / per_block), unsigned(a.b.nseq));
-  auto* st = reinterpret_cast<float* const*>(a.st.seq ? a.st.seq_dev : nullptr);
-  auto go = [&](auto kernel) {
-    kernel<<<grid, 128, 0, S(ctx)>>>(a.b.nseq, a.b.offs_dev, a.D, a.N, a.u.f(), a.u.ld, a.delta.f(), a.delta.ld,
-                                     a.delta_bias, a.A, a.B.f(), a.B.ld, a.C.f(), a.C.ld, a.Dskip, a.z.f(), a.z.ld, st,
-                                     a.y, a.ldy);
-  };
-  if (a.N <= 16) go(k_scan<1>);
-  else if (a.N <= 32) go(k_scan<2>);
-  else go(k_scan<4>);
-  launched();
+
+// The chunk list and the chunked passes' buffers of one scan launch (grow-only, in the context).
+struct ChunkPlan {
+  int chunks = 0;     // total
+  bool multi = false;  // some sequence has more than one chunk
+};
+ChunkPlan plan_chunks(const Batch& b) {
+  ChunkPlan p;
+  for (int s = 0; s < b.nseq; ++s) {
+    const int n = chunks_of(b.len(s));
+    p.chunks += n;
+    p.multi |= n > 1;
+  }
+  return p;
 }
 
 // Mamba2 SSD, recurrent form: y[t, (h, p)] = sum_n C[t, g, n] S[h, n, p] + Dskip[h] x[t, (h, p)], with
 // S[h, n, p] = exp(dt A[h]) S[h, n, p] + dt B[t, g, n] x[t, (h, p)], dt = softplus(dt[t, h] + bias[h]),
-// g = h / (H / G). 16 lanes per (h, p) as above.
-template <int NS>
-__global__ void k_ssd(int nseq, const int* __restrict__ offs, int H, int P, int G, int N, const float* __restrict__ x,
-                      int ldx, const float* __restrict__ dt, int lddt, const float* __restrict__ dbias,
-                      const float* __restrict__ A, const float* __restrict__ B, int ldb, const float* __restrict__ Cm,
-                      int ldc, const float* __restrict__ Dskip, float* const* states, float* __restrict__ y, int ldy) {
-  const int lane = threadIdx.x % kScanLanes, s = blockIdx.y;
+// g = h / (H / G). 16 lanes per (h, p), chunked in time as the Mamba1 scan (the decay of a chunk is
+// exp(A[h] sum dt), one per head).
+struct SsdOps {
+  const float *x, *dt, *dbias, *A, *B, *C, *Dskip;
+  int ldx, lddt, ldb, ldc, H, P, G, N;
+  float* y;
+  int ldy;
+};
+template <int NS, int U, bool OUT>
+__device__ inline float ssd_walk(const SsdOps& o, int hd, int p, int g, int lane, int t0, int t1, float (&h)[NS]) {
+  const int hp = hd * o.P + p;
+  const float ah = o.A[hd], bias = o.dbias[hd], dsk = o.Dskip[hd];
+  float dsum = 0.f;
+  for (int t = t0; t < t1; t += U) {
+    float dl[U], xx[U], bb[U][NS], cc[U][NS];
+#pragma unroll
+    for (int i = 0; i < U; ++i)
+      if (t + i < t1) {
+        const size_t tt = size_t(t + i);
+        dl[i] = o.dt[tt * o.lddt + hd];
+        xx[i] = o.x[tt * o.ldx + hp];
+        const float* Bt = o.B + tt * o.ldb + size_t(g) * o.N;
+        const float* Ct = o.C + tt * o.ldc + size_t(g) * o.N;
+#pragma unroll
+        for (int j = 0; j < NS; ++j) {
+          const int n = lane + kScanLanes * j;
+          bb[i][j] = n < o.N ? Bt[n] : 0.f;
+          cc[i][j] = OUT && n < o.N ? Ct[n] : 0.f;
+        }
+      }
+#pragma unroll
+    for (int i = 0; i < U; ++i)
+      if (t + i < t1) {
+        const float d = softplus_f(dl[i] + bias), dA = expf(d * ah), dx = d * xx[i];
+        dsum += d;
+        float acc = 0;
+#pragma unroll
+        for (int j = 0; j < NS; ++j) {
+          h[j] = dA * h[j] + dx * bb[i][j];
+          acc += h[j] * cc[i][j];
+        }
+        if (OUT) {
+          acc = lanes_sum(acc);
+          if (lane == 0) o.y[size_t(t + i) * o.ldy + hp] = acc + dsk * xx[i];
+        }
+      }
+  }
+  return dsum;
+}
+// hloc {chunks, H, N, P} (the states' layout), dtsum {chunks, H}.
+template <int NS, int PASS>
+__global__ void k_ssd(SsdOps o, const Chunk* __restrict__ chunks, float* const* states, float* __restrict__ hloc,
+                      float* __restrict__ dtsum) {
+  constexpr int U = NS <= 4 ? 8 : NS <= 8 ? 4 : 2;
+  const int lane = threadIdx.x % kScanLanes, k = blockIdx.y;
   const int hp = (blockIdx.x * blockDim.x + threadIdx.x) / kScanLanes;
-  if (hp >= H * P || s >= nseq) return;  // whole 16-lane groups leave together
-  const int hd = hp / P, p = hp % P, g = hd / (H / G);
+  const int H = o.H, P = o.P, N = o.N;
+  if (hp >= H * P) return;  // whole 16-lane groups leave together
+  const Chunk ch = chunks[k];
+  if (PASS == 0 ? (ch.n == 1 || ch.c == ch.n - 1) : (ch.n > 1 && ch.c == 0)) return;
+  const int hd = hp / P, p = hp % P, g = hd / (H / o.G);
+  const size_t per = size_t(H) * N * P;  // one state
   float h[NS];
-  float* st = states ? states[s] : nullptr;
+  float* st = states ? states[ch.s] : nullptr;
+  const bool from_state = ch.c == 0;
 #pragma unroll
   for (int j = 0; j < NS; ++j) {
     const int n = lane + kScanLanes * j;
-    h[j] = (st && n < N) ? st[(size_t(hd) * N + n) * P + p] : 0.f;
+    h[j] = (from_state && st && n < N) ? st[(size_t(hd) * N + n) * P + p] : 0.f;
   }
-  const float ah = A[hd], bias = dbias[hd], dsk = Dskip[hd];
-  const int t1 = offs[s + 1];
-  for (int t = offs[s]; t < t1; ++t) {
-    const float d = softplus_f(dt[size_t(t) * lddt + hd] + bias);
-    const float dA = expf(d * ah);
-    const float xv = x[size_t(t) * ldx + hp], dx = d * xv;
-    const float* Bt = B + size_t(t) * ldb + size_t(g) * N;
-    const float* Ct = Cm + size_t(t) * ldc + size_t(g) * N;
-    float acc = 0;
+  if (PASS == 1 && !from_state) {
+    const int k0 = k - ch.c;
 #pragma unroll
     for (int j = 0; j < NS; ++j) {
       const int n = lane + kScanLanes * j;
-      if (n < N) {
-        h[j] = dA * h[j] + dx * Bt[n];
-        acc += h[j] * Ct[n];
+      h[j] = n < N ? hloc[size_t(k0) * per + (size_t(hd) * N + n) * P + p] : 0.f;
+    }
+    for (int i = k0 + 1; i < k; ++i) {
+      const float dA = expf(dtsum[size_t(i) * H + hd] * o.A[hd]);
+#pragma unroll
+      for (int j = 0; j < NS; ++j) {
+        const int n = lane + kScanLanes * j;
+        if (n < N) h[j] = dA * h[j] + hloc[size_t(i) * per + (size_t(hd) * N + n) * P + p];
       }
     }
-    acc = lanes_sum(acc);
-    if (lane == 0) y[size_t(t) * ldy + hp] = acc + dsk * xv;
   }
-  if (st)
+  float S;
+  if (PASS == 1 || ch.c == 0)
+    S = ssd_walk<NS, U, true>(o, hd, p, g, lane, ch.t0, ch.t1, h);
+  else
+    S = ssd_walk<NS, U, false>(o, hd, p, g, lane, ch.t0, ch.t1, h);
+  float* dst = nullptr;
+  if (PASS == 0) {
+    dst = hloc + size_t(k) * per;
+    if (lane == 0 && p == 0) dtsum[size_t(k) * H + hd] = S;
+  } else if (st && ch.c == ch.n - 1) {
+    dst = st;
+  }
+  if (dst)
 #pragma unroll
     for (int j = 0; j < NS; ++j) {
       const int n = lane + kScanLanes * j;
-      if (n < N) st[(size_t(hd) * N + n) * P + p] = h[j];
+      if (n < N) dst[(size_t(hd) * N + n) * P + p] = h[j];
     }
 }
+
+// The context's grow-only buffer for a scan's chunk list and chunked-pass state (never grown
+// while a graph is being captured: decode steps are one chunk and ask for the list only).
+void* scan_buffer(void* ctx, size_t bytes) {
+  Ctx& c = C(ctx);
+  if (c.scan_bytes < bytes) {
+    if (c.capturing) cuda_fail("cuda: internal error: a scan's buffer would grow during graph capture");
+    if (c.scan) MQ_CUDA(cudaFree(c.scan));
+    c.scan = nullptr, c.scan_bytes = 0;
+    c.scan = c_alloc(ctx, bytes);
+    c.scan_bytes = bytes;
+  }
+  return c.scan;
+}
+
+// Runs the passes a batch needs: one launch when every sequence is one chunk (decode), two
+// otherwise; `go(pass, chunks, hloc, dtsum)` launches one pass.
+template <class Go>
+void run_chunked(void* ctx, const Batch& b, size_t state_floats, size_t sum_floats, Go go) {
+  const ChunkPlan p = plan_chunks(b);
+  if (p.chunks == 0) return;
+  if (p.chunks > 65535) failf("cuda: a scan over %d chunks of time (at most 65535: fewer sequences per batch)", p.chunks);
+  const size_t list = (size_t(p.chunks) * sizeof(Chunk) + 255) / 256 * 256;
+  const size_t need = list + (p.multi ? size_t(p.chunks) * (state_floats + sum_floats) * sizeof(float) : 0);
+  char* buf = static_cast<char*>(scan_buffer(ctx, need));
+  auto* chunks = reinterpret_cast<Chunk*>(buf);
+  k_chunks<<<1, 256, 0, S(ctx)>>>(b.nseq, b.offs_dev, chunks);
+  launched();
+  float* hloc = p.multi ? reinterpret_cast<float*>(buf + list) : nullptr;
+  float* dtsum = p.multi ? hloc + size_t(p.chunks) * state_floats : nullptr;
+  if (p.multi) go(0, p.chunks, chunks, hloc, dtsum);
+  go(1, p.chunks, chunks, hloc, dtsum);
+}
+
+void c_scan(void* ctx, const ScanArgs& a) {
+  if (a.u.dtype != DType::F32) cuda_fail("cuda: selective_scan on int8 operands is not built yet");
+  if (a.N > 64) failf("cuda: selective_scan with d_state %d (at most 64)", a.N);
+  if (a.b.nseq == 0) return;
+  const ScanOps o{a.u.f(), a.delta.f(), a.delta_bias, a.A, a.B.f(), a.C.f(), a.Dskip, a.z.f(), a.u.ld, a.delta.ld,
+                  a.B.ld, a.C.ld, a.z.ld, a.D, a.N, a.y, a.ldy};
+  const int per_block = 128 / kScanLanes;  // channels per block of 128 threads
+  auto* st = reinterpret_cast<float* const*>(a.st.seq ? a.st.seq_dev : nullptr);
+  run_chunked(ctx, a.b, size_t(a.D) * a.N, size_t(a.D), [&](int pass, int n, const Chunk* ch, float* hl, float* ds) {
+    const dim3 grid(unsigned((a.D + per_block - 1) / per_block), unsigned(n));
+    auto go = [&](auto k0, auto k1) { (pass == 0 ? k0 : k1)<<<grid, 128, 0, S(ctx)>>>(o, ch, st, hl, ds); };
+    if (a.N <= 16) go(k_scan<1, 0>, k_scan<1, 1>);
+    else if (a.N <= 32) go(k_scan<2, 0>, k_scan<2, 1>);
+    else go(k_scan<4, 0>, k_scan<4, 1>);
+    launched();
+  });
+}
+
 void c_ssd(void* ctx, const SsdArgs& a) {
   if (a.x.dtype != DType::F32 || a.st.dtype != DType::F32) cuda_fail("cuda: ssd_scan on int8 operands is not built yet");
   if (a.N > 256) failf("cuda: ssd_scan with d_state %d (at most 256)", a.N);
   if (a.b.nseq == 0) return;
+  const SsdOps o{a.x.f(), a.dt.f(), a.dt_bias, a.A, a.B.f(), a.C.f(), a.Dskip, a.x.ld, a.dt.ld, a.B.ld, a.C.ld,
+                 a.H, a.P, a.G, a.N, a.y, a.ldy};
   auto* st = reinterpret_cast<float* const*>(a.st.seq ? a.st.seq_dev : nullptr);
   const int per_block = 128 / kScanLanes;
-  const dim3 grid(unsigned((size_t(a.H) * a.P + per_block - 1) / per_block), unsigned(a.b.nseq));
-  auto go = [&](auto kernel) {
-    kernel<<<grid, 128, 0, S(ctx)>>>(a.b.nseq, a.b.offs_dev, a.H, a.P, a.G, a.N, a.x.f(), a.x.ld, a.dt.f(), a.dt.ld,
-                                     a.dt_bias, a.A, a.B.f(), a.B.ld, a.C.f(), a.C.ld, a.Dskip, st, a.y, a.ldy);
-  };
-  if (a.N <= 16) go(k_ssd<1>);
-  else if (a.N <= 32) go(k_ssd<2>);
-  else if (a.N <= 64) go(k_ssd<4>);
-  else if (a.N <= 128) go(k_ssd<8>);
-  else go(k_ssd<16>);
-  launched();
+  const size_t hp = size_t(a.H) * a.P;
+  run_chunked(ctx, a.b, hp * a.N, size_t(a.H), [&](int pass, int n, const Chunk* ch, float* hl, float* ds) {
+    const dim3 grid(unsigned((hp + per_block - 1) / per_block), unsigned(n));
+    auto go = [&](auto k0, auto k1) { (pass == 0 ? k0 : k1)<<<grid, 128, 0, S(ctx)>>>(o, ch, st, hl, ds); };
+    if (a.N <= 16) go(k_ssd<1, 0>, k_ssd<1, 1>);
+    else if (a.N <= 32) go(k_ssd<2, 0>, k_ssd<2, 1>);
+    else if (a.N <= 64) go(k_ssd<4, 0>, k_ssd<4, 1>);
+    else if (a.N <= 128) go(k_ssd<8, 0>, k_ssd<8, 1>);
+    else go(k_ssd<16, 0>, k_ssd<16, 1>);
+    launched();
+  });
 }
 
 // ---- GEMM: cuBLAS sgemm in fp32 (no TF32, so fp32 stays comparable with the CPU) ----
@@ -514,6 +854,7 @@ void c_gemm(void* ctx, const GemmArgs& a) {
     Ctx& c = C(ctx);
     const size_t bytes = size_t(a.M) * a.K * 2;
     if (c.a16_bytes < bytes) {
+      no_capture(ctx, "an allocation");
       if (c.a16) MQ_CUDA(cudaFree(c.a16));
       c.a16 = nullptr;
       MQ_CUDA(cudaMalloc(&c.a16, bytes));
@@ -550,6 +891,51 @@ void c_add(void* ctx, float* x, const float* y, size_t n) {
   k_add<<<blocks(n, 256), 256, 0, S(ctx)>>>(x, y, n);
   launched();
 }
+
+// The block boundary in one launch (AddNormArgs): block t adds row t, notes its first non-finite
+// element (atomicMin over the whole tensor), and normalizes the row with the loops of k_rmsnorm /
+// k_layernorm (so the same numbers as add, then the norm); the last block to finish records the
+// first non-finite element, as k_record, and resets the scratch words for the next use.
+__global__ void k_add_norm(float* r, const float* y, const float* w, const float* b, float* out, int d, float eps,
+                           bool ln, int32_t tag, NonFinite* rec, unsigned long long* first, unsigned* done) {
+  float* xr = r + size_t(blockIdx.x) * d;
+  const float* yr = y ? y + size_t(blockIdx.x) * d : nullptr;
+  float s = 0;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    const float v = yr ? xr[i] + yr[i] : xr[i];
+    if (yr) xr[i] = v;
+    if (!isfinite(v)) atomicMin(first, (unsigned long long)(size_t(blockIdx.x) * d + i));
+    s += ln ? v : v * v;
+  }
+  if (!ln) {
+    const float q = rsqrtf(block_sum(s) / d + eps);
+    for (int i = threadIdx.x; i < d; i += blockDim.x) out[size_t(blockIdx.x) * d + i] = xr[i] * q * w[i];
+  } else {
+    const float mean = block_sum(s) / d;
+    float v = 0;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) v += (xr[i] - mean) * (xr[i] - mean);
+    const float q = rsqrtf(block_sum(v) / d + eps);
+    for (int i = threadIdx.x; i < d; i += blockDim.x) out[size_t(blockIdx.x) * d + i] = (xr[i] - mean) * q * w[i] + b[i];
+  }
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x != 0 || atomicAdd(done, 1u) != gridDim.x - 1) return;
+  __threadfence();
+  const unsigned long long f = atomicExch(first, ~0ull);
+  *done = 0;
+  if (f != ~0ull && rec->index < 0) {
+    rec->index = int64_t(f);
+    rec->tag = tag;
+    rec->value = __ldcg(r + f);
+  }
+}
+void c_add_norm(void* ctx, const AddNormArgs& a) {
+  if (a.T == 0) return;
+  auto* first = C(ctx).scratch + 1;
+  k_add_norm<<<a.T, 256, 0, S(ctx)>>>(a.r, a.y, a.w, a.b, a.out, a.d, a.eps, a.layer_norm, a.tag, a.rec, first,
+                                      reinterpret_cast<unsigned*>(first + 1));
+  launched();
+}
 // The orthonormal Hadamard transform of each row as a product with the dense H_n (uploaded once
 // per n from kernels/hadamard.h's definition): y = H x per row, or H^T x. O(n) per element where
 // the cpu's butterflies are O(log n); a fast transform is the CUDA issue's later work.
@@ -558,6 +944,7 @@ void c_hadamard(void* ctx, float* x, int rows, int n, int ld, bool transpose) {
   Ctx& c = C(ctx);
   float*& H = c.hadamard[n];
   if (!H) {
+    no_capture(ctx, "an upload");
     const std::vector<double> hd = ref::hadamard_dense(n);
     std::vector<float> hf(hd.begin(), hd.end());
     MQ_CUDA(cudaMalloc(&H, hf.size() * sizeof(float)));
@@ -565,6 +952,7 @@ void c_hadamard(void* ctx, float* x, int rows, int n, int ld, bool transpose) {
   }
   const size_t need = size_t(rows) * n;
   if (c.tmp_n < need) {
+    no_capture(ctx, "an allocation");
     if (c.tmp) MQ_CUDA(cudaFree(c.tmp));
     MQ_CUDA(cudaMalloc(&c.tmp, need * sizeof(float)));
     c.tmp_n = need;
@@ -778,7 +1166,15 @@ std::shared_ptr<void> make_ctx(int dev) {
   if (cublasCreate(&ctx->blas) != CUBLAS_STATUS_SUCCESS) failf("cuda: cublasCreate failed on %s", ctx->name.c_str());
   cublasSetStream(ctx->blas, ctx->stream);
   cublasSetMathMode(ctx->blas, CUBLAS_DEFAULT_MATH);  // no TF32: fp32 products as fp32
-  MQ_CUDA(cudaMalloc(&ctx->scratch, sizeof(unsigned long long)));
+  // scratch: check_finite's word, then add_norm's first index (all ones when unset) and its
+  // count of finished blocks (zero)
+  MQ_CUDA(cudaMalloc(&ctx->scratch, 3 * sizeof(unsigned long long)));
+  MQ_CUDA(cudaMemset(ctx->scratch, 0xff, 2 * sizeof(unsigned long long)));
+  MQ_CUDA(cudaMemset(ctx->scratch + 2, 0, sizeof(unsigned long long)));
+  // cuBLAS's own workspace, so that a captured GEMM allocates nothing
+  MQ_CUDA(cudaMalloc(&ctx->blas_ws, kBlasWorkspace));
+  if (cublasSetWorkspace(ctx->blas, ctx->blas_ws, kBlasWorkspace) != CUBLAS_STATUS_SUCCESS)
+    failf("cuda: cublasSetWorkspace failed on %s", ctx->name.c_str());
   return ctx;
 }
 

@@ -24,6 +24,13 @@ void c_copy(void* ctx, void* dst, const void* src, size_t n);
 void c_copy2d(void* ctx, void* dst, size_t ldd, const void* src, size_t lds, size_t rb, size_t rows);
 void c_fill(void* ctx, void* dst, int byte, size_t n);
 void c_sync(void* ctx);
+void prof_begin(void* ctx);                 // $MAMBAQ_CUDA_PROFILE: events around each op
+void prof_end(void* ctx, const char* op);
+void c_graph_begin(void* ctx);
+void* c_graph_end(void* ctx);
+void c_graph_launch(void* ctx, void* g);
+void c_graph_free(void* ctx, void* g);
+void c_add_norm(void* ctx, const AddNormArgs& a);
 bool c_supports(void* ctx, Op op, OpFormats f);
 void c_rmsnorm(void* ctx, const float* x, const float* w, float* out, int T, int d, float eps);
 void c_layernorm(void* ctx, const float* x, const float* w, const float* b, float* out, int T, int d, float eps);

@@ -1,5 +1,6 @@
 // The cuda backend's table and registration (C++20, compiled by the host compiler); the
 // operations are in backend_cuda.cu.
+#include <cstdlib>
 #include <string>
 
 #include "kernels/cuda/ops_cuda.h"
@@ -40,6 +41,7 @@ const Backend kCuda{
     .embed = c_embed,
     .score_rows = c_score,
     .check_finite = c_finite,
+    .add_norm = c_add_norm,
     .gather_rows = c_gather,
     .quantize = c_quantize,
     .dequantize = c_dequantize,
@@ -47,7 +49,50 @@ const Backend kCuda{
     .state_quantize = c_sq,
     .state_dequantize = c_sdq,
     .state_fake_quantize = c_sfq,
+    .graph_begin = c_graph_begin,
+    .graph_end = c_graph_end,
+    .graph_launch = c_graph_launch,
+    .graph_free = c_graph_free,
 };
+
+// $MAMBAQ_CUDA_PROFILE=1: the same table with every compute op between two CUDA events (their
+// GPU time, summed by op, goes to stderr when the instance closes); no graphs then, so that each
+// op is timed where it runs.
+template <const char* Name, auto F>
+struct Prof;
+template <const char* Name, class... A, void (*F)(void*, A...)>
+struct Prof<Name, F> {
+  static void call(void* ctx, A... a) {
+    prof_begin(ctx);
+    F(ctx, a...);
+    prof_end(ctx, Name);
+  }
+};
+#define MQ_PROF(op, fn)                                 \
+  static constexpr char k_##op[] = #op;                \
+  t.op = Prof<k_##op, fn>::call
+Backend profiled() {
+  Backend t = kCuda;
+  MQ_PROF(rmsnorm, c_rmsnorm);
+  MQ_PROF(layernorm, c_layernorm);
+  MQ_PROF(conv1d_silu, c_conv);
+  MQ_PROF(selective_scan, c_scan);
+  MQ_PROF(ssd_scan, c_ssd);
+  MQ_PROF(gated_rmsnorm, c_gated);
+  MQ_PROF(gemm, c_gemm);
+  MQ_PROF(add, c_add);
+  MQ_PROF(hadamard, c_hadamard);
+  MQ_PROF(embed, c_embed);
+  MQ_PROF(score_rows, c_score);
+  MQ_PROF(check_finite, c_finite);
+  MQ_PROF(gather_rows, c_gather);
+  MQ_PROF(add_norm, c_add_norm);
+  MQ_PROF(fake_quantize, c_fake);
+  MQ_PROF(state_fake_quantize, c_sfq);
+  t.graph_begin = nullptr, t.graph_end = nullptr, t.graph_launch = nullptr, t.graph_free = nullptr;
+  return t;
+}
+#undef MQ_PROF
 
 BackendRef open_cuda(const std::string& arg) {
   int dev = 0;
@@ -61,7 +106,9 @@ BackendRef open_cuda(const std::string& arg) {
     if (used != arg.size() || dev < 0)
       fail("backend 'cuda:{}': the device must be a number (cuda:0, cuda:1, ...)", arg);
   }
-  return std::make_shared<BackendHandle>(kCuda, make_ctx(dev));
+  const char* prof = std::getenv("MAMBAQ_CUDA_PROFILE");
+  const bool profile = prof && *prof && std::string(prof) != "0";
+  return std::make_shared<BackendHandle>(profile ? profiled() : kCuda, make_ctx(dev));
 }
 
 }  // namespace
