@@ -7,7 +7,7 @@
 # GPU_CHECK_SHAPES / GPU_CHECK_BIG (bf16 only) / GPU_CHECK_BATCH choose the benchmark's shapes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${1:-${OUT:-/tmp/gpu-check}}; mkdir -p "$out"
+final=${1:-${OUT:-/tmp/gpu-check}}; out=$final/d; mkdir -p "$out"  # every file in d/, packed at the end
 bin=${BIN_DIR:-build}; tests=$bin/mambaq_tests; [ -x "$tests" ] || tests=$bin/tests/mambaq_tests
 for a in "$bin/lib.tgz" "$bin/lib.txz"; do
   if [ -f "$a" ]; then mkdir -p /tmp/gpu-libs && tar xf "$a" -C /tmp/gpu-libs; export LD_LIBRARY_PATH=/tmp/gpu-libs/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}; fi
@@ -18,6 +18,9 @@ t0=$(date +%s)
 trc=$?
 passed=$(grep -c '^\[       OK \]' "$out/tests.txt"); skipped=$(grep -c '^\[  SKIPPED \] .*ms)' "$out/tests.txt"); failed=$(grep -c '^\[  FAILED  \] .*ms)' "$out/tests.txt")
 echo "gpu tests: $passed passed, $skipped skipped, $failed failed (exit $trc, $(( $(date +%s) - t0 )) s)" | tee "$out/summary.txt"
+# the same tests with plain launches (no programmatic dependent launch)
+MAMBAQ_CUDA_PDL=0 "$tests" --gtest_filter='Backends/*:Shapes/*:Groups/*:Backends.*:CheckedBackend.*:StateKernels.*' > "$out/tests-nopdl.txt" 2>&1
+echo "gpu tests, MAMBAQ_CUDA_PDL=0: $(grep -c '^\[       OK \]' "$out/tests-nopdl.txt") passed, $(grep -c '^\[  FAILED  \] .*ms)' "$out/tests-nopdl.txt") failed (exit $?)" | tee -a "$out/summary.txt"
 
 # Agreement on the fixtures that travelled: lambada / held-out / lastword equal reference.json on
 # cuda fp32 (the suite's own test, its default backend set to cuda); logits vs cpu; bf16 held-out
@@ -47,15 +50,18 @@ done
 # Speed: synthetic published shapes, batch 1, prompt 1024, decode 128, median of 3.
 rows=""
 bench() {  # shape dtype batch prompt decode
-  local f="$out/bench-$1-$2-b$3"
-  "$bin/mambaq" bench --synthetic $1 --backend cuda --dtype $2 --batch $3 --prompt-len $4 --decode $5 --repeats 3 --no-bandwidth --json "$f.json" > "$f.txt" 2>&1
-  rows+=$(python3 -c "import json;j=json.load(open('$f.json'));print(f\"| $1 | $2 | $3 | {j['prefill_tok_s']:.0f} | {j['decode_tok_s']:.1f} | {j['weight_bytes_per_token']/2**20:.0f} | {j.get('device_mib',0):.0f} |\")" 2>/dev/null || echo "| $1 | $2 | $3 | failed: $(tail -1 "$f.txt") | | | |")$'\n'
+  local f="$out/bench-$1-$2-b$3${PDL_TAG:-}"
+  timeout 120 "$bin/mambaq" bench --synthetic $1 --backend cuda --dtype $2 --batch $3 --prompt-len $4 --decode $5 --repeats 3 --no-bandwidth --json "$f.json" > "$f.txt" 2>&1
+  rows+=$(python3 -c "import json;j=json.load(open('$f.json'));print(f\"| $1 | $2${PDL_TAG:-} | $3 | {j['prefill_tok_s']:.0f} | {j['decode_tok_s']:.1f} | {j['weight_bytes_per_token']/2**20:.0f} | {j.get('device_mib',0):.0f} |\")" 2>/dev/null || echo "| $1 | $2 | $3 | failed: $(tail -1 "$f.txt") | | | |")$'\n'
 }
 for dt in fp32 bf16; do
   for m in ${GPU_CHECK_SHAPES:-mamba-130m mamba2-130m mamba-1.4b mamba2-1.3b}; do bench $m $dt 1 1024 128; done
 done
 for m in ${GPU_CHECK_BIG:-mamba-2.8b mamba2-2.7b}; do bench $m bf16 1 1024 128; done
 for b in ${GPU_CHECK_BATCH:-16 64}; do bench mamba-1.4b bf16 $b 128 64; bench mamba2-1.3b bf16 $b 128 64; done
+export MAMBAQ_CUDA_PDL=0 PDL_TAG="-nopdl"
+for m in mamba-130m mamba-1.4b mamba2-1.3b; do bench $m bf16 1 1024 128; done
+unset MAMBAQ_CUDA_PDL PDL_TAG
 
 # Where the GPU time goes: every op between two CUDA events (no graphs then), by op.
 for m in mamba-1.4b mamba2-1.3b; do
@@ -70,4 +76,5 @@ echo "| shape (cuda) | weights | batch | prefill (t/s) | decode (t/s) | weights 
 echo "|---|---|---|---|---|---|---|"
 printf "%s" "$rows"
 for f in "$out"/profile-*.txt; do echo; echo "== $(basename "$f")"; sed -n '/cuda profile/,$p' "$f" | head -14; done
+tar czf "$final/gpu-check.tgz" -C "$out" . && rm -rf "$out"
 exit $trc

@@ -283,8 +283,10 @@ std::shared_ptr<PreparedPlan> prepare_plan(const ModelConfig& cfg, const ModelWe
       const Weight& f = le.fw[size_t(p)];
       // the stored codes only where an integer kernel reads them (no copy of `t`: the views
       // point into the model's own buffers, which the plan keeps alive)
+      // (nor of float weights the GEMMs read converted to 16 bits: --dtype bf16 holds no fp32 copy)
       static const QTensor none;
-      d.proj[size_t(p)] = up.lin(f.data && t.format != WFormat::F32 ? none : t, f,
+      const bool skip_q = f.data && (t.format != WFormat::F32 || (wdt != WFormat::F32 && p != kConv));
+      d.proj[size_t(p)] = up.lin(skip_q ? none : t, f,
                                  p == kConv ? std::string() : fmt::format("layer {} {}", l, proj_name(Proj(p))));
       if (f.data && t.format != WFormat::F32) d.proj[size_t(p)].N = t.rows(), d.proj[size_t(p)].K = t.cols();
     }

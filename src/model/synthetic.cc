@@ -56,27 +56,44 @@ ModelConfig published_config(const std::string& name) {
 }
 
 std::unique_ptr<Model> Model::random(const ModelConfig& cfg, uint64_t seed) {
-  // Build a TensorStore of fp32 tensors, then bind it like a real checkpoint.
-  std::mt19937_64 rng(seed);
+  // Build a TensorStore of fp32 tensors, then bind it like a real checkpoint. Each tensor is made
+  // in blocks of 64Ki values, block b of tensor t from its own generator seeded by (seed, t, b),
+  // in parallel: the same weights whatever the thread count (a 2.8b shape takes seconds, not
+  // minutes).
   TensorStore store;
   store.source = cfg.source;
   store.format = "synthetic";
-  auto add = [&](const std::string& name, std::vector<int64_t> shape, auto gen) {
+  uint64_t ordinal = 0;
+  using Gen = std::function<float(std::mt19937_64&, int64_t)>;  // (block's generator, element index)
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, const Gen& gen) {
     auto buf = std::make_shared<std::vector<float>>(size_t(numel(shape)));
-    for (auto& v : *buf) v = gen();
-    RawTensor t;
-    t.dtype = DType::F32;
-    t.shape = std::move(shape);
-    t.data = reinterpret_cast<const uint8_t*>(buf->data());
-    t.owner = buf;
-    store.tensors[name] = std::move(t);
+    constexpr int64_t kBlock = int64_t(1) << 16;
+    const int64_t n = int64_t(buf->size()), nb = (n + kBlock - 1) / kBlock, t = int64_t(ordinal++);
+#pragma omp parallel for schedule(dynamic, 16)
+    for (int64_t blk = 0; blk < nb; ++blk) {
+      uint64_t z = seed * 0x9e3779b97f4a7c15ull + uint64_t(t) * 0xbf58476d1ce4e5b9ull + uint64_t(blk);
+      z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+      z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+      std::mt19937_64 rng(z ^ (z >> 31));
+      for (int64_t i = blk * kBlock; i < std::min(n, (blk + 1) * kBlock); ++i) (*buf)[size_t(i)] = gen(rng, i);
+    }
+    RawTensor rt;
+    rt.dtype = DType::F32;
+    rt.shape = std::move(shape);
+    rt.data = reinterpret_cast<const uint8_t*>(buf->data());
+    rt.owner = buf;
+    store.tensors[name] = std::move(rt);
   };
-  std::normal_distribution<float> nd(0.f, 0.02f);
-  std::uniform_real_distribution<float> ud(0.f, 1.f);
-  auto normal = [&] { return nd(rng); };
-  auto one = [] { return 1.f; };
-  auto inv_softplus_dt = [&] {  // dt in [1e-3, 1e-1], log-uniform, stored as softplus^-1
-    const float dt = std::exp(std::log(1e-3f) + ud(rng) * (std::log(1e-1f) - std::log(1e-3f)));
+  // std::normal_distribution keeps state between calls: one per call keeps blocks independent
+  auto nrm = [](std::mt19937_64& r, float sd) {
+    const double u1 = (double(r() >> 11) + 0.5) * (1.0 / 9007199254740992.0), u2 = double(r() >> 11) * (1.0 / 9007199254740992.0);
+    return float(sd * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+  };
+  auto uni = [](std::mt19937_64& r) { return float(double(r() >> 11) * (1.0 / 9007199254740992.0)); };
+  const Gen normal = [&](std::mt19937_64& r, int64_t) { return nrm(r, 0.02f); };
+  const Gen one = [](std::mt19937_64&, int64_t) { return 1.f; };
+  const Gen inv_softplus_dt = [&](std::mt19937_64& r, int64_t) {  // dt in [1e-3, 1e-1], log-uniform, as softplus^-1
+    const float dt = std::exp(std::log(1e-3f) + uni(r) * (std::log(1e-1f) - std::log(1e-3f)));
     return dt + std::log(-std::expm1(-dt));
   };
   // every tensor of the layout's table, each with its kind of values
@@ -86,16 +103,15 @@ std::unique_ptr<Model> Model::random(const ModelConfig& cfg, uint64_t seed) {
     if (t.embedding) {
       add(t.name, t.shape, normal);
     } else if (t.model || f == &LayerWeights::norm || f == &LayerWeights::gnorm || f == &LayerWeights::D) {
-      add(t.name, t.shape, t.name.ends_with(".bias") ? std::function<float()>(normal) : one);
+      add(t.name, t.shape, t.name.ends_with(".bias") ? normal : one);
     } else if (t.proj == kConv) {
-      add(t.name, t.shape, [&] { return nd(rng) * 10.f; });
+      add(t.name, t.shape, [&](std::mt19937_64& r, int64_t) { return nrm(r, 0.2f); });
     } else if (f == &LayerWeights::dt_proj_b || f == &LayerWeights::dt_bias) {
       add(t.name, t.shape, inv_softplus_dt);
     } else if (f == &LayerWeights::A_log && cfg.arch == Arch::Mamba1) {
-      int64_t k = 0;
-      add(t.name, t.shape, [&] { return std::log(float(1 + (k++ % N))); });
+      add(t.name, t.shape, [&](std::mt19937_64&, int64_t i) { return std::log(float(1 + (i % N))); });
     } else if (f == &LayerWeights::A_log) {
-      add(t.name, t.shape, [&] { return std::log(1.f + 15.f * ud(rng)); });
+      add(t.name, t.shape, [&](std::mt19937_64& r, int64_t) { return std::log(1.f + 15.f * uni(r)); });
     } else {
       add(t.name, t.shape, normal);  // projections, biases
     }

@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <string>
@@ -51,7 +52,7 @@ struct Ctx {
   int device = 0;
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
-  unsigned long long* scratch = nullptr;  // check_finite's minimum index
+  unsigned long long* scratch = nullptr;  // check_finite's and add_norm's words (make_ctx)
   std::map<int, float*> hadamard;          // the dense orthonormal H_n, by n
   float* tmp = nullptr;                    // the Hadamard's input copy
   size_t tmp_n = 0;
@@ -195,6 +196,38 @@ bool c_supports(void*, Op op, OpFormats f) {
   return f.act == DType::F32 && w && f.state == DType::F32;
 }
 
+// ---- launches: programmatic dependent launch (sm_90) ----
+// Every kernel here starts with pdl_enter(): it lets the next kernel in the stream be scheduled
+// now and waits until the kernel before it has finished and its writes are visible. Kernels are
+// launched with the attribute that allows that overlap, so a decode step's hundreds of small
+// launches do not each pay the full launch latency; $MAMBAQ_CUDA_PDL=0 launches them plainly.
+__device__ inline void pdl_enter() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;");
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+bool pdl_on() {
+  static const bool on = [] {
+    const char* e = std::getenv("MAMBAQ_CUDA_PDL");
+    int dev = 0, major = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    return major >= 9 && !(e && std::string(e) == "0");
+  }();
+  return on;
+}
+template <class... P, class... A>
+void launch(void* ctx, void (*kernel)(P...), dim3 grid, dim3 block, A&&... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = 0, cfg.stream = S(ctx);
+  cudaLaunchAttribute at[1];
+  at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  at[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = at, cfg.numAttrs = pdl_on() ? 1 : 0;
+  MQ_CUDA(cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...));
+}
+
 // ---- device math ----
 __device__ inline float silu_f(float x) { return x / (1.f + expf(-x)); }
 __device__ inline float softplus_f(float x) { return x > 20.f ? x : log1pf(expf(x)); }
@@ -218,6 +251,7 @@ __device__ inline float block_sum(float v) {
 
 // ---- norms ----
 __global__ void k_rmsnorm(const float* x, const float* w, float* out, int d, float eps) {
+  pdl_enter();
   const float* xr = x + size_t(blockIdx.x) * d;
   float ss = 0;
   for (int i = threadIdx.x; i < d; i += blockDim.x) ss += xr[i] * xr[i];
@@ -226,10 +260,11 @@ __global__ void k_rmsnorm(const float* x, const float* w, float* out, int d, flo
 }
 void c_rmsnorm(void* ctx, const float* x, const float* w, float* out, int T, int d, float eps) {
   if (T == 0) return;
-  k_rmsnorm<<<T, 256, 0, S(ctx)>>>(x, w, out, d, eps);
+  launch(ctx, k_rmsnorm, T, 256, x, w, out, d, eps);
   launched();
 }
 __global__ void k_layernorm(const float* x, const float* w, const float* b, float* out, int d, float eps) {
+  pdl_enter();
   const float* xr = x + size_t(blockIdx.x) * d;
   float s = 0;
   for (int i = threadIdx.x; i < d; i += blockDim.x) s += xr[i];
@@ -241,11 +276,12 @@ __global__ void k_layernorm(const float* x, const float* w, const float* b, floa
 }
 void c_layernorm(void* ctx, const float* x, const float* w, const float* b, float* out, int T, int d, float eps) {
   if (T == 0) return;
-  k_layernorm<<<T, 256, 0, S(ctx)>>>(x, w, b, out, d, eps);
+  launch(ctx, k_layernorm, T, 256, x, w, b, out, d, eps);
   launched();
 }
 // one block per (row, group)
 __global__ void k_gated(float* y, const float* z, int ldz, const float* w, int D, int group, float eps, bool nbg) {
+  pdl_enter();
   const int t = blockIdx.x, g0 = blockIdx.y * group;
   float* yr = y + size_t(t) * D;
   const float* zr = z + size_t(t) * ldz;
@@ -265,7 +301,7 @@ __global__ void k_gated(float* y, const float* z, int ldz, const float* w, int D
 void c_gated(void* ctx, float* y, const float* z, int ldz, const float* w, int T, int D, int group, float eps,
              bool nbg) {
   if (T == 0) return;
-  k_gated<<<dim3(unsigned(T), unsigned(D / group)), 256, 0, S(ctx)>>>(y, z, ldz, w, D, group, eps, nbg);
+  launch(ctx, k_gated, dim3(unsigned(T), unsigned(D / group)), 256, y, z, ldz, w, D, group, eps, nbg);
   launched();
 }
 
@@ -291,6 +327,7 @@ __device__ inline float conv_in(int tau, int t0, const float* x, int ldx, const 
 __global__ void k_conv(int nseq, int T, const int* __restrict__ offs, const float* __restrict__ x, int ldx, int C, int K,
                        const float* __restrict__ w, const float* __restrict__ bias, float* const* states,
                        float* __restrict__ out, int ldo) {
+  pdl_enter();
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= C) return;
   float wr[kConvMax];
@@ -309,6 +346,7 @@ __global__ void k_conv(int nseq, int T, const int* __restrict__ offs, const floa
 }
 __global__ void k_conv_state(int nseq, const int* __restrict__ offs, const float* __restrict__ x, int ldx, int C, int K,
                              float* const* states) {
+  pdl_enter();
   const int c = blockIdx.x * blockDim.x + threadIdx.x, s = blockIdx.y;
   if (c >= C || s >= nseq || !states[s]) return;
   float* st = states[s];
@@ -327,6 +365,7 @@ constexpr int kConvShort = 4;
 __global__ void k_conv_short(int nseq, const int* __restrict__ offs, const float* __restrict__ x, int ldx, int C, int K,
                              const float* __restrict__ w, const float* __restrict__ bias, float* const* states,
                              float* __restrict__ out, int ldo) {
+  pdl_enter();
   const int c = blockIdx.x * blockDim.x + threadIdx.x, s = blockIdx.y;
   if (c >= C || s >= nseq) return;
   float* st = states ? states[s] : nullptr;
@@ -365,15 +404,15 @@ void c_conv(void* ctx, const ConvArgs& a) {
   int longest = 0;
   for (int s = 0; s < a.b.nseq; ++s) longest = std::max(longest, a.b.len(s));
   if (longest <= kConvShort) {
-    k_conv_short<<<dim3(blocks(size_t(a.C), 128), unsigned(a.b.nseq)), 128, 0, S(ctx)>>>(
+    launch(ctx, k_conv_short, dim3(blocks(size_t(a.C), 128), unsigned(a.b.nseq)), 128, 
         a.b.nseq, a.b.offs_dev, a.x.f(), a.x.ld, a.C, a.K, a.w.f(), a.bias, st, static_cast<float*>(a.out), a.ldo);
     return launched();
   }
-  k_conv<<<dim3(blocks(size_t(a.C), 128), unsigned(std::min(T, 65535))), 128, 0, S(ctx)>>>(
+  launch(ctx, k_conv, dim3(blocks(size_t(a.C), 128), unsigned(std::min(T, 65535))), 128, 
       a.b.nseq, T, a.b.offs_dev, a.x.f(), a.x.ld, a.C, a.K, a.w.f(), a.bias, st, static_cast<float*>(a.out), a.ldo);
   launched();
   if (st && a.K > 1) {
-    k_conv_state<<<dim3(blocks(size_t(a.C), 128), unsigned(a.b.nseq)), 128, 0, S(ctx)>>>(a.b.nseq, a.b.offs_dev, a.x.f(),
+    launch(ctx, k_conv_state, dim3(blocks(size_t(a.C), 128), unsigned(a.b.nseq)), 128, a.b.nseq, a.b.offs_dev, a.x.f(),
                                                                                         a.x.ld, a.C, a.K, st);
     launched();
   }
@@ -411,6 +450,7 @@ struct Chunk {
 // Every sequence's chunks in order (one block: each thread counts a run of sequences, thread 0
 // prefix-sums the 256 counts, each thread lists its run's chunks).
 __global__ void k_chunks(int nseq, const int* __restrict__ offs, Chunk* out) {
+  pdl_enter();
   __shared__ int base[257];
   const int per = (nseq + 255) / 256, s0 = int(threadIdx.x) * per, s1 = min(nseq, s0 + per);
   int cnt = 0;
@@ -428,6 +468,11 @@ __global__ void k_chunks(int nseq, const int* __restrict__ offs, Chunk* out) {
     for (int c = 0; c < n; ++c) out[k++] = {s, c, n, t0 + c * L, min(t0 + len, t0 + (c + 1) * L)};
   }
 }
+// Chunk k: from the list, or without one (every sequence one chunk, e.g. decode) sequence k whole.
+__device__ inline Chunk chunk_at(const Chunk* chunks, int k, const int* offs) {
+  if (chunks) return chunks[k];
+  return {k, 0, 1, offs[k], offs[k + 1]};
+}
 // The mask names only this group's 16 lanes: the warp's other group may have left (past D).
 __device__ inline float lanes_sum(float v) {
   const unsigned mask = 0xffffu << (threadIdx.x & 16u);
@@ -439,6 +484,7 @@ __device__ inline float lanes_sum(float v) {
 // Mamba1: y[t, d] = sum_n C[t, n] h[d, n] (+ Dskip[d] u[t, d]) (* silu(z[t, d])), with
 // h[d, n] = exp(dt A[d, n]) h[d, n] + dt B[t, n] u[t, d], dt = softplus(delta[t, d] + bias[d]).
 struct ScanOps {
+  const int* offs;
   const float *u, *delta, *dbias, *A, *B, *C, *Dskip, *z;
   int ldu, ldd, ldb, ldc, ldz, D, N;
   float* y;
@@ -493,10 +539,11 @@ __device__ inline float scan_walk(const ScanOps& o, int d, int lane, int t0, int
 template <int NS, int PASS>
 __global__ void k_scan(ScanOps o, const Chunk* __restrict__ chunks, float* const* states, float* __restrict__ hloc,
                        float* __restrict__ dtsum) {
+  pdl_enter();
   const int lane = threadIdx.x % kScanLanes, k = blockIdx.y;
   const int d = (blockIdx.x * blockDim.x + threadIdx.x) / kScanLanes;
   if (d >= o.D) return;  // whole 16-lane groups leave together
-  const Chunk ch = chunks[k];
+  const Chunk ch = chunk_at(chunks, k, o.offs);
   if (PASS == 0 ? (ch.n == 1 || ch.c == ch.n - 1) : (ch.n > 1 && ch.c == 0)) return;  // the other pass's chunk
   const int N = o.N;
   float h[NS], a[NS];
@@ -564,6 +611,7 @@ ChunkPlan plan_chunks(const Batch& b) {
 // g = h / (H / G). 16 lanes per (h, p), chunked in time as the Mamba1 scan (the decay of a chunk is
 // exp(A[h] sum dt), one per head).
 struct SsdOps {
+  const int* offs;
   const float *x, *dt, *dbias, *A, *B, *C, *Dskip;
   int ldx, lddt, ldb, ldc, H, P, G, N;
   float* y;
@@ -614,12 +662,13 @@ __device__ inline float ssd_walk(const SsdOps& o, int hd, int p, int g, int lane
 template <int NS, int PASS>
 __global__ void k_ssd(SsdOps o, const Chunk* __restrict__ chunks, float* const* states, float* __restrict__ hloc,
                       float* __restrict__ dtsum) {
+  pdl_enter();
   constexpr int U = NS <= 4 ? 8 : NS <= 8 ? 4 : 2;
   const int lane = threadIdx.x % kScanLanes, k = blockIdx.y;
   const int hp = (blockIdx.x * blockDim.x + threadIdx.x) / kScanLanes;
   const int H = o.H, P = o.P, N = o.N;
   if (hp >= H * P) return;  // whole 16-lane groups leave together
-  const Chunk ch = chunks[k];
+  const Chunk ch = chunk_at(chunks, k, o.offs);
   if (PASS == 0 ? (ch.n == 1 || ch.c == ch.n - 1) : (ch.n > 1 && ch.c == 0)) return;
   const int hd = hp / P, p = hp % P, g = hd / (H / o.G);
   const size_t per = size_t(H) * N * P;  // one state
@@ -667,8 +716,8 @@ __global__ void k_ssd(SsdOps o, const Chunk* __restrict__ chunks, float* const* 
     }
 }
 
-// The context's grow-only buffer for a scan's chunk list and chunked-pass state (never grown
-// while a graph is being captured: decode steps are one chunk and ask for the list only).
+// The context's grow-only buffer for a scan's chunk list and chunked-pass states (never asked
+// for by decode steps, which are one chunk: nothing grows while a graph is being captured).
 void* scan_buffer(void* ctx, size_t bytes) {
   Ctx& c = C(ctx);
   if (c.scan_bytes < bytes) {
@@ -681,22 +730,23 @@ void* scan_buffer(void* ctx, size_t bytes) {
   return c.scan;
 }
 
-// Runs the passes a batch needs: one launch when every sequence is one chunk (decode), two
-// otherwise; `go(pass, chunks, hloc, dtsum)` launches one pass.
+// Runs the passes a batch needs: one launch and no chunk list when every sequence is one chunk
+// (decode), the list and two passes otherwise; `go(pass, chunks, hloc, dtsum)` launches one pass.
 template <class Go>
 void run_chunked(void* ctx, const Batch& b, size_t state_floats, size_t sum_floats, Go go) {
   const ChunkPlan p = plan_chunks(b);
   if (p.chunks == 0) return;
+  if (!p.multi) return go(1, b.nseq, nullptr, nullptr, nullptr);  // one chunk each: no list
   if (p.chunks > 65535) failf("cuda: a scan over %d chunks of time (at most 65535: fewer sequences per batch)", p.chunks);
   const size_t list = (size_t(p.chunks) * sizeof(Chunk) + 255) / 256 * 256;
-  const size_t need = list + (p.multi ? size_t(p.chunks) * (state_floats + sum_floats) * sizeof(float) : 0);
+  const size_t need = list + size_t(p.chunks) * (state_floats + sum_floats) * sizeof(float);
   char* buf = static_cast<char*>(scan_buffer(ctx, need));
   auto* chunks = reinterpret_cast<Chunk*>(buf);
-  k_chunks<<<1, 256, 0, S(ctx)>>>(b.nseq, b.offs_dev, chunks);
+  launch(ctx, k_chunks, 1, 256, b.nseq, b.offs_dev, chunks);
   launched();
-  float* hloc = p.multi ? reinterpret_cast<float*>(buf + list) : nullptr;
-  float* dtsum = p.multi ? hloc + size_t(p.chunks) * state_floats : nullptr;
-  if (p.multi) go(0, p.chunks, chunks, hloc, dtsum);
+  float* hloc = reinterpret_cast<float*>(buf + list);
+  float* dtsum = hloc + size_t(p.chunks) * state_floats;
+  go(0, p.chunks, chunks, hloc, dtsum);
   go(1, p.chunks, chunks, hloc, dtsum);
 }
 
@@ -704,13 +754,13 @@ void c_scan(void* ctx, const ScanArgs& a) {
   if (a.u.dtype != DType::F32) cuda_fail("cuda: selective_scan on int8 operands is not built yet");
   if (a.N > 64) failf("cuda: selective_scan with d_state %d (at most 64)", a.N);
   if (a.b.nseq == 0) return;
-  const ScanOps o{a.u.f(), a.delta.f(), a.delta_bias, a.A, a.B.f(), a.C.f(), a.Dskip, a.z.f(), a.u.ld, a.delta.ld,
+  const ScanOps o{a.b.offs_dev, a.u.f(), a.delta.f(), a.delta_bias, a.A, a.B.f(), a.C.f(), a.Dskip, a.z.f(), a.u.ld, a.delta.ld,
                   a.B.ld, a.C.ld, a.z.ld, a.D, a.N, a.y, a.ldy};
   const int per_block = 128 / kScanLanes;  // channels per block of 128 threads
   auto* st = reinterpret_cast<float* const*>(a.st.seq ? a.st.seq_dev : nullptr);
   run_chunked(ctx, a.b, size_t(a.D) * a.N, size_t(a.D), [&](int pass, int n, const Chunk* ch, float* hl, float* ds) {
     const dim3 grid(unsigned((a.D + per_block - 1) / per_block), unsigned(n));
-    auto go = [&](auto k0, auto k1) { (pass == 0 ? k0 : k1)<<<grid, 128, 0, S(ctx)>>>(o, ch, st, hl, ds); };
+    auto go = [&](auto k0, auto k1) { launch(ctx, pass == 0 ? k0 : k1, grid, 128, o, ch, st, hl, ds); };
     if (a.N <= 16) go(k_scan<1, 0>, k_scan<1, 1>);
     else if (a.N <= 32) go(k_scan<2, 0>, k_scan<2, 1>);
     else go(k_scan<4, 0>, k_scan<4, 1>);
@@ -722,14 +772,14 @@ void c_ssd(void* ctx, const SsdArgs& a) {
   if (a.x.dtype != DType::F32 || a.st.dtype != DType::F32) cuda_fail("cuda: ssd_scan on int8 operands is not built yet");
   if (a.N > 256) failf("cuda: ssd_scan with d_state %d (at most 256)", a.N);
   if (a.b.nseq == 0) return;
-  const SsdOps o{a.x.f(), a.dt.f(), a.dt_bias, a.A, a.B.f(), a.C.f(), a.Dskip, a.x.ld, a.dt.ld, a.B.ld, a.C.ld,
+  const SsdOps o{a.b.offs_dev, a.x.f(), a.dt.f(), a.dt_bias, a.A, a.B.f(), a.C.f(), a.Dskip, a.x.ld, a.dt.ld, a.B.ld, a.C.ld,
                  a.H, a.P, a.G, a.N, a.y, a.ldy};
   auto* st = reinterpret_cast<float* const*>(a.st.seq ? a.st.seq_dev : nullptr);
   const int per_block = 128 / kScanLanes;
   const size_t hp = size_t(a.H) * a.P;
   run_chunked(ctx, a.b, hp * a.N, size_t(a.H), [&](int pass, int n, const Chunk* ch, float* hl, float* ds) {
     const dim3 grid(unsigned((hp + per_block - 1) / per_block), unsigned(n));
-    auto go = [&](auto k0, auto k1) { (pass == 0 ? k0 : k1)<<<grid, 128, 0, S(ctx)>>>(o, ch, st, hl, ds); };
+    auto go = [&](auto k0, auto k1) { launch(ctx, pass == 0 ? k0 : k1, grid, 128, o, ch, st, hl, ds); };
     if (a.N <= 16) go(k_ssd<1, 0>, k_ssd<1, 1>);
     else if (a.N <= 32) go(k_ssd<2, 0>, k_ssd<2, 1>);
     else if (a.N <= 64) go(k_ssd<4, 0>, k_ssd<4, 1>);
@@ -741,12 +791,14 @@ void c_ssd(void* ctx, const SsdArgs& a) {
 
 // ---- GEMM: cuBLAS sgemm in fp32 (no TF32, so fp32 stays comparable with the CPU) ----
 __global__ void k_bias(float* C, int ldc, const float* bias, int M, int N) {
+  pdl_enter();
   const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < size_t(M) * N) C[(i / N) * ldc + i % N] += bias[i % N];
 }
 // A {M, K} (row stride lda) rounded to bf16 / fp16 (round to nearest even, as core/half.h), packed.
 template <class H>
 __global__ void k_round_half(const float* A, int lda, int M, int K, H* out) {
+  pdl_enter();
   const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= size_t(M) * K) return;
   const float x = A[(i / K) * lda + i % K];
@@ -784,6 +836,7 @@ __device__ inline float round_to(float x) {
 }
 template <class W, int M>
 __global__ void k_gemv(const float* A, int lda, const W* Wt, int N, int K, const float* bias, float* C, int ldc) {
+  pdl_enter();
   constexpr int E = 16 / sizeof(W);  // elements per 16-byte load
   const int n = int(blockIdx.x) * (blockDim.x / 32) + int(threadIdx.x / 32), lane = int(threadIdx.x % 32);
   if (n >= N) return;
@@ -819,10 +872,10 @@ void gemv(void* ctx, const GemmArgs& a) {
   const unsigned warps = 8, grid = unsigned((a.N + warps - 1) / warps);
   const W* w = static_cast<const W*>(a.W.data);
   switch (a.M) {
-    case 1: k_gemv<W, 1><<<grid, 32 * warps, 0, S(ctx)>>>(a.A.f(), a.A.ld, w, a.N, a.K, a.bias, a.C, a.ldc); break;
-    case 2: k_gemv<W, 2><<<grid, 32 * warps, 0, S(ctx)>>>(a.A.f(), a.A.ld, w, a.N, a.K, a.bias, a.C, a.ldc); break;
-    case 3: k_gemv<W, 3><<<grid, 32 * warps, 0, S(ctx)>>>(a.A.f(), a.A.ld, w, a.N, a.K, a.bias, a.C, a.ldc); break;
-    default: k_gemv<W, 4><<<grid, 32 * warps, 0, S(ctx)>>>(a.A.f(), a.A.ld, w, a.N, a.K, a.bias, a.C, a.ldc); break;
+    case 1: launch(ctx, k_gemv<W, 1>, grid, 32 * warps, a.A.f(), a.A.ld, w, a.N, a.K, a.bias, a.C, a.ldc); break;
+    case 2: launch(ctx, k_gemv<W, 2>, grid, 32 * warps, a.A.f(), a.A.ld, w, a.N, a.K, a.bias, a.C, a.ldc); break;
+    case 3: launch(ctx, k_gemv<W, 3>, grid, 32 * warps, a.A.f(), a.A.ld, w, a.N, a.K, a.bias, a.C, a.ldc); break;
+    default: launch(ctx, k_gemv<W, 4>, grid, 32 * warps, a.A.f(), a.A.ld, w, a.N, a.K, a.bias, a.C, a.ldc); break;
   }
   launched();
 }
@@ -862,11 +915,11 @@ void c_gemm(void* ctx, const GemmArgs& a) {
     }
     const bool bf = a.W.format == WFormat::BF16;
     if (bf)
-      k_round_half<<<blocks(size_t(a.M) * a.K, 256), 256, 0, S(ctx)>>>(a.A.f(), a.A.ld, a.M, a.K,
-                                                                         static_cast<__nv_bfloat16*>(c.a16));
+      launch(ctx, k_round_half<__nv_bfloat16>, blocks(size_t(a.M) * a.K, 256), 256, a.A.f(), a.A.ld, a.M, a.K,
+             static_cast<__nv_bfloat16*>(c.a16));
     else
-      k_round_half<<<blocks(size_t(a.M) * a.K, 256), 256, 0, S(ctx)>>>(a.A.f(), a.A.ld, a.M, a.K,
-                                                                         static_cast<__half*>(c.a16));
+      launch(ctx, k_round_half<__half>, blocks(size_t(a.M) * a.K, 256), 256, a.A.f(), a.A.ld, a.M, a.K,
+             static_cast<__half*>(c.a16));
     launched();
     const cudaDataType_t t = bf ? CUDA_R_16BF : CUDA_R_16F;
     st = cublasGemmEx(c.blas, CUBLAS_OP_T, CUBLAS_OP_N, a.N, a.M, a.K, &one, a.W.data, t, a.K, c.a16, t, a.K, &zero, a.C,
@@ -877,18 +930,19 @@ void c_gemm(void* ctx, const GemmArgs& a) {
   }
   if (st != CUBLAS_STATUS_SUCCESS) failf("cuda: cuBLAS GEMM failed (status %d) for M=%d N=%d K=%d", int(st), a.M, a.N, a.K);
   if (a.bias) {
-    k_bias<<<blocks(size_t(a.M) * a.N, 256), 256, 0, S(ctx)>>>(a.C, a.ldc, a.bias, a.M, a.N);
+    launch(ctx, k_bias, blocks(size_t(a.M) * a.N, 256), 256, a.C, a.ldc, a.bias, a.M, a.N);
     launched();
   }
 }
 
 __global__ void k_add(float* x, const float* y, size_t n) {
+  pdl_enter();
   const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) x[i] += y[i];
 }
 void c_add(void* ctx, float* x, const float* y, size_t n) {
   if (!n) return;
-  k_add<<<blocks(n, 256), 256, 0, S(ctx)>>>(x, y, n);
+  launch(ctx, k_add, blocks(n, 256), 256, x, y, n);
   launched();
 }
 
@@ -898,6 +952,7 @@ void c_add(void* ctx, float* x, const float* y, size_t n) {
 // first non-finite element, as k_record, and resets the scratch words for the next use.
 __global__ void k_add_norm(float* r, const float* y, const float* w, const float* b, float* out, int d, float eps,
                            bool ln, int32_t tag, NonFinite* rec, unsigned long long* first, unsigned* done) {
+  pdl_enter();
   float* xr = r + size_t(blockIdx.x) * d;
   const float* yr = y ? y + size_t(blockIdx.x) * d : nullptr;
   float s = 0;
@@ -932,7 +987,7 @@ __global__ void k_add_norm(float* r, const float* y, const float* w, const float
 void c_add_norm(void* ctx, const AddNormArgs& a) {
   if (a.T == 0) return;
   auto* first = C(ctx).scratch + 1;
-  k_add_norm<<<a.T, 256, 0, S(ctx)>>>(a.r, a.y, a.w, a.b, a.out, a.d, a.eps, a.layer_norm, a.tag, a.rec, first,
+  launch(ctx, k_add_norm, a.T, 256, a.r, a.y, a.w, a.b, a.out, a.d, a.eps, a.layer_norm, a.tag, a.rec, first,
                                       reinterpret_cast<unsigned*>(first + 1));
   launched();
 }
@@ -974,6 +1029,7 @@ __device__ inline int s4_code(const uint8_t* row, int k) {
 }
 __global__ void k_embed(int T, const int32_t* ids, const void* table, WFormat fmt, int cols, Granularity gran, int group,
                         const float* scales, float* out, int ldo) {
+  pdl_enter();
   const int t = blockIdx.x;
   const int64_t id = ids[t];
   const int ng = gran == Granularity::Group ? (cols + group - 1) / group : 1;
@@ -993,13 +1049,14 @@ __global__ void k_embed(int T, const int32_t* ids, const void* table, WFormat fm
 }
 void c_embed(void* ctx, const EmbedArgs& a) {
   if (a.T == 0) return;
-  k_embed<<<a.T, 256, 0, S(ctx)>>>(a.T, a.ids, a.table.data, a.table.format, a.table.cols, a.table.granularity,
+  launch(ctx, k_embed, a.T, 256, a.T, a.ids, a.table.data, a.table.format, a.table.cols, a.table.granularity,
                                    a.table.group, a.table.scales, a.out, a.ldo);
   launched();
 }
 
 // ---- scoring: per row, the first argmax and log-softmax at the target ----
 __global__ void k_score(const float* logits, int V, int ld, const int32_t* targets, double* logprob, int32_t* argmax) {
+  pdl_enter();
   const float* r = logits + size_t(blockIdx.x) * ld;
   __shared__ float bv[256];
   __shared__ int bi[256];
@@ -1035,36 +1092,44 @@ __global__ void k_score(const float* logits, int V, int ld, const int32_t* targe
 }
 void c_score(void* ctx, const ScoreArgs& a) {
   if (a.rows == 0) return;
-  k_score<<<a.rows, 256, 0, S(ctx)>>>(a.logits, a.V, a.ld, a.targets, a.logprob, a.argmax);
+  launch(ctx, k_score, a.rows, 256, a.logits, a.V, a.ld, a.targets, a.logprob, a.argmax);
   launched();
 }
 
-__global__ void k_first_nonfinite(const float* x, int64_t n, unsigned long long* first) {
+// One launch: each thread notes its elements' first non-finite index (atomicMin); the last block
+// to finish records it if `rec` holds none (as add_norm), and resets the scratch words.
+__global__ void k_finite(const float* x, int64_t n, int32_t tag, NonFinite* rec, unsigned long long* first,
+                         unsigned* done) {
+  pdl_enter();
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     if (!isfinite(x[i])) atomicMin(first, (unsigned long long)i);
-}
-__global__ void k_record(const float* x, const unsigned long long* first, int32_t tag, NonFinite* rec) {
-  if (rec->index >= 0 || *first == ~0ull) return;
-  rec->index = int64_t(*first);
-  rec->tag = tag;
-  rec->value = x[*first];
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x != 0 || atomicAdd(done, 1u) != gridDim.x - 1) return;
+  __threadfence();
+  const unsigned long long f = atomicExch(first, ~0ull);
+  *done = 0;
+  if (f != ~0ull && rec->index < 0) {
+    rec->index = int64_t(f);
+    rec->tag = tag;
+    rec->value = __ldcg(x + f);
+  }
 }
 void c_finite(void* ctx, const float* x, int64_t n, int32_t tag, NonFinite* rec) {
   if (n == 0) return;
-  unsigned long long* first = C(ctx).scratch;
-  MQ_CUDA(cudaMemsetAsync(first, 0xff, sizeof *first, S(ctx)));
-  k_first_nonfinite<<<std::min<unsigned>(blocks(size_t(n), 256), 1024), 256, 0, S(ctx)>>>(x, n, first);
-  k_record<<<1, 1, 0, S(ctx)>>>(x, first, tag, rec);
-  launched();
+  unsigned long long* first = C(ctx).scratch;  // words 0 (index) and 3 (count)
+  launch(ctx, k_finite, std::min<unsigned>(blocks(size_t(n), 256), 1024), 256, x, n, tag, rec, first,
+         reinterpret_cast<unsigned*>(first + 3));
 }
 
 __global__ void k_gather(const float* src, int lds, const int32_t* idx, int cols, float* dst, int ldd) {
+  pdl_enter();
   const float* s = src + size_t(idx[blockIdx.x]) * lds;
   for (int c = threadIdx.x; c < cols; c += blockDim.x) dst[size_t(blockIdx.x) * ldd + c] = s[c];
 }
 void c_gather(void* ctx, const float* src, int lds, const int32_t* idx, int n, int cols, float* dst, int ldd) {
   if (n == 0) return;
-  k_gather<<<n, 256, 0, S(ctx)>>>(src, lds, idx, cols, dst, ldd);
+  launch(ctx, k_gather, n, 256, src, lds, idx, cols, dst, ldd);
   launched();
 }
 
@@ -1074,6 +1139,7 @@ __device__ inline float fq(float v, float inv, float scale, float qmax) {
   return q != q ? 0.f : fminf(fmaxf(rintf(q), -qmax), qmax) * scale;
 }
 __global__ void k_quantize(const float* x, int rows, int cols, int ldx, float inv, int8_t* q, int ldq) {
+  pdl_enter();
   const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= size_t(rows) * cols) return;
   const size_t r = i / cols, c = i % cols;
@@ -1082,10 +1148,11 @@ __global__ void k_quantize(const float* x, int rows, int cols, int ldx, float in
 }
 void c_quantize(void* ctx, const float* x, int rows, int cols, int ldx, float scale, int8_t* q, int ldq) {
   if (!rows || !cols) return;
-  k_quantize<<<blocks(size_t(rows) * cols, 256), 256, 0, S(ctx)>>>(x, rows, cols, ldx, 1.0f / scale, q, ldq);
+  launch(ctx, k_quantize, blocks(size_t(rows) * cols, 256), 256, x, rows, cols, ldx, 1.0f / scale, q, ldq);
   launched();
 }
 __global__ void k_dequantize(const int8_t* q, int rows, int cols, int ldq, float scale, float* x, int ldx) {
+  pdl_enter();
   const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= size_t(rows) * cols) return;
   const size_t r = i / cols, c = i % cols;
@@ -1093,10 +1160,11 @@ __global__ void k_dequantize(const int8_t* q, int rows, int cols, int ldq, float
 }
 void c_dequantize(void* ctx, const int8_t* q, int rows, int cols, int ldq, float scale, float* x, int ldx) {
   if (!rows || !cols) return;
-  k_dequantize<<<blocks(size_t(rows) * cols, 256), 256, 0, S(ctx)>>>(q, rows, cols, ldq, scale, x, ldx);
+  launch(ctx, k_dequantize, blocks(size_t(rows) * cols, 256), 256, q, rows, cols, ldq, scale, x, ldx);
   launched();
 }
 __global__ void k_fake(float* x, int rows, int cols, int ldx, float inv, float scale, float qmax) {
+  pdl_enter();
   const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= size_t(rows) * cols) return;
   float& v = x[(i / cols) * ldx + i % cols];
@@ -1104,7 +1172,7 @@ __global__ void k_fake(float* x, int rows, int cols, int ldx, float inv, float s
 }
 void c_fake(void* ctx, float* x, int rows, int cols, int ldx, float scale, int bits) {
   if (!rows || !cols) return;
-  k_fake<<<blocks(size_t(rows) * cols, 256), 256, 0, S(ctx)>>>(x, rows, cols, ldx, 1.0f / scale, scale,
+  launch(ctx, k_fake, blocks(size_t(rows) * cols, 256), 256, x, rows, cols, ldx, 1.0f / scale, scale,
                                                                 float((1 << (bits - 1)) - 1));
   launched();
 }
@@ -1116,31 +1184,34 @@ __device__ inline float state_scale(int H, int N, int P, StateScalesView s, size
   return s.scale[size_t(hn) * s.ndg + j];
 }
 __global__ void k_sq(const float* x, int8_t* q, int H, int N, int P, StateScalesView s) {
+  pdl_enter();
   const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= size_t(H) * N * P) return;
   const float v = x[i] * (1.0f / state_scale(H, N, P, s, i));
   q[i] = v != v ? 0 : int8_t(fminf(fmaxf(rintf(v), -127.f), 127.f));
 }
 __global__ void k_sdq(const int8_t* q, float* x, int H, int N, int P, StateScalesView s) {
+  pdl_enter();
   const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < size_t(H) * N * P) x[i] = float(q[i]) * state_scale(H, N, P, s, i);
 }
 __global__ void k_sfq(float* x, int H, int N, int P, StateScalesView s, float qmax) {
+  pdl_enter();
   const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= size_t(H) * N * P) return;
   const float sc = state_scale(H, N, P, s, i);
   x[i] = fq(x[i], 1.0f / sc, sc, qmax);
 }
 void c_sq(void* ctx, const float* x, int8_t* q, int H, int N, int P, StateScalesView s) {
-  k_sq<<<blocks(size_t(H) * N * P, 256), 256, 0, S(ctx)>>>(x, q, H, N, P, s);
+  launch(ctx, k_sq, blocks(size_t(H) * N * P, 256), 256, x, q, H, N, P, s);
   launched();
 }
 void c_sdq(void* ctx, const int8_t* q, float* x, int H, int N, int P, StateScalesView s) {
-  k_sdq<<<blocks(size_t(H) * N * P, 256), 256, 0, S(ctx)>>>(q, x, H, N, P, s);
+  launch(ctx, k_sdq, blocks(size_t(H) * N * P, 256), 256, q, x, H, N, P, s);
   launched();
 }
 void c_sfq(void* ctx, float* x, int H, int N, int P, StateScalesView s, int bits) {
-  k_sfq<<<blocks(size_t(H) * N * P, 256), 256, 0, S(ctx)>>>(x, H, N, P, s, float((1 << (bits - 1)) - 1));
+  launch(ctx, k_sfq, blocks(size_t(H) * N * P, 256), 256, x, H, N, P, s, float((1 << (bits - 1)) - 1));
   launched();
 }
 
@@ -1166,11 +1237,11 @@ std::shared_ptr<void> make_ctx(int dev) {
   if (cublasCreate(&ctx->blas) != CUBLAS_STATUS_SUCCESS) failf("cuda: cublasCreate failed on %s", ctx->name.c_str());
   cublasSetStream(ctx->blas, ctx->stream);
   cublasSetMathMode(ctx->blas, CUBLAS_DEFAULT_MATH);  // no TF32: fp32 products as fp32
-  // scratch: check_finite's word, then add_norm's first index (all ones when unset) and its
-  // count of finished blocks (zero)
-  MQ_CUDA(cudaMalloc(&ctx->scratch, 3 * sizeof(unsigned long long)));
+  // scratch: check_finite's and add_norm's first index (all ones when unset), add_norm's and
+  // check_finite's counts of finished blocks (zero)
+  MQ_CUDA(cudaMalloc(&ctx->scratch, 4 * sizeof(unsigned long long)));
   MQ_CUDA(cudaMemset(ctx->scratch, 0xff, 2 * sizeof(unsigned long long)));
-  MQ_CUDA(cudaMemset(ctx->scratch + 2, 0, sizeof(unsigned long long)));
+  MQ_CUDA(cudaMemset(ctx->scratch + 2, 0, 2 * sizeof(unsigned long long)));
   // cuBLAS's own workspace, so that a captured GEMM allocates nothing
   MQ_CUDA(cudaMalloc(&ctx->blas_ws, kBlasWorkspace));
   if (cublasSetWorkspace(ctx->blas, ctx->blas_ws, kBlasWorkspace) != CUBLAS_STATUS_SUCCESS)
