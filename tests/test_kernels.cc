@@ -54,8 +54,10 @@ TEST_P(Kernels, RmsNorm) {
 
 TEST_P(Kernels, Gemm) {
   mqtest::Dev d(bparam());
-  for (const int M : {19, 1, 4}) {  // 1 and 4: a device's decode-sized GEMV (K % 8 == 0, aligned rows)
-    const int N = 70, K = M == 19 ? 33 : 64, lda = M == 19 ? 40 : 68, ldc = 75;
+  // 1, 4 and 2: a device's decode-sized GEMV (K % 8 == 0, aligned rows; K 1032: a row shared
+  // among warps, with a tail)
+  for (const int M : {19, 1, 4, 2}) {
+    const int N = 70, K = M == 19 ? 33 : M == 2 ? 1032 : 64, lda = M == 19 ? 40 : M == 2 ? 1036 : 68, ldc = 75;
     auto A = mqtest::randn(size_t(M) * lda, 3), W = mqtest::randn(size_t(N) * K, 4), bias = mqtest::randn(size_t(N), 5);
     std::vector<float> a(size_t(M) * ldc, 0.f), b(size_t(M) * ldc, 0.f);
     ref::gemm(M, N, K, A.data(), lda, W.data(), bias.data(), a.data(), ldc);
@@ -163,7 +165,9 @@ TEST_P(Kernels, GemmSixteenBitWeights) {
     int M, K, lda;
   };
   // a prefill-sized product, and decode-sized ones (a device's GEMV: aligned rows, K % 8 == 0)
-  for (const Shape sh : {Shape{21, 777, 780}, Shape{1, 776, 776}, Shape{3, 768, 772}})
+  // (K 4096 / 4104 with N 70: a device GEMV may share each row among several warps, with a tail)
+  for (const Shape sh : {Shape{21, 777, 780}, Shape{1, 776, 776}, Shape{3, 768, 772}, Shape{1, 4096, 4096},
+                         Shape{4, 4104, 4108}})
     for (const WFormat wf : {WFormat::BF16, WFormat::F16}) {
       const int M = sh.M, N = 70, K = sh.K, lda = sh.lda, ldc = 75;
       auto A = mqtest::randn(size_t(M) * lda, 90), Wf = mqtest::randn(size_t(N) * K, 91, 0.05f),

@@ -198,9 +198,10 @@ bool c_supports(void*, Op op, OpFormats f) {
 
 // ---- launches: programmatic dependent launch (sm_90) ----
 // Every kernel here starts with pdl_enter(): it lets the next kernel in the stream be scheduled
-// now and waits until the kernel before it has finished and its writes are visible. Kernels are
-// launched with the attribute that allows that overlap, so a decode step's hundreds of small
-// launches do not each pay the full launch latency; $MAMBAQ_CUDA_PDL=0 launches them plainly.
+// now and waits until the kernel before it has finished and its writes are visible. With
+// $MAMBAQ_CUDA_PDL=1 kernels are launched with the attribute that allows that overlap; off by
+// default: measured on the H200 it made graph-replayed decode slower (BENCHMARKS.md, session 11),
+// while the kernels stay correct either way (the GPU tests pass both ways).
 __device__ inline void pdl_enter() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;");
@@ -213,7 +214,7 @@ bool pdl_on() {
     int dev = 0, major = 0;
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-    return major >= 9 && !(e && std::string(e) == "0");
+    return major >= 9 && e && std::string(e) == "1";
   }();
   return on;
 }
@@ -473,11 +474,13 @@ __device__ inline Chunk chunk_at(const Chunk* chunks, int k, const int* offs) {
   if (chunks) return chunks[k];
   return {k, 0, 1, offs[k], offs[k + 1]};
 }
-// The mask names only this group's 16 lanes: the warp's other group may have left (past D).
+// The sum over a group of L lanes (L a power of two up to 32); the mask names only this group's
+// lanes: the warp's other groups may have left (past D).
+template <int L = kScanLanes>
 __device__ inline float lanes_sum(float v) {
-  const unsigned mask = 0xffffu << (threadIdx.x & 16u);
+  const unsigned mask = (L == 32 ? 0xffffffffu : ((1u << L) - 1u)) << (threadIdx.x & 31u & ~unsigned(L - 1));
 #pragma unroll
-  for (int o = kScanLanes / 2; o > 0; o /= 2) v += __shfl_xor_sync(mask, v, o, kScanLanes);
+  for (int o = L / 2; o > 0; o /= 2) v += __shfl_xor_sync(mask, v, o, L);
   return v;
 }
 
@@ -490,8 +493,9 @@ struct ScanOps {
   float* y;
   int ldy;
 };
-// One walk of channel d over tokens [t0, t1); OUT: write y; returns the sum of dt.
-template <int NS, int U, bool OUT>
+// One walk of channel d over tokens [t0, t1); OUT: write y; returns the sum of dt. L lanes per
+// channel, lane l holding the states n = l + L j (j < NS).
+template <int NS, int U, bool OUT, int L>
 __device__ inline float scan_walk(const ScanOps& o, int d, int lane, int t0, int t1, float (&h)[NS],
                                   const float (&a)[NS]) {
   const float bias = o.dbias ? o.dbias[d] : 0.f, dsk = o.Dskip ? o.Dskip[d] : 0.f;
@@ -507,7 +511,7 @@ __device__ inline float scan_walk(const ScanOps& o, int d, int lane, int t0, int
         zz[i] = OUT && o.z ? o.z[tt * o.ldz + d] : 0.f;
 #pragma unroll
         for (int j = 0; j < NS; ++j) {
-          const int n = lane + kScanLanes * j;
+          const int n = lane + L * j;
           bb[i][j] = n < o.N ? o.B[tt * o.ldb + n] : 0.f;
           cc[i][j] = OUT && n < o.N ? o.C[tt * o.ldc + n] : 0.f;
         }
@@ -524,7 +528,7 @@ __device__ inline float scan_walk(const ScanOps& o, int d, int lane, int t0, int
           acc += h[j] * cc[i][j];
         }
         if (OUT) {
-          acc = lanes_sum(acc);
+          acc = lanes_sum<L>(acc);
           if (lane == 0) {
             float v = acc + dsk * uu[i];
             if (o.z) v *= silu_f(zz[i]);
@@ -536,13 +540,13 @@ __device__ inline float scan_walk(const ScanOps& o, int d, int lane, int t0, int
   return dsum;
 }
 // PASS 0 / 1 as above; grid (channel blocks, chunks). hloc {chunks, D, N}, dtsum {chunks, D}.
-template <int NS, int PASS>
+template <int NS, int PASS, int L>
 __global__ void k_scan(ScanOps o, const Chunk* __restrict__ chunks, float* const* states, float* __restrict__ hloc,
                        float* __restrict__ dtsum) {
   pdl_enter();
-  const int lane = threadIdx.x % kScanLanes, k = blockIdx.y;
-  const int d = (blockIdx.x * blockDim.x + threadIdx.x) / kScanLanes;
-  if (d >= o.D) return;  // whole 16-lane groups leave together
+  const int lane = threadIdx.x % L, k = blockIdx.y;
+  const int d = (blockIdx.x * blockDim.x + threadIdx.x) / L;
+  if (d >= o.D) return;  // whole L-lane groups leave together
   const Chunk ch = chunk_at(chunks, k, o.offs);
   if (PASS == 0 ? (ch.n == 1 || ch.c == ch.n - 1) : (ch.n > 1 && ch.c == 0)) return;  // the other pass's chunk
   const int N = o.N;
@@ -551,7 +555,7 @@ __global__ void k_scan(ScanOps o, const Chunk* __restrict__ chunks, float* const
   const bool from_state = ch.c == 0;  // else from the chunks before it (PASS 1) or zero (PASS 0)
 #pragma unroll
   for (int j = 0; j < NS; ++j) {
-    const int n = lane + kScanLanes * j;
+    const int n = lane + L * j;
     a[j] = n < N ? o.A[size_t(d) * N + n] : 0.f;
     h[j] = (from_state && st && n < N) ? st[size_t(d) * N + n] : 0.f;
   }
@@ -559,23 +563,23 @@ __global__ void k_scan(ScanOps o, const Chunk* __restrict__ chunks, float* const
     const int k0 = k - ch.c;
 #pragma unroll
     for (int j = 0; j < NS; ++j) {
-      const int n = lane + kScanLanes * j;
+      const int n = lane + L * j;
       h[j] = n < N ? hloc[(size_t(k0) * o.D + d) * N + n] : 0.f;
     }
     for (int i = k0 + 1; i < k; ++i) {
       const float S = dtsum[size_t(i) * o.D + d];
 #pragma unroll
       for (int j = 0; j < NS; ++j) {
-        const int n = lane + kScanLanes * j;
+        const int n = lane + L * j;
         if (n < N) h[j] = expf(S * a[j]) * h[j] + hloc[(size_t(i) * o.D + d) * N + n];
       }
     }
   }
   float S;
   if (PASS == 1 || ch.c == 0)
-    S = scan_walk<NS, 8, true>(o, d, lane, ch.t0, ch.t1, h, a);
+    S = scan_walk<NS, 8, true, L>(o, d, lane, ch.t0, ch.t1, h, a);
   else
-    S = scan_walk<NS, 8, false>(o, d, lane, ch.t0, ch.t1, h, a);
+    S = scan_walk<NS, 8, false, L>(o, d, lane, ch.t0, ch.t1, h, a);
   float* dst = nullptr;
   if (PASS == 0) {
     dst = hloc + size_t(k) * o.D * N + size_t(d) * N;
@@ -586,7 +590,7 @@ __global__ void k_scan(ScanOps o, const Chunk* __restrict__ chunks, float* const
   if (dst)
 #pragma unroll
     for (int j = 0; j < NS; ++j) {
-      const int n = lane + kScanLanes * j;
+      const int n = lane + L * j;
       if (n < N) dst[n] = h[j];
     }
 }
@@ -756,14 +760,16 @@ void c_scan(void* ctx, const ScanArgs& a) {
   if (a.b.nseq == 0) return;
   const ScanOps o{a.b.offs_dev, a.u.f(), a.delta.f(), a.delta_bias, a.A, a.B.f(), a.C.f(), a.Dskip, a.z.f(), a.u.ld, a.delta.ld,
                   a.B.ld, a.C.ld, a.z.ld, a.D, a.N, a.y, a.ldy};
-  const int per_block = 128 / kScanLanes;  // channels per block of 128 threads
+  // 4 states per lane, N/4 lanes per channel (Mamba1's d_state 16: 4 lanes, two shuffle rounds
+  // per output; with time chunked there is parallelism enough without spreading a channel wider)
   auto* st = reinterpret_cast<float* const*>(a.st.seq ? a.st.seq_dev : nullptr);
+  const int lanes = a.N <= 16 ? 4 : a.N <= 32 ? 8 : 16, per_block = 128 / lanes;  // channels per block of 128
   run_chunked(ctx, a.b, size_t(a.D) * a.N, size_t(a.D), [&](int pass, int n, const Chunk* ch, float* hl, float* ds) {
     const dim3 grid(unsigned((a.D + per_block - 1) / per_block), unsigned(n));
     auto go = [&](auto k0, auto k1) { launch(ctx, pass == 0 ? k0 : k1, grid, 128, o, ch, st, hl, ds); };
-    if (a.N <= 16) go(k_scan<1, 0>, k_scan<1, 1>);
-    else if (a.N <= 32) go(k_scan<2, 0>, k_scan<2, 1>);
-    else go(k_scan<4, 0>, k_scan<4, 1>);
+    if (lanes == 4) go(k_scan<4, 0, 4>, k_scan<4, 1, 4>);
+    else if (lanes == 8) go(k_scan<4, 0, 8>, k_scan<4, 1, 8>);
+    else go(k_scan<4, 0, 16>, k_scan<4, 1, 16>);
     launched();
   });
 }
@@ -808,12 +814,15 @@ __global__ void k_round_half(const float* A, int lda, int M, int K, H* out) {
     out[i] = __float2half_rn(x);
 }
 
-// Decode-sized products (M <= kGemvRows rows): one warp per output column n reads W's row n once
-// for all M rows, 16 bytes per lane per step (the product is bound by reading W: cuBLAS's
+// Decode-sized products (M <= kGemvRows rows): W's row n is read once for all M rows, 16 bytes
+// per lane per load, four loads in flight per lane (the product is bound by reading W: cuBLAS's
 // tensor-core kernels leave most of the bandwidth unused at M = 1 and need the activations
-// rounded by a separate launch). 16-bit weights: each activation rounded to the weights' type in
-// registers, as the contract says; sums in float, in a fixed order (lane-strided, then the warp's
-// butterfly), whatever M.
+// rounded by a separate launch). A row is shared by `split` warps of a block (1, 2, 4 or 8,
+// chosen from N and K alone: enough warps to keep the memory busy when N is small, e.g. x_proj's
+// 160 rows of 4096), each taking every split-th 16-byte chunk. 16-bit weights: each activation
+// rounded to the weights' type in registers, as the contract says. Sums in float in one fixed
+// order for a shape, whatever M: each lane's chunks in k order, the warp's butterfly, then the
+// split warps' partials in warp order.
 constexpr int kGemvRows = 4;
 template <class W>
 __device__ inline void w_to_f(const uint4& v, float* f) {
@@ -835,28 +844,42 @@ __device__ inline float round_to(float x) {
     return x;
 }
 template <class W, int M>
-__global__ void k_gemv(const float* A, int lda, const W* Wt, int N, int K, const float* bias, float* C, int ldc) {
+__global__ void k_gemv(const float* A, int lda, const W* Wt, int N, int K, const float* bias, float* C, int ldc,
+                       int split) {
   pdl_enter();
-  constexpr int E = 16 / sizeof(W);  // elements per 16-byte load
-  const int n = int(blockIdx.x) * (blockDim.x / 32) + int(threadIdx.x / 32), lane = int(threadIdx.x % 32);
-  if (n >= N) return;
-  const W* w = Wt + size_t(n) * K;
+  constexpr int E = 16 / sizeof(W), U = 4;  // elements per 16-byte load, loads in flight
+  __shared__ float part[8][M];
+  const int warp = int(threadIdx.x / 32), lane = int(threadIdx.x % 32);
+  const int n = int(blockIdx.x) * (8 / split) + warp / split, p = warp % split;
   float acc[M];
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = 0.f;
-  for (int k = lane * E; k < K; k += 32 * E) {
-    float wf[E];
-    w_to_f<W>(*reinterpret_cast<const uint4*>(w + k), wf);
+  if (n < N) {
+    const W* w = Wt + size_t(n) * K;
+    const int stride = split * 32 * E;
+    for (int k0 = (p * 32 + lane) * E; k0 < K; k0 += U * stride) {
+      uint4 wv[U];
 #pragma unroll
-    for (int m = 0; m < M; ++m) {
-      const float* a = A + size_t(m) * lda + k;
+      for (int u = 0; u < U; ++u)
+        if (k0 + u * stride < K) wv[u] = __ldcs(reinterpret_cast<const uint4*>(w + k0 + u * stride));
 #pragma unroll
-      for (int e = 0; e < E; e += 4) {
-        const float4 x = *reinterpret_cast<const float4*>(a + e);
-        acc[m] = fmaf(round_to<W>(x.x), wf[e], acc[m]);
-        acc[m] = fmaf(round_to<W>(x.y), wf[e + 1], acc[m]);
-        acc[m] = fmaf(round_to<W>(x.z), wf[e + 2], acc[m]);
-        acc[m] = fmaf(round_to<W>(x.w), wf[e + 3], acc[m]);
+      for (int u = 0; u < U; ++u) {
+        const int k = k0 + u * stride;
+        if (k >= K) break;
+        float wf[E];
+        w_to_f<W>(wv[u], wf);
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+          const float* a = A + size_t(m) * lda + k;
+#pragma unroll
+          for (int e = 0; e < E; e += 4) {
+            const float4 x = *reinterpret_cast<const float4*>(a + e);
+            acc[m] = fmaf(round_to<W>(x.x), wf[e], acc[m]);
+            acc[m] = fmaf(round_to<W>(x.y), wf[e + 1], acc[m]);
+            acc[m] = fmaf(round_to<W>(x.z), wf[e + 2], acc[m]);
+            acc[m] = fmaf(round_to<W>(x.w), wf[e + 3], acc[m]);
+          }
+        }
       }
     }
   }
@@ -864,18 +887,43 @@ __global__ void k_gemv(const float* A, int lda, const W* Wt, int N, int K, const
   for (int m = 0; m < M; ++m) {
     float v = acc[m];
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (lane == 0) C[size_t(m) * ldc + n] = v + (bias ? bias[n] : 0.f);
+    acc[m] = v;
   }
+  if (split == 1) {
+    if (lane == 0 && n < N)
+#pragma unroll
+      for (int m = 0; m < M; ++m) C[size_t(m) * ldc + n] = acc[m] + (bias ? bias[n] : 0.f);
+    return;
+  }
+  if (lane == 0)
+#pragma unroll
+    for (int m = 0; m < M; ++m) part[warp][m] = acc[m];
+  __syncthreads();
+  if (lane == 0 && p == 0 && n < N)
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      float v = part[warp][m];
+      for (int q = 1; q < split; ++q) v += part[warp + q][m];
+      C[size_t(m) * ldc + n] = v + (bias ? bias[n] : 0.f);
+    }
+}
+// Warps per row: more while N rows alone would leave the GPU's warps idle (about 8192 resident on
+// an H200) and each warp still gets at least two rounds of loads.
+int gemv_split(int N, int K, int E) {
+  int split = 1;
+  while (split < 8 && size_t(N) * split < 8192 && K >= split * 4 * 32 * E) split *= 2;
+  return split;
 }
 template <class W>
 void gemv(void* ctx, const GemmArgs& a) {
-  const unsigned warps = 8, grid = unsigned((a.N + warps - 1) / warps);
+  const int split = gemv_split(a.N, a.K, 16 / int(sizeof(W))), rows = 8 / split;
+  const unsigned grid = unsigned((a.N + rows - 1) / rows);
   const W* w = static_cast<const W*>(a.W.data);
   switch (a.M) {
-    case 1: launch(ctx, k_gemv<W, 1>, grid, 32 * warps, a.A.f(), a.A.ld, w, a.N, a.K, a.bias, a.C, a.ldc); break;
-    case 2: launch(ctx, k_gemv<W, 2>, grid, 32 * warps, a.A.f(), a.A.ld, w, a.N, a.K, a.bias, a.C, a.ldc); break;
-    case 3: launch(ctx, k_gemv<W, 3>, grid, 32 * warps, a.A.f(), a.A.ld, w, a.N, a.K, a.bias, a.C, a.ldc); break;
-    default: launch(ctx, k_gemv<W, 4>, grid, 32 * warps, a.A.f(), a.A.ld, w, a.N, a.K, a.bias, a.C, a.ldc); break;
+    case 1: launch(ctx, k_gemv<W, 1>, grid, 256, a.A.f(), a.A.ld, w, a.N, a.K, a.bias, a.C, a.ldc, split); break;
+    case 2: launch(ctx, k_gemv<W, 2>, grid, 256, a.A.f(), a.A.ld, w, a.N, a.K, a.bias, a.C, a.ldc, split); break;
+    case 3: launch(ctx, k_gemv<W, 3>, grid, 256, a.A.f(), a.A.ld, w, a.N, a.K, a.bias, a.C, a.ldc, split); break;
+    default: launch(ctx, k_gemv<W, 4>, grid, 256, a.A.f(), a.A.ld, w, a.N, a.K, a.bias, a.C, a.ldc, split); break;
   }
   launched();
 }
