@@ -40,36 +40,6 @@ std::string folder_seed(const fs::path& dir) {
   return slurp(dir / "config.json") + "\n----\n" + slurp(dir / "model.safetensors");
 }
 
-void quantized_folder(const fs::path& fp_dir, const fs::path& out, const std::string& preset = "") {
-  auto fp = Model::load(fp_dir.string());
-  CalibSamples cs;
-  std::mt19937 rng(7);
-  for (int s = 0; s < 4; ++s) {
-    std::vector<int32_t> ids(24);
-    for (auto& x : ids) x = int32_t(rng() % 64);
-    cs.samples.push_back(ids);
-  }
-  cs.available = cs.documents = 4;
-  CalibOptions co;
-  co.progress = false;
-  const Calibration cal = calibrate(*fp, cs, co);
-  QuantMeta meta;
-  meta.calib_file = "seed";
-  meta.calib_samples = cs.samples.size();
-  meta.calib_seqlen = 24;
-  if (!preset.empty()) {  // Quamba2: rotated, embedding and head int8, heads grouped (Mamba2)
-    apply_quamba2_preset(meta, preset, fp->config());
-    QuantizeInputs in;
-    in.calib = &cs;
-    in.calib_opts.progress = false;
-    in.progress = false;
-    save_quantized(*quantize(*fp, meta, in).model, out.string(), "");
-    return;
-  }
-  auto q = quantize_model(*fp, cal, meta);
-  save_quantized(*q, out.string(), "");
-}
-
 // ---- a torch.save-like zip: the hand-written pickle (torch_writer.h) + stored members ----
 std::string zip_bytes(const fs::path& tmp, const std::vector<std::pair<std::string, std::string>>& entries) {
   int err = 0;
@@ -153,6 +123,12 @@ void write_seeds(const std::string& out_dir, const std::string& src) {
     quantized_folder(fp, q2, "w8a8");
     write(out / "model_folder" / (tag + "-quamba2-w8a8"), folder_seed(q2));
     write(out / "config" / (tag + "-quamba2-w8a8.json"), slurp(q2 / "config.json"));
+  }
+  // the quantization section against fixed tensors: the base's index, then its own section
+  for (int i = 0; i < kQuantBases; ++i) {
+    const std::string dir = quant_base(i, (tmp / "qbase").string());
+    const nlohmann::json c = parse_json(slurp(fs::path(dir) / "config.json"), dir);
+    write(out / "quant_section" / ("base" + std::to_string(i)), std::string(1, char('0' + i)) + c["quantization"].dump(1));
   }
   // half-precision tensors
   {

@@ -1,4 +1,5 @@
 #include "targets.h"
+#include "tiny_model.h"
 
 #include <unistd.h>
 
@@ -12,6 +13,7 @@
 #include "analysis/explog.h"
 #include "analysis/sweep.h"
 #include "io/json_file.h"
+#include "io/mmap_file.h"
 #include "io/npz.h"
 #include "io/pickle.h"
 #include "io/safetensors.h"
@@ -159,6 +161,36 @@ void t_model_folder(const uint8_t* d, size_t n) {
   }
 }
 
+// The quantization section against fixed tensors: byte 0 picks a tiny quantized folder
+// (quant_base), the rest is the section's JSON (its save_id set to the folder's, so that the
+// search reaches past that check); loaded and run like model_folder.
+void t_quant_section(const uint8_t* d, size_t n) {
+  if (n < 1) return;
+  static std::string bases[kQuantBases];
+  const int i = (d[0] - '0' + 3 * 256) % kQuantBases;
+  if (bases[i].empty()) bases[i] = quant_base(i, scratch() + "/qbase");
+  const nlohmann::json base = parse_json(read_text_file(bases[i] + "/config.json"), bases[i]);
+  nlohmann::json cfg = base;
+  cfg["quantization"] = parse_json(std::string(reinterpret_cast<const char*>(d + 1), n - 1), "quantization section");
+  if (cfg["quantization"].is_object()) cfg["quantization"]["save_id"] = base["quantization"]["save_id"];
+  const std::string dir = scratch() + "/qsec";
+  fs::create_directories(dir);
+  fs::copy_file(bases[i] + "/model.safetensors", dir + "/model.safetensors", fs::copy_options::overwrite_existing);
+  const std::string text = cfg.dump(1);
+  put("qsec/config.json", reinterpret_cast<const uint8_t*>(text.data()), text.size());
+  auto m = Model::load(dir);
+  const std::vector<int32_t> toks = {1, 2, 3};
+  for (ExecMode mode : {ExecMode::FP32, ExecMode::Fake, ExecMode::Int8}) {
+    if (mode != ExecMode::FP32 && !m->is_quantized()) break;
+    Session S(*m, {.mode = mode});
+    for (float v : S.last_logits(toks))
+      if (!std::isfinite(v)) {
+        std::fprintf(stderr, "quant_section: non-finite logit returned without an error (mode %s)\n", mode_name(mode));
+        std::abort();
+      }
+  }
+}
+
 }  // namespace
 
 const std::vector<Target>& targets() {
@@ -174,6 +206,7 @@ const std::vector<Target>& targets() {
       {"sweep", t_sweep, "sweep specs, TOML or JSON"},
       {"npz", t_npz, "activation snapshots (.npz)"},
       {"model_folder", t_model_folder, "a model folder (FP or quantized): config + safetensors, loaded and run"},
+      {"quant_section", t_quant_section, "config.json's quantization section against a quantized folder's tensors"},
   };
   return t;
 }

@@ -6,6 +6,12 @@
 
 #include "io/safetensors.h"
 #include "mambaq/error.h"
+#include "io/mmap_file.h"
+#include "mambaq/model.h"
+#include "quant/quantized.h"
+#include "quant/calibrate.h"
+
+namespace fs = std::filesystem;
 
 namespace mambaq::fuzz {
 
@@ -90,6 +96,45 @@ TinyModel tiny_model(bool mamba2, int layers) {
     t.add("backbone.norm_f.weight", {D}, seed++, 0.1f, 1.f);
   }
   return t;
+}
+
+void quantized_folder(const fs::path& fp_dir, const fs::path& out, const std::string& preset) {
+  auto fp = Model::load(fp_dir.string());
+  CalibSamples cs;
+  std::mt19937 rng(7);
+  for (int s = 0; s < 4; ++s) {
+    std::vector<int32_t> ids(24);
+    for (auto& x : ids) x = int32_t(rng() % 64);
+    cs.samples.push_back(ids);
+  }
+  cs.available = cs.documents = 4;
+  CalibOptions co;
+  co.progress = false;
+  const Calibration cal = calibrate(*fp, cs, co);
+  QuantMeta meta;
+  meta.calib_file = "seed";
+  meta.calib_samples = cs.samples.size();
+  meta.calib_seqlen = 24;
+  if (!preset.empty()) {  // Quamba2: rotated, embedding and head int8, heads grouped (Mamba2)
+    apply_quamba2_preset(meta, preset, fp->config());
+    QuantizeInputs in;
+    in.calib = &cs;
+    in.calib_opts.progress = false;
+    in.progress = false;
+    save_quantized(*quantize(*fp, meta, in).model, out.string(), "");
+    return;
+  }
+  auto q = quantize_model(*fp, cal, meta);
+  save_quantized(*q, out.string(), "");
+}
+
+std::string quant_base(int i, const std::string& dir) {
+  const std::string tag = i == 0 ? "mamba1-quamba1-w8a8" : i == 1 ? "mamba2-quamba2-w8a8" : "mamba1-quamba2-w8a8";
+  const fs::path out = fs::path(dir) / tag, fp = fs::path(dir) / (tag + "-fp");
+  if (fs::exists(out / "config.json")) return out.string();
+  tiny_model(i == 1, 2).save(fp.string());
+  quantized_folder(fp, out, i == 0 ? "" : "w8a8");
+  return out.string();
 }
 
 }  // namespace mambaq::fuzz

@@ -1,6 +1,7 @@
 // Tiny Mamba1 / Mamba2 models (d_model 16, vocabulary 64, seeded random weights, never zeros)
 // in the published layouts: seeds for the fuzzers, and folders that tests corrupt on purpose.
 #pragma once
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -20,5 +21,14 @@ struct TinyModel {
 };
 
 TinyModel tiny_model(bool mamba2, int layers);
+
+// out: the FP folder fp_dir quantized (preset empty: Quamba W8A8; else a Quamba2 preset, with
+// the embedding and head int8 and the heads grouped on Mamba2), calibrated on fixed tokens.
+void quantized_folder(const std::filesystem::path& fp_dir, const std::filesystem::path& out, const std::string& preset = "");
+// The fixed tensors of the quant_section target, made once under dir: 0 Mamba1 Quamba W8A8,
+// 1 Mamba2 Quamba2 W8A8 (heads grouped), 2 Mamba1 Quamba2 W8A8 (each of tiny_model(…, 2): too
+// narrow for 4-bit weights); returns the folder.
+constexpr int kQuantBases = 3;
+std::string quant_base(int i, const std::string& dir);
 
 }  // namespace mambaq::fuzz

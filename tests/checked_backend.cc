@@ -157,6 +157,12 @@ void c_finite(void*, const float* x, int64_t n, int32_t tag, NonFinite* rec) {
   check(x, "check_finite", "x"), check(rec, "check_finite", "record");
   R().check_finite(nullptr, x, n, tag, rec);
 }
+void c_add_norm(void*, const AddNormArgs& a) {
+  check(a.r, "add_norm", "r"), check(a.w, "add_norm", "w"), check(a.out, "add_norm", "out"), check(a.rec, "add_norm", "record");
+  if (a.y) check(a.y, "add_norm", "y");
+  if (a.b) check(a.b, "add_norm", "b");
+  R().add_norm(nullptr, a);
+}
 void c_gather(void*, const float* src, int lds, const int32_t* idx, int n, int cols, float* dst, int ldd) {
   check(src, "gather_rows", "src"), check(idx, "gather_rows", "idx"), check(dst, "gather_rows", "dst");
   R().gather_rows(nullptr, src, lds, idx, n, cols, dst, ldd);
@@ -215,6 +221,7 @@ const Backend kChecked{
     .embed = c_embed,
     .score_rows = c_score,
     .check_finite = c_finite,
+    .add_norm = c_add_norm,
     .gather_rows = c_gather,
     .quantize = c_quantize,
     .dequantize = c_dequantize,

@@ -7,11 +7,15 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <map>
 
 #include "io/json_file.h"
 #include "io/mmap_file.h"
 #include "io/safetensors.h"
+#include "mambaq/checkpoint.h"
+#include "mambaq/config.h"
+#include "mambaq/eval.h"
 #include "mambaq/model.h"
 #include "model/quant_state.h"
 #include "quant/scale_rules.h"
@@ -327,4 +331,127 @@ TEST(CrossChecks, FpModelOfAnotherArchitectureOrAQuantizedOneIsRefused) {
   EXPECT_EQ(config_difference(c, w), fmt::format("d_model {} vs {}", c.d_model, w.d_model));
   EXPECT_EQ(config_difference(c, c), "");
   EXPECT_EQ(mqtest::run_cli(ev + mqtest::model_dir("mamba2-tiny-hf")).code, 0);  // its own FP model
+}
+
+// Lax parsing and silent no-ops (issue 21, class 10): each refused with one line naming it.
+TEST(StrictParsing, TaskKeysFiltersLayerListsGroupedAlphasAndLogFiles) {
+  const std::string d = mqtest::temp_dir("strict_parsing"), m = mqtest::model_dir("mamba-tiny");
+  mqtest::write_file(d + "/a.txt", "one two three four five six seven eight nine ten\n");
+  fs::create_directories(d + "/b");
+  mqtest::write_file(d + "/b/a.txt", "ten nine eight seven six five four three two one\n");
+  // two tasks reporting under one key: one result would replace the other
+  const std::string ev = "eval " + m + " --no-log -q --limit 1 --tasks ";
+  mqtest::expect_one_line_error(mqtest::run_cli(ev + "ppl:" + d + "/a.txt,ppl:" + d + "/b/a.txt"),
+                                "both report as 'a' (one result would replace the other)");
+  mqtest::expect_one_line_error(mqtest::run_cli(ev + "lambada_openai,lambada_openai"), "'lambada_openai' is given twice");
+  EXPECT_EQ(task_key("ppl:x/heldout.txt"), "heldout");
+  EXPECT_EQ(task_key("lambada_openai"), "lambada_openai");
+  EXPECT_ERROR(check_task_keys({"lastword:p/q.jsonl", "ppl:r/q.txt"}), "both report as 'q'");
+  check_task_keys({"ppl:a.txt", "lastword:b.jsonl", "lambada_openai"});
+  // logs --filter: numbers and dates strictly, before anything is read
+  const std::string log = d + "/log.jsonl";
+  mqtest::write_file(log, R"({"kind":"eval","timestamp":"2026-11-30T10:00:00","model":"m","flags":{"percentile_alpha":0.9995}})"
+                          "\n");
+  for (const auto& [f, msg] : std::vector<std::pair<std::string, std::string>>{{"alpha=nan", "alpha must be a number in (0, 1]"},
+                                                                              {"alpha=abc", "alpha must be a number"},
+                                                                              {"alpha=1.5", "(0, 1]"},
+                                                                              {"alpha=", "no value after '='"},
+                                                                              {"bits=8", "W8A8"},
+                                                                              {"since=yesterday", "ISO date"},
+                                                                              {"until=2026-13", "ISO date"},
+                                                                              {"since=2026-11-30T25", "ISO date"}})
+    mqtest::expect_one_line_error(mqtest::run_cli("logs " + log + " --filter " + f), msg);
+  auto r = mqtest::run_cli("logs " + log + " --records --filter alpha=0.9995 --filter since=2026-11 --filter until=2026-11-30");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("2026-11-30T10:00:00"), std::string::npos) << r.out;
+  r = mqtest::run_cli("logs " + log + " --records --filter since=2026-12-01");
+  EXPECT_EQ(r.out.find("2026-11-30T10:00:00"), std::string::npos) << r.out;
+  // --json -: stdout is the JSON alone (the table goes to stderr)
+  r = mqtest::run_cli("logs " + log + " --json -");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out).size(), 1u) << r.out;
+  // layer lists: decimal digits, ranges, head; nothing after '@' is not "every layer"
+  const ModelConfig c = load_config(m);
+  for (const std::string bad : {"x_proj:input@=*2", "x_proj:input@0x1=*2", "x_proj:input@1e0=*2", "x_proj:input@+1=*2",
+                                "x_proj:input@1,,2=*2", "x_proj:input@ 1=*2"}) {
+    SCOPED_TRACE(bad);
+    EXPECT_ERROR(parse_scale_rule(bad, c, "--scale-override"), "layer");
+  }
+  EXPECT_ERROR(parse_scale_rule("x_proj:input@=*2", c, "--scale-override"), "no layers after '@'");
+  EXPECT_EQ(parse_scale_rule("x_proj:input@0,2-3=*2", c, "--scale-override").layers, (std::vector<int>{0, 2, 3}));
+  // an alpha on a point Quamba2's head groups calibrate by their max: honoured block by block
+  const std::string q = "quantize " + mqtest::model_dir("mamba2-tiny-hf") + " -q --no-log --recipe quamba2 --preset w8a8 "
+                        "--calib-num 2 --calib-seqlen 32 --group-heads -o ";
+  ASSERT_EQ(mqtest::run_cli(q + d + "/q0").code, 0);
+  r = mqtest::run_cli(q + d + "/q1 --scale-override 'x_conv_out@0:alpha=0.5'");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto grouped = [](const std::string& dir, int layer) {
+    const auto model = Model::load(dir);
+    for (const auto& p : model->quantized()->scales.points)
+      if (p.layer == layer && p.point == "x_conv_out") return p.values;
+    return std::vector<float>{};
+  };
+  const auto a0 = grouped(d + "/q0", 0), b0 = grouped(d + "/q1", 0);
+  ASSERT_FALSE(a0.empty());
+  ASSERT_EQ(a0.size(), b0.size());
+  for (size_t i = 0; i < a0.size(); ++i) EXPECT_LT(b0[i], a0[i]) << "block " << i << ": alpha 0.5 clips below the max";
+  EXPECT_EQ(grouped(d + "/q0", 1), grouped(d + "/q1", 1));  // the other layers' scales are their own
+  // the experiment log: a FIFO would block the append after the work; a link would be written through
+  ASSERT_EQ(::mkfifo((d + "/fifo").c_str(), 0644), 0);
+  mqtest::expect_one_line_error(mqtest::run_cli("eval " + m + " -q --limit 1 --tasks ppl:" + d + "/a.txt --log " + d + "/fifo"),
+                                "is not a regular file (a FIFO)");
+  mqtest::write_file(d + "/real.jsonl", "");
+  fs::create_symlink(d + "/real.jsonl", d + "/link.jsonl");
+  mqtest::expect_one_line_error(
+      mqtest::run_cli("eval " + m + " -q --limit 1 --tasks ppl:" + d + "/a.txt --log " + d + "/link.jsonl"), "is a link");
+  EXPECT_EQ(mqtest::read_file(d + "/real.jsonl"), "");
+}
+
+// A quantization section that contradicts its tensors (issue 21, class 7): refused at load,
+// naming the field and the tensor. One Quamba2 W4A8 folder (heads grouped, embedding and head
+// quantized), its config.json edited a field at a time; the head order by its tensor.
+TEST(CrossChecks, QuantizationSectionAgainstTheTensors) {
+  const std::string d = mqtest::temp_dir("qsection"), q = d + "/q";
+  const auto r = mqtest::run_cli("quantize " + mqtest::model_dir("mamba2-tiny-hf") + " -o " + q +
+                                 " -q --no-log --recipe quamba2 --preset w4a8 --group-heads --quantize-embedding "
+                                 "--quantize-lm-head --calib-num 2 --calib-seqlen 32");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const nlohmann::json cfg = read_json_file(q + "/config.json");
+  const int L = cfg.contains("n_layer") ? cfg["n_layer"].get<int>() : cfg["num_hidden_layers"].get<int>();
+  (void)Model::load(q);  // as saved: consistent
+  const auto edited = [&](const std::function<void(nlohmann::json&)>& f) {
+    const std::string e = d + "/e";
+    fs::remove_all(e);
+    fs::create_directories(e);
+    fs::copy_file(q + "/model.safetensors", e + "/model.safetensors");
+    nlohmann::json c = cfg;
+    f(c["quantization"]);
+    mqtest::write_file(e + "/config.json", c.dump(1));
+    return e;
+  };
+  std::vector<std::string> lp(size_t(L), "W4A8");
+  lp[0] = "FP16";  // the label that used to skip the rotation fused into layer 0's 4-bit weights
+  EXPECT_ERROR(Model::load(edited([&](nlohmann::json& s) { s["layer_precision"] = lp; })), "layer 0 FP16",
+               "backbone.layers.0.mixer.in_proj.weight", "packed 4-bit");
+  lp[0] = "W8A8";
+  EXPECT_ERROR(Model::load(edited([&](nlohmann::json& s) { s["layer_precision"] = lp; })), "layer 0 W8A8",
+               "packed 4-bit");
+  EXPECT_ERROR(Model::load(edited([&](nlohmann::json& s) { s["layer_precision"] = nlohmann::json::array({"W4A8"}); })),
+               "layer_precision lists 1 layers");
+  EXPECT_ERROR(Model::load(edited([&](nlohmann::json& s) { s["quantize_lm_head"] = false; })), "quantize_lm_head is false",
+               "LM head");
+  EXPECT_ERROR(Model::load(edited([&](nlohmann::json& s) { s["quantize_embedding"] = false; })),
+               "quantize_embedding is false", "embedding");
+  EXPECT_ERROR(Model::load(edited([&](nlohmann::json& s) { s["w_bits"] = 8; })), "W8A8", "w_bits", "packed 4-bit");
+  // the head order of layer 1 no longer matches its channel order: two heads swapped
+  TensorStore st = load_checkpoint(q);
+  const std::string hn = "backbone.layers.1.mixer.conv1d.x_head_order";
+  RawTensor& h = st.tensors.at(hn);
+  auto v = std::make_shared<std::vector<int32_t>>(reinterpret_cast<const int32_t*>(h.data),
+                                                  reinterpret_cast<const int32_t*>(h.data) + h.shape[0]);
+  ASSERT_GE(v->size(), 2u);
+  std::swap((*v)[0], (*v)[1]);
+  h.data = reinterpret_cast<const uint8_t*>(v->data());
+  h.owner = v;
+  EXPECT_ERROR(Model::from_store(load_config(q), st), "x_channel_order", "x_head_order", "disagree");
 }

@@ -51,6 +51,11 @@ struct TaskResult {
 // data_dir.
 TaskResult run_task(Session& model, const Tokenizer& tok, const std::string& task, const EvalOptions& opt);
 std::vector<std::string> known_tasks();
+// The key a task's results are reported under (its name; a file task's file stem).
+std::string task_key(const std::string& task);
+// Fails (naming both tasks) when two tasks would report under one key: one result would replace
+// the other in the JSON and the samples files.
+void check_task_keys(const std::vector<std::string>& tasks);
 
 // ---- Lower-level protocols, usable on in-memory data ----
 

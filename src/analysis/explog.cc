@@ -8,6 +8,7 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -28,8 +29,16 @@ namespace mambaq {
 void append_log(const std::string& path, const nlohmann::json& record) {
   if (!record.is_object()) fail("internal error: log record must be a JSON object");
   const std::string line = record.dump() + "\n";  // dump() escapes newlines: one line per record
-  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) fail_option("log", "log: cannot open '{}' for appending: {}", path, std::strerror(errno));
+  // not through a link, and never blocking on a FIFO (O_NONBLOCK: its open fails without a reader)
+  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0644);
+  if (fd < 0)
+    fail_option("log", "log: cannot open '{}' for appending: {}", path,
+                errno == ELOOP ? "it is a link (mambaq appends only to a regular file)" : std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    fail_option("log", "log: '{}' is not a regular file; mambaq appends only to a regular file", path);
+  }
   if (::flock(fd, LOCK_EX) != 0) {
     ::close(fd);
     fail_option("log", "log: cannot lock '{}': {}", path, std::strerror(errno));

@@ -1,5 +1,7 @@
 #include "analysis/sweep.h"
 
+#include "mambaq/eval.h"
+
 #include "io/json_file.h"
 #include "io/mmap_file.h"
 
@@ -93,6 +95,11 @@ SweepSpec load_sweep(const std::string& path) {
     fail("{}: [sweep]: {}", path, e.what());
   }
   if (s.tasks.empty()) fail("{}: [sweep] tasks is empty", path);
+  try {
+    check_task_keys(s.tasks);
+  } catch (const Error& e) {
+    fail("{}: [sweep] {}", path, e.what());
+  }
   if (!j.contains("matrix") || !j["matrix"].is_object()) fail("{}: missing [matrix]", path);
   const nlohmann::json& mx = j["matrix"];
   if (!mx.contains("model")) fail("{}: [matrix] needs model = [...]", path);

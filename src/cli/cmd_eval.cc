@@ -131,7 +131,7 @@ Runner register_eval(CLI::App& app) {
   return [o, force] {
     apply_common(o->c);
     check_new_output_file(o->json, "--json", *force);
-    check_output_file(o->log, "--log");
+    if (!o->no_log) check_append_file(o->log, "--log");
     if (o->e.log_samples && o->output_path.empty())
       fail("--log-samples: give --output-path DIR (the samples files are written there, as lm-eval)");
     // lm-eval's results file is .json; a .jsonl is a log or a samples file, never taken for one
@@ -149,6 +149,7 @@ Runner register_eval(CLI::App& app) {
     o->e.shared_prefix = !o->no_shared_prefix;
     const std::vector<std::string> tasks = split_list(o->tasks);
     if (tasks.empty()) fail("--tasks: no task given");
+    check_task_keys(tasks);
     if (!o->modes.empty() && (!o->mode.empty() || !o->fp_ops.empty()))
       fail("--modes: give the modes there (e.g. --modes fp32,fake+fp-ops=ssm), not also --mode / --fp-ops");
     auto m = Model::load(o->model);

@@ -6,6 +6,9 @@
 #include <filesystem>
 #include <cmath>
 #include <cstdlib>
+#include <regex>
+#include <charconv>
+#include <cstdio>
 #include <map>
 
 #include "analysis/explog.h"
@@ -150,6 +153,30 @@ nlohmann::json experiment_view(const Experiment& e, const std::vector<nlohmann::
   return j;
 }
 
+// --filter values, checked before the log is read: alpha a number in (0, 1], bits WnAm, since /
+// until an ISO date or date-time prefix (2026, 2026-11, 2026-11-30, 2026-11-30T14:05, ...), no
+// empty value; one error naming the filter.
+void check_filters(const std::vector<std::string>& filters) {
+  static const std::regex date(R"(\d{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01])([T ]([01]\d|2[0-3])(:[0-5]\d(:[0-5]\d)?)?)?)?)?)");
+  static const std::regex bits(R"(W[1-9]\d?A[1-9]\d?)");
+  for (const auto& f : filters) {
+    const size_t eq = f.find('=');
+    if (eq == std::string::npos) continue;  // named by matches()
+    const std::string k = f.substr(0, eq), v = f.substr(eq + 1);
+    if (v.empty()) fail("--filter '{}': no value after '='", f);
+    if (k == "alpha") {
+      double x = 0;
+      const auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
+      if (ec != std::errc() || p != v.data() + v.size() || !(x > 0 && x <= 1))
+        fail("--filter '{}': alpha must be a number in (0, 1], e.g. alpha=0.9995", f);
+    } else if (k == "bits" && !std::regex_match(v, bits)) {
+      fail("--filter '{}': bits must look like W8A8 or W4A16", f);
+    } else if ((k == "since" || k == "until") && !std::regex_match(v, date)) {
+      fail("--filter '{}': {} must be an ISO date or date-time prefix (2026-11-30, 2026-11-30T14:05)", f, k);
+    }
+  }
+}
+
 // --filter KEY=VALUE on an experiment (or record) view.
 bool matches(const nlohmann::json& v, const std::vector<std::string>& filters) {
   for (const auto& f : filters) {
@@ -167,7 +194,7 @@ bool matches(const nlohmann::json& v, const std::vector<std::string>& filters) {
     } else if (k == "alpha") {
       const auto& a = at(flags, {"percentile_alpha"}).is_number() ? at(flags, {"percentile_alpha"})
                                                                    : at(v, {"quantization", "observers", "percentile_alpha"});
-      if (!a.is_number() || std::abs(a.get<double>() - std::atof(want.c_str())) > 1e-12) return false;
+      if (!a.is_number() || std::abs(a.get<double>() - std::strtod(want.c_str(), nullptr)) > 1e-12) return false;
     } else if (k == "bits") {
       const auto& w = at(flags, {"w_bits"}).is_number() ? at(flags, {"w_bits"}) : at(v, {"quantization", "w_bits"});
       const auto& a = at(flags, {"a_bits"}).is_number() ? at(flags, {"a_bits"}) : at(v, {"quantization", "a_bits"});
@@ -230,6 +257,9 @@ Runner register_logs(CLI::App& app) {
                 "Print the selected eval records as a Markdown results table (one column per task metric)");
   return [o, force] {
     check_new_output_file(o->json, "--json", *force);
+    check_filters(o->filters);
+    // --json -: stdout holds the JSON alone; the table goes to stderr
+    std::FILE* tout = o->json == "-" ? stderr : stdout;
     std::vector<std::string> skipped;
     const auto all = read_log(o->file, &skipped);
     for (const auto& w : skipped) fmt::print(stderr, "warning: skipped {}\n", w);
@@ -267,7 +297,7 @@ Runner register_logs(CLI::App& app) {
       std::map<std::string, std::pair<std::string, std::string>> rows;
       for (const auto& [k, v] : flatten(recs[size_t(a)])) rows[k].first = str(v);
       for (const auto& [k, v] : flatten(recs[size_t(b)])) rows[k].second = str(v);
-      fmt::print("{:<48} {:>28} {:>28}\n", "field", fmt::format("#{}", a), fmt::format("#{}", b));
+      fmt::print(tout, "{:<48} {:>28} {:>28}\n", "field", fmt::format("#{}", a), fmt::format("#{}", b));
       nlohmann::json diff = nlohmann::json::object();
       for (const auto& [k, v] : rows) {
         if (v.first == v.second || k == "timestamp" || k == "command") continue;
@@ -277,7 +307,7 @@ Runner register_logs(CLI::App& app) {
                            k == "model" || k == "output" || k == "kind" || k == "mode" || k == "wall_s" ||
                            k == "peak_rss_mib";
         if (!shown) continue;
-        fmt::print("{:<48} {:>28} {:>28}\n", k, v.first.empty() ? "-" : v.first, v.second.empty() ? "-" : v.second);
+        fmt::print(tout, "{:<48} {:>28} {:>28}\n", k, v.first.empty() ? "-" : v.first, v.second.empty() ? "-" : v.second);
         diff[k] = {v.first, v.second};
       }
       // every task metric both records hold: the difference and its standard error
@@ -291,9 +321,9 @@ Runner register_logs(CLI::App& app) {
           for (const auto& m : result_metrics()) {
             MetricDiff d;
             if (!metric_diff(va, rb[task], m, d)) continue;
-            if (!head) fmt::print("\n{:<28} {:>12} {:>12} {:>24} {:>6}\n", "task metric", fmt::format("#{}", a),
+            if (!head) fmt::print(tout, "\n{:<28} {:>12} {:>12} {:>24} {:>6}\n", "task metric", fmt::format("#{}", a),
                                   fmt::format("#{}", b), "difference ±stderr", "z"), head = true;
-            fmt::print("{:<28} {:>12.4f} {:>12.4f} {:>24} {:>6}\n", task + " " + m, d.a, d.b, diff_str(d),
+            fmt::print(tout, "{:<28} {:>12.4f} {:>12.4f} {:>24} {:>6}\n", task + " " + m, d.a, d.b, diff_str(d),
                        d.se > 0 ? fmt::format("{:.1f}", d.diff / d.se) : "-");
             rdiff[task][m] = {{"a", d.a}, {"b", d.b}, {"diff", d.diff}};
             if (d.se >= 0) rdiff[task][m]["stderr"] = d.se;
@@ -307,7 +337,7 @@ Runner register_logs(CLI::App& app) {
     const int first = std::max(0, n - o->last);
     nlohmann::json sel = nlohmann::json::array();
     if (!o->records) {
-      fmt::print("{:>4}  {:<20} {:<10} {:<24} {:<8} {:<6} {:<7} {:<28} {}\n", "#", "timestamp", "made by", "model",
+      fmt::print(tout, "{:>4}  {:<20} {:<10} {:<24} {:<8} {:<6} {:<7} {:<28} {}\n", "#", "timestamp", "made by", "model",
                  "recipe", "bits", "alpha", "output", "results [mode]");
       for (int i = first; i < n; ++i) {
         const auto& e = recs[size_t(i)];
@@ -321,7 +351,7 @@ Runner register_logs(CLI::App& app) {
         if (at(e, {"clipping"}).is_object())
           for (auto& [pt, c] : e["clipping"].items())
             clip += fmt::format("clipped {} ≤{:.3f}%  ", pt, 100 * c.value("max_share_clipped", 0.0));
-        fmt::print("{:>4}  {:<20} {:<10} {:<24} {:<8} {:<6} {:<7} {:<28} {}{}{}\n", i, str(at(e, {"timestamp"})), made,
+        fmt::print(tout, "{:>4}  {:<20} {:<10} {:<24} {:<8} {:<6} {:<7} {:<28} {}{}{}\n", i, str(at(e, {"timestamp"})), made,
                    str(at(e, {"model"})), str(at(f, {"recipe"})), bits, str(at(f, {"percentile_alpha"})),
                    str(at(e, {"output"})), results_line(at(e, {"results"})), clip,
                    at(e, {"edit", "rule"}).is_string() ? "edit " + str(e["edit"]["rule"]) : "");
@@ -330,7 +360,7 @@ Runner register_logs(CLI::App& app) {
       if (!o->json.empty()) write_json(o->json, sel);
       return 0;
     }
-    fmt::print("{:>4}  {:<20} {:<8} {:<28} {:<6} {:<7} {:<6} {:<8} {}\n", "#", "timestamp", "kind", "model", "mode",
+    fmt::print(tout, "{:>4}  {:<20} {:<8} {:<28} {:<6} {:<7} {:<6} {:<8} {}\n", "#", "timestamp", "kind", "model", "mode",
                "alpha", "pmode", "weights", "results");
     for (int i = first; i < n; ++i) {
       const auto& r = recs[size_t(i)];
@@ -338,7 +368,7 @@ Runner register_logs(CLI::App& app) {
       const auto& alpha = q ? at(r, {"flags", "percentile_alpha"}) : at(r, {"quantization", "observers", "percentile_alpha"});
       const auto& pm = q ? at(r, {"flags", "percentile_mode"}) : at(r, {"quantization", "observers", "percentile_mode"});
       const auto& wg = q ? at(r, {"flags", "weight_granularity"}) : at(r, {"quantization", "weight_granularity"});
-      fmt::print("{:>4}  {:<20} {:<8} {:<28} {:<6} {:<7} {:<6} {:<8} {}\n", i, str(at(r, {"timestamp"})),
+      fmt::print(tout, "{:>4}  {:<20} {:<8} {:<28} {:<6} {:<7} {:<6} {:<8} {}\n", i, str(at(r, {"timestamp"})),
                  str(at(r, {"kind"})), str(at(r, {"model"})), q ? "-" : str(at(r, {"mode"})), str(alpha), str(pm),
                  str(wg), summary(r));
       sel.push_back(r);

@@ -125,7 +125,7 @@ Runner register_quantize(CLI::App& app) {
     apply_common(o->c);
     check_output_dir(o->out, "-o");
     check_new_output_file(o->npz, "--save-activations", o->force);
-    check_output_file(o->log, "--log");
+    if (!o->no_log) check_append_file(o->log, "--log");
     const nlohmann::json extra = parse_log_extra(o->log_extra);
     // Every flag is checked before the (long) calibration starts.
     if (!(o->alpha > 0 && o->alpha <= 1)) fail("--percentile-alpha {} must be in (0, 1]", o->alpha);

@@ -141,7 +141,7 @@ int run_set(const SetOpts& s) {
   const bool add = !std::isnan(s.add_clip);
   if (int(s.factor > 0) + int(s.value > 0) + int(add) != 1)
     fail("scales set: give one of --factor F, --value V (positive) or --add-clip C");
-  if (!s.no_log) check_output_file(s.log, "--log");
+  if (!s.no_log) check_append_file(s.log, "--log");
   const fs::path src(s.model);
   if (fs::is_regular_file(src)) fail("scales set: {} is a file; give the quantized model's folder", s.model);
   fs::path dst = src;

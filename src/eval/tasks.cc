@@ -327,6 +327,24 @@ std::vector<std::string> known_tasks() {
   return {"lambada_openai", "arc_easy", "arc_challenge", "piqa", "winogrande", "hellaswag", "wikitext", "wikitext2"};
 }
 
+std::string task_key(const std::string& task) {
+  const size_t colon = task.find(':');
+  if (colon == std::string::npos) return task;
+  return fs::path(task.substr(colon + 1)).stem().string();
+}
+
+void check_task_keys(const std::vector<std::string>& tasks) {
+  for (size_t i = 0; i < tasks.size(); ++i)
+    for (size_t j = 0; j < i; ++j)
+      if (task_key(tasks[i]) == task_key(tasks[j])) {
+        if (tasks[i] == tasks[j]) fail_option("tasks", "tasks: '{}' is given twice", tasks[i]);
+        fail_option("tasks",
+                    "tasks: '{}' and '{}' both report as '{}' (one result would replace the other): give the files "
+                    "different names",
+                    tasks[j], tasks[i], task_key(tasks[i]));
+      }
+}
+
 TaskResult run_task(Session& m, const Tokenizer& tok, const std::string& task, const EvalOptions& opt) {
   if (task == "arc_easy" || task == "arc_challenge" || task == "piqa" || task == "winogrande" || task == "hellaswag")
     return run_mc(m, tok, task, opt);
@@ -342,7 +360,7 @@ TaskResult run_task(Session& m, const Tokenizer& tok, const std::string& task, c
     const std::string kind = task.substr(0, colon), file = task.substr(colon + 1);
     if (file.empty()) fail_option("tasks", "tasks: '{}' names no file", task);
     const std::string path = resolve(file, opt.data_dir);
-    const std::string stem = fs::path(file).stem().string();
+    const std::string stem = task_key(task);
     if (kind == "lastword") return run_lastword(m, tok, stem, path, opt);
     if (kind == "ppl") return run_ppl(m, tok, stem, path, opt);
   }

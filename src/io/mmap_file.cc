@@ -175,6 +175,17 @@ void check_output_file(const std::string& path, const std::string& flag) {
   if (::access(dir.c_str(), W_OK | X_OK) != 0) fail("{}: cannot write '{}' in '{}': {}", flag, path, dir, std::strerror(errno));
 }
 
+void check_append_file(const std::string& path, const std::string& flag) {
+  check_output_file(path, flag);
+  if (path.empty() || path == "-") return;
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) return;  // made when first appended to
+  if (S_ISLNK(st.st_mode)) fail("{}: '{}' is a link; mambaq appends only to a regular file, not through a link", flag, path);
+  if (!S_ISREG(st.st_mode))
+    fail("{}: '{}' is not a regular file ({}); mambaq appends only to a regular file", flag, path,
+         S_ISFIFO(st.st_mode) ? "a FIFO" : "a device or socket");
+}
+
 void check_new_output_file(const std::string& path, const std::string& flag, bool force) {
   check_output_file(path, flag);
   if (path.empty() || path == "-" || force) return;

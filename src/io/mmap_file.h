@@ -71,6 +71,9 @@ bool file_exists(const std::string& path);
 // writable existing ancestor.
 void check_output_file(const std::string& path, const std::string& flag);
 void check_output_dir(const std::string& path, const std::string& flag);
+// A file appended to (the experiment log): check_output_file, and an existing link or a file that
+// is not regular (a FIFO would block the append after the work is done) is refused.
+void check_append_file(const std::string& path, const std::string& flag);
 // The one overwrite rule, for results a user keeps (--json, --output-path, --save-activations,
 // report -o, ...): check_output_file, and an existing file (or link) is refused unless `force`,
 // with one message naming the flag and --force. "-" (stdout) and "" pass.

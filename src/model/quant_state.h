@@ -68,6 +68,8 @@ struct QuantMeta {
   }
   // Some layer (or the head) quantizes activations: calibration is needed.
   bool any_a8() const;
+  // The LM head runs on int8 codes of its input (its input scale is then required).
+  bool head_int8() const { return quantize_lm_head && a_bits == 8; }
   double alpha = 0.9995;
   PercentileMode pmode = PercentileMode::Ema;
   std::string calib_file, calib_sha256;

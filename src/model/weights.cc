@@ -139,6 +139,35 @@ static void check_save_id(const std::string& cfg_id, const TensorStore& store, c
        "files; quantize or copy the model again", cfg_src, store.source, cfg_id, w);
 }
 
+// What the quantization section says each stored weight is, against what the tensors are: a
+// layer's in_proj and out_proj follow its precision (layer_precision, else w_bits) in every
+// recipe; the embedding and the LM head are quantized exactly when the section says so.
+static void check_formats(const ModelConfig& cfg, const QuantMeta& m, const ModelWeights& w, const std::string& emb,
+                          bool own_head, const TensorStore& store) {
+  const auto kind = [](WFormat f) {
+    return f == WFormat::S4 ? "packed 4-bit" : f == WFormat::S8 ? "int8" : "float";
+  };
+  for (int l = 0; l < cfg.n_layer; ++l) {
+    const LayerPrecision lp = m.layer(l);
+    const WFormat want = lp.fp() ? WFormat::F32 : lp.w_bits == 4 ? WFormat::S4 : WFormat::S8;
+    for (Proj p : {kInProj, kOutProj}) {
+      const WFormat got = w.layers[size_t(l)].proj(p).format;
+      if (got != want)
+        fail("{}: the quantization section makes layer {} {} ({}), but tensor '{}' holds {} weights", cfg.source, l,
+             lp.name(), m.layers.empty() ? "w_bits" : "layer_precision", layer_prefix(l) + "mixer." + proj_name(p) + ".weight",
+             kind(got));
+    }
+  }
+  const bool emb_q = w.embedding.format != WFormat::F32, head_q = w.lm_head.format != WFormat::F32;
+  if (emb_q != m.quantize_embedding)
+    fail("{}: quantization.quantize_embedding is {} but tensor '{}' holds {} weights ({})", cfg.source,
+         m.quantize_embedding, emb, kind(w.embedding.format), store.source);
+  if (head_q != m.quantize_lm_head)
+    fail("{}: quantization.quantize_lm_head is {} but the LM head ('{}') holds {} weights ({})", cfg.source,
+         m.quantize_lm_head, own_head ? std::string("lm_head.weight") : emb + ", tied", kind(w.lm_head.format),
+         store.source);
+}
+
 std::unique_ptr<Model> Model::from_store(const ModelConfig& cfg, const TensorStore& store) {
   std::vector<TensorInfo> info;
   Binder b{store, cfg, {}, info};
@@ -147,6 +176,9 @@ std::unique_ptr<Model> Model::from_store(const ModelConfig& cfg, const TensorSto
   if (cfg.raw.is_object() && cfg.raw.contains("quantization")) {
     q = std::make_shared<QuantState>();
     q->meta = QuantMeta::from_json(cfg.raw.at("quantization"), cfg.source);
+    if (!q->meta.layers.empty() && int(q->meta.layers.size()) != cfg.n_layer)
+      fail("{}: quantization.layer_precision lists {} layers but the model has {} (n_layer)", cfg.source,
+           q->meta.layers.size(), cfg.n_layer);
     check_save_id(q->meta.save_id, store, cfg.source);
   }
   const int64_t V = cfg.padded_vocab, dm = cfg.d_model;
@@ -202,6 +234,7 @@ std::unique_ptr<Model> Model::from_store(const ModelConfig& cfg, const TensorSto
   } else {
     fail("{}: missing tensor 'lm_head.weight' (the config does not tie embeddings)", store.source);
   }
+  if (q) check_formats(cfg, q->meta, w, emb, b.has("lm_head.weight") && w.lm_head.data != w.embedding.data, store);
   if (q && q->meta.group_heads) {  // Quamba2's head groups: end indices per SSD group and head group
     if (cfg.arch != Arch::Mamba2) fail("{}: quantization.group_heads is set but the model is not Mamba2", cfg.source);
     const int Hg = cfg.nheads / cfg.ngroups, P = cfg.headdim;
@@ -248,8 +281,15 @@ std::unique_ptr<Model> Model::from_store(const ModelConfig& cfg, const TensorSto
         }
         return v;
       };
-      g.channel = order(layer_prefix(l) + "mixer.conv1d.x_channel_order", cfg.d_inner);
-      g.head = order(layer_prefix(l) + "mixer.conv1d.x_head_order", cfg.nheads);
+      const std::string cn = layer_prefix(l) + "mixer.conv1d.x_channel_order", on = layer_prefix(l) + "mixer.conv1d.x_head_order";
+      g.channel = order(cn, cfg.d_inner);
+      g.head = order(on, cfg.nheads);
+      // the channel order moves whole heads: position h*P+p holds a channel of head head[h]
+      for (int hd = 0; hd < cfg.nheads; ++hd)
+        for (int p = 0; p < P; ++p)
+          if (g.channel[size_t(hd * P + p)] / P != g.head[size_t(hd)])
+            fail("{}: tensors '{}' and '{}' disagree: position {} (head {}, dim {}) holds channel {}, which is not in "
+                 "head {}", store.source, cn, on, hd * P + p, hd, p, g.channel[size_t(hd * P + p)], g.head[size_t(hd)]);
       q->groups.push_back(std::move(g));
     }
   }
@@ -260,7 +300,12 @@ std::unique_ptr<Model> Model::from_store(const ModelConfig& cfg, const TensorSto
         if (sp.head != (l < 0)) continue;
         if (l >= 0 && q->meta.layer(l).a_bits != 8) continue;  // a layer with float activations has none
         const std::string name = scale_tensor_name(cfg.arch, l, sp.name);
-        if (l < 0 && !b.has(name)) continue;
+        if (l < 0 && !b.has(name)) {
+          if (q->meta.head_int8())
+            fail("{}: missing tensor '{}' (quantization.quantize_lm_head with {}-bit activations reads it)", store.source,
+                 name, q->meta.a_bits);
+          continue;
+        }
         auto mit = store.metadata.find("observer:" + name);
         const std::string obs = mit != store.metadata.end() ? mit->second : "unknown";
         const float qmax = float((1 << (q->meta.a_bits - 1)) - 1);

@@ -68,9 +68,14 @@ class CalibTap final : public Tap {
           gr.index = grouped_scale_index(c, g, gk);
           gr.shape = grouped_scale_shape(c, g, gk);
           gr.amax.assign(size_t(numel(gr.shape)), 0.f);
-          if (o.grouped_percentile && r.percentile(sp))  // the point's percentile, block by block
-            for (int64_t b = 0; b < numel(gr.shape); ++b)
-              gr.pct.push_back(make_percentile_observer(opt_.alpha, opt_.mode, expected));  // an upper bound per block
+          // the point's percentile, block by block: with --grouped-percentile, or where a
+          // --scale-override gives this point an alpha (honoured here as on an ungrouped point;
+          // otherwise each block takes its max)
+          const auto pa = opt_.point_alpha.find({l, sp.name});
+          if (pa != opt_.point_alpha.end() || (o.grouped_percentile && r.percentile(sp)))
+            for (int64_t b = 0; b < numel(gr.shape); ++b)  // an upper bound per block
+              gr.pct.push_back(make_percentile_observer(pa != opt_.point_alpha.end() ? pa->second : opt_.alpha, opt_.mode,
+                                                        expected));
           continue;
         }
         const auto pa = opt_.point_alpha.find({l, sp.name});

@@ -38,11 +38,13 @@ std::vector<int> parse_layers(const std::string& s, int n_layer, const std::stri
       out.push_back(-1);
     } else {
       const size_t dash = item.find('-', 1);
+      // a layer is written in decimal digits only (not 0x1, 1e0, +1 or empty)
       const auto num = [&](const std::string& t) {
-        const double v = parse_number(t, flag + ": layer");
-        if (v != std::floor(v) || v < 0 || v >= n_layer)
-          fail("{}: layer '{}' is not a layer of this model (0 to {}, or head)", flag, t, n_layer - 1);
-        return int(v);
+        if (t.empty() || t.size() > 6 || t.find_first_not_of("0123456789") != std::string::npos)
+          fail("{}: layer '{}' is not a layer number (decimal digits, a range like 2-5, or head)", flag, t);
+        const int v = std::stoi(t);
+        if (v >= n_layer) fail("{}: layer '{}' is not a layer of this model (0 to {}, or head)", flag, t, n_layer - 1);
+        return v;
       };
       if (dash == std::string::npos) {
         out.push_back(num(item));
@@ -93,7 +95,11 @@ ScaleRule parse_scale_rule(const std::string& text, const ModelConfig& cfg, cons
   r.point = lhs.substr(0, at);
   if (!find_scale_point(cfg.arch, r.point))
     fail("{}: '{}' is not a scale point of {} (points: {})", what, r.point, arch_name(cfg.arch), known_points(cfg.arch));
-  if (at != std::string::npos) r.layers = parse_layers(lhs.substr(at + 1), cfg.n_layer, what);
+  if (at != std::string::npos) {
+    if (lhs.size() == at + 1) fail("{}: no layers after '@' (e.g. {}@0-3, or leave '@' out for every layer)", what, r.point);
+    if (lhs.substr(at + 1) == "all") fail("{}: write {} without '@' for every layer", what, r.point);
+    r.layers = parse_layers(lhs.substr(at + 1), cfg.n_layer, what);
+  }
   return r;
 }
 
