@@ -112,6 +112,15 @@ TEST(Cli, BenchSyntheticJson) {
   auto b = mambaq::read_json_file(j);
   for (const char* k : {"prefill_tok_s", "decode_tok_s", "ttft_ms", "peak_rss_mib", "weight_bytes_per_token"})
     EXPECT_GT(b[k].get<double>(), 0) << k;
+  EXPECT_EQ(b["batch"], 1);
+  // --batch: three sequences prefilled and decoded together
+  r = run_cli("bench --synthetic mamba2-130m --prompt-len 16 --decode 2 --repeats 1 --no-bandwidth --batch 3 --json " + j +
+              " --force");
+  ASSERT_EQ(r.code, 0) << r.err;
+  b = mambaq::read_json_file(j);
+  EXPECT_EQ(b["batch"], 3);
+  EXPECT_GT(b["decode_tok_s"].get<double>(), 0);
+  mqtest::expect_one_line_error(run_cli("bench --synthetic mamba2-130m --batch 0"), "--batch");
 }
 
 TEST(Cli, EvalJsonToStdoutIsOnlyJson) {
