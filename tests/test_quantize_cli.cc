@@ -8,6 +8,8 @@
 #include "analysis/explog.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
+#include "mambaq/model.h"
+#include "model/quant_state.h"
 #include "util.h"
 
 using mqtest::run_cli;
@@ -87,6 +89,25 @@ TEST(QuantizeCli, BadInputGivesOneLineErrors) {
   mqtest::expect_one_line_error(run_cli("quantize " + m + " -q --no-log --force -o " + m), "input model");
   mqtest::expect_one_line_error(run_cli("eval " + m + " --mode int8 --no-log --limit 1"), "not quantized");
   mqtest::expect_one_line_error(run_cli("eval " + m + " --mode int4 --no-log --limit 1"), "--mode");
+}
+
+// quantize --synthetic: seeded random weights of a published shape, calibrated on the real data,
+// saved as a folder that loads and runs like any other (what a real size costs, without weights).
+TEST(QuantizeCli, SyntheticPublishedShape) {
+  const std::string d = mqtest::temp_dir("qcli_synth");
+  const std::string q = " -q --no-log --calib-num 2 --calib-seqlen 16 -o " + d + "/s";
+  auto r = run_cli("quantize --synthetic mamba-130m" + q);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto m = mambaq::Model::load(d + "/s");
+  EXPECT_EQ(m->config().d_model, 768);
+  EXPECT_EQ(m->config().n_layer, 24);
+  EXPECT_EQ(m->quantized()->meta.source_model, "synthetic:mamba-130m");
+  r = run_cli("eval " + d + "/s --tasks ppl:corpus/heldout.txt --limit 1 --ppl-seqlen 32 --no-log -q");
+  EXPECT_EQ(r.code, 0) << r.err;
+  mqtest::expect_one_line_error(run_cli("quantize --synthetic mamba-9b" + q + "2"), "mamba-9b");
+  mqtest::expect_one_line_error(run_cli("quantize " + mqtest::model_dir("mamba-tiny") + " --synthetic mamba-130m" + q + "3"),
+                                "either MODEL or --synthetic");
+  mqtest::expect_one_line_error(run_cli("quantize" + q + "4"), "either MODEL or --synthetic");
 }
 
 TEST(QuantizeCli, QuantizeEvalLogSnapshot) {

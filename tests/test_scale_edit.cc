@@ -196,6 +196,14 @@ TEST(ScalesSet, EditsOnlyTheTargetedTensorsAndKeepsHistory) {
   const PointScale* was = s0.find(2, "out_proj:input");
   EXPECT_FLOAT_EQ(Model::load(d + "/e")->quantized()->scales.find(2, "out_proj:input")->scale, (was->amax + 2025) / 127);
   EXPECT_EQ(read_json_file(d + "/e/config.json")["quantization"]["edits"][2]["rule"], "out_proj:input@2=+2025");
+  // without --layers: every layer (the rule's "@all")
+  const float in0 = Model::load(d + "/e")->quantized()->scales.find(0, "in_proj:input")->scale;
+  const int top = Model::load(d + "/e")->config().n_layer - 1;
+  const float inl = Model::load(d + "/e")->quantized()->scales.find(top, "in_proj:input")->scale;
+  r = mqtest::run_cli("scales set " + d + "/e --in-place --point in_proj:input --factor 2 --no-log");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(Model::load(d + "/e")->quantized()->scales.find(0, "in_proj:input")->scale, in0 * 2);
+  EXPECT_EQ(Model::load(d + "/e")->quantized()->scales.find(top, "in_proj:input")->scale, inl * 2);
   // refusals
   const std::string set = "scales set --no-log ";
   mqtest::expect_one_line_error(mqtest::run_cli(set + mqtest::model_dir("mamba-tiny") + " -o " + d + "/x --point x_proj:input --factor 2"),

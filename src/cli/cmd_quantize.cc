@@ -53,7 +53,7 @@ std::vector<LayerPrecision> read_layer_config(const std::string& path) {
 Runner register_quantize(CLI::App& app) {
   struct Opts {
     std::string model, out, recipe = "quamba1", calib_data, pmode = "ema", gran = "tensor", log = "experiments.jsonl",
-                       npz, preset, gptq_data, layer_config;
+                       npz, preset, gptq_data, layer_config, synthetic;
     int w_bits = 8, a_bits = 8, calib_num = 512, calib_seqlen = 512, group_size = 128, gptq_num = 128,
         gptq_seqlen = 512;
     double alpha = 0.9995, gptq_damp = 0.01;
@@ -65,7 +65,10 @@ Runner register_quantize(CLI::App& app) {
   };
   auto o = std::make_shared<Opts>();
   auto* sub = app.add_subcommand("quantize", "Calibrate and quantize a model (Quamba W8A8; Quamba2 W4A8, W4A16, W8A8), save it as a folder");
-  sub->add_option("MODEL", o->model, "FP model folder")->required();
+  sub->add_option("MODEL", o->model, "FP model folder (or --synthetic)");
+  sub->add_option("--synthetic", o->synthetic,
+                  "Quantize seeded random weights with the shapes of a published model (e.g. mamba-1.4b): for "
+                  "measuring what a real size costs; calibrated on the calibration data as usual");
   sub->add_option("-o,--output", o->out, "Output folder (never overwritten without --force)")->required();
   sub->add_option("--recipe", o->recipe, "Quantization recipe: quamba1 (W8A8) or quamba2 (W4A8, W4A16, W8A8)")->capture_default_str();
   sub->add_option("--preset", o->preset,
@@ -121,6 +124,12 @@ Runner register_quantize(CLI::App& app) {
   add_backend(sub, o->c);
   add_common(sub, o->c);
   return [o] {
+    const bool synth = !o->synthetic.empty();
+    if (o->model.empty() == !synth) fail("quantize: give either MODEL or --synthetic NAME");
+    if (synth) {
+      (void)published_config(o->synthetic);  // an unknown name: the one error listing the known ones
+      o->model = "synthetic:" + o->synthetic;
+    }
     const auto t0 = std::chrono::steady_clock::now();
     apply_common(o->c);
     check_output_dir(o->out, "-o");
@@ -142,7 +151,7 @@ Runner register_quantize(CLI::App& app) {
     if (!(o->gptq_damp > 0)) fail("--gptq-damp {} must be positive", o->gptq_damp);
     if (fs::exists(o->out)) {
       std::error_code ec;
-      if (fs::exists(o->model) && fs::equivalent(o->out, o->model, ec))
+      if (!synth && fs::exists(o->model) && fs::equivalent(o->out, o->model, ec))
         fail("-o {}: is the input model's folder; choose another output folder", o->out);
       if (!o->force) fail("-o {}: already exists (use --force to overwrite its files)", o->out);
     }
@@ -168,8 +177,8 @@ Runner register_quantize(CLI::App& app) {
     meta.gptq_opts.damp = o->gptq_damp;
     meta.gptq_opts.act_order = o->gptq_act_order;
     if (!o->layer_config.empty()) meta.layers = read_layer_config(o->layer_config);
-    if (!fs::is_regular_file(o->model)) {
-      const ModelConfig mc = load_config(o->model);
+    if (synth || !fs::is_regular_file(o->model)) {
+      const ModelConfig mc = synth ? published_config(o->synthetic) : load_config(o->model);
       if (!o->preset.empty()) {
         apply_quamba2_preset(meta, o->preset, mc);
         meta.rotate_residual = !o->no_rotate;
@@ -182,7 +191,7 @@ Runner register_quantize(CLI::App& app) {
       if (o->gptq_data.empty()) o->gptq_data = o->calib_data;
       if (!fs::exists(o->gptq_data)) fail("--gptq-data {}: file not found", o->gptq_data);
     }
-    auto fp = Model::load(o->model);
+    auto fp = synth ? Model::random(published_config(o->synthetic), 1) : Model::load(o->model);
     if (fp->is_quantized()) fail("{}: the model is already quantized", o->model);
     for (const auto& t : o->overrides) parse_scale_rule(t, fp->config(), "--scale-override");  // before calibrating
     if (fp->config().arch == Arch::Mamba2 && o->recipe == "quamba1")

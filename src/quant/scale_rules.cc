@@ -97,7 +97,6 @@ ScaleRule parse_scale_rule(const std::string& text, const ModelConfig& cfg, cons
     fail("{}: '{}' is not a scale point of {} (points: {})", what, r.point, arch_name(cfg.arch), known_points(cfg.arch));
   if (at != std::string::npos) {
     if (lhs.size() == at + 1) fail("{}: no layers after '@' (e.g. {}@0-3, or leave '@' out for every layer)", what, r.point);
-    if (lhs.substr(at + 1) == "all") fail("{}: write {} without '@' for every layer", what, r.point);
     r.layers = parse_layers(lhs.substr(at + 1), cfg.n_layer, what);
   }
   return r;
