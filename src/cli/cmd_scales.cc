@@ -169,9 +169,8 @@ int run_set(const SetOpts& s) {
     for (const auto& e : fs::directory_iterator(src))
       if (e.is_regular_file() && !is_folder_bookkeeping(e.path().filename().string())) {
         // a new file under each name: a link in NEW is replaced, not written through
-        const auto f = MappedFile::open(e.path().string());
         AtomicWriter w((dst / e.path().filename()).string());
-        w.write(f->data(), f->size());
+        w.copy_from(e.path().string());
         w.commit();
       }
   }

@@ -92,6 +92,36 @@ void AtomicWriter::write(const void* data, size_t n) {
   }
 }
 
+void AtomicWriter::copy_from(const std::string& src) {
+  const int in = ::open(src.c_str(), O_RDONLY | O_CLOEXEC);
+  if (in < 0) fail("{}: cannot open for reading: {}", src, std::strerror(errno));
+  struct stat st {};
+  if (::fstat(in, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(in);
+    fail("{}: not a regular file", src);
+  }
+  // in the kernel (no copy through user space; a reflink where the filesystem has them)
+  off_t left = st.st_size;
+  while (left > 0) {
+    const ssize_t k = ::copy_file_range(in, nullptr, fd_, nullptr, size_t(left), 0);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) break;  // not supported here (or a short file): the rest by read and write
+    left -= k;
+  }
+  std::vector<char> buf(left > 0 ? size_t(1) << 20 : 0);
+  while (left > 0) {
+    const ssize_t r = ::read(in, buf.data(), buf.size());
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      ::close(in);
+      fail("{}: read failed while copying to {}: {}", src, path_, r < 0 ? std::strerror(errno) : "the file shrank");
+    }
+    write(buf.data(), size_t(r));
+    left -= r;
+  }
+  ::close(in);
+}
+
 void AtomicWriter::commit() {
   if (::fsync(fd_) != 0) fail("{}: write failed (fsync): {}", path_, std::strerror(errno));
   if (::close(fd_) != 0) {

@@ -44,6 +44,7 @@ class AtomicWriter {
   AtomicWriter(const AtomicWriter&) = delete;
   AtomicWriter& operator=(const AtomicWriter&) = delete;
   void write(const void* data, size_t n);
+  void copy_from(const std::string& src);  // append the bytes of file `src` (copied in the kernel)
   void commit();  // fsync, rename over `path`, fsync the folder
   const std::string& path() const { return path_; }
 
