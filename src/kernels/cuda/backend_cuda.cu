@@ -994,6 +994,24 @@ void c_add(void* ctx, float* x, const float* y, size_t n) {
   launched();
 }
 
+// The end of a kernel whose threads noted the first non-finite index of x in *first (atomicMin):
+// the last block to finish records it, if `rec` holds none yet, as check_finite does, and resets
+// the scratch words (*first all ones, *done zero) for the next launch. Every thread calls it.
+__device__ inline void record_first_nonfinite(const float* x, int32_t tag, NonFinite* rec, unsigned long long* first,
+                                              unsigned* done) {
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x != 0 || atomicAdd(done, 1u) != gridDim.x - 1) return;
+  __threadfence();
+  const unsigned long long f = atomicExch(first, ~0ull);
+  *done = 0;
+  if (f != ~0ull && rec->index < 0) {
+    rec->index = int64_t(f);
+    rec->tag = tag;
+    rec->value = __ldcg(x + f);
+  }
+}
+
 // The block boundary in one launch (AddNormArgs): block t adds row t, notes its first non-finite
 // element (atomicMin over the whole tensor), and normalizes the row with the loops of k_rmsnorm /
 // k_layernorm (so the same numbers as add, then the norm); the last block to finish records the
@@ -1020,17 +1038,7 @@ __global__ void k_add_norm(float* r, const float* y, const float* w, const float
     const float q = rsqrtf(block_sum(v) / d + eps);
     for (int i = threadIdx.x; i < d; i += blockDim.x) out[size_t(blockIdx.x) * d + i] = (xr[i] - mean) * q * w[i] + b[i];
   }
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x != 0 || atomicAdd(done, 1u) != gridDim.x - 1) return;
-  __threadfence();
-  const unsigned long long f = atomicExch(first, ~0ull);
-  *done = 0;
-  if (f != ~0ull && rec->index < 0) {
-    rec->index = int64_t(f);
-    rec->tag = tag;
-    rec->value = __ldcg(r + f);
-  }
+  record_first_nonfinite(r, tag, rec, first, done);
 }
 void c_add_norm(void* ctx, const AddNormArgs& a) {
   if (a.T == 0) return;
@@ -1151,17 +1159,7 @@ __global__ void k_finite(const float* x, int64_t n, int32_t tag, NonFinite* rec,
   pdl_enter();
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     if (!isfinite(x[i])) atomicMin(first, (unsigned long long)i);
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x != 0 || atomicAdd(done, 1u) != gridDim.x - 1) return;
-  __threadfence();
-  const unsigned long long f = atomicExch(first, ~0ull);
-  *done = 0;
-  if (f != ~0ull && rec->index < 0) {
-    rec->index = int64_t(f);
-    rec->tag = tag;
-    rec->value = __ldcg(x + f);
-  }
+  record_first_nonfinite(x, tag, rec, first, done);
 }
 void c_finite(void* ctx, const float* x, int64_t n, int32_t tag, NonFinite* rec) {
   if (n == 0) return;
