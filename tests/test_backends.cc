@@ -289,6 +289,29 @@ TEST_P(EveryBackend, DecodeStepsAreForwardAndLmHeadBitForBit) {
     }
 }
 
+// Session::logits_rows (rows gathered and multiplied in the backend, only the logits downloaded)
+// gives lm_head of the downloaded rows bit for bit, for rows in any order and repeated.
+TEST_P(EveryBackend, LogitsOfKeptRowsAreLmHeadOfThoseRows) {
+  for (bool m2 : {false, true}) {
+    SCOPED_TRACE(m2 ? "mamba2" : "mamba1");
+    auto m = small_random_model(m2, 24);
+    Session s(*m, {.backend = GetParam(), .dtype = DType::BF16});
+    const int V = m->config().padded_vocab, dm = m->config().d_model;
+    std::vector<int32_t> toks;
+    for (int i = 0; i < 21; ++i) toks.push_back(int32_t((i * 37 + 5) % 1000));
+    const std::vector<int> lens = {9, 12};
+    const Hidden h = s.forward_hidden(toks, lens, nullptr);
+    std::vector<float> all(size_t(h.rows()) * dm);
+    s.download(h, all.data());
+    const std::vector<int> rows = {20, 8, 0, 8};
+    std::vector<float> got(rows.size() * size_t(V)), want(rows.size() * size_t(V)), sel;
+    for (int r : rows) sel.insert(sel.end(), all.begin() + size_t(r) * dm, all.begin() + size_t(r + 1) * dm);
+    s.logits_rows(h, rows, got.data());
+    s.lm_head(sel.data(), int(rows.size()), want.data());
+    EXPECT_EQ(got, want);
+  }
+}
+
 // An overflow inside a decode step names its place as forward does: a layer's block output, or
 // the LM head's logits (the token id), never a NaN handed back as a result.
 TEST_P(EveryBackend, DecodeOverflowIsNamed) {

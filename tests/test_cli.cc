@@ -110,9 +110,10 @@ TEST(Cli, BenchSyntheticJson) {
   auto r = run_cli("bench --synthetic mamba2-130m --prompt-len 16 --decode 2 --repeats 1 --no-bandwidth --json " + j);
   ASSERT_EQ(r.code, 0) << r.err;
   auto b = mambaq::read_json_file(j);
-  for (const char* k : {"prefill_tok_s", "decode_tok_s", "ttft_ms", "peak_rss_mib", "weight_bytes_per_token"})
+  for (const char* k : {"forward_tok_s", "prefill_tok_s", "decode_tok_s", "ttft_ms", "peak_rss_mib", "weight_bytes_per_token"})
     EXPECT_GT(b[k].get<double>(), 0) << k;
   EXPECT_EQ(b["batch"], 1);
+  EXPECT_EQ(b["forward_runs_s"].size(), 1u);
   // --batch: three sequences prefilled and decoded together
   r = run_cli("bench --synthetic mamba2-130m --prompt-len 16 --decode 2 --repeats 1 --no-bandwidth --batch 3 --json " + j +
               " --force");
@@ -121,6 +122,25 @@ TEST(Cli, BenchSyntheticJson) {
   EXPECT_EQ(b["batch"], 3);
   EXPECT_GT(b["decode_tok_s"].get<double>(), 0);
   mqtest::expect_one_line_error(run_cli("bench --synthetic mamba2-130m --batch 0"), "--batch");
+}
+
+// eval --synthetic: a task timed on random weights of a published shape; the same seed gives the
+// same (meaningless) scores, another seed others; MODEL and --synthetic together are refused.
+TEST(Cli, EvalSyntheticShape) {
+  const std::string d = mqtest::temp_dir("cli_eval_synth");
+  const std::string base = "eval --synthetic mamba-130m --tasks lambada_openai --limit 3 --no-log -q --json ";
+  ASSERT_EQ(run_cli(base + d + "/a.json").code, 0);
+  ASSERT_EQ(run_cli(base + d + "/b.json").code, 0);
+  ASSERT_EQ(run_cli(base + d + "/c.json --seed 2").code, 0);
+  const auto a = mambaq::read_json_file(d + "/a.json"), b = mambaq::read_json_file(d + "/b.json"),
+             c = mambaq::read_json_file(d + "/c.json");
+  const auto ppl = [](const nlohmann::json& j) { return j["results"]["lambada_openai"]["perplexity,none"].get<double>(); };
+  EXPECT_EQ(ppl(a), ppl(b));
+  EXPECT_NE(ppl(a), ppl(c));
+  EXPECT_NE(a["config"]["model_args"].get<std::string>().find("synthetic:mamba-130m"), std::string::npos);
+  mqtest::expect_one_line_error(run_cli("eval " + mqtest::model_dir("mamba-tiny") + " --synthetic mamba-130m"),
+                                "--synthetic");
+  mqtest::expect_one_line_error(run_cli("eval --synthetic mamba-9b"), "mamba-9b");
 }
 
 TEST(Cli, EvalJsonToStdoutIsOnlyJson) {

@@ -181,6 +181,9 @@ class Session {
   Hidden forward_hidden(std::span<const int32_t> tokens, std::span<const int> lens, SeqState* const* states,
                         Tap* tap = nullptr);
   void download(const Hidden& h, float* out);  // {rows, d_model}
+  // logits {rows.size(), padded_vocab} of the kept rows h[rows[i]] (host memory): the rows are
+  // gathered and multiplied in the backend; only the logits come back.
+  void logits_rows(const Hidden& h, std::span<const int> rows, float* logits);
 
   // One decoding step of tokens.size() sequences: tokens[i] follows sequence i, whose state
   // states[i] (every one given) is updated; writes the next-token logits {tokens.size(),

@@ -1,4 +1,4 @@
-// End-to-end speed: prefill tokens/s, decode tokens/s, time to first token, peak memory,
+// End-to-end speed: forward tokens/s (the evaluation path), prefill tokens/s, decode tokens/s, time to first token, peak memory,
 // and the decode bound implied by this machine's memory bandwidth.
 #include <fmt/format.h>
 #include <malloc.h>
@@ -55,8 +55,8 @@ double read_bandwidth_gbs() {
 }  // namespace
 
 struct BenchRun {
-  std::vector<double> pre, dec;
-  double ttft = 0, dect = 0, peak_mib = 0;
+  std::vector<double> fwd, pre, dec;
+  double fwdt = 0, ttft = 0, dect = 0, peak_mib = 0;
 };
 
 // Peak RSS (VmHWM) since the last reset_peak_rss(), MiB.
@@ -73,16 +73,24 @@ void reset_peak_rss() {
   out << "5";
 }
 
-// `batch` sequences: their prompts (the same tokens) prefilled in one packed forward, then decoded
-// together, one token each per step (greedy).
+// `batch` sequences (the same prompt tokens), each rep measuring three things:
+//  forward: the evaluation path: one packed forward and every position scored against the next
+//           token (LM head, log-softmax and greedy check in the backend; only the scores return);
+//  prefill: one packed forward from empty states, the last position's logits of each sequence;
+//  decode:  `decode` steps of all sequences together from those states (greedy).
 BenchRun run_once(Session& m, const std::vector<int32_t>& prompt, int decode, int repeats, int batch) {
   const auto& c = m.config();
-  const int dm = c.d_model, V = c.padded_vocab, P = int(prompt.size()), B = batch;
+  const int V = c.padded_vocab, P = int(prompt.size()), B = batch;
   BenchRun r;
   std::vector<int32_t> prompts;
   for (int b = 0; b < B; ++b) prompts.insert(prompts.end(), prompt.begin(), prompt.end());
   const std::vector<int> lens(size_t(B), P);
-  std::vector<float> hidden(prompts.size() * size_t(dm)), logits(size_t(B) * V), last(size_t(B) * dm);
+  std::vector<int> last(static_cast<size_t>(B));
+  for (int b = 0; b < B; ++b) last[size_t(b)] = b * P + P - 1;
+  std::vector<Session::RowRef> rows;
+  std::vector<int32_t> targets;
+  std::vector<RowScore> scores;
+  std::vector<float> logits(size_t(B) * V);
   std::vector<int32_t> tok(static_cast<size_t>(B));
   auto greedy = [&] {
     for (int b = 0; b < B; ++b)
@@ -91,15 +99,25 @@ BenchRun run_once(Session& m, const std::vector<int32_t>& prompt, int decode, in
   };
   // a device backend's first run loads its kernels and sizes its buffers: one untimed run first
   for (int rep = m.host_memory() ? 0 : -1; rep < repeats; ++rep) {
+    double t0 = now_s();
+    double fwd = 0;
+    if (P > 1) {
+      const Hidden h = m.forward_hidden(prompts, lens, nullptr);
+      rows.clear(), targets.clear();
+      for (int b = 0; b < B; ++b)
+        for (int i = 0; i + 1 < P; ++i) rows.push_back({&h, b * P + i}), targets.push_back(prompt[size_t(i + 1)]);
+      m.score_rows(rows, targets, scores);
+      fwd = now_s() - t0;
+    }
     std::vector<SeqState> st;
     std::vector<SeqState*> sp;
     for (int b = 0; b < B; ++b) st.push_back(m.new_state());
     for (auto& s : st) sp.push_back(&s);
-    double t0 = now_s();
-    m.forward(prompts, lens, sp.data(), hidden.data());
-    for (int b = 0; b < B; ++b)
-      std::copy_n(hidden.begin() + (size_t(b) * P + size_t(P - 1)) * dm, dm, last.begin() + size_t(b) * dm);
-    m.lm_head(last.data(), B, logits.data());
+    t0 = now_s();
+    {
+      const Hidden h = m.forward_hidden(prompts, lens, sp.data());
+      m.logits_rows(h, last, logits.data());
+    }
     const double pre = now_s() - t0;
     greedy();
     t0 = now_s();
@@ -107,8 +125,9 @@ BenchRun run_once(Session& m, const std::vector<int32_t>& prompt, int decode, in
       m.decode(tok, sp.data(), logits.data());
       greedy();
     }
-    if (rep >= 0) r.pre.push_back(pre), r.dec.push_back(now_s() - t0);
+    if (rep >= 0) r.fwd.push_back(fwd), r.pre.push_back(pre), r.dec.push_back(now_s() - t0);
   }
+  r.fwdt = median(r.fwd);
   r.ttft = median(r.pre);
   r.dect = median(r.dec);
   r.peak_mib = hwm_mib();
@@ -124,7 +143,7 @@ Runner register_bench(CLI::App& app) {
     Common c;
   };
   auto o = std::make_shared<Opts>();
-  auto* sub = app.add_subcommand("bench", "Measure prefill and decode speed, time to first token and peak memory");
+  auto* sub = app.add_subcommand("bench", "Measure forward (every position scored), prefill and decode speed, time to first token and peak memory");
   sub->add_option("MODEL", o->model, "Model folder (or use --synthetic)");
   sub->add_option("--synthetic", o->synthetic,
                   "Random weights with the shapes of a published model: " + [] {
@@ -187,8 +206,8 @@ Runner register_bench(CLI::App& app) {
     for (auto& t : prompt) t = int32_t(rng() % uint32_t(std::min(c.vocab_size, 50000)));
     const double bw = o->no_bw ? 0 : read_bandwidth_gbs();
     const std::string name = o->synthetic.empty() ? o->model : "synthetic:" + o->synthetic;
-    fmt::print("{:<28} {:>7} {:>8} {:>12} {:>12} {:>10} {:>12} {:>12} {:>10}\n", "model", "mode", "threads",
-               "prefill_tok/s", "decode_tok/s", "ttft_ms", "weights_MiB", "decode_bound", "peak_MiB");
+    fmt::print("{:<28} {:>7} {:>8} {:>12} {:>12} {:>12} {:>10} {:>12} {:>12} {:>10}\n", "model", "mode", "threads",
+               "forward_tok/s", "prefill_tok/s", "decode_tok/s", "ttft_ms", "weights_MiB", "decode_bound", "peak_MiB");
     nlohmann::json runs = nlohmann::json::array();
     double quantize_s = 0;
     std::string backend_desc, backend_name;
@@ -229,14 +248,17 @@ Runner register_bench(CLI::App& app) {
       const double B = o->batch;
       const double bytes = double(S.weight_bytes());
       const double bound = bw > 0 ? bw * 1e9 / bytes : 0;
-      fmt::print("{:<28} {:>7} {:>8} {:>12.1f} {:>12.2f} {:>10.1f} {:>12.1f} {:>12.2f} {:>10.1f}\n", name,
-                 variant, num_threads(), B * o->prompt / r.ttft, B * o->decode / r.dect, 1e3 * r.ttft,
+      const double fwd_tok_s = r.fwdt > 0 ? B * o->prompt / r.fwdt : 0;
+      fmt::print("{:<28} {:>7} {:>8} {:>12.1f} {:>12.1f} {:>12.2f} {:>10.1f} {:>12.1f} {:>12.2f} {:>10.1f}\n", name,
+                 variant, num_threads(), fwd_tok_s, B * o->prompt / r.ttft, B * o->decode / r.dect, 1e3 * r.ttft,
                  bytes / 1048576.0, bound, r.peak_mib);
       runs.push_back({{"mode", variant},
                       {"exec_mode", mode_name(mode)},
+                      {"forward_tok_s", fwd_tok_s},
                       {"prefill_tok_s", B * o->prompt / r.ttft},
                       {"decode_tok_s", B * o->decode / r.dect},
                       {"ttft_ms", 1e3 * r.ttft},
+                      {"forward_runs_s", r.fwd},
                       {"prefill_runs_s", r.pre},
                       {"decode_runs_s", r.dec},
                       {"weight_bytes_per_token", bytes},

@@ -69,18 +69,26 @@ std::string metric_str(const Metric& m) {
 
 Runner register_eval(CLI::App& app) {
   struct Opts {
-    std::string model, tasks = "lambada_openai", json, output_path, mode, modes, fp_ops, fp_model,
+    std::string model, synthetic, tasks = "lambada_openai", json, output_path, mode, modes, fp_ops, fp_model,
         log = "experiments.jsonl";
     bool no_log = false, no_shared_prefix = false;
     std::string log_extra;
     EvalOptions e;
     bool quiet = false;
     int batch_size = 0;
+    uint64_t seed = 1;
     Common c;
   };
   auto o = std::make_shared<Opts>();
   auto* sub = app.add_subcommand("eval", "Evaluate a model on lm-evaluation-harness tasks");
-  sub->add_option("MODEL", o->model, "Model folder")->required();
+  sub->add_option("MODEL", o->model, "Model folder (or --synthetic)");
+  sub->add_option("--synthetic", o->synthetic,
+                  "Random weights with the shapes of a published model (" + [] {
+                    std::string s;
+                    for (auto& n : published_config_names()) s += (s.empty() ? "" : ", ") + n;
+                    return s;
+                  }() + "): for timing a task at that size; the scores mean nothing");
+  sub->add_option("--seed", o->seed, "Seed of --synthetic weights")->capture_default_str();
   sub->add_option("--tasks,--task_list", o->tasks,
                   "Comma-separated: lambada_openai, arc_easy, arc_challenge, piqa, winogrande, hellaswag, wikitext "
                   "(lm-eval's), wikitext2 (fixed windows), lastword:FILE.jsonl, ppl:FILE.txt")
@@ -130,6 +138,8 @@ Runner register_eval(CLI::App& app) {
   add_common(sub, o->c);
   return [o, force] {
     apply_common(o->c);
+    if (o->model.empty() == o->synthetic.empty()) fail("eval: give either MODEL or --synthetic NAME");
+    if (!o->synthetic.empty()) published_config(o->synthetic);  // an unknown name, before anything else
     check_new_output_file(o->json, "--json", *force);
     if (!o->no_log) check_append_file(o->log, "--log");
     if (o->e.log_samples && o->output_path.empty())
@@ -152,7 +162,8 @@ Runner register_eval(CLI::App& app) {
     check_task_keys(tasks);
     if (!o->modes.empty() && (!o->mode.empty() || !o->fp_ops.empty()))
       fail("--modes: give the modes there (e.g. --modes fp32,fake+fp-ops=ssm), not also --mode / --fp-ops");
-    auto m = Model::load(o->model);
+    auto m = o->synthetic.empty() ? Model::load(o->model) : Model::random(published_config(o->synthetic), o->seed);
+    if (!o->synthetic.empty()) o->model = fmt::format("synthetic:{}:seed={}", o->synthetic, o->seed);
     // the modes to run
     std::vector<ModeSpec> modes;
     if (!o->modes.empty()) {

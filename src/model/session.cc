@@ -600,6 +600,22 @@ void Session::download(const Hidden& h, float* out) {
   if (n) c_->k().download(c_->ctx(), out, b->data(), n * sizeof(float));
 }
 
+void Session::logits_rows(const Hidden& h, std::span<const int> rows, float* logits) {
+  SessionCore& c = *c_;
+  const int V = c.cfg().padded_vocab, dm = c.cfg().d_model, n = int(rows.size());
+  if (n == 0) return;
+  for (int r : rows) MQ_ASSERT(r >= 0 && r < h.rows());
+  const std::vector<int32_t> idx(rows.begin(), rows.end());
+  float* g = c.ws.f(kSlotScoreRows, size_t(n) * dm);
+  const int32_t* di = c.to_dev(kSlotScoreIdx, idx.data(), idx.size());
+  c.k().gather_rows(c.ctx(), static_cast<const Buffer*>(h.buf_.get())->as<float>(), dm, di, n, dm, g, dm);
+  float* lg = c.k().host_memory ? logits : c.ws.f(kSlotLogits, size_t(n) * V);
+  c.lm_head_dev(g, n, lg);
+  if (!c.k().host_memory) c.k().download(c.ctx(), logits, lg, sizeof(float) * size_t(n) * V);
+  const int64_t i = first_non_finite(logits, int64_t(n) * V);
+  if (i >= 0) fail("non-finite logit ({}) for token id {}: the LM head overflows on this input", logits[i], i % V);
+}
+
 void Session::lm_head(const float* hidden, int rows, float* logits) {
   const int V = c_->cfg().padded_vocab, dm = c_->cfg().d_model;
   if (c_->k().host_memory) {
