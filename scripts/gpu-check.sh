@@ -30,7 +30,8 @@ for m in models/mamba-tiny models/mamba2-tiny-hf; do
   [ -f "$m/config.json" ] || continue
   compgen -G "$m/*.bin" > /dev/null || compgen -G "$m/*.safetensors" > /dev/null || continue
   n=$(basename "$m")
-  MAMBAQ_BACKEND=cuda "$tests" --gtest_filter='Fixtures/BundledReference.*' > "$out/reference-$n.txt" 2>&1
+  idx=0; [ "$n" = mamba2-tiny-hf ] && idx=1  # the test's instance of this fixture
+  MAMBAQ_BACKEND=cuda "$tests" --gtest_filter="Fixtures/BundledReference.*/$idx" > "$out/reference-$n.txt" 2>&1
   agree+="| $n | reference.json on cuda fp32 | $(grep -q '^\[  PASSED  \] 1 test' "$out/reference-$n.txt" && echo pass || echo FAIL) |"$'\n'
   p="The president said that the nation"
   "$bin/mambaq" logits "$m" --prompt "$p" --top 10 --backend cpu --json "$out/logits-$n-cpu.json" --force > /dev/null 2>&1
@@ -39,13 +40,38 @@ for m in models/mamba-tiny models/mamba2-tiny-hf; do
 import json;a=json.load(open('$out/logits-$n-cpu.json'));b=json.load(open('$out/logits-$n-cuda.json'))
 r=max(abs(x-y) for x,y in zip(a['top_logits'],b['top_logits']))/max(abs(x) for x in a['top_logits'])
 print(('pass' if a['top_ids']==b['top_ids'] and r<1e-3 else 'FAIL')+f' (top-10 ids equal: {a[\"top_ids\"]==b[\"top_ids\"]}, max rel diff {r:.2e})')" 2>&1) |"$'\n'
-  for dt in fp32 bf16; do
+  for dt in fp32 fp16 bf16; do
     "$bin/mambaq" eval "$m" --tasks ppl:corpus/heldout.txt,lambada_openai --backend cuda --dtype $dt -q --no-log --json "$out/eval-$n-$dt.json" --force > "$out/eval-$n-$dt.txt" 2>&1
   done
   agree+="| $n | held-out ppl bf16 vs fp32 (cuda) | $(python3 -c "
 import json;a=json.load(open('$out/eval-$n-fp32.json'))['results'];b=json.load(open('$out/eval-$n-bf16.json'))['results']
 pa=a['heldout']['perplexity,none'];pb=b['heldout']['perplexity,none']
 d=abs(pb/pa-1);print(('pass' if d<5e-3 else 'FAIL')+f' ({pa:.3f} vs {pb:.3f}: {100*d:.3f} %)')" 2>&1) |"$'\n'
+  agree+="| $n | held-out ppl fp16 vs fp32 (cuda) | $(python3 -c "
+import json;a=json.load(open('$out/eval-$n-fp32.json'))['results'];b=json.load(open('$out/eval-$n-fp16.json'))['results']
+pa=a['heldout']['perplexity,none'];pb=b['heldout']['perplexity,none']
+d=abs(pb/pa-1);print(('pass' if d<5e-3 else 'FAIL')+f' ({pa:.3f} vs {pb:.3f}: {100*d:.3f} %)')" 2>&1) |"$'\n'
+  # zero-shot accuracies, fp32: cuda equals cpu (the first 300 documents of each task)
+  zs=arc_easy,arc_challenge,piqa,winogrande
+  for be in cpu cuda; do
+    "$bin/mambaq" eval "$m" --tasks $zs --limit 300 --backend $be -q --no-log --json "$out/zeroshot-$n-$be.json" --force > "$out/zeroshot-$n-$be.txt" 2>&1
+  done
+  agree+="| $n | zero-shot acc/acc_norm cuda fp32 vs cpu | $(python3 -c "
+import json;a=json.load(open('$out/zeroshot-$n-cpu.json'))['results'];b=json.load(open('$out/zeroshot-$n-cuda.json'))['results']
+d=[(t,k,a[t][k],b[t][k]) for t in a for k in ('acc,none','acc_norm,none') if k in a[t] and a[t][k]!=b[t].get(k)]
+print(('pass' if not d and len(a)==4 else 'FAIL')+' ('+(', '.join(f'{t} {k}: {x:.4f} vs {y:.4f}' for t,k,x,y in d) or ', '.join(f'{t} {a[t][\"acc,none\"]:.4f}' for t in a))+')')" 2>&1) |"$'\n'
+done
+
+# Full lambada_openai (5,153 documents) on random weights of the big shapes: the time it takes.
+lam=""
+for m in ${GPU_CHECK_LAMBADA:-mamba-2.8b mamba2-2.7b}; do
+  f="$out/lambada-$m"
+  t1=$(date +%s.%N)
+  timeout 200 "$bin/mambaq" eval --synthetic $m --tasks lambada_openai --backend cuda --dtype bf16 -q --no-log --json "$f.json" > "$f.txt" 2>&1
+  wall=$(python3 -c "print(f'{$(date +%s.%N) - $t1:.1f}')")
+  lam+="| $m | $(python3 -c "
+import re;t=open('$f.txt').read();m=re.search(r'lambada_openai +acc +\S+ .*? (\d+) +([0-9.]+)\s*$',t,re.M)
+print(f'{m.group(1)} | {m.group(2)} | $wall' if m else 'failed: '+t.strip().splitlines()[-1][:200])" 2>&1) |"$'\n'
 done
 
 # Speed: synthetic published shapes, batch 1, prompt 1024, decode 128, median of 3.
@@ -53,7 +79,7 @@ rows=""
 bench() {  # shape dtype batch prompt decode
   local f="$out/bench-$1-$2-b$3${PDL_TAG:-}"
   timeout 120 "$bin/mambaq" bench --synthetic $1 --backend cuda --dtype $2 --batch $3 --prompt-len $4 --decode $5 --repeats 3 --no-bandwidth --json "$f.json" > "$f.txt" 2>&1
-  rows+=$(python3 -c "import json;j=json.load(open('$f.json'));print(f\"| $1 | $2${PDL_TAG:-} | $3 | {j['prefill_tok_s']:.0f} | {j['decode_tok_s']:.1f} | {j['weight_bytes_per_token']/2**20:.0f} | {j.get('device_mib',0):.0f} |\")" 2>/dev/null || echo "| $1 | $2 | $3 | failed: $(tail -1 "$f.txt") | | | |")$'\n'
+  rows+=$(python3 -c "import json;j=json.load(open('$f.json'));print(f\"| $1 | $2${PDL_TAG:-} | $3 | {j['forward_tok_s']:.0f} | {j['prefill_tok_s']:.0f} | {j['decode_tok_s']:.1f} | {j['weight_bytes_per_token']/2**20:.0f} | {j.get('device_mib',0):.0f} |\")" 2>/dev/null || echo "| $1 | $2 | $3 | failed: $(tail -1 "$f.txt") | | | | |")$'\n'
 }
 for m in ${GPU_CHECK_FP32:-mamba-130m mamba-1.4b}; do bench $m fp32 1 1024 128; done
 for m in ${GPU_CHECK_SHAPES:-mamba-130m mamba2-130m mamba-1.4b mamba2-1.3b}; do bench $m bf16 1 1024 128; done
@@ -73,9 +99,10 @@ done
 echo
 cat "$out/summary.txt"
 if [ -n "$agree" ]; then echo "| fixture | check | result |"; echo "|---|---|---|"; printf "%s" "$agree"; echo; fi
-echo "| shape (cuda) | weights | batch | prefill (t/s) | decode (t/s) | weights read per token (MiB) | device MiB |"
-echo "|---|---|---|---|---|---|---|"
+echo "| shape (cuda) | weights | batch | forward, all positions scored (t/s) | prefill (t/s) | decode (t/s) | weights read per token (MiB) | device MiB |"
+echo "|---|---|---|---|---|---|---|---|"
 printf "%s" "$rows"
+if [ -n "$lam" ]; then echo; echo "| shape (cuda bf16, random weights) | lambada_openai documents | task time (s) | wall incl. load |"; echo "|---|---|---|---|"; printf "%s" "$lam"; fi
 for f in "$out"/profile-*.txt; do echo; echo "== $(basename "$f")"; sed -n '/cuda profile/,$p' "$f" | head -14; done
 tar czf "$final/gpu-check.tgz" -C "$out" . && rm -rf "$out"
 exit $trc
