@@ -4,7 +4,7 @@
 # Uses build/ (or BIN_DIR, e.g. a carried .gpu/ with mambaq, mambaq_tests and lib.tgz / lib.txz of
 # the Debian libraries they link, where the machine has no Debian packages to build with).
 #   bash scripts/gpu-check.sh [OUT_DIR]
-# GPU_CHECK_SHAPES / GPU_CHECK_BIG (bf16 only) / GPU_CHECK_BATCH choose the benchmark's shapes.
+# GPU_CHECK_FP32 / _SHAPES / _BIG (bf16) / _BATCH / _PDL / _PROFILE / _LAMBADA choose the shapes (set empty: none).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 final=${1:-${OUT:-/tmp/gpu-check}}; out=$final/d; mkdir -p "$out"  # every file in d/, packed at the end
@@ -64,7 +64,7 @@ done
 
 # Full lambada_openai (5,153 documents) on random weights of the big shapes: the time it takes.
 lam=""
-for m in ${GPU_CHECK_LAMBADA:-mamba-2.8b mamba2-2.7b}; do
+for m in ${GPU_CHECK_LAMBADA-mamba-2.8b mamba2-2.7b}; do
   f="$out/lambada-$m"
   t1=$(date +%s.%N)
   timeout 200 "$bin/mambaq" eval --synthetic $m --tasks lambada_openai --backend cuda --dtype bf16 -q --no-log --json "$f.json" > "$f.txt" 2>&1
@@ -81,17 +81,17 @@ bench() {  # shape dtype batch prompt decode
   timeout 120 "$bin/mambaq" bench --synthetic $1 --backend cuda --dtype $2 --batch $3 --prompt-len $4 --decode $5 --repeats 3 --no-bandwidth --json "$f.json" > "$f.txt" 2>&1
   rows+=$(python3 -c "import json;j=json.load(open('$f.json'));print(f\"| $1 | $2${PDL_TAG:-} | $3 | {j['forward_tok_s']:.0f} | {j['prefill_tok_s']:.0f} | {j['decode_tok_s']:.1f} | {j['weight_bytes_per_token']/2**20:.0f} | {j.get('device_mib',0):.0f} |\")" 2>/dev/null || echo "| $1 | $2 | $3 | failed: $(tail -1 "$f.txt") | | | | |")$'\n'
 }
-for m in ${GPU_CHECK_FP32:-mamba-130m mamba-1.4b}; do bench $m fp32 1 1024 128; done
-for m in ${GPU_CHECK_SHAPES:-mamba-130m mamba2-130m mamba-1.4b mamba2-1.3b}; do bench $m bf16 1 1024 128; done
-for m in ${GPU_CHECK_BIG:-mamba-2.8b mamba2-2.7b}; do bench $m bf16 1 1024 128; done
-for b in ${GPU_CHECK_BATCH:-16 64}; do bench mamba-1.4b bf16 $b 128 64; bench mamba2-1.3b bf16 $b 128 64; done
+for m in ${GPU_CHECK_FP32-mamba-130m mamba-1.4b}; do bench $m fp32 1 1024 128; done
+for m in ${GPU_CHECK_SHAPES-mamba-130m mamba2-130m mamba-1.4b mamba2-1.3b}; do bench $m bf16 1 1024 128; done
+for m in ${GPU_CHECK_BIG-mamba-2.8b mamba2-2.7b}; do bench $m bf16 1 1024 128; done
+for b in ${GPU_CHECK_BATCH-16 64}; do bench mamba-1.4b bf16 $b 128 64; bench mamba2-1.3b bf16 $b 128 64; done
 export MAMBAQ_CUDA_PDL=1 PDL_TAG="-pdl"
-for m in ${GPU_CHECK_PDL:-mamba-1.4b}; do bench $m bf16 1 1024 128; done
+for m in ${GPU_CHECK_PDL-mamba-1.4b}; do bench $m bf16 1 1024 128; done
 unset MAMBAQ_CUDA_PDL PDL_TAG
 
 # Where the GPU time goes: every op between two CUDA events (no graphs then), by op.
 # (the sums include the untimed warm-up run, and each op's launch gap: a guide, not a timing)
-for m in ${GPU_CHECK_PROFILE:-mamba-1.4b mamba2-1.3b}; do
+for m in ${GPU_CHECK_PROFILE-mamba-1.4b mamba2-1.3b}; do
   MAMBAQ_CUDA_PROFILE=1 timeout 120 "$bin/mambaq" bench --synthetic $m --backend cuda --dtype bf16 --prompt-len 1024 --decode 1 --repeats 2 --no-bandwidth > "$out/profile-prefill-$m.txt" 2>&1
   MAMBAQ_CUDA_PROFILE=1 timeout 120 "$bin/mambaq" bench --synthetic $m --backend cuda --dtype bf16 --prompt-len 1 --decode 64 --repeats 1 --no-bandwidth > "$out/profile-decode-$m.txt" 2>&1
 done

@@ -299,14 +299,29 @@ TEST_P(Kernels, SelectiveScanPackedWithState) {
 class SsdScan : public ::testing::TestWithParam<std::tuple<std::string, int>> {  // backend, ngroups
  protected:
   std::string bparam() const { return std::get<0>(GetParam()); }
+  void check(const std::vector<int>& lens, int H, int P, int N);
 };
 
+// Sequences of 5 / 1 / 17 / 3 / 64 and 2100 / 1 / 130 / 65 / 64 tokens (cuda: one token and a
+// multiple of its 64-token chunks, more than 32 chunks, tails), sequence 0 from an empty state.
+// Bound 2e-5 (relative L2): float sums in another order (the chunked form's products over
+// tokens and states) and exp of a sum where the recurrence multiplies exps.
 TEST_P(SsdScan, PackedWithState) {
-  for (const auto& lens : kScanLens) {
-    SCOPED_TRACE(::testing::Message() << "lens " << lens[0] << "," << lens[1] << "," << lens[2] << ",...");
+  for (const auto& lens : kScanLens) check(lens, 8, 16, 32);
+}
+// A published head (headdim 64, d_state 128: every Mamba2 checkpoint's), so the tiles of the
+// chunked form run whole, over chunk boundaries.
+TEST_P(SsdScan, PublishedHeadShape) { check({200, 1, 64, 65, 3}, 8, 64, 128); }
+INSTANTIATE_TEST_SUITE_P(Groups, SsdScan,
+                         ::testing::Combine(::testing::ValuesIn(mqtest::test_backends()), ::testing::Values(1, 2, 4)));
+
+void SsdScan::check(const std::vector<int>& lens, int H, int P, int N) {
+  {
+    SCOPED_TRACE(::testing::Message() << "lens " << lens[0] << "," << lens[1] << "," << lens[2] << ",... H " << H
+                                      << " P " << P << " N " << N);
     mqtest::Dev d(bparam());
     Packed p(lens);
-    const int G = std::get<1>(GetParam()), H = 8, P = 16, N = 32, ldx = H * P + 7, ldbc = 2 * G * N + 3, lddt = H + 2;
+    const int G = std::get<1>(GetParam()), ldx = H * P + 7, ldbc = 2 * G * N + 3, lddt = H + 2;
     auto x = mqtest::randn(size_t(p.T) * ldx, 20), bc = mqtest::randn(size_t(p.T) * ldbc, 21);
     auto dt = mqtest::randn(size_t(p.T) * lddt, 22, 1.f, -2.f), A = mqtest::uniform(size_t(H), 23, -8.f, -1.f);
     auto dtb = mqtest::randn(size_t(H), 24, 0.5f), Dk = mqtest::randn(size_t(H), 25);
@@ -333,8 +348,6 @@ TEST_P(SsdScan, PackedWithState) {
     for (int s = 1; s < p.n(); ++s) EXPECT_LT(rel_err(st_fast[size_t(s)], st_ref[size_t(s)]), 2e-5);
   }
 }
-INSTANTIATE_TEST_SUITE_P(Groups, SsdScan,
-                         ::testing::Combine(::testing::ValuesIn(mqtest::test_backends()), ::testing::Values(1, 2, 4)));
 
 TEST_P(Kernels, GatedRmsNormBothOrders) {
   mqtest::Dev d(bparam());

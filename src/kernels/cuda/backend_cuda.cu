@@ -219,14 +219,18 @@ bool pdl_on() {
   return on;
 }
 template <class... P, class... A>
-void launch(void* ctx, void (*kernel)(P...), dim3 grid, dim3 block, A&&... args) {
+void launch_smem(void* ctx, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A&&... args) {
   cudaLaunchConfig_t cfg{};
-  cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = 0, cfg.stream = S(ctx);
+  cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = S(ctx);
   cudaLaunchAttribute at[1];
   at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   at[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = at, cfg.numAttrs = pdl_on() ? 1 : 0;
   MQ_CUDA(cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...));
+}
+template <class... P, class... A>
+void launch(void* ctx, void (*kernel)(P...), dim3 grid, dim3 block, A&&... args) {
+  launch_smem(ctx, kernel, grid, block, 0, std::forward<A>(args)...);
 }
 
 // ---- device math ----
@@ -302,7 +306,9 @@ __global__ void k_gated(float* y, const float* z, int ldz, const float* w, int D
 void c_gated(void* ctx, float* y, const float* z, int ldz, const float* w, int T, int D, int group, float eps,
              bool nbg) {
   if (T == 0) return;
-  launch(ctx, k_gated, dim3(unsigned(T), unsigned(D / group)), 256, y, z, ldz, w, D, group, eps, nbg);
+  // few blocks (decode): wider ones, so one row's group is not walked by 256 threads alone
+  const int threads = size_t(T) * (D / group) < 64 ? 1024 : 256;
+  launch(ctx, k_gated, dim3(unsigned(T), unsigned(D / group)), threads, y, z, ldz, w, D, group, eps, nbg);
   launched();
 }
 
@@ -774,6 +780,277 @@ void c_scan(void* ctx, const ScanArgs& a) {
   });
 }
 
+// ---- Mamba2 SSD in chunks (the state-space-duality form) ----
+// Each sequence is cut into chunks of kSsdQ tokens from its own start (its numbers depend on it
+// alone). Within a chunk, with a_t = dt_t A[h] and cum(t) = sum_{r <= t} a_r (summed in double, so
+// the differences below keep their digits):
+//   A (k_ssd_state): the chunk's own end state  S_c[n, p] = sum_s exp(cum(Q-1) - cum(s)) dt_s B[s, n] x[s, p]
+//   B (k_ssd_pass):  the state entering chunk c S_in[c] = exp(cum_{c-1}(Q-1)) S_in[c-1] + S_c[c-1],
+//                    S_in[0] = the sequence's state; the state after the last chunk is written back
+//   C (k_ssd_out):   y[t, p] = sum_{s <= t} exp(cum(t) - cum(s)) dt_s (C_t . B_s) x[s, p]
+//                              + exp(cum(t)) sum_n C[t, n] S_in[n, p] + Dskip x[t, p]
+// which is k_ssd's recurrence regrouped into products of 4x4 register tiles over shared memory (one
+// thread per state walking time reads B and C once per state and step; here each operand is read
+// from shared memory once per 16 products). C_t . B_s is shared by the heads of a group: each block
+// of k_ssd_out computes it once for kSsdHeads heads.
+constexpr int kSsdQ = 64, kSsdLdT = kSsdQ + 4;  // chunk length; row stride of the transposed tiles
+constexpr int kSsdThreads = 256;                // (kSsdQ / 4)^2: one 4x4 tile of C.B^T per thread
+
+// Chunks of kSsdQ tokens of every sequence in order, and first[s] = the index of sequence s's first
+// chunk (first[nseq] = all chunks).
+__global__ void k_ssd_chunks(int nseq, const int* __restrict__ offs, Chunk* out, int* first) {
+  pdl_enter();
+  __shared__ int base[257];
+  const int per = (nseq + 255) / 256, s0 = int(threadIdx.x) * per, s1 = min(nseq, s0 + per);
+  int cnt = 0;
+  for (int s = s0; s < s1; ++s) cnt += (offs[s + 1] - offs[s] + kSsdQ - 1) / kSsdQ;
+  base[threadIdx.x + 1] = cnt;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    base[0] = 0;
+    for (int i = 1; i <= 256; ++i) base[i] += base[i - 1];
+    first[nseq] = base[256];
+  }
+  __syncthreads();
+  int k = base[threadIdx.x];
+  for (int s = s0; s < s1; ++s) {
+    const int t0 = offs[s], len = offs[s + 1] - t0, n = (len + kSsdQ - 1) / kSsdQ;
+    first[s] = k;
+    for (int c = 0; c < n; ++c) out[k++] = {s, c, n, t0 + c * kSsdQ, min(t0 + len, t0 + (c + 1) * kSsdQ)};
+  }
+}
+
+// dt_s (s < Q, else 0) and cum(s) of head hd over the chunk's tokens [t0, t0 + Q), by warp 0 (two
+// tokens per lane, an inclusive scan over the lanes); the caller synchronises.
+__device__ inline void ssd_chunk_dt(const SsdOps& o, int hd, int t0, int Q, float* dtv, double* cum) {
+  if (threadIdx.x >= 32) return;
+  const int l = int(threadIdx.x), s = 2 * l;
+  const float bias = o.dbias[hd];
+  const double ah = o.A[hd];
+  const float d0 = s < Q ? softplus_f(o.dt[size_t(t0 + s) * o.lddt + hd] + bias) : 0.f;
+  const float d1 = s + 1 < Q ? softplus_f(o.dt[size_t(t0 + s + 1) * o.lddt + hd] + bias) : 0.f;
+  dtv[s] = d0, dtv[s + 1] = d1;
+  const double a0 = double(d0) * ah, pair = a0 + double(d1) * ah;
+  double incl = pair;
+#pragma unroll
+  for (int off = 1; off < 32; off *= 2) {
+    const double v = __shfl_up_sync(0xffffffffu, incl, off);
+    if (l >= off) incl += v;
+  }
+  cum[s] = incl - pair + a0, cum[s + 1] = incl;
+}
+
+// A: grid (chunks, H); dynamic shared memory (kSsdQ * (N + P)) floats. hst {chunks, H, N, P}, cend {chunks, H}.
+__global__ void __launch_bounds__(kSsdThreads) k_ssd_state(SsdOps o, const Chunk* __restrict__ chunks,
+                                                           float* __restrict__ hst, float* __restrict__ cend) {
+  pdl_enter();
+  extern __shared__ float4 ssd_smem[];
+  __shared__ float dtv[kSsdQ];
+  __shared__ double cum[kSsdQ];
+  const int N = o.N, P = o.P, H = o.H, k = blockIdx.x, hd = blockIdx.y, g = hd / (H / o.G), tid = threadIdx.x;
+  const Chunk ch = chunks[k];
+  const int Q = ch.t1 - ch.t0;
+  float* Bw = reinterpret_cast<float*>(ssd_smem);  // [kSsdQ][N]: exp(cum(Q-1) - cum(s)) dt_s B[s, n]
+  float* X = Bw + kSsdQ * N;                        // [kSsdQ][P]
+  ssd_chunk_dt(o, hd, ch.t0, Q, dtv, cum);
+  __syncthreads();
+  for (int i = tid; i < kSsdQ * N; i += kSsdThreads) {
+    const int t = i / N, n = i % N;
+    Bw[i] = t < Q ? expf(float(cum[Q - 1] - cum[t])) * dtv[t] * o.B[size_t(ch.t0 + t) * o.ldb + size_t(g) * N + n] : 0.f;
+  }
+  for (int i = tid; i < kSsdQ * P; i += kSsdThreads) {
+    const int t = i / P, p = i % P;
+    X[i] = t < Q ? o.x[size_t(ch.t0 + t) * o.ldx + size_t(hd) * P + p] : 0.f;
+  }
+  __syncthreads();
+  const int tp = P / 4;
+  float* dst = hst + (size_t(k) * H + hd) * size_t(N) * P;
+  for (int tile = tid; tile < (N / 4) * tp; tile += kSsdThreads) {
+    const int n0 = tile / tp * 4, p0 = tile % tp * 4;
+    float acc[4][4] = {};
+    for (int t = 0; t < Q; ++t) {
+      const float4 b = *reinterpret_cast<const float4*>(Bw + t * N + n0);
+      const float4 xv = *reinterpret_cast<const float4*>(X + t * P + p0);
+      const float bb[4] = {b.x, b.y, b.z, b.w}, xx[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(bb[i], xx[j], acc[i][j]);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      *reinterpret_cast<float4*>(dst + size_t(n0 + i) * P + p0) = make_float4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]);
+  }
+  if (tid == 0) cend[size_t(k) * H + hd] = float(cum[Q - 1]);
+}
+
+// B: grid (ceil(N P / 256), H, nseq): each thread walks one state element of one head through its
+// sequence's chunks, replacing each chunk's own end state by the state entering it.
+__global__ void k_ssd_pass(int H, int NP, const int* __restrict__ first, float* const* states, float* __restrict__ hst,
+                           const float* __restrict__ cend) {
+  pdl_enter();
+  const int e = int(blockIdx.x * blockDim.x + threadIdx.x), hd = blockIdx.y, s = blockIdx.z;
+  if (e >= NP) return;
+  const int k0 = first[s], k1 = first[s + 1];
+  if (k0 == k1) return;
+  float* st = states ? states[s] : nullptr;
+  const size_t off = size_t(hd) * NP + size_t(e), per = size_t(H) * NP;
+  float h = st ? st[off] : 0.f;
+  for (int k = k0; k < k1; ++k) {
+    const float own = hst[size_t(k) * per + off];
+    hst[size_t(k) * per + off] = h;
+    h = expf(cend[size_t(k) * H + hd]) * h + own;
+  }
+  if (st) st[off] = h;
+}
+
+// C: grid (chunks, H / heads); the heads of one block belong to one group. Dynamic shared memory:
+// CT [N][kSsdLdT], BT [N][kSsdLdT] (then S_in [N][P] in its place), MT [kSsdQ][kSsdLdT], X [kSsdQ][P].
+size_t ssd_out_floats(int N, int P) {
+  return size_t(N) * kSsdLdT + std::max(size_t(N) * kSsdLdT, size_t(N) * P) + size_t(kSsdQ) * kSsdLdT + size_t(kSsdQ) * P;
+}
+__global__ void __launch_bounds__(kSsdThreads) k_ssd_out(SsdOps o, const Chunk* __restrict__ chunks,
+                                                         const float* __restrict__ hst, int heads) {
+  pdl_enter();
+  extern __shared__ float4 ssd_smem[];
+  __shared__ float dtv[kSsdQ];
+  __shared__ double cum[kSsdQ];
+  const int N = o.N, P = o.P, H = o.H, k = blockIdx.x, tid = threadIdx.x;
+  const int h0 = blockIdx.y * heads, g = h0 / (H / o.G);
+  const Chunk ch = chunks[k];
+  const int Q = ch.t1 - ch.t0;
+  float* CT = reinterpret_cast<float*>(ssd_smem);        // [N][kSsdLdT]: C[t, n] at n * kSsdLdT + t
+  float* BT = CT + size_t(N) * kSsdLdT;                  // [N][kSsdLdT]
+  float* Sin = BT;                                       // [N][P] once C.B^T is in registers
+  float* MT = BT + max(N * kSsdLdT, N * P);              // [kSsdQ][kSsdLdT]: M[t, s] at s * kSsdLdT + t
+  float* X = MT + kSsdQ * kSsdLdT;                       // [kSsdQ][P]
+  for (int i = tid; i < kSsdQ * N; i += kSsdThreads) {
+    const int t = i / N, n = i % N;
+    const size_t row = size_t(ch.t0 + t);
+    CT[n * kSsdLdT + t] = t < Q ? o.C[row * o.ldc + size_t(g) * N + n] : 0.f;
+    BT[n * kSsdLdT + t] = t < Q ? o.B[row * o.ldb + size_t(g) * N + n] : 0.f;
+  }
+  __syncthreads();
+  // this thread's tile of C.B^T: rows t0..t0+3, columns s0..s0+3 (above the diagonal: not needed)
+  const int t0 = tid / (kSsdQ / 4) * 4, s0 = tid % (kSsdQ / 4) * 4;
+  float cb[4][4] = {};
+  if (s0 <= t0 + 3)
+    for (int n = 0; n < N; ++n) {
+      const float4 c = *reinterpret_cast<const float4*>(CT + n * kSsdLdT + t0);
+      const float4 b = *reinterpret_cast<const float4*>(BT + n * kSsdLdT + s0);
+      const float cc[4] = {c.x, c.y, c.z, c.w}, bb[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) cb[i][j] = fmaf(cc[i], bb[j], cb[i][j]);
+    }
+  const int tp = P / 4;
+  for (int hd = h0; hd < h0 + heads; ++hd) {
+    __syncthreads();  // BT read (first head) / the previous head's Sin, MT, X read
+    ssd_chunk_dt(o, hd, ch.t0, Q, dtv, cum);
+    const float* src = hst + (size_t(k) * H + hd) * size_t(N) * P;
+    for (int i = tid * 4; i < N * P; i += kSsdThreads * 4)
+      *reinterpret_cast<float4*>(Sin + i) = *reinterpret_cast<const float4*>(src + i);
+    for (int i = tid; i < kSsdQ * P; i += kSsdThreads) {
+      const int t = i / P, p = i % P;
+      X[i] = t < Q ? o.x[size_t(ch.t0 + t) * o.ldx + size_t(hd) * P + p] : 0.f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int t = t0 + i, s = s0 + j;
+        MT[s * kSsdLdT + t] = (s <= t && t < Q) ? cb[i][j] * expf(float(cum[t] - cum[s])) * dtv[s] : 0.f;
+      }
+    __syncthreads();
+    const float dsk = o.Dskip[hd];
+    for (int tile = tid; tile < (kSsdQ / 4) * tp; tile += kSsdThreads) {
+      const int r0 = tile / tp * 4, p0 = tile % tp * 4;
+      if (r0 >= Q) continue;
+      // the state entering the chunk, decayed to each row; then the chunk's own tokens added in
+      float acc[4][4] = {};
+      for (int n = 0; n < N; ++n) {
+        const float4 c = *reinterpret_cast<const float4*>(CT + n * kSsdLdT + r0);
+        const float4 sv = *reinterpret_cast<const float4*>(Sin + n * P + p0);
+        const float cc[4] = {c.x, c.y, c.z, c.w}, ss[4] = {sv.x, sv.y, sv.z, sv.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(cc[i], ss[j], acc[i][j]);
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float decay = r0 + i < Q ? expf(float(cum[r0 + i])) : 0.f;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] *= decay;
+      }
+      const int send = min(r0 + 4, Q);
+      for (int s = 0; s < send; ++s) {
+        const float4 m = *reinterpret_cast<const float4*>(MT + s * kSsdLdT + r0);
+        const float4 xv = *reinterpret_cast<const float4*>(X + s * P + p0);
+        const float mm[4] = {m.x, m.y, m.z, m.w}, xx[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(mm[i], xx[j], acc[i][j]);
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int t = r0 + i;
+        if (t >= Q) break;
+        float* yr = o.y + size_t(ch.t0 + t) * o.ldy + size_t(hd) * P + p0;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) yr[j] = acc[i][j] + dsk * X[t * P + p0 + j];
+      }
+    }
+  }
+}
+
+// The chunked form where its tiles fit (N and P multiples of 4, shared memory within the device's
+// limit); false: the caller runs the recurrent k_ssd.
+bool ssd_chunked(void* ctx, const SsdArgs& a, const SsdOps& o, float* const* st) {
+  if (a.N % 4 || a.P % 4) return false;
+  static int optin = [] {
+    int dev = 0, v = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    return v;
+  }();
+  const size_t smem_a = size_t(kSsdQ) * (a.N + a.P) * sizeof(float), smem_c = ssd_out_floats(a.N, a.P) * sizeof(float);
+  const size_t statics = kSsdQ * (sizeof(float) + sizeof(double));
+  if (smem_c + statics > size_t(optin) || smem_a + statics > size_t(optin)) return false;
+  int chunks = 0;
+  for (int s = 0; s < a.b.nseq; ++s) chunks += (a.b.len(s) + kSsdQ - 1) / kSsdQ;
+  if (chunks == 0) return true;
+  if (a.H > 65535 || a.b.nseq > 65535) return false;
+  const size_t per = size_t(a.H) * a.N * a.P;
+  const size_t list = (size_t(chunks) * sizeof(Chunk) + size_t(a.b.nseq + 1) * sizeof(int) + 255) / 256 * 256;
+  char* buf = static_cast<char*>(scan_buffer(ctx, list + size_t(chunks) * (per + size_t(a.H)) * sizeof(float)));
+  auto* list_dev = reinterpret_cast<Chunk*>(buf);
+  auto* first = reinterpret_cast<int*>(buf + size_t(chunks) * sizeof(Chunk));
+  float* hst = reinterpret_cast<float*>(buf + list);
+  float* cend = hst + size_t(chunks) * per;
+  static bool attrs = [&] {
+    MQ_CUDA(cudaFuncSetAttribute(k_ssd_state, cudaFuncAttributeMaxDynamicSharedMemorySize, optin - int(statics)));
+    MQ_CUDA(cudaFuncSetAttribute(k_ssd_out, cudaFuncAttributeMaxDynamicSharedMemorySize, optin - int(statics)));
+    return true;
+  }();
+  (void)attrs;
+  launch(ctx, k_ssd_chunks, 1, 256, a.b.nseq, a.b.offs_dev, list_dev, first);
+  launch_smem(ctx, k_ssd_state, dim3(unsigned(chunks), unsigned(a.H)), kSsdThreads, smem_a, o, (const Chunk*)list_dev, hst, cend);
+  const int NP = a.N * a.P;
+  launch(ctx, k_ssd_pass, dim3(blocks(size_t(NP), 256), unsigned(a.H), unsigned(a.b.nseq)), 256, a.H, NP,
+         (const int*)first, st, hst, (const float*)cend);
+  int heads = 1;  // the most heads of one group, at most 8, per block
+  for (int d = 1; d <= 8; ++d)
+    if ((a.H / a.G) % d == 0) heads = d;
+  launch_smem(ctx, k_ssd_out, dim3(unsigned(chunks), unsigned(a.H / heads)), kSsdThreads, smem_c, o,
+              (const Chunk*)list_dev, (const float*)hst, heads);
+  launched();
+  return true;
+}
+
 void c_ssd(void* ctx, const SsdArgs& a) {
   if (a.x.dtype != DType::F32 || a.st.dtype != DType::F32) cuda_fail("cuda: ssd_scan on int8 operands is not built yet");
   if (a.N > 256) failf("cuda: ssd_scan with d_state %d (at most 256)", a.N);
@@ -781,6 +1058,10 @@ void c_ssd(void* ctx, const SsdArgs& a) {
   const SsdOps o{a.b.offs_dev, a.x.f(), a.dt.f(), a.dt_bias, a.A, a.B.f(), a.C.f(), a.Dskip, a.x.ld, a.dt.ld, a.B.ld, a.C.ld,
                  a.H, a.P, a.G, a.N, a.y, a.ldy};
   auto* st = reinterpret_cast<float* const*>(a.st.seq ? a.st.seq_dev : nullptr);
+  // prefill: the chunked form; decode steps (every sequence one token): the recurrence, one launch
+  bool longer = false;
+  for (int s = 0; s < a.b.nseq && !longer; ++s) longer = a.b.len(s) > 1;
+  if (longer && ssd_chunked(ctx, a, o, st)) return;
   const int per_block = 128 / kScanLanes;
   const size_t hp = size_t(a.H) * a.P;
   run_chunked(ctx, a.b, hp * a.N, size_t(a.H), [&](int pass, int n, const Chunk* ch, float* hl, float* ds) {
