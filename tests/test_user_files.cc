@@ -7,9 +7,12 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
+#include <sstream>
 
+#include "analysis/explog.h"
 #include "io/json_file.h"
 #include "io/mmap_file.h"
 #include "io/safetensors.h"
@@ -208,6 +211,51 @@ TEST(FolderSaves, AKilledInPlaceEditLeavesTheOldFolderOrOneThatRecovers) {
   }
   EXPECT_GE(killed, 4);  // the journal, the weights, config.json, the journal's removal
   mqtest::expect_one_line_error(mqtest::run_cli("scales set " + f + " --recover"), "no interrupted edit");
+}
+
+// scales set -o NEW killed after each of its file writes, into a new folder and over an earlier
+// edit's copy (--force): the source is never touched; NEW is refused until the copy is whole (its
+// config.json comes last: never a half copy that loads as the source), or it is the earlier copy
+// byte for byte, or the whole new edit.
+TEST(FolderSaves, AKilledCopyEditIsRefusedUntilWhole) {
+  const std::string src = quantized_tiny(), d = mqtest::temp_dir("folder_kill_copy"), out = d + "/e";
+  const auto src_files = folder_files(src);
+  const float old = Model::load(src)->quantized()->scales.find(0, "x_proj:input")->scale;
+  for (bool over : {false, true}) {
+    SCOPED_TRACE(over ? "over an earlier copy" : "into a new folder");
+    int killed = 0, refused = 0;
+    for (int k = 1;; ++k) {
+      SCOPED_TRACE("killed after commit " + std::to_string(k));
+      fs::remove_all(out);
+      std::map<std::string, std::string> earlier;
+      if (over) {
+        ASSERT_EQ(mqtest::run_cli("scales set " + src + " -o " + out + " --point x_proj:input --layers 0 --factor 3 --no-log").code, 0);
+        earlier = folder_files(out);
+      }
+      const auto r = run_killed("scales set " + src + " -o " + out + " --point x_proj:input --layers 0 --factor 2 --no-log" +
+                                    (over ? " --force" : ""), k);
+      if (r.code == 0) break;
+      ASSERT_EQ(r.code, 99) << r.err;
+      ++killed;
+      EXPECT_EQ(folder_files(src), src_files);
+      const auto info = mqtest::run_cli("info " + out);
+      if (info.code != 0) {
+        mqtest::expect_one_line_error(info, out);
+        ++refused;
+        continue;
+      }
+      const auto m = Model::load(out);
+      const float now = m->quantized()->scales.find(0, "x_proj:input")->scale;
+      if (over && now == 3 * old) {
+        EXPECT_EQ(folder_files(out), earlier);
+      } else {
+        EXPECT_FLOAT_EQ(now, 2 * old);  // killed after its last write: the whole edit, recorded once
+        EXPECT_EQ(m->quantized()->meta.edits.size(), 1u);
+      }
+    }
+    EXPECT_GE(killed, 3);   // tokenizer.json, the weights, their patch, config.json
+    EXPECT_GE(refused, 2);  // between the weights and config.json
+  }
 }
 
 // quantize --force over an existing folder, killed between its files: the folder is refused
@@ -454,4 +502,68 @@ TEST(CrossChecks, QuantizationSectionAgainstTheTensors) {
   h.data = reinterpret_cast<const uint8_t*>(v->data());
   h.owner = v;
   EXPECT_ERROR(Model::from_store(load_config(q), st), "x_channel_order", "x_head_order", "disagree");
+}
+
+// An experiment log whose last record was cut short (a writer killed mid-line): the next record
+// starts on a line of its own, so only the cut one is lost, and it is reported as skipped.
+TEST(ExperimentLog, ARecordCutShortCostsOnlyItself) {
+  const std::string log = mqtest::temp_dir("log_cut") + "/experiments.jsonl";
+  append_log(log, {{"kind", "quantize"}, {"n", 1}});
+  {
+    std::ofstream out(log, std::ios::app);
+    out << R"({"kind": "eval", "n": 2, "resu)";  // no newline
+  }
+  append_log(log, {{"kind", "eval"}, {"n", 3}});
+  std::vector<std::string> skipped;
+  const auto recs = read_log(log, &skipped);
+  ASSERT_EQ(recs.size(), 2u);
+  EXPECT_EQ(recs[0]["n"], 1);
+  EXPECT_EQ(recs[1]["n"], 3);
+  EXPECT_EQ(skipped.size(), 1u);
+}
+
+// eval's result files (--json, --output-path's results.json, --log-samples' files) replaced with
+// --force, the run killed after each file it writes: every file is the old one byte for byte or
+// the new one whole (JSON that parses, the new run's limit; samples: every line a record).
+TEST(ResultFiles, AKilledEvalLeavesEachFileOldOrNewWhole) {
+  const std::string d = mqtest::temp_dir("result_kill"), dir = d + "/out", json = d + "/r.json";
+  const std::string base = "eval " + mqtest::model_dir("mamba-tiny") +
+                           " --tasks lambada_openai,ppl:corpus/heldout.txt --ppl-seqlen 64 -q --no-log --log-samples"
+                           " --json " + json + " --output-path " + dir;
+  ASSERT_EQ(mqtest::run_cli(base + " --limit 3").code, 0);
+  std::map<std::string, std::string> old = folder_files(dir);
+  old["r.json"] = mqtest::read_file(json);
+  const auto files_now = [&] {
+    auto f = folder_files(dir);
+    f["r.json"] = mqtest::read_file(json);
+    return f;
+  };
+  int killed = 0;
+  for (int k = 1;; ++k) {
+    SCOPED_TRACE("killed after commit " + std::to_string(k));
+    const auto r = run_killed(base + " --limit 4 --force", k);
+    for (const auto& [name, bytes] : files_now()) {
+      SCOPED_TRACE(name);
+      if (old.count(name) && old.at(name) == bytes) continue;
+      if (name.ends_with(".jsonl")) {
+        std::istringstream in(bytes);
+        int lines = 0;
+        for (std::string line; std::getline(in, line); ++lines) EXPECT_TRUE(nlohmann::json::accept(line)) << line;
+        if (name == "samples_lambada_openai.jsonl") {
+          EXPECT_EQ(lines, 4);
+        }
+      } else {
+        nlohmann::json j;
+        ASSERT_NO_THROW(j = nlohmann::json::parse(bytes));
+        EXPECT_EQ(j["config"]["limit"], 4);
+      }
+    }
+    if (r.code == 0) break;
+    ASSERT_EQ(r.code, 99) << r.err;
+    ++killed;
+    // back to the old files for the next kill point
+    for (const auto& [name, bytes] : old) mqtest::write_file(name == "r.json" ? json : dir + "/" + name, bytes);
+  }
+  EXPECT_GE(killed, 3);  // results.json, a samples file, r.json
+  EXPECT_EQ(temporaries_in(dir), 0u);
 }

@@ -30,7 +30,7 @@ void append_log(const std::string& path, const nlohmann::json& record) {
   if (!record.is_object()) fail("internal error: log record must be a JSON object");
   const std::string line = record.dump() + "\n";  // dump() escapes newlines: one line per record
   // not through a link, and never blocking on a FIFO (O_NONBLOCK: its open fails without a reader)
-  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0644);
+  const int fd = ::open(path.c_str(), O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0644);
   if (fd < 0)
     fail_option("log", "log: cannot open '{}' for appending: {}", path,
                 errno == ELOOP ? "it is a link (mambaq appends only to a regular file)" : std::strerror(errno));
@@ -43,9 +43,15 @@ void append_log(const std::string& path, const nlohmann::json& record) {
     ::close(fd);
     fail_option("log", "log: cannot lock '{}': {}", path, std::strerror(errno));
   }
+  // a record cut short (a writer killed mid-line, a full disk) ends without a newline: this one
+  // starts on a line of its own, so only the cut record is lost (read_log reports it skipped)
+  std::string text = line;
+  char last = '\n';
+  if (::fstat(fd, &st) == 0 && st.st_size > 0 && ::pread(fd, &last, 1, st.st_size - 1) == 1 && last != '\n')
+    text = "\n" + line;
   size_t done = 0;
-  while (done < line.size()) {
-    const ssize_t n = ::write(fd, line.data() + done, line.size() - done);
+  while (done < text.size()) {
+    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       const std::string e = std::strerror(errno);

@@ -166,8 +166,11 @@ int run_set(const SetOpts& s) {
   if (!s.out.empty()) {
     fs::create_directories(dst);
     lock = std::make_unique<FolderLock>(dst.string());
+    // every file but config.json first: config.json is written last (below), so until the copy
+    // is whole NEW has none (or its old one, of another save: refused as a mixed folder)
     for (const auto& e : fs::directory_iterator(src))
-      if (e.is_regular_file() && !is_folder_bookkeeping(e.path().filename().string())) {
+      if (e.is_regular_file() && !is_folder_bookkeeping(e.path().filename().string()) &&
+          e.path().filename() != "config.json") {
         // a new file under each name: a link in NEW is replaced, not written through
         AtomicWriter w((dst / e.path().filename()).string());
         w.copy_from(e.path().string());
@@ -193,19 +196,22 @@ int run_set(const SetOpts& s) {
   // The journal first (what --recover needs to undo the patch), then the weights with a new save
   // id, then config.json recording the edit and the id, then the journal goes: a kill at any point
   // leaves a folder that loads as before, or one refused until `--recover`.
-  nlohmann::json cfg = read_json_file(cfg_file);
+  // (-o: the copy's weights are patched, then config.json written; no journal: until config.json
+  // lands, NEW is not a folder that loads)
+  nlohmann::json cfg = read_json_file((src / "config.json").string());
   const std::string id_old = q->meta.save_id, id_new = id_old.empty() ? "" : new_save_id();
   rec["time"] = utc_timestamp();
   const std::string journal = (dst / kPendingEditFile).string();
-  write_json(journal, {{"rule", rule_text}, {"time", rec["time"]}, {"edits_before", q->meta.edits.size()},
-                       {"old_save_id", id_old}, {"new_save_id", id_new}, {"old", old}});
+  if (s.in_place)
+    write_json(journal, {{"rule", rule_text}, {"time", rec["time"]}, {"edits_before", q->meta.edits.size()},
+                         {"old_save_id", id_old}, {"new_save_id", id_new}, {"old", old}});
   patch_safetensors_f32(weights, patch, kSaveIdKey, id_old, id_new);  // no id before: none after
   if (!s.note.empty()) rec["note"] = s.note;
   if (!s.out.empty()) rec["from"] = s.model;
   cfg["quantization"]["edits"].push_back(rec);
   if (!id_new.empty()) cfg["quantization"]["save_id"] = id_new;
   write_text_file(cfg_file, cfg.dump(2) + "\n");
-  remove_file_durably(journal);
+  if (s.in_place) remove_file_durably(journal);
   // the folder reloads with exactly the new scales
   auto check = Model::load(dst.string());
   for (const auto& p : table.points) {
