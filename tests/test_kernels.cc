@@ -257,7 +257,7 @@ TEST_P(Kernels, Conv1dSiluPackedWithState) {
 
 // Both scans: a prefill batch of short sequences, then long ones that backends may cut into
 // chunks of time (2100: more than 32 chunks of 64 tokens), with and without carried states.
-const std::vector<std::vector<int>> kScanLens = {{5, 1, 17, 3, 64}, {2100, 1, 130, 65, 64}};
+const std::vector<std::vector<int>> kScanLens = {{5, 1, 17, 3, 64}, {2100, 1, 130, 65, 64}, {16, 1, 9, 3}};
 
 TEST_P(Kernels, SelectiveScanPackedWithState) {
   for (const auto& lens : kScanLens) {
@@ -302,8 +302,9 @@ class SsdScan : public ::testing::TestWithParam<std::tuple<std::string, int>> { 
   void check(const std::vector<int>& lens, int H, int P, int N);
 };
 
-// Sequences of 5 / 1 / 17 / 3 / 64 and 2100 / 1 / 130 / 65 / 64 tokens (cuda: one token and a
-// multiple of its 64-token chunks, more than 32 chunks, tails), sequence 0 from an empty state.
+// Sequences of 5 / 1 / 17 / 3 / 64, 2100 / 1 / 130 / 65 / 64 and 16 / 1 / 9 / 3 tokens (cuda: one
+// token and a multiple of its 64-token chunks, more than 32 chunks, tails; only short ones, which
+// run the recurrence), sequence 0 from an empty state.
 // Bound 2e-5 (relative L2): float sums in another order (the chunked form's products over
 // tokens and states) and exp of a sum where the recurrence multiplies exps.
 TEST_P(SsdScan, PackedWithState) {

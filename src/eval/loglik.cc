@@ -100,19 +100,22 @@ std::vector<std::vector<RequestScore>> score_requests(Session& m, const std::vec
                                                       const EvalOptions& opt, Progress* bar, int64_t* tokens_read) {
   if (opt.max_length < 1) fail_option("max_length", "max_length must be at least 1 (got {})", opt.max_length);
   std::vector<std::vector<RequestScore>> out(docs.size());
-  // Saved and working states: two per document of a batch, within a memory budget.
-  constexpr size_t kStateBudget = size_t(512) << 20;
+  // Saved and working states: two per document of a batch that shares a prefix among its
+  // requests, within a memory budget (a Mamba2-2.7B exact state is 168 MB; a GPU holds more).
+  const size_t budget = m.host_memory() ? size_t(512) << 20 : size_t(4) << 30;
   const size_t state_bytes = opt.shared_prefix ? m.new_state(true).bytes() : 0;
-  const size_t max_docs_by_state = state_bytes ? std::max<size_t>(1, kStateBudget / (2 * state_bytes)) : SIZE_MAX;
+  const size_t max_docs_by_state = state_bytes ? std::max<size_t>(1, budget / (2 * state_bytes)) : SIZE_MAX;
   size_t d0 = 0;
   while (d0 < docs.size()) {
-    // Batch documents until about opt.batch_tokens tokens are read.
+    // Batch documents until about opt.batch_tokens tokens are read (and the states fit: only a
+    // document with a shared prefix keeps any).
     std::vector<DocPlan> plans;
-    size_t d1 = d0;
+    size_t d1 = d0, with_state = 0;
     int64_t tokens = 0;
-    while (d1 < docs.size() && (d1 == d0 || (tokens < opt.batch_tokens && d1 - d0 < max_docs_by_state))) {
+    while (d1 < docs.size() && (d1 == d0 || (tokens < opt.batch_tokens && with_state < max_docs_by_state))) {
       plans.push_back(plan_doc(docs[d1], opt));
       const DocPlan& p = plans.back();
+      with_state += p.prefix > 0;
       tokens += p.prefix;
       for (const auto& s : p.seq) tokens += std::min<int64_t>(int64_t(s.size()) - 1, opt.max_length) - p.prefix;
       ++d1;

@@ -934,7 +934,7 @@ __global__ void __launch_bounds__(kSsdThreads) k_ssd_out(SsdOps o, const Chunk* 
   // this thread's tile of C.B^T: rows t0..t0+3, columns s0..s0+3 (above the diagonal: not needed)
   const int t0 = tid / (kSsdQ / 4) * 4, s0 = tid % (kSsdQ / 4) * 4;
   float cb[4][4] = {};
-  if (s0 <= t0 + 3)
+  if (s0 <= t0 + 3 && t0 < Q)
     for (int n = 0; n < N; ++n) {
       const float4 c = *reinterpret_cast<const float4*>(CT + n * kSsdLdT + t0);
       const float4 b = *reinterpret_cast<const float4*>(BT + n * kSsdLdT + s0);
@@ -1058,10 +1058,11 @@ void c_ssd(void* ctx, const SsdArgs& a) {
   const SsdOps o{a.b.offs_dev, a.x.f(), a.dt.f(), a.dt_bias, a.A, a.B.f(), a.C.f(), a.Dskip, a.x.ld, a.dt.ld, a.B.ld, a.C.ld,
                  a.H, a.P, a.G, a.N, a.y, a.ldy};
   auto* st = reinterpret_cast<float* const*>(a.st.seq ? a.st.seq_dev : nullptr);
-  // prefill: the chunked form; decode steps (every sequence one token): the recurrence, one launch
-  bool longer = false;
-  for (int s = 0; s < a.b.nseq && !longer; ++s) longer = a.b.len(s) > 1;
-  if (longer && ssd_chunked(ctx, a, o, st)) return;
+  // prefill: the chunked form; decode steps and batches of short sequences only (the tokens
+  // after a shared prefix): the recurrence, whose cost does not round up to whole chunks
+  int longest = 0;
+  for (int s = 0; s < a.b.nseq; ++s) longest = std::max(longest, a.b.len(s));
+  if (longest > kSsdQ / 4 && ssd_chunked(ctx, a, o, st)) return;
   const int per_block = 128 / kScanLanes;
   const size_t hp = size_t(a.H) * a.P;
   run_chunked(ctx, a.b, hp * a.N, size_t(a.H), [&](int pass, int n, const Chunk* ch, float* hl, float* ds) {
