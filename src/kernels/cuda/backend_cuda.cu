@@ -601,6 +601,122 @@ __global__ void k_scan(ScanOps o, const Chunk* __restrict__ chunks, float* const
     }
 }
 
+// The same passes with each block's operands staged in shared memory kScanTile tokens at a time:
+// the block's 128 / L channels read delta, u, z and write y through coalesced tile copies, and B /
+// C rows (shared by every channel) are read once per block instead of once per channel. Lane l
+// holds the states n = l NS + j (contiguous: one float4 read of B and of C per token).
+constexpr int kScanTile = 32;
+template <int NS, int PASS, int L>
+__global__ void __launch_bounds__(128) k_scan_tiled(ScanOps o, const Chunk* __restrict__ chunks, float* const* states,
+                                                    float* __restrict__ hloc, float* __restrict__ dtsum) {
+  pdl_enter();
+  constexpr int CH = 128 / L, NMAX = L * NS;  // channels per block, states per channel (at most)
+  __shared__ float sd[kScanTile][CH], su[kScanTile][CH], sz[kScanTile][CH], sy[kScanTile][CH];
+  __shared__ __align__(16) float sb[kScanTile][NMAX], sc[kScanTile][NMAX];
+  const int lane = threadIdx.x % L, ci = threadIdx.x / L, k = blockIdx.y;
+  const int d0 = blockIdx.x * CH, d = d0 + ci;
+  const bool live = d < o.D;
+  const Chunk ch = chunk_at(chunks, k, o.offs);
+  if (PASS == 0 ? (ch.n == 1 || ch.c == ch.n - 1) : (ch.n > 1 && ch.c == 0)) return;  // the whole block
+  const bool out = PASS == 1 || ch.c == 0;
+  const int N = o.N;
+  float h[NS], a[NS];
+  float* st = states ? states[ch.s] : nullptr;
+  const bool from_state = ch.c == 0;
+#pragma unroll
+  for (int j = 0; j < NS; ++j) {
+    const int n = lane * NS + j;
+    a[j] = live && n < N ? o.A[size_t(d) * N + n] : 0.f;
+    h[j] = (live && from_state && st && n < N) ? st[size_t(d) * N + n] : 0.f;
+  }
+  if (live && PASS == 1 && !from_state) {
+    const int k0 = k - ch.c;
+#pragma unroll
+    for (int j = 0; j < NS; ++j) {
+      const int n = lane * NS + j;
+      h[j] = n < N ? hloc[(size_t(k0) * o.D + d) * N + n] : 0.f;
+    }
+    for (int i = k0 + 1; i < k; ++i) {
+      const float S = dtsum[size_t(i) * o.D + d];
+#pragma unroll
+      for (int j = 0; j < NS; ++j) {
+        const int n = lane * NS + j;
+        if (n < N) h[j] = expf(S * a[j]) * h[j] + hloc[(size_t(i) * o.D + d) * N + n];
+      }
+    }
+  }
+  const float bias = live && o.dbias ? o.dbias[d] : 0.f, dsk = live && o.Dskip ? o.Dskip[d] : 0.f;
+  float dsum = 0.f;
+  for (int t0 = ch.t0; t0 < ch.t1; t0 += kScanTile) {
+    const int nt = min(kScanTile, ch.t1 - t0);
+    __syncthreads();  // the previous tile's reads (and y's copy out) are done
+    for (int i = threadIdx.x; i < nt * CH; i += 128) {
+      const int t = i / CH, c = i % CH;
+      const size_t tt = size_t(t0 + t);
+      const bool ok = d0 + c < o.D;
+      sd[t][c] = ok ? o.delta[tt * o.ldd + d0 + c] : 0.f;
+      su[t][c] = ok ? o.u[tt * o.ldu + d0 + c] : 0.f;
+      if (out && o.z) sz[t][c] = ok ? o.z[tt * o.ldz + d0 + c] : 0.f;
+    }
+    for (int i = threadIdx.x; i < nt * NMAX; i += 128) {
+      const int t = i / NMAX, n = i % NMAX;
+      const size_t tt = size_t(t0 + t);
+      sb[t][n] = n < N ? o.B[tt * o.ldb + n] : 0.f;
+      if (out) sc[t][n] = n < N ? o.C[tt * o.ldc + n] : 0.f;
+    }
+    __syncthreads();
+    for (int t = 0; t < nt; ++t) {
+      const float dt = softplus_f(sd[t][ci] + bias), uu = su[t][ci], dtu = dt * uu;
+      dsum += dt;
+      float bb[NS], cc[NS];
+#pragma unroll
+      for (int j = 0; j < NS; j += 4) {
+        const float4 b4 = *reinterpret_cast<const float4*>(&sb[t][lane * NS + j]);
+        bb[j] = b4.x, bb[j + 1] = b4.y, bb[j + 2] = b4.z, bb[j + 3] = b4.w;
+        if (out) {
+          const float4 c4 = *reinterpret_cast<const float4*>(&sc[t][lane * NS + j]);
+          cc[j] = c4.x, cc[j + 1] = c4.y, cc[j + 2] = c4.z, cc[j + 3] = c4.w;
+        }
+      }
+      float acc = 0.f;
+#pragma unroll
+      for (int j = 0; j < NS; ++j) {
+        h[j] = expf(dt * a[j]) * h[j] + dtu * bb[j];
+        if (out) acc += h[j] * cc[j];
+      }
+      if (out) {
+        acc = lanes_sum<L>(acc);
+        if (lane == 0) {
+          float v = acc + dsk * uu;
+          if (o.z) v *= silu_f(sz[t][ci]);
+          sy[t][ci] = v;
+        }
+      }
+    }
+    if (out) {
+      __syncthreads();
+      for (int i = threadIdx.x; i < nt * CH; i += 128) {
+        const int t = i / CH, c = i % CH;
+        if (d0 + c < o.D) o.y[size_t(t0 + t) * o.ldy + d0 + c] = sy[t][c];
+      }
+    }
+  }
+  if (!live) return;
+  float* dst = nullptr;
+  if (PASS == 0) {
+    dst = hloc + size_t(k) * o.D * N + size_t(d) * N;
+    if (lane == 0) dtsum[size_t(k) * o.D + d] = dsum;
+  } else if (st && ch.c == ch.n - 1) {
+    dst = st + size_t(d) * N;
+  }
+  if (dst)
+#pragma unroll
+    for (int j = 0; j < NS; ++j) {
+      const int n = lane * NS + j;
+      if (n < N) dst[n] = h[j];
+    }
+}
+
 // The chunk list and the chunked passes' buffers of one scan launch (grow-only, in the context).
 struct ChunkPlan {
   int chunks = 0;     // total
@@ -770,10 +886,18 @@ void c_scan(void* ctx, const ScanArgs& a) {
   // per output; with time chunked there is parallelism enough without spreading a channel wider)
   auto* st = reinterpret_cast<float* const*>(a.st.seq ? a.st.seq_dev : nullptr);
   const int lanes = a.N <= 16 ? 4 : a.N <= 32 ? 8 : 16, per_block = 128 / lanes;  // channels per block of 128
+  // prefill: operands staged in shared memory by tiles of tokens; decode steps: the direct walk
+  int longest = 0;
+  for (int s = 0; s < a.b.nseq; ++s) longest = std::max(longest, a.b.len(s));
+  const bool tiled = longest > 4;
   run_chunked(ctx, a.b, size_t(a.D) * a.N, size_t(a.D), [&](int pass, int n, const Chunk* ch, float* hl, float* ds) {
     const dim3 grid(unsigned((a.D + per_block - 1) / per_block), unsigned(n));
     auto go = [&](auto k0, auto k1) { launch(ctx, pass == 0 ? k0 : k1, grid, 128, o, ch, st, hl, ds); };
-    if (lanes == 4) go(k_scan<4, 0, 4>, k_scan<4, 1, 4>);
+    if (tiled) {
+      if (lanes == 4) go(k_scan_tiled<4, 0, 4>, k_scan_tiled<4, 1, 4>);
+      else if (lanes == 8) go(k_scan_tiled<4, 0, 8>, k_scan_tiled<4, 1, 8>);
+      else go(k_scan_tiled<4, 0, 16>, k_scan_tiled<4, 1, 16>);
+    } else if (lanes == 4) go(k_scan<4, 0, 4>, k_scan<4, 1, 4>);
     else if (lanes == 8) go(k_scan<4, 0, 8>, k_scan<4, 1, 8>);
     else go(k_scan<4, 0, 16>, k_scan<4, 1, 16>);
     launched();
