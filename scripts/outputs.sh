@@ -11,7 +11,7 @@ mkdir -p "$OUT"
 PROMPT="The quick brown fox jumps over the lazy dog. The history of the city begins"
 # quantized folders: quamba1 (the default recipe) and the Quamba2 presets w8a8, w4a8, w4a16
 RECIPES=${RECIPES:-q1 w8a8 w4a8 w4a16}
-for m in mamba-tiny mamba2-tiny-hf; do
+for m in ${FIXTURES:-mamba-tiny mamba2-tiny-hf}; do
   "$BIN" logits models/$m --prompt "$PROMPT" --top 10 --json "$OUT/$m.fp.logits.json" >/dev/null
   "$BIN" eval models/$m --tasks ppl:data/corpus/heldout.txt,lastword:data/corpus/lastword.jsonl --no-log -q \
     --json "$OUT/$m.fp.eval.json" >/dev/null
