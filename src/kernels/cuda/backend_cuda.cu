@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <mutex>
 #include <memory>
 #include <string>
 #include <type_traits>
@@ -1135,12 +1136,24 @@ __global__ void __launch_bounds__(kSsdThreads) k_ssd_out(SsdOps o, const Chunk* 
 // limit); false: the caller runs the recurrent k_ssd.
 bool ssd_chunked(void* ctx, const SsdArgs& a, const SsdOps& o, float* const* st) {
   if (a.N % 4 || a.P % 4) return false;
-  static int optin = [] {
-    int dev = 0, v = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-    return v;
-  }();
+  // per device: the shared memory a block may opt into, and the kernels' attribute set once
+  static std::mutex mu;
+  static std::map<int, int> optin_of;
+  int optin = 0;
+  {
+    std::lock_guard<std::mutex> g(mu);
+    auto it = optin_of.find(C(ctx).device);
+    if (it == optin_of.end()) {
+      int v = 0;
+      MQ_CUDA(cudaSetDevice(C(ctx).device));  // function attributes belong to the current device
+      MQ_CUDA(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, C(ctx).device));
+      const int dyn = v - int(kSsdQ * (sizeof(float) + sizeof(double)));
+      MQ_CUDA(cudaFuncSetAttribute(k_ssd_state, cudaFuncAttributeMaxDynamicSharedMemorySize, dyn));
+      MQ_CUDA(cudaFuncSetAttribute(k_ssd_out, cudaFuncAttributeMaxDynamicSharedMemorySize, dyn));
+      it = optin_of.emplace(C(ctx).device, v).first;
+    }
+    optin = it->second;
+  }
   const size_t smem_a = size_t(kSsdQ) * (a.N + a.P) * sizeof(float), smem_c = ssd_out_floats(a.N, a.P) * sizeof(float);
   const size_t statics = kSsdQ * (sizeof(float) + sizeof(double));
   if (smem_c + statics > size_t(optin) || smem_a + statics > size_t(optin)) return false;
@@ -1155,12 +1168,6 @@ bool ssd_chunked(void* ctx, const SsdArgs& a, const SsdOps& o, float* const* st)
   auto* first = reinterpret_cast<int*>(buf + size_t(chunks) * sizeof(Chunk));
   float* hst = reinterpret_cast<float*>(buf + list);
   float* cend = hst + size_t(chunks) * per;
-  static bool attrs = [&] {
-    MQ_CUDA(cudaFuncSetAttribute(k_ssd_state, cudaFuncAttributeMaxDynamicSharedMemorySize, optin - int(statics)));
-    MQ_CUDA(cudaFuncSetAttribute(k_ssd_out, cudaFuncAttributeMaxDynamicSharedMemorySize, optin - int(statics)));
-    return true;
-  }();
-  (void)attrs;
   launch(ctx, k_ssd_chunks, 1, 256, a.b.nseq, a.b.offs_dev, list_dev, first);
   launch_smem(ctx, k_ssd_state, dim3(unsigned(chunks), unsigned(a.H)), kSsdThreads, smem_a, o, (const Chunk*)list_dev, hst, cend);
   const int NP = a.N * a.P;
