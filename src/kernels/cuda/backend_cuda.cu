@@ -456,23 +456,30 @@ struct Chunk {
   int s, c, n, t0, t1;  // sequence, index in it, the sequence's chunk count, tokens [t0, t1)
 };
 // Every sequence's chunks in order (one block: each thread counts a run of sequences, thread 0
-// prefix-sums the 256 counts, each thread lists its run's chunks).
-__global__ void k_chunks(int nseq, const int* __restrict__ offs, Chunk* out) {
+// prefix-sums the 256 counts, each thread lists its run's chunks). Q = 0: the scans' chunk_len
+// rule; Q > 0: chunks of Q tokens. first (may be null): first[s] = sequence s's first chunk,
+// first[nseq] = all chunks.
+template <int Q>
+__global__ void k_chunks(int nseq, const int* __restrict__ offs, Chunk* out, int* first) {
   pdl_enter();
+  auto len_of = [](int len) { return Q > 0 ? Q : chunk_len(len); };
+  auto count = [&](int len) { return Q > 0 ? (len + Q - 1) / Q : chunks_of(len); };
   __shared__ int base[257];
   const int per = (nseq + 255) / 256, s0 = int(threadIdx.x) * per, s1 = min(nseq, s0 + per);
   int cnt = 0;
-  for (int s = s0; s < s1; ++s) cnt += chunks_of(offs[s + 1] - offs[s]);
+  for (int s = s0; s < s1; ++s) cnt += count(offs[s + 1] - offs[s]);
   base[threadIdx.x + 1] = cnt;
   __syncthreads();
   if (threadIdx.x == 0) {
     base[0] = 0;
     for (int i = 1; i <= 256; ++i) base[i] += base[i - 1];
+    if (first) first[nseq] = base[256];
   }
   __syncthreads();
   int k = base[threadIdx.x];
   for (int s = s0; s < s1; ++s) {
-    const int t0 = offs[s], len = offs[s + 1] - t0, L = chunk_len(len), n = chunks_of(len);
+    const int t0 = offs[s], len = offs[s + 1] - t0, L = len_of(len), n = count(len);
+    if (first) first[s] = k;
     for (int c = 0; c < n; ++c) out[k++] = {s, c, n, t0 + c * L, min(t0 + len, t0 + (c + 1) * L)};
   }
 }
@@ -869,7 +876,7 @@ void run_chunked(void* ctx, const Batch& b, size_t state_floats, size_t sum_floa
   const size_t need = list + size_t(p.chunks) * (state_floats + sum_floats) * sizeof(float);
   char* buf = static_cast<char*>(scan_buffer(ctx, need));
   auto* chunks = reinterpret_cast<Chunk*>(buf);
-  launch(ctx, k_chunks, 1, 256, b.nseq, b.offs_dev, chunks);
+  launch(ctx, k_chunks<0>, 1, 256, b.nseq, b.offs_dev, chunks, (int*)nullptr);
   launched();
   float* hloc = reinterpret_cast<float*>(buf + list);
   float* dtsum = hloc + size_t(p.chunks) * state_floats;
@@ -921,28 +928,15 @@ void c_scan(void* ctx, const ScanArgs& a) {
 constexpr int kSsdQ = 64, kSsdLdT = kSsdQ + 4;  // chunk length; row stride of the transposed tiles
 constexpr int kSsdThreads = 256;                // (kSsdQ / 4)^2: one 4x4 tile of C.B^T per thread
 
-// Chunks of kSsdQ tokens of every sequence in order, and first[s] = the index of sequence s's first
-// chunk (first[nseq] = all chunks).
-__global__ void k_ssd_chunks(int nseq, const int* __restrict__ offs, Chunk* out, int* first) {
-  pdl_enter();
-  __shared__ int base[257];
-  const int per = (nseq + 255) / 256, s0 = int(threadIdx.x) * per, s1 = min(nseq, s0 + per);
-  int cnt = 0;
-  for (int s = s0; s < s1; ++s) cnt += (offs[s + 1] - offs[s] + kSsdQ - 1) / kSsdQ;
-  base[threadIdx.x + 1] = cnt;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    base[0] = 0;
-    for (int i = 1; i <= 256; ++i) base[i] += base[i - 1];
-    first[nseq] = base[256];
-  }
-  __syncthreads();
-  int k = base[threadIdx.x];
-  for (int s = s0; s < s1; ++s) {
-    const int t0 = offs[s], len = offs[s + 1] - t0, n = (len + kSsdQ - 1) / kSsdQ;
-    first[s] = k;
-    for (int c = 0; c < n; ++c) out[k++] = {s, c, n, t0 + c * kSsdQ, min(t0 + len, t0 + (c + 1) * kSsdQ)};
-  }
+// acc[i][j] += a[i] b[j] for four consecutive a and b (16-byte aligned, in shared memory): one
+// step of a 4x4 register tile's product.
+__device__ inline void tile_fma(float (&acc)[4][4], const float* a, const float* b) {
+  const float4 a4 = *reinterpret_cast<const float4*>(a), b4 = *reinterpret_cast<const float4*>(b);
+  const float aa[4] = {a4.x, a4.y, a4.z, a4.w}, bb[4] = {b4.x, b4.y, b4.z, b4.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(aa[i], bb[j], acc[i][j]);
 }
 
 // dt_s (s < Q, else 0) and cum(s) of head hd over the chunk's tokens [t0, t0 + Q), by warp 0 (two
@@ -993,15 +987,7 @@ __global__ void __launch_bounds__(kSsdThreads) k_ssd_state(SsdOps o, const Chunk
   for (int tile = tid; tile < (N / 4) * tp; tile += kSsdThreads) {
     const int n0 = tile / tp * 4, p0 = tile % tp * 4;
     float acc[4][4] = {};
-    for (int t = 0; t < Q; ++t) {
-      const float4 b = *reinterpret_cast<const float4*>(Bw + t * N + n0);
-      const float4 xv = *reinterpret_cast<const float4*>(X + t * P + p0);
-      const float bb[4] = {b.x, b.y, b.z, b.w}, xx[4] = {xv.x, xv.y, xv.z, xv.w};
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(bb[i], xx[j], acc[i][j]);
-    }
+    for (int t = 0; t < Q; ++t) tile_fma(acc, Bw + t * N + n0, X + t * P + p0);
 #pragma unroll
     for (int i = 0; i < 4; ++i)
       *reinterpret_cast<float4*>(dst + size_t(n0 + i) * P + p0) = make_float4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]);
@@ -1060,15 +1046,7 @@ __global__ void __launch_bounds__(kSsdThreads) k_ssd_out(SsdOps o, const Chunk* 
   const int t0 = tid / (kSsdQ / 4) * 4, s0 = tid % (kSsdQ / 4) * 4;
   float cb[4][4] = {};
   if (s0 <= t0 + 3 && t0 < Q)
-    for (int n = 0; n < N; ++n) {
-      const float4 c = *reinterpret_cast<const float4*>(CT + n * kSsdLdT + t0);
-      const float4 b = *reinterpret_cast<const float4*>(BT + n * kSsdLdT + s0);
-      const float cc[4] = {c.x, c.y, c.z, c.w}, bb[4] = {b.x, b.y, b.z, b.w};
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) cb[i][j] = fmaf(cc[i], bb[j], cb[i][j]);
-    }
+    for (int n = 0; n < N; ++n) tile_fma(cb, CT + n * kSsdLdT + t0, BT + n * kSsdLdT + s0);
   const int tp = P / 4;
   for (int hd = h0; hd < h0 + heads; ++hd) {
     __syncthreads();  // BT read (first head) / the previous head's Sin, MT, X read
@@ -1095,15 +1073,7 @@ __global__ void __launch_bounds__(kSsdThreads) k_ssd_out(SsdOps o, const Chunk* 
       if (r0 >= Q) continue;
       // the state entering the chunk, decayed to each row; then the chunk's own tokens added in
       float acc[4][4] = {};
-      for (int n = 0; n < N; ++n) {
-        const float4 c = *reinterpret_cast<const float4*>(CT + n * kSsdLdT + r0);
-        const float4 sv = *reinterpret_cast<const float4*>(Sin + n * P + p0);
-        const float cc[4] = {c.x, c.y, c.z, c.w}, ss[4] = {sv.x, sv.y, sv.z, sv.w};
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-          for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(cc[i], ss[j], acc[i][j]);
-      }
+      for (int n = 0; n < N; ++n) tile_fma(acc, CT + n * kSsdLdT + r0, Sin + n * P + p0);
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const float decay = r0 + i < Q ? expf(float(cum[r0 + i])) : 0.f;
@@ -1111,15 +1081,7 @@ __global__ void __launch_bounds__(kSsdThreads) k_ssd_out(SsdOps o, const Chunk* 
         for (int j = 0; j < 4; ++j) acc[i][j] *= decay;
       }
       const int send = min(r0 + 4, Q);
-      for (int s = 0; s < send; ++s) {
-        const float4 m = *reinterpret_cast<const float4*>(MT + s * kSsdLdT + r0);
-        const float4 xv = *reinterpret_cast<const float4*>(X + s * P + p0);
-        const float mm[4] = {m.x, m.y, m.z, m.w}, xx[4] = {xv.x, xv.y, xv.z, xv.w};
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-          for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(mm[i], xx[j], acc[i][j]);
-      }
+      for (int s = 0; s < send; ++s) tile_fma(acc, MT + s * kSsdLdT + r0, X + s * P + p0);
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const int t = r0 + i;
@@ -1168,7 +1130,7 @@ bool ssd_chunked(void* ctx, const SsdArgs& a, const SsdOps& o, float* const* st)
   auto* first = reinterpret_cast<int*>(buf + size_t(chunks) * sizeof(Chunk));
   float* hst = reinterpret_cast<float*>(buf + list);
   float* cend = hst + size_t(chunks) * per;
-  launch(ctx, k_ssd_chunks, 1, 256, a.b.nseq, a.b.offs_dev, list_dev, first);
+  launch(ctx, k_chunks<kSsdQ>, 1, 256, a.b.nseq, a.b.offs_dev, list_dev, first);
   launch_smem(ctx, k_ssd_state, dim3(unsigned(chunks), unsigned(a.H)), kSsdThreads, smem_a, o, (const Chunk*)list_dev, hst, cend);
   const int NP = a.N * a.P;
   launch(ctx, k_ssd_pass, dim3(blocks(size_t(NP), 256), unsigned(a.H), unsigned(a.b.nseq)), 256, a.H, NP,
