@@ -145,12 +145,7 @@ Runner register_bench(CLI::App& app) {
   auto o = std::make_shared<Opts>();
   auto* sub = app.add_subcommand("bench", "Measure forward (every position scored), prefill and decode speed, time to first token and peak memory");
   sub->add_option("MODEL", o->model, "Model folder (or use --synthetic)");
-  sub->add_option("--synthetic", o->synthetic,
-                  "Random weights with the shapes of a published model: " + [] {
-                    std::string s;
-                    for (auto& n : published_config_names()) s += (s.empty() ? "" : ", ") + n;
-                    return s;
-                  }());
+  add_synthetic(sub, o->synthetic, "Random weights with the shapes of a published model: ");
   sub->add_option("--mode,--modes", o->modes,
                   "Execution modes to measure side by side, e.g. fp32,int8 (default: the model's own). A synthetic "
                   "model is quantized (Quamba W8A8, calibrated on random tokens) for fake/int8");

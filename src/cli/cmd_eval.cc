@@ -82,12 +82,9 @@ Runner register_eval(CLI::App& app) {
   auto o = std::make_shared<Opts>();
   auto* sub = app.add_subcommand("eval", "Evaluate a model on lm-evaluation-harness tasks");
   sub->add_option("MODEL", o->model, "Model folder (or --synthetic)");
-  sub->add_option("--synthetic", o->synthetic,
-                  "Random weights with the shapes of a published model (" + [] {
-                    std::string s;
-                    for (auto& n : published_config_names()) s += (s.empty() ? "" : ", ") + n;
-                    return s;
-                  }() + "): for timing a task at that size; the scores mean nothing");
+  add_synthetic(sub, o->synthetic,
+                "Random weights with the shapes of a published model, for timing a task at that size (the scores "
+                "mean nothing): ");
   sub->add_option("--seed", o->seed, "Seed of --synthetic weights")->capture_default_str();
   sub->add_option("--tasks,--task_list", o->tasks,
                   "Comma-separated: lambada_openai, arc_easy, arc_challenge, piqa, winogrande, hellaswag, wikitext "

@@ -43,6 +43,8 @@ void add_mode(CLI::App* sub, std::string& mode);
 void add_backend(CLI::App* sub, Common& c);
 // Adds --force (replace existing result files: io/mmap_file.h check_new_output_file) to a subcommand.
 std::shared_ptr<bool> add_force(CLI::App* sub);
+// --synthetic NAME: random weights of a published model's shape; `why` + the known names as help.
+void add_synthetic(CLI::App* sub, std::string& name, const std::string& why);
 // Adds --dtype (the float weights' type on the backend) to a subcommand.
 void add_dtype(CLI::App* sub, Common& c);
 // --dtype as a type (F32 when not given); an unknown name fails naming the flag.

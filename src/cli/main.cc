@@ -102,6 +102,10 @@ void add_backend(CLI::App* sub, Common& c) {
                       " (default: $MAMBAQ_BACKEND, else cpu = the widest cpu variant this CPU runs)");
 }
 
+void add_synthetic(CLI::App* sub, std::string& name, const std::string& why) {
+  sub->add_option("--synthetic", name, why + fmt::format("{}", fmt::join(published_config_names(), ", ")));
+}
+
 std::shared_ptr<bool> add_force(CLI::App* sub) {
   auto force = std::make_shared<bool>(false);
   sub->add_flag("--force", *force, "Replace existing output files (without it, an existing file is refused)");

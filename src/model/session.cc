@@ -600,6 +600,14 @@ void Session::download(const Hidden& h, float* out) {
   if (n) c_->k().download(c_->ctx(), out, b->data(), n * sizeof(float));
 }
 
+namespace {
+// Host logits {rows, V}: a non-finite one (an overflow of the LM head's sums) fails naming the token.
+void check_logits(const float* logits, int rows, int V) {
+  const int64_t i = first_non_finite(logits, int64_t(rows) * V);
+  if (i >= 0) fail("non-finite logit ({}) for token id {}: the LM head overflows on this input", logits[i], i % V);
+}
+}  // namespace
+
 void Session::logits_rows(const Hidden& h, std::span<const int> rows, float* logits) {
   SessionCore& c = *c_;
   const int V = c.cfg().padded_vocab, dm = c.cfg().d_model, n = int(rows.size());
@@ -612,8 +620,7 @@ void Session::logits_rows(const Hidden& h, std::span<const int> rows, float* log
   float* lg = c.k().host_memory ? logits : c.ws.f(kSlotLogits, size_t(n) * V);
   c.lm_head_dev(g, n, lg);
   if (!c.k().host_memory) c.k().download(c.ctx(), logits, lg, sizeof(float) * size_t(n) * V);
-  const int64_t i = first_non_finite(logits, int64_t(n) * V);
-  if (i >= 0) fail("non-finite logit ({}) for token id {}: the LM head overflows on this input", logits[i], i % V);
+  check_logits(logits, n, V);
 }
 
 void Session::lm_head(const float* hidden, int rows, float* logits) {
@@ -630,10 +637,7 @@ void Session::lm_head(const float* hidden, int rows, float* logits) {
   // The inputs are finite (checked in forward) and so are the weights (checked at load); only an
   // overflow of the dot products is left. Checked for the few rows of decoding and `logits`;
   // scoring checks its log-likelihoods instead of a second pass over {rows, vocab}.
-  if (rows <= 16) {
-    const int64_t i = first_non_finite(logits, int64_t(rows) * V);
-    if (i >= 0) fail("non-finite logit ({}) for token id {}: the LM head overflows on this input", logits[i], i % V);
-  }
+  if (rows <= 16) check_logits(logits, rows, V);
 }
 
 std::vector<float> Session::last_logits(std::span<const int32_t> tokens) {
