@@ -43,14 +43,12 @@ print(('pass' if a['top_ids']==b['top_ids'] and r<1e-3 else 'FAIL')+f' (top-10 i
   for dt in fp32 fp16 bf16; do
     "$bin/mambaq" eval "$m" --tasks ppl:corpus/heldout.txt,lambada_openai --backend cuda --dtype $dt -q --no-log --json "$out/eval-$n-$dt.json" --force > "$out/eval-$n-$dt.txt" 2>&1
   done
-  agree+="| $n | held-out ppl bf16 vs fp32 (cuda) | $(python3 -c "
-import json;a=json.load(open('$out/eval-$n-fp32.json'))['results'];b=json.load(open('$out/eval-$n-bf16.json'))['results']
+  for dt in bf16 fp16; do
+    agree+="| $n | held-out ppl $dt vs fp32 (cuda) | $(python3 -c "
+import json;a=json.load(open('$out/eval-$n-fp32.json'))['results'];b=json.load(open('$out/eval-$n-$dt.json'))['results']
 pa=a['heldout']['perplexity,none'];pb=b['heldout']['perplexity,none']
 d=abs(pb/pa-1);print(('pass' if d<5e-3 else 'FAIL')+f' ({pa:.3f} vs {pb:.3f}: {100*d:.3f} %)')" 2>&1) |"$'\n'
-  agree+="| $n | held-out ppl fp16 vs fp32 (cuda) | $(python3 -c "
-import json;a=json.load(open('$out/eval-$n-fp32.json'))['results'];b=json.load(open('$out/eval-$n-fp16.json'))['results']
-pa=a['heldout']['perplexity,none'];pb=b['heldout']['perplexity,none']
-d=abs(pb/pa-1);print(('pass' if d<5e-3 else 'FAIL')+f' ({pa:.3f} vs {pb:.3f}: {100*d:.3f} %)')" 2>&1) |"$'\n'
+  done
   # zero-shot accuracies, fp32: cuda equals cpu (the first 300 documents of each task)
   zs=arc_easy,arc_challenge,piqa,winogrande
   for be in cpu cuda; do
