@@ -553,23 +553,18 @@ __device__ inline float scan_walk(const ScanOps& o, int d, int lane, int t0, int
   }
   return dsum;
 }
-// PASS 0 / 1 as above; grid (channel blocks, chunks). hloc {chunks, D, N}, dtsum {chunks, D}.
-template <int NS, int PASS, int L>
-__global__ void k_scan(ScanOps o, const Chunk* __restrict__ chunks, float* const* states, float* __restrict__ hloc,
-                       float* __restrict__ dtsum) {
-  pdl_enter();
-  const int lane = threadIdx.x % L, k = blockIdx.y;
-  const int d = (blockIdx.x * blockDim.x + threadIdx.x) / L;
-  if (d >= o.D) return;  // whole L-lane groups leave together
-  const Chunk ch = chunk_at(chunks, k, o.offs);
-  if (PASS == 0 ? (ch.n == 1 || ch.c == ch.n - 1) : (ch.n > 1 && ch.c == 0)) return;  // the other pass's chunk
+// The state of channel d entering chunk ch (chunk k of the list) and its A row, for the lane's
+// states n = idx(j): from the sequence's state (the first chunk), from the chunks before it
+// (pass 1: their end states and dt sums), or zero (pass 0).
+template <int NS, int PASS, class Idx>
+__device__ inline void scan_enter(const ScanOps& o, const Chunk& ch, int k, int d, const float* st,
+                                  const float* __restrict__ hloc, const float* __restrict__ dtsum, Idx idx,
+                                  float (&h)[NS], float (&a)[NS]) {
   const int N = o.N;
-  float h[NS], a[NS];
-  float* st = states ? states[ch.s] : nullptr;
-  const bool from_state = ch.c == 0;  // else from the chunks before it (PASS 1) or zero (PASS 0)
+  const bool from_state = ch.c == 0;
 #pragma unroll
   for (int j = 0; j < NS; ++j) {
-    const int n = lane + L * j;
+    const int n = idx(j);
     a[j] = n < N ? o.A[size_t(d) * N + n] : 0.f;
     h[j] = (from_state && st && n < N) ? st[size_t(d) * N + n] : 0.f;
   }
@@ -577,23 +572,26 @@ __global__ void k_scan(ScanOps o, const Chunk* __restrict__ chunks, float* const
     const int k0 = k - ch.c;
 #pragma unroll
     for (int j = 0; j < NS; ++j) {
-      const int n = lane + L * j;
+      const int n = idx(j);
       h[j] = n < N ? hloc[(size_t(k0) * o.D + d) * N + n] : 0.f;
     }
     for (int i = k0 + 1; i < k; ++i) {
       const float S = dtsum[size_t(i) * o.D + d];
 #pragma unroll
       for (int j = 0; j < NS; ++j) {
-        const int n = lane + L * j;
+        const int n = idx(j);
         if (n < N) h[j] = expf(S * a[j]) * h[j] + hloc[(size_t(i) * o.D + d) * N + n];
       }
     }
   }
-  float S;
-  if (PASS == 1 || ch.c == 0)
-    S = scan_walk<NS, 8, true, L>(o, d, lane, ch.t0, ch.t1, h, a);
-  else
-    S = scan_walk<NS, 8, false, L>(o, d, lane, ch.t0, ch.t1, h, a);
+}
+// After the walk: pass 0 keeps the chunk's end state and dt sum S for pass 1; pass 1 writes the
+// sequence's state after its last chunk.
+template <int NS, int PASS, class Idx>
+__device__ inline void scan_leave(const ScanOps& o, const Chunk& ch, int k, int d, int lane, float* st,
+                                  float* __restrict__ hloc, float* __restrict__ dtsum, float S, Idx idx,
+                                  const float (&h)[NS]) {
+  const int N = o.N;
   float* dst = nullptr;
   if (PASS == 0) {
     dst = hloc + size_t(k) * o.D * N + size_t(d) * N;
@@ -604,9 +602,29 @@ __global__ void k_scan(ScanOps o, const Chunk* __restrict__ chunks, float* const
   if (dst)
 #pragma unroll
     for (int j = 0; j < NS; ++j) {
-      const int n = lane + L * j;
+      const int n = idx(j);
       if (n < N) dst[n] = h[j];
     }
+}
+// PASS 0 / 1 as above; grid (channel blocks, chunks). hloc {chunks, D, N}, dtsum {chunks, D}.
+template <int NS, int PASS, int L>
+__global__ void k_scan(ScanOps o, const Chunk* __restrict__ chunks, float* const* states, float* __restrict__ hloc,
+                       float* __restrict__ dtsum) {
+  pdl_enter();
+  const int lane = threadIdx.x % L, k = blockIdx.y;
+  const int d = (blockIdx.x * blockDim.x + threadIdx.x) / L;
+  if (d >= o.D) return;  // whole L-lane groups leave together
+  const Chunk ch = chunk_at(chunks, k, o.offs);
+  if (PASS == 0 ? (ch.n == 1 || ch.c == ch.n - 1) : (ch.n > 1 && ch.c == 0)) return;  // the other pass's chunk
+  float h[NS], a[NS];
+  float* st = states ? states[ch.s] : nullptr;
+  scan_enter<NS, PASS>(o, ch, k, d, st, hloc, dtsum, [lane](int j) { return lane + L * j; }, h, a);
+  float S;
+  if (PASS == 1 || ch.c == 0)
+    S = scan_walk<NS, 8, true, L>(o, d, lane, ch.t0, ch.t1, h, a);
+  else
+    S = scan_walk<NS, 8, false, L>(o, d, lane, ch.t0, ch.t1, h, a);
+  scan_leave<NS, PASS>(o, ch, k, d, lane, st, hloc, dtsum, S, [lane](int j) { return lane + L * j; }, h);
 }
 
 // The same passes with each block's operands staged in shared memory kScanTile tokens at a time:
@@ -627,32 +645,10 @@ __global__ void __launch_bounds__(128) k_scan_tiled(ScanOps o, const Chunk* __re
   const Chunk ch = chunk_at(chunks, k, o.offs);
   if (PASS == 0 ? (ch.n == 1 || ch.c == ch.n - 1) : (ch.n > 1 && ch.c == 0)) return;  // the whole block
   const bool out = PASS == 1 || ch.c == 0;
-  const int N = o.N;
-  float h[NS], a[NS];
+  float h[NS] = {}, a[NS] = {};
   float* st = states ? states[ch.s] : nullptr;
-  const bool from_state = ch.c == 0;
-#pragma unroll
-  for (int j = 0; j < NS; ++j) {
-    const int n = lane * NS + j;
-    a[j] = live && n < N ? o.A[size_t(d) * N + n] : 0.f;
-    h[j] = (live && from_state && st && n < N) ? st[size_t(d) * N + n] : 0.f;
-  }
-  if (live && PASS == 1 && !from_state) {
-    const int k0 = k - ch.c;
-#pragma unroll
-    for (int j = 0; j < NS; ++j) {
-      const int n = lane * NS + j;
-      h[j] = n < N ? hloc[(size_t(k0) * o.D + d) * N + n] : 0.f;
-    }
-    for (int i = k0 + 1; i < k; ++i) {
-      const float S = dtsum[size_t(i) * o.D + d];
-#pragma unroll
-      for (int j = 0; j < NS; ++j) {
-        const int n = lane * NS + j;
-        if (n < N) h[j] = expf(S * a[j]) * h[j] + hloc[(size_t(i) * o.D + d) * N + n];
-      }
-    }
-  }
+  const auto idx = [lane](int j) { return lane * NS + j; };  // contiguous: float4 reads below
+  if (live) scan_enter<NS, PASS>(o, ch, k, d, st, hloc, dtsum, idx, h, a);
   const float bias = live && o.dbias ? o.dbias[d] : 0.f, dsk = live && o.Dskip ? o.Dskip[d] : 0.f;
   float dsum = 0.f;
   for (int t0 = ch.t0; t0 < ch.t1; t0 += kScanTile) {
@@ -669,8 +665,8 @@ __global__ void __launch_bounds__(128) k_scan_tiled(ScanOps o, const Chunk* __re
     for (int i = threadIdx.x; i < nt * NMAX; i += 128) {
       const int t = i / NMAX, n = i % NMAX;
       const size_t tt = size_t(t0 + t);
-      sb[t][n] = n < N ? o.B[tt * o.ldb + n] : 0.f;
-      if (out) sc[t][n] = n < N ? o.C[tt * o.ldc + n] : 0.f;
+      sb[t][n] = n < o.N ? o.B[tt * o.ldb + n] : 0.f;
+      if (out) sc[t][n] = n < o.N ? o.C[tt * o.ldc + n] : 0.f;
     }
     __syncthreads();
     for (int t = 0; t < nt; ++t) {
@@ -709,20 +705,7 @@ __global__ void __launch_bounds__(128) k_scan_tiled(ScanOps o, const Chunk* __re
       }
     }
   }
-  if (!live) return;
-  float* dst = nullptr;
-  if (PASS == 0) {
-    dst = hloc + size_t(k) * o.D * N + size_t(d) * N;
-    if (lane == 0) dtsum[size_t(k) * o.D + d] = dsum;
-  } else if (st && ch.c == ch.n - 1) {
-    dst = st + size_t(d) * N;
-  }
-  if (dst)
-#pragma unroll
-    for (int j = 0; j < NS; ++j) {
-      const int n = lane * NS + j;
-      if (n < N) dst[n] = h[j];
-    }
+  if (live) scan_leave<NS, PASS>(o, ch, k, d, lane, st, hloc, dtsum, dsum, idx, h);
 }
 
 // The chunk list and the chunked passes' buffers of one scan launch (grow-only, in the context).
