@@ -313,6 +313,9 @@ TEST_P(SsdScan, PackedWithState) {
 // A published head (headdim 64, d_state 128: every Mamba2 checkpoint's), so the tiles of the
 // chunked form run whole, over chunk boundaries.
 TEST_P(SsdScan, PublishedHeadShape) { check({200, 1, 64, 65, 3}, 8, 64, 128); }
+// d_state and headdim not multiples of 4 (cuda: the chunked form declines them; the recurrence
+// runs long sequences in its chunked passes).
+TEST_P(SsdScan, OddStateShape) { check({200, 1, 130, 3}, 4, 6, 30); }
 INSTANTIATE_TEST_SUITE_P(Groups, SsdScan,
                          ::testing::Combine(::testing::ValuesIn(mqtest::test_backends()), ::testing::Values(1, 2, 4)));
 
