@@ -12,7 +12,7 @@ TEST(CliHabits, ReferenceSpellingsAreAliasesShownInHelp) {
   const auto e = run_cli("eval --help");
   for (const char* f : {"--task_list", "--batch_size"}) EXPECT_NE(e.out.find(f), std::string::npos) << f;
   // and they work: an alias reaches the same check as the dashed flag
-  expect_one_line_error(run_cli("quantize " + mqtest::model_dir("mamba-tiny") + " -o /tmp/x --w_bits 5"), "--w-bits 5");
+  expect_one_line_error(run_cli("quantize " + mqtest::model_dir("mamba-tiny") + " -o " + mqtest::temp_dir("alias") + "/q --w_bits 5"), "--w-bits 5");
   const auto r = run_cli("eval " + mqtest::model_dir("mamba-tiny") +
                          " --task_list ppl:corpus/heldout.txt --limit 1 --batch_size 16 --no-log -q --ppl-seqlen 64");
   EXPECT_EQ(r.code, 0) << r.err;
@@ -23,7 +23,7 @@ TEST(CliHabits, DidYouMeanForCommandsAndOptions) {
   auto r = run_cli("evl models/mamba-tiny");
   expect_one_line_error(r, "unknown command 'evl'");
   EXPECT_NE(r.err.find("did you mean 'eval'"), std::string::npos) << r.err;
-  r = run_cli("quantize " + mqtest::model_dir("mamba-tiny") + " -o /tmp/x --percentile-alpa 0.99");
+  r = run_cli("quantize " + mqtest::model_dir("mamba-tiny") + " -o " + mqtest::temp_dir("typo") + "/q --percentile-alpa 0.99");
   expect_one_line_error(r, "unknown option '--percentile-alpa'");
   EXPECT_NE(r.err.find("did you mean '--percentile-alpha'"), std::string::npos) << r.err;
   r = run_cli("eval " + mqtest::model_dir("mamba-tiny") + " --tsks lambada_openai");
@@ -31,7 +31,7 @@ TEST(CliHabits, DidYouMeanForCommandsAndOptions) {
 }
 
 TEST(CliHabits, RangesReadAsAPersonWritesThem) {
-  auto r = run_cli("quantize " + mqtest::model_dir("mamba-tiny") + " -o /tmp/x --calib-num 0");
+  auto r = run_cli("quantize " + mqtest::model_dir("mamba-tiny") + " -o " + mqtest::temp_dir("range") + "/q --calib-num 0");
   expect_one_line_error(r, "must be at least 1");
   EXPECT_EQ(r.err.find("2147483647"), std::string::npos) << r.err;
   EXPECT_LT(r.err.size(), 200u) << r.err;

@@ -22,6 +22,7 @@
 #include "quant/gptq.h"
 #include "quant/head_groups.h"
 #include "quant/quantized.h"
+#include "quant/recipe.h"
 #include "util.h"
 
 using namespace mambaq;
@@ -199,6 +200,44 @@ TEST(Quamba2, LayerConfigGivesEachLayerItsPrecision) {
   ASSERT_EQ(r->quantized()->meta.layers.size(), 8u);
   EXPECT_EQ(r->quantized()->meta.layers[3].name(), "FP16");
   EXPECT_EQ(r->quantized()->meta.layers[1].name(), "W4A16");
+}
+
+// Which given settings act (issue 22, item 1): by hand from the recipes' rules.
+TEST(Quamba2, SettingsThatCannotActAreNamed) {
+  const auto flags = [](const std::vector<InertSetting>& v) {
+    std::vector<std::string> f;
+    for (const auto& s : v) {
+      EXPECT_FALSE(s.why.empty()) << s.flag;
+      f.push_back(s.flag);
+    }
+    return f;
+  };
+  const std::vector<std::string> all = {"percentile-alpha", "percentile-mode", "calib-num",  "calib-data",
+                                        "weight-granularity", "group-size",     "gptq-num",   "output"};
+  const auto arch = [](Arch a) {
+    ModelConfig c;
+    c.arch = a;
+    return c;
+  };
+  QuantMeta q1;  // quamba1 W8A8: the percentile acts; group size and GPTQ's settings do not
+  EXPECT_EQ(flags(inert_settings(q1, all)), (std::vector<std::string>{"group-size", "gptq-num"}));
+  q1.gptq = true;
+  EXPECT_EQ(flags(inert_settings(q1, all)), (std::vector<std::string>{"group-size"}));
+  QuantMeta w4a8;  // Mamba2 W4A8 with grouped heads: every observer min-max
+  apply_quamba2_preset(w4a8, "w4a8", arch(Arch::Mamba2));
+  EXPECT_EQ(flags(inert_settings(w4a8, all)),
+            (std::vector<std::string>{"percentile-alpha", "percentile-mode", "weight-granularity"}));
+  EXPECT_NE(inert_settings(w4a8, {"percentile-alpha"}).at(0).why.find("--grouped-percentile"), std::string::npos);
+  w4a8.grouped_percentile = true;
+  EXPECT_EQ(flags(inert_settings(w4a8, all)), (std::vector<std::string>{"weight-granularity"}));
+  QuantMeta w4a16;  // float activations: nothing is calibrated, but GPTQ reads the calibration file
+  apply_quamba2_preset(w4a16, "w4a16", arch(Arch::Mamba2));
+  EXPECT_EQ(flags(inert_settings(w4a16, all)),
+            (std::vector<std::string>{"percentile-alpha", "percentile-mode", "calib-num", "weight-granularity"}));
+  EXPECT_EQ(flags(inert_settings(w4a16, {"calib-data", "gptq-data"})), (std::vector<std::string>{"calib-data"}));
+  QuantMeta w8a8;  // Quamba2 W8A8 on Mamba1: the percentile acts (no head groups), 8-bit weights have no groups
+  apply_quamba2_preset(w8a8, "w8a8", arch(Arch::Mamba1));
+  EXPECT_EQ(flags(inert_settings(w8a8, all)), (std::vector<std::string>{"weight-granularity", "group-size", "gptq-num"}));
 }
 
 TEST(Quamba2, BadOptionsAreRefusedByName) {

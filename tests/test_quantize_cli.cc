@@ -326,6 +326,40 @@ TEST(ExperimentLog, MalformedLinesNameFileAndLine) {
 
 // Quamba2 from the command line: a preset with the reference's spellings, a layer config, the
 // folder shown by info / scales, run by eval in each mode, compared, logged; bad options refused.
+// A setting the recipe leaves without effect is said on stderr, recorded as not applied in
+// config.json and the log, and indeed changes no scale (issue 22, item 1).
+TEST(QuantizeCli, SettingsThatCannotActAreSaidAndRecorded) {
+  const std::string d = mqtest::temp_dir("qcli_inert");
+  const std::string m2 = mqtest::model_dir("mamba2-tiny-hf");
+  const std::string small = " -q --calib-num 2 --calib-seqlen 64 --gptq-num 2 --gptq-seqlen 64 --log " + d + "/log.jsonl";
+  auto r = run_cli("quantize " + m2 + " -o " + d + "/a --preset w4a8" + small);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.err.find("has no effect"), std::string::npos) << r.err;
+  r = run_cli("quantize " + m2 + " -o " + d + "/b --preset w4a8 --percentile-alpha 0.9" + small);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("note: --percentile-alpha has no effect here"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--grouped-percentile"), std::string::npos) << r.err;
+  const auto cfg = mambaq::read_json_file(d + "/b/config.json");
+  EXPECT_TRUE(cfg["quantization"]["not_applied"].contains("percentile-alpha")) << cfg.dump();
+  EXPECT_NE(mqtest::read_file(d + "/log.jsonl").find("\"not_applied\":{\"percentile-alpha\""), std::string::npos);
+  // the claim checked: the same scales as without the setting
+  const auto sa = run_cli("scales " + d + "/a"), sb = run_cli("scales " + d + "/b");
+  ASSERT_EQ(sa.code, 0) << sa.err;
+  EXPECT_EQ(sa.out.substr(sa.out.find('\n')), sb.out.substr(sb.out.find('\n')));
+  // with --grouped-percentile the same alpha acts: no note, other scales
+  r = run_cli("quantize " + m2 + " -o " + d + "/c --preset w4a8 --grouped-percentile --percentile-alpha 0.9" + small);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.err.find("has no effect"), std::string::npos) << r.err;
+  const auto sc = run_cli("scales " + d + "/c");
+  EXPECT_NE(sa.out.substr(sa.out.find('\n')), sc.out.substr(sc.out.find('\n')));
+  EXPECT_FALSE(mambaq::read_json_file(d + "/c/config.json")["quantization"].contains("not_applied"));
+  // W4A16: nothing calibrated
+  r = run_cli("quantize " + m2 + " -o " + d + "/e --preset w4a16 --percentile-alpha 1.0" + small);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("--percentile-alpha has no effect here: W4A16"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--calib-num has no effect here"), std::string::npos) << r.err;
+}
+
 TEST(QuantizeCli, Quamba2PresetsLayerConfigAndErrors) {
   const std::string d = mqtest::temp_dir("qcli_q2");
   const std::string m2 = mqtest::model_dir("mamba2-tiny-hf"), m1 = mqtest::model_dir("mamba-tiny");

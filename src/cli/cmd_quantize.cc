@@ -106,7 +106,8 @@ Runner register_quantize(CLI::App& app) {
       ->capture_default_str()
       ->check(at_least(1));
   sub->add_option("--percentile-alpha,--percentile_alpha", o->alpha,
-                  "Quantile of |x| the percentile observer clips at (SSM input and state); 1 = max")
+                  "Quantile of |x| the percentile observer clips at (SSM input and state); 1 = the max with "
+                  "--percentile-mode exact, the moving average of each sample's max with ema")
       ->capture_default_str();
   sub->add_option("--percentile-mode", o->pmode,
                   "ema: per-sample quantile, moving average (the reference); exact: quantile over all values")
@@ -123,7 +124,7 @@ Runner register_quantize(CLI::App& app) {
   sub->add_flag("-q,--quiet", o->quiet, "No progress bar");
   add_backend(sub, o->c);
   add_common(sub, o->c);
-  return [o] {
+  return [o, sub] {
     const bool synth = !o->synthetic.empty();
     if (o->model.empty() == !synth) fail("quantize: give either MODEL or --synthetic NAME");
     if (synth) {
@@ -186,6 +187,19 @@ Runner register_quantize(CLI::App& app) {
         o->q_embedding = meta.quantize_embedding, o->q_lm_head = meta.quantize_lm_head;
       }
       recipe(meta.recipe).validate(mc, meta);
+    }
+    // settings the rest of the recipe leaves without effect: said now, and recorded as not applied
+    std::vector<std::string> given;
+    for (const CLI::Option* opt : sub->get_options())
+      if (opt->count() > 0 && !opt->get_lnames().empty()) given.push_back(opt->get_lnames()[0]);
+    if (o->alpha == 1.0 && meta.pmode == PercentileMode::Ema && meta.any_a8() && !meta.not_applied.count("percentile-alpha") &&
+        !inert_settings(meta, {"percentile-alpha"}).size())
+      fmt::print(stderr, "note: --percentile-alpha 1 in ema mode (the reference's observer) is the moving average of each "
+                         "sample's max |x|, below the largest one, so it still clips; --percentile-mode exact gives the "
+                         "maximum over all samples\n");
+    for (const auto& [flag, why] : inert_settings(meta, given)) {
+      fmt::print(stderr, "note: --{} has no effect here: {}\n", flag, why);
+      meta.not_applied[flag] = why;
     }
     if (o->gptq) {
       if (o->gptq_data.empty()) o->gptq_data = o->calib_data;
@@ -293,6 +307,7 @@ Runner register_quantize(CLI::App& app) {
                      r["flags"]["gptq_seqlen"] = o->gptq_seqlen;
       }
       if (!o->overrides.empty()) r["flags"]["scale_override"] = o->overrides;
+      if (!meta.not_applied.empty()) r["not_applied"] = meta.not_applied;
       if (!res.overrides.empty()) r["scale_overrides"] = res.overrides;
       r["calibration"] = {{"samples", cs.samples.size()}, {"available", cs.available},
                           {"documents", cs.documents},    {"seqlen", o->calib_seqlen},

@@ -116,6 +116,7 @@ nlohmann::json QuantMeta::to_json() const {
   }
   if (!scale_overrides.empty()) j["scale_overrides"] = scale_overrides;
   if (!edits.empty()) j["edits"] = edits;
+  if (!not_applied.empty()) j["not_applied"] = not_applied;
   if (!save_id.empty()) j["save_id"] = save_id;
   return j;
 }
@@ -203,6 +204,14 @@ QuantMeta QuantMeta::from_json(const nlohmann::json& j, const std::string& src) 
   if (j.contains("edits")) {
     if (!j["edits"].is_array()) fail("{}: field 'edits' is not a list", w);
     m.edits = j["edits"];
+  }
+  if (j.contains("not_applied")) {
+    const auto& na = j["not_applied"];
+    if (!na.is_object()) fail("{}: field 'not_applied' is not an object", w);
+    for (const auto& [k, v] : na.items()) {
+      if (!v.is_string()) fail("{}: not_applied.{} is not a string", w, k);
+      m.not_applied[k] = v.get<std::string>();
+    }
   }
   if (j.contains("save_id")) m.save_id = json_string(j, "save_id", "", w);
   return m;

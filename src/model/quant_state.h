@@ -3,6 +3,7 @@
 // (layer, point). Data only: the procedures that produce them live in quant/.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -79,6 +80,8 @@ struct QuantMeta {
   std::string source_model;  // the FP model folder it was made from
   // --scale-override rules applied at calibration (quant/scale_rules.h), as written
   std::vector<std::string> scale_overrides;
+  // settings given to quantize that acted on nothing (quant/recipe.h inert_settings): flag -> why
+  std::map<std::string, std::string> not_applied;
   // `scales set` edits of the saved folder, oldest first: {rule, point, layers, old, new, note, time}
   nlohmann::json edits = nlohmann::json::array();
   // A random id written by every save and in-place edit into both config.json and the weights'

@@ -9,7 +9,8 @@
 // - Percentile, mode "exact": the alpha-quantile of |x| over all calibration values together.
 //   It keeps only the top (1 - alpha) tail (a bounded min-heap sized from the expected total
 //   count), never the whole population, and selects with nth_element rather than sorting.
-// alpha = 1 is the plain maximum in both modes.
+// alpha = 1: the plain maximum in mode exact; in mode ema the moving average of each sample's
+// maximum, which is below the largest one whenever the samples differ (the reference's numbers).
 #pragma once
 #include <cstddef>
 #include <memory>

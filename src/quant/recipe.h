@@ -58,6 +58,16 @@ class Recipe {
 // heads. Sets recipe, bits, granularity and those flags (OptionError "preset" for another name).
 void apply_quamba2_preset(QuantMeta& m, const std::string& preset, const ModelConfig& cfg);
 
+// A quantize setting that cannot act together with the rest of the recipe: it changes no scale
+// and no weight (e.g. --percentile-alpha where every observer is min-max or no activation is
+// calibrated). `flag`: its dash-form name as in `given`; `why`: one sentence naming what would act.
+struct InertSetting {
+  std::string flag, why;
+};
+// The settings among `given` (dash-form flag names the user set: "percentile-alpha", "calib-num",
+// ...) that `m` (presets applied) leaves without effect, in the order of `given`.
+std::vector<InertSetting> inert_settings(const QuantMeta& m, const std::vector<std::string>& given);
+
 // The recipe called `name` (OptionError "recipe" if this build has none).
 const Recipe& recipe(const std::string& name);
 std::vector<std::string> recipe_names();
