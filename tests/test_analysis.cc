@@ -453,6 +453,129 @@ TEST(Sweep, Quamba1MatrixExamplePlansEightCells) {
                                 "not found: pretrained_models/mamba-130m");
 }
 
+TEST(Sweep, SeveralMatricesReadableFoldersAndActivations) {
+  const std::string d = mqtest::temp_dir("sweep_mx");
+  mqtest::write_file(d + "/s.toml", "[sweep]\ntasks = [\"wikitext2\"]\nout_dir = \"o\"\n"
+                                    "[[matrix]]\nmodel = [\"a/m1\"]\nrecipe = \"quamba1\"\npercentile_alpha = [0.9995, 1.0]\n"
+                                    "save_activations = true\n"
+                                    "[[matrix]]\nmodel = [\"b/m2\"]\npreset = [\"w4a8\", \"w4a16\"]\ngptq = false\n");
+  auto s = load_sweep(d + "/s.toml");
+  ASSERT_EQ(s.cells.size(), 4u);  // 2 + 2, in matrix order
+  EXPECT_EQ(s.varying, (std::vector<std::string>{"model", "gptq", "percentile_alpha", "preset", "recipe"}));
+  EXPECT_EQ(s.cells[0].folder, "pa-0.9995_quamba1/m1");
+  EXPECT_EQ(s.cells[1].folder, "pa-1.0_quamba1/m1");
+  EXPECT_EQ(s.cells[2].folder, "no-gptq_w4a8/m2");
+  EXPECT_EQ(s.cells[3].folder, "no-gptq_w4a16/m2");
+  // the quantized folder is the readable one; activations beside it, for the first matrix only
+  const auto q0 = sweep_cell_commands(s.cells[1], s, 1, "data").quantize;
+  EXPECT_EQ(q0[3], "o/pa-1.0_quamba1/m1");
+  auto npz = std::find(q0.begin(), q0.end(), "--save-activations");
+  ASSERT_NE(npz, q0.end());
+  EXPECT_EQ(*(npz + 1), "o/pa-1.0_quamba1/m1.activations.npz");
+  const auto q2 = sweep_cell_commands(s.cells[2], s, 1, "data").quantize;
+  EXPECT_EQ(std::find(q2.begin(), q2.end(), "--save-activations"), q2.end());
+  // save_activations is an output, not a setting: the cells' ids are those of the spec without it
+  mqtest::write_file(d + "/s2.toml", "[sweep]\ntasks = [\"wikitext2\"]\nout_dir = \"o\"\n"
+                                     "[[matrix]]\nmodel = [\"a/m1\"]\nrecipe = \"quamba1\"\npercentile_alpha = [0.9995, 1.0]\n");
+  EXPECT_TRUE(s.cells[0].save_activations);
+  EXPECT_EQ(load_sweep(d + "/s2.toml").cells[1].id, s.cells[1].id);
+  // a template: keys in braces; one that leaves out a differing key is refused, naming both cells
+  mqtest::write_file(d + "/t.toml", "[sweep]\ntasks = [\"wikitext2\"]\nfolder = \"alpha/{percentile_alpha}/{model}-{id}\"\n"
+                                    "[matrix]\nmodel = [\"m\"]\npercentile_alpha = [1.0]\n");
+  const auto t = load_sweep(d + "/t.toml");
+  EXPECT_EQ(t.cells[0].folder, "alpha/pa-1.0/m-" + t.cells[0].id);
+  mqtest::write_file(d + "/u.toml", "[sweep]\ntasks = [\"wikitext2\"]\nfolder = \"{model}\"\n"
+                                    "[matrix]\nmodel = [\"m\"]\npercentile_alpha = [0.99, 1.0]\n");
+  EXPECT_ERROR(load_sweep(d + "/u.toml"), "u.toml", "cells 0 and 1", "share the folder 'm'");
+  mqtest::write_file(d + "/v.toml", "[sweep]\ntasks = [\"wikitext2\"]\nfolder = \"../{model}\"\n[matrix]\nmodel = [\"m\"]\n");
+  EXPECT_ERROR(load_sweep(d + "/v.toml"), "v.toml", "relative path inside out_dir");
+  mqtest::write_file(d + "/w.toml", "[sweep]\ntasks = [\"wikitext2\"]\n[[matrix]]\nmodel = [\"m\"]\n[[matrix]]\nalpha = 1\n");
+  EXPECT_ERROR(load_sweep(d + "/w.toml"), "w.toml", "[[matrix]] 2", "needs model");
+}
+
+// The user's 20-experiment plan (examples/sweeps/matrix20.toml) on folders holding only the
+// published configs: 20 cells, the 6 Quamba2 cells whose alpha cannot act marked as duplicates of
+// the cells they equal, readable folders, an estimate from the work.
+TEST(Sweep, TwentyExperimentPlanHasFourteenDistinctCells) {
+  const std::string d = mqtest::temp_dir("sweep_m20");
+  struct Shape {
+    const char* name;
+    bool m2;
+    int d_model, n_layer, vocab, ngroups;
+  };
+  for (const Shape& m : {Shape{"mamba-130m", false, 768, 24, 50277, 1}, Shape{"mamba-370m", false, 1024, 48, 50277, 1},
+                         Shape{"mamba-1.4b", false, 2048, 48, 50277, 1}, Shape{"mamba-2.8b", false, 2560, 64, 50277, 1},
+                         Shape{"mamba2-2.7b", true, 2560, 64, 50277, 1}, Shape{"mamba2-8b", true, 4096, 56, 256000, 8}}) {
+    nlohmann::json j = {{"d_model", m.d_model}, {"n_layer", m.n_layer}, {"vocab_size", m.vocab},
+                        {"pad_vocab_size_multiple", m.m2 ? 16 : 8}, {"rms_norm", true}, {"residual_in_fp32", true},
+                        {"tie_embeddings", true}};
+    j["ssm_cfg"] = m.m2 ? nlohmann::json{{"layer", "Mamba2"}, {"d_state", 128}, {"headdim", 64}, {"ngroups", m.ngroups}}
+                        : nlohmann::json::object();
+    std::filesystem::create_directories(d + "/pretrained_models/" + m.name);
+    mqtest::write_file(d + "/pretrained_models/" + m.name + "/config.json", j.dump());
+  }
+  const std::string cmd = "cd " + d + " && " + MAMBAQ_CLI + " sweep " + mqtest::repo("examples/sweeps/matrix20.toml") +
+                          " --dry-run --data-dir " + mqtest::repo("data") + " > out 2> err";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << mqtest::read_file(d + "/err");
+  const std::string out = mqtest::read_file(d + "/out");
+  EXPECT_NE(out.find("20 cells to run (6 duplicates), 14 distinct settings, estimated"), std::string::npos) << out;
+  for (const char* dup : {"duplicate of #8 ", "duplicate of #9 ", "duplicate of #10 ", "duplicate of #14 ",
+                          "duplicate of #15 ", "duplicate of #16 "})
+    EXPECT_NE(out.find(dup), std::string::npos) << dup << "\n" << out;
+  EXPECT_NE(out.find("--percentile-alpha cannot act here"), std::string::npos) << out;
+  EXPECT_EQ(out.find("duplicate of #0 "), std::string::npos) << out;  // Quamba1's alpha acts
+  EXPECT_NE(out.find("pa-1.0_quamba1/mamba-130m"), std::string::npos) << out;
+  EXPECT_NE(out.find("pa-0.99999_w4a16/mamba2-8b"), std::string::npos) << out;
+  // the estimate grows with the model: each cell's figure is on its row
+  EXPECT_NE(out.find("extrapolated from a synthetic 130m"), std::string::npos) << out;
+  // --skip-duplicates plans the 14
+  const std::string cmd2 = "cd " + d + " && " + MAMBAQ_CLI + " sweep " + mqtest::repo("examples/sweeps/matrix20.toml") +
+                           " --dry-run --skip-duplicates --data-dir " + mqtest::repo("data") + " > out2 2> err2";
+  ASSERT_EQ(std::system(cmd2.c_str()), 0) << mqtest::read_file(d + "/err2");
+  const std::string out2 = mqtest::read_file(d + "/out2");
+  EXPECT_NE(out2.find("14 cells to run (6 duplicates skipped)"), std::string::npos) << out2;
+  // no model at all: nothing can run, and the plan says so rather than estimating
+  const auto none = run_cli("sweep " + mqtest::repo("examples/sweeps/quamba1_matrix.toml") + " --dry-run --log " + d +
+                            "/l.jsonl --out-dir " + d + "/o");
+  ASSERT_EQ(none.code, 0) << none.err;
+  EXPECT_NE(none.out.find("0 runnable cells (8 without their model)"), std::string::npos) << none.out;
+}
+
+// A cell whose settings quantize refuses is shown invalid with quantize's own error, and the run
+// refuses before any work.
+TEST(Sweep, InvalidCellIsRefusedBeforeWork) {
+  const std::string d = mqtest::temp_dir("sweep_invalid");
+  mqtest::write_file(d + "/s.toml", "[sweep]\ntasks = [\"ppl:corpus/heldout.txt\"]\nlimit = 2\nout_dir = \"" + d +
+                                    "/o\"\nlog = \"" + d + "/log.jsonl\"\n[matrix]\nmodel = [\"" +
+                                    mqtest::model_dir("mamba-tiny") + "\"]\nw_bits = [8, 5]\ncalib_num = [4]\n");
+  auto r = run_cli("sweep " + d + "/s.toml --dry-run");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("invalid: "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("w-bits 5"), std::string::npos) << r.out;
+  r = run_cli("sweep " + d + "/s.toml --yes");
+  mqtest::expect_one_line_error(r, "cell #1");
+  EXPECT_FALSE(std::filesystem::exists(d + "/log.jsonl"));
+}
+
+// Cells that differ only in a setting that cannot act (group_size with 8-bit weights) are one
+// experiment: --skip-duplicates runs it once and the table shows its result on both rows.
+TEST(Sweep, DuplicatesRunOnceOnRequest) {
+  const std::string d = mqtest::temp_dir("sweep_dups");
+  mqtest::write_file(d + "/s.toml", "[sweep]\ntasks = [\"ppl:corpus/heldout.txt\"]\nlimit = 2\nout_dir = \"" + d +
+                                    "/o\"\nlog = \"" + d + "/log.jsonl\"\n[matrix]\nmodel = [\"" +
+                                    mqtest::model_dir("mamba-tiny") +
+                                    "\"]\ngroup_size = [64, 128]\ncalib_num = [4]\ncalib_seqlen = [128]\n");
+  const auto r = run_cli("sweep " + d + "/s.toml --yes --skip-duplicates");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("duplicate of #0 (--group-size cannot act here): skipped"), std::string::npos) << r.out;
+  size_t evals = 0;
+  for (const auto& rec : read_log(d + "/log.jsonl")) evals += rec.value("kind", "") == "eval";
+  EXPECT_EQ(evals, 1u);
+  EXPECT_NE(r.out.find("(= #0)"), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find("sweep [1/1] #0 g64/mamba-tiny: eval"), std::string::npos) << r.err;  // each step said
+  EXPECT_TRUE(std::filesystem::exists(d + "/o/g64/mamba-tiny/config.json"));
+}
+
 TEST(Sweep, ResultTextShowsDifferenceToTheFirstCellWithStderr) {
   const nlohmann::json a = {{"results", {{"arc_easy", {{"acc", 0.5}, {"acc_stderr", 0.03}}}}}};
   const nlohmann::json b = {{"results", {{"arc_easy", {{"acc", 0.54}, {"acc_stderr", 0.04}}}}}};
@@ -477,16 +600,22 @@ TEST(Sweep, ResumesAfterBeingKilled) {
     _exit(127);
   }
   setpgid(pid, pid);
-  bool first_done = false;
-  for (int i = 0; i < 1200 && !first_done; ++i) {  // up to 2 minutes
+  // Ctrl-C (SIGINT to the group) once the second cell's quantize has started: the sweep says which
+  // cell it interrupted and how to resume, instead of "failed"
+  bool second_started = false;
+  for (int i = 0; i < 1200 && !second_started; ++i) {  // up to 2 minutes
     usleep(100000);
-    if (std::filesystem::exists(log))
-      for (const auto& r : mambaq::read_log(log)) first_done = first_done || r.value("kind", "") == "eval";
+    second_started = mqtest::read_file(d + "/run1.err").find("sweep [2/2] #1") != std::string::npos;
   }
-  ASSERT_TRUE(first_done) << mqtest::read_file(d + "/run1.err");
-  kill(-pid, SIGKILL);
+  ASSERT_TRUE(second_started) << mqtest::read_file(d + "/run1.err");
+  usleep(300000);
+  kill(-pid, SIGINT);
   int st = 0;
   waitpid(pid, &st, 0);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) != 0);
+  const std::string err1 = mqtest::read_file(d + "/run1.err");
+  EXPECT_NE(err1.find("interrupted by signal 2 during quantize"), std::string::npos) << err1;
+  EXPECT_NE(err1.find("again to resume"), std::string::npos) << err1;
   size_t evals = 0;
   for (const auto& r : mambaq::read_log(log)) evals += r.value("kind", "") == "eval";
   ASSERT_EQ(evals, 1u) << "killed after the first cell";
@@ -494,7 +623,7 @@ TEST(Sweep, ResumesAfterBeingKilled) {
   auto r = run_cli("sweep " + spec + " --yes");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("done (skipped)"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("1 cells to run"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("1 cell to run (1 done)"), std::string::npos) << r.out;
   evals = 0;
   for (const auto& rec : mambaq::read_log(log)) evals += rec.value("kind", "") == "eval";
   EXPECT_EQ(evals, 2u);
@@ -502,7 +631,7 @@ TEST(Sweep, ResumesAfterBeingKilled) {
   // And once more: nothing left to do.
   r = run_cli("sweep " + spec + " --yes");
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_NE(r.out.find("0 cells to run"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("0 runnable cells (2 done)"), std::string::npos) << r.out;
   // Without --yes and without a terminal it refuses rather than guess.
   const std::string spec2 = sweep_spec(mqtest::temp_dir("sweep_ask"), 1);
   r = run_cli("sweep " + spec2 + " < /dev/null");

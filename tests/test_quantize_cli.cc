@@ -360,6 +360,39 @@ TEST(QuantizeCli, SettingsThatCannotActAreSaidAndRecorded) {
   EXPECT_NE(r.err.find("--calib-num has no effect here"), std::string::npos) << r.err;
 }
 
+// --dry-run: every flag checked, the settings the run would use printed (the preset expanded,
+// defaults filled, what cannot act left out and named), nothing loaded or written.
+TEST(QuantizeCli, DryRunPrintsTheEffectiveSettings) {
+  const std::string d = mqtest::temp_dir("qcli_dry");
+  const std::string m2 = mqtest::model_dir("mamba2-tiny-hf");
+  auto r = run_cli("quantize " + m2 + " -o " + d + "/q --preset w4a8 --percentile-alpha 0.9 --log " + d + "/l.jsonl --dry-run");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  const auto& e = j.at("effective");
+  EXPECT_EQ(e.at("w-bits"), 4);  // from the preset
+  EXPECT_EQ(e.at("a-bits"), 8);
+  EXPECT_EQ(e.at("gptq"), true);
+  EXPECT_EQ(e.at("group-heads"), true);
+  EXPECT_EQ(e.at("group-size"), 128);  // a default
+  EXPECT_FALSE(e.contains("percentile-alpha"));  // min-max observers: cannot act
+  EXPECT_FALSE(e.contains("weight-granularity"));
+  EXPECT_TRUE(j.at("not_applied").contains("percentile-alpha"));
+  EXPECT_FALSE(std::filesystem::exists(d + "/q"));
+  EXPECT_FALSE(std::filesystem::exists(d + "/l.jsonl"));
+  // the same settings written out flag by flag are the same run
+  r = run_cli("quantize " + m2 + " -o " + d + "/q --recipe quamba2 --w_bits 4 --a_bits 8 --apply_gptq --group_heads "
+              "--quantize_embedding --quantize_lm_head --dry-run");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out).at("effective"), e);
+  // where alpha acts (quamba1), it is there; a bad flag is the run's error
+  r = run_cli("quantize " + mqtest::model_dir("mamba-tiny") + " -o " + d + "/q --percentile-alpha 0.9 --dry-run");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out).at("effective").at("percentile-alpha"), 0.9);
+  mqtest::expect_one_line_error(run_cli("quantize " + m2 + " -o " + d + "/q --w-bits 5 --dry-run"), "--w-bits 5");
+  mqtest::expect_one_line_error(
+      run_cli("quantize " + m2 + " -o " + d + "/q --calib-data " + d + "/none.jsonl --dry-run"), "none.jsonl");
+}
+
 TEST(QuantizeCli, Quamba2PresetsLayerConfigAndErrors) {
   const std::string d = mqtest::temp_dir("qcli_q2");
   const std::string m2 = mqtest::model_dir("mamba2-tiny-hf"), m1 = mqtest::model_dir("mamba-tiny");

@@ -58,7 +58,8 @@ Runner register_quantize(CLI::App& app) {
         gptq_seqlen = 512;
     double alpha = 0.9995, gptq_damp = 0.01;
     bool force = false, verbose = false, quiet = false, no_log = false, group_heads = false, gptq = false,
-         q_embedding = false, q_lm_head = false, no_rotate = false, gptq_act_order = false, grouped_pct = false;
+         q_embedding = false, q_lm_head = false, no_rotate = false, gptq_act_order = false, grouped_pct = false,
+         dry_run = false;
     std::string log_extra;
     std::vector<std::string> overrides;
     Common c;
@@ -122,6 +123,9 @@ Runner register_quantize(CLI::App& app) {
   sub->add_flag("--force", o->force, "Replace the files of an existing output folder, and an existing --save-activations file");
   sub->add_flag("-v,--verbose", o->verbose, "Print alpha, max and scale of every quantization point");
   sub->add_flag("-q,--quiet", o->quiet, "No progress bar");
+  sub->add_flag("--dry-run", o->dry_run,
+                "Check every flag, print the settings the recipe will use as JSON (presets expanded, defaults filled, "
+                "settings that cannot act left out) and stop: nothing is loaded or written");
   add_backend(sub, o->c);
   add_common(sub, o->c);
   return [o, sub] {
@@ -133,9 +137,11 @@ Runner register_quantize(CLI::App& app) {
     }
     const auto t0 = std::chrono::steady_clock::now();
     apply_common(o->c);
-    check_output_dir(o->out, "-o");
-    check_new_output_file(o->npz, "--save-activations", o->force);
-    if (!o->no_log) check_append_file(o->log, "--log");
+    if (!o->dry_run) {  // a dry run writes nothing: its paths are checked by the run itself
+      check_output_dir(o->out, "-o");
+      check_new_output_file(o->npz, "--save-activations", o->force);
+      if (!o->no_log) check_append_file(o->log, "--log");
+    }
     const nlohmann::json extra = parse_log_extra(o->log_extra);
     // Every flag is checked before the (long) calibration starts.
     if (!(o->alpha > 0 && o->alpha <= 1)) fail("--percentile-alpha {} must be in (0, 1]", o->alpha);
@@ -150,7 +156,7 @@ Runner register_quantize(CLI::App& app) {
       fail("--group-heads, --quantize-embedding, --quantize-lm-head, --no-residual-rotation and --layer-config are "
            "quamba2 options (add --recipe quamba2)");
     if (!(o->gptq_damp > 0)) fail("--gptq-damp {} must be positive", o->gptq_damp);
-    if (fs::exists(o->out)) {
+    if (fs::exists(o->out) && !o->dry_run) {
       std::error_code ec;
       if (!synth && fs::exists(o->model) && fs::equivalent(o->out, o->model, ec))
         fail("-o {}: is the input model's folder; choose another output folder", o->out);
@@ -204,6 +210,34 @@ Runner register_quantize(CLI::App& app) {
     if (o->gptq) {
       if (o->gptq_data.empty()) o->gptq_data = o->calib_data;
       if (!fs::exists(o->gptq_data)) fail("--gptq-data {}: file not found", o->gptq_data);
+    }
+    if (meta.any_a8() && !fs::exists(o->calib_data)) fail("--calib-data {}: file not found", o->calib_data);
+    if (o->dry_run) {
+      // what this run would do: every setting's value after the preset, defaults included, less
+      // those that cannot act (two runs with equal "effective" quantize the same way: sweeps use it)
+      nlohmann::json eff = {{"recipe", meta.recipe}, {"w-bits", meta.w_bits}, {"a-bits", meta.a_bits},
+                            {"weight-granularity", o->gran}, {"group-size", o->group_size},
+                            {"percentile-alpha", o->alpha}, {"percentile-mode", o->pmode},
+                            {"calib-data", o->calib_data}, {"calib-num", o->calib_num},
+                            {"calib-seqlen", o->calib_seqlen}, {"gptq", meta.gptq},
+                            {"gptq-data", o->gptq_data.empty() ? o->calib_data : o->gptq_data},
+                            {"gptq-num", o->gptq_num}, {"gptq-seqlen", o->gptq_seqlen}, {"gptq-damp", o->gptq_damp},
+                            {"gptq-act-order", o->gptq_act_order}, {"group-heads", meta.group_heads},
+                            {"grouped-percentile", meta.grouped_percentile},
+                            {"quantize-embedding", meta.quantize_embedding},
+                            {"quantize-lm-head", meta.quantize_lm_head}, {"residual-rotation", meta.rotate_residual},
+                            {"scale-override", o->overrides}};
+      if (!meta.layers.empty()) {
+        nlohmann::json lc = nlohmann::json::array();
+        for (const auto& l : meta.layers) lc.push_back(l.name());
+        eff["layer-config"] = lc;
+      }
+      std::vector<std::string> keys;
+      for (auto& [k, v] : eff.items()) keys.push_back(k);
+      for (const auto& [flag, why] : inert_settings(meta, keys)) eff.erase(flag);
+      nlohmann::json j = {{"model", o->model}, {"effective", eff}, {"not_applied", meta.not_applied}};
+      fmt::print("{}\n", j.dump(2));
+      return 0;
     }
     auto fp = synth ? Model::random(published_config(o->synthetic), 1) : Model::load(o->model);
     if (fp->is_quantized()) fail("{}: the model is already quantized", o->model);
