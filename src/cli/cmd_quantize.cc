@@ -144,6 +144,16 @@ Runner register_quantize(CLI::App& app) {
     }
     const nlohmann::json extra = parse_log_extra(o->log_extra);
     // Every flag is checked before the (long) calibration starts.
+    // recipe and preset names as people write them (Quamba2, W4A8), with the nearest known one
+    auto known = [](std::string& v, const std::vector<std::string>& names, const char* flag) {
+      std::transform(v.begin(), v.end(), v.begin(), [](unsigned char ch) { return char(std::tolower(ch)); });
+      if (v.empty() || std::find(names.begin(), names.end(), v) != names.end()) return;
+      const std::string near = closest(v, names);
+      fail("{} '{}' is not in this build ({}{})", flag, v, fmt::join(names, ", "),
+           near.empty() ? "" : fmt::format("; did you mean '{}'?", near));
+    };
+    known(o->recipe, recipe_names(), "--recipe");
+    known(o->preset, {"w8a8", "w4a8", "w4a16"}, "--preset");
     if (!(o->alpha > 0 && o->alpha <= 1)) fail("--percentile-alpha {} must be in (0, 1]", o->alpha);
     if (o->pmode != "ema" && o->pmode != "exact") fail("--percentile-mode '{}': expected ema or exact", o->pmode);
     if (o->gran != "tensor" && o->gran != "channel")

@@ -25,11 +25,27 @@ namespace mambaq::cli {
 namespace fs = std::filesystem;
 
 namespace {
+// Forward tokens/s of a model: one warm-up forward, then a timed one.
+double forward_rate(const Model& m, int tokens) {
+  Session S(m);
+  std::vector<int32_t> toks(size_t(tokens), 100);
+  const int warm[1] = {16}, lens[1] = {tokens};
+  S.forward(std::span(toks).first(16), warm, nullptr, nullptr);
+  const auto t0 = std::chrono::steady_clock::now();
+  S.forward(toks, lens, nullptr, nullptr);
+  return tokens / std::max(1e-4, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+}
+std::string minutes(double s) {
+  return s < 90 ? fmt::format("{:.0f} s", s) : s < 7200 ? fmt::format("{:.0f} min", s / 60) : fmt::format("{:.1f} h", s / 3600);
+}
+
+}  // namespace
+
 // Runs this binary with `args` (no shell). With `out`, its stdout and stderr are captured (*out,
 // *err), else passed through. While the child runs this process ignores SIGINT and SIGQUIT (as
 // system() does): a Ctrl-C stops the child, and the sweep then says which cell it interrupted.
 // Returns the exit code, or 128 + the signal that ended the child.
-int run_self(const std::vector<std::string>& args, std::string* out = nullptr, std::string* err = nullptr) {
+int run_self(const std::vector<std::string>& args, std::string* out, std::string* err) {
   const std::string self = fs::read_symlink("/proc/self/exe").string();
   std::vector<char*> argv;
   argv.push_back(const_cast<char*>(self.c_str()));
@@ -89,22 +105,6 @@ int run_self(const std::vector<std::string>& args, std::string* out = nullptr, s
   sigaction(SIGQUIT, &old_quit, nullptr);
   return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
-
-// Forward tokens/s of a model: one warm-up forward, then a timed one.
-double forward_rate(const Model& m, int tokens) {
-  Session S(m);
-  std::vector<int32_t> toks(size_t(tokens), 100);
-  const int warm[1] = {16}, lens[1] = {tokens};
-  S.forward(std::span(toks).first(16), warm, nullptr, nullptr);
-  const auto t0 = std::chrono::steady_clock::now();
-  S.forward(toks, lens, nullptr, nullptr);
-  return tokens / std::max(1e-4, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-}
-std::string minutes(double s) {
-  return s < 90 ? fmt::format("{:.0f} s", s) : s < 7200 ? fmt::format("{:.0f} min", s / 60) : fmt::format("{:.1f} h", s / 3600);
-}
-
-}  // namespace
 
 Runner register_sweep(CLI::App& app) {
   struct Opts {

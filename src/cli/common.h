@@ -53,7 +53,11 @@ DType dtype_flag(const Common& c);
 Session make_session(const Model& m, const std::string& mode, const Common& c);
 // --log-extra: a JSON object (empty string: {}); errors name the flag.
 nlohmann::json parse_log_extra(const std::string& s);
-// SHA-256 of a file, hex (OpenSSL).
+// Runs this binary with `args` (no shell): stdout and stderr captured into *out / *err when `out`
+// is given, else passed through. SIGINT and SIGQUIT are ignored here while the child runs (as
+// system() does), so a Ctrl-C stops the child and the caller says what it interrupted. Returns
+// the exit code, or 128 + the signal that ended the child.
+int run_self(const std::vector<std::string>& args, std::string* out = nullptr, std::string* err = nullptr);
 
 Runner register_info(CLI::App& app);
 Runner register_logits(CLI::App& app);
@@ -67,5 +71,6 @@ Runner register_scales(CLI::App& app);
 Runner register_compare(CLI::App& app);
 Runner register_sweep(CLI::App& app);
 Runner register_report(CLI::App& app);
+Runner register_run(CLI::App& app);
 
 }  // namespace mambaq::cli

@@ -168,6 +168,7 @@ int main(int argc, char** argv) {
   reg(register_compare(app));
   reg(register_sweep(app));
   reg(register_report(app));
+  reg(register_run(app));
   mambaq::set_command_line(argc, argv);
   std::vector<std::string> names;
   for (auto& [sub, run] : cmds) names.push_back(sub->get_name());
@@ -200,6 +201,30 @@ int main(int argc, char** argv) {
       }
     }
     if (!bad.empty()) {
+      // Quamba's main.py flags that mambaq spells another way: what to write instead
+      static const std::map<std::string, std::string> mainpy = {
+          {"--quantize", "quantizing is the `mambaq quantize MODEL -o DIR` command itself; `mambaq run MODEL --quantize "
+                         "...` takes main.py's flags as they are"},
+          {"--eval_zero_shot", "evaluate with `mambaq eval DIR --tasks ...` (or `mambaq run ... --eval_zero_shot`)"},
+          {"--eval_ppl", "add wikitext2 (or ppl:FILE) to eval's --tasks"},
+          {"--task_list", "tasks are evaluated by `mambaq eval DIR --tasks ...` (or `mambaq run`)"},
+          {"--pretrained_dir", "the output folder is -o DIR (main.py's PRETRAINED_DIR/SUBDIR/NAME is -o that path; "
+                               "`mambaq run` builds it from --pretrained_dir and --output_subdir)"},
+          {"--output_subdir", "the output folder is -o DIR (`mambaq run` takes --pretrained_dir and --output_subdir)"},
+          {"--log_dir", "the experiment log is --log FILE; lm-eval's JSON is eval's --output-path DIR (`mambaq run` "
+                        "takes --log_dir)"},
+          {"--batch_size", "calibration runs its samples one by one (--calib-num, --calib-seqlen); eval takes "
+                           "--batch_size"},
+          {"--hybrid_blocks", "per-layer precisions are --layer-config FILE (a JSON list, as --hybrid_blocks_config)"},
+          {"--hybrid_blocks_config", "per-layer precisions are --layer-config FILE"},
+          {"--testing", "eval's --limit 100 does what main.py's --testing does"},
+      };
+      auto mp = mainpy.find(bad);
+      if (mp != mainpy.end()) {
+        std::cerr << "mambaq: error: " << (sub ? sub->get_name() + ": " : "") << bad << " is Quamba's main.py flag: "
+                  << mp->second << "\n";
+        return 2;
+      }
       const std::string near = closest(bad, opts);
       std::cerr << "mambaq: error: " << (sub ? sub->get_name() + ": " : "") << "unknown option '" << bad << "'"
                 << (near.empty() ? "" : " (did you mean '" + near + "'?)") << "\n";

@@ -21,8 +21,14 @@ class Quamba1 final : public Recipe {
   const char* name() const override { return "quamba1"; }
 
   void validate(const ModelConfig& cfg, const QuantMeta& o) const override {
-    if (o.w_bits != 8) fail_option("w_bits", "w_bits {}: the quamba1 recipe quantizes weights to 8 bits", o.w_bits);
-    if (o.a_bits != 8) fail_option("a_bits", "a_bits {}: the quamba1 recipe quantizes activations to 8 bits", o.a_bits);
+    if (o.w_bits != 8)
+      fail_option("w_bits", "w_bits {}: the quamba1 recipe quantizes weights to 8 bits{}", o.w_bits,
+                  o.w_bits == 4 ? "; 4-bit weights are Quamba2's: add --recipe quamba2 (or --preset w4a8 / w4a16)" : "");
+    if (o.a_bits != 8)
+      fail_option("a_bits", "a_bits {}: the quamba1 recipe quantizes activations to 8 bits{}", o.a_bits,
+                  o.a_bits == 16 ? "; float activations (W4A16) are Quamba2's: add --recipe quamba2 --w_bits 4 (or "
+                                   "--preset w4a16)"
+                                 : "");
     if (o.granularity == Granularity::Group)
       fail_option("weight_granularity", "weight_granularity group: the quamba1 recipe has tensor or channel weight scales");
     if (cfg.arch == Arch::Mamba2 && cfg.ngroups != 1)

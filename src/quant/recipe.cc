@@ -21,7 +21,7 @@ QTensor quantize_rtn(const float* W, int rows, int cols, const WeightSpec& s) {
 const Recipe& recipe(const std::string& name) {
   for (const Recipe* r : {&quamba1_recipe(), &quamba2_recipe()})
     if (name == r->name()) return *r;
-  fail_option("recipe", "recipe '{}' is not in this build (recipes: quamba1, quamba2)", name);
+  fail_option("recipe", "recipe '{}' is not in this build (recipes: {})", name, fmt::join(recipe_names(), ", "));
 }
 
 std::vector<std::string> recipe_names() { return {"quamba1", "quamba2"}; }
