@@ -4,6 +4,7 @@
 #include <zip.h>
 
 #include <cstring>
+#include <regex>
 
 #include "analysis/explog.h"
 #include "io/json_file.h"
@@ -391,6 +392,26 @@ TEST(QuantizeCli, DryRunPrintsTheEffectiveSettings) {
   mqtest::expect_one_line_error(run_cli("quantize " + m2 + " -o " + d + "/q --w-bits 5 --dry-run"), "--w-bits 5");
   mqtest::expect_one_line_error(
       run_cli("quantize " + m2 + " -o " + d + "/q --calib-data " + d + "/none.jsonl --dry-run"), "none.jsonl");
+}
+
+// What an override or an edit did is where one looks: quantize prints old -> new per overridden
+// point; info lists the settings not applied, the overrides and every later scale edit.
+TEST(QuantizeCli, OverridesAndEditsAreVisible) {
+  const std::string d = mqtest::temp_dir("qcli_visible"), q = d + "/q";
+  auto r = run_cli("quantize " + mqtest::model_dir("mamba-tiny") + " -o " + q +
+                   " --calib-num 4 --calib-seqlen 64 --no-log -q --group-size 64 --scale-override 'x_proj:input@0=*1.5'");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::regex ov(R"(override 'x_proj:input@0=\*1\.5': layer 0 x_proj:input scale ([0-9.e-]+) -> ([0-9.e-]+))");
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.err, m, ov)) << r.err;
+  EXPECT_NEAR(std::stod(m[2]) / std::stod(m[1]), 1.5, 1e-4);
+  ASSERT_EQ(run_cli("scales set " + q + " --in-place --point x_proj:input --layers 1 --factor 2 --note because").code, 0);
+  r = run_cli("info " + q);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("not applied   --group-size"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("override      x_proj:input@0=*1.5 (at calibration)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("x_proj:input@1=*2: 1 layer, scale "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("— because"), std::string::npos) << r.out;
 }
 
 TEST(QuantizeCli, Quamba2PresetsLayerConfigAndErrors) {

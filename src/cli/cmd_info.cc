@@ -52,6 +52,20 @@ Runner register_info(CLI::App& app) {
       fmt::print("quantized     {}\n", qm.summary());
       if (!qm.layers.empty()) fmt::print("layer prec.   {}\n", qm.layers_str());
       fmt::print("weights       {:.1f} MiB in int8 mode\n", double(decode_weight_bytes(*m)) / (1 << 20));
+      for (const auto& [flag, why] : qm.not_applied) fmt::print("not applied   --{}: {}\n", flag, why);
+      for (const auto& r : qm.scale_overrides) fmt::print("override      {} (at calibration)\n", r);
+      // scale edits made after saving (`scales set`), oldest first: what changed, when, why
+      for (const auto& e : qm.edits) {
+        std::string what = e.value("rule", std::string("?"));
+        if (e.contains("layers") && e["layers"].is_array() && e.contains("old") && e["old"].is_array() &&
+            e.contains("new") && e["new"].is_array() && !e["old"].empty() && e["old"].size() == e["new"].size()) {
+          what += fmt::format(": {} layer{}, scale {:.6g} -> {:.6g}", e["layers"].size(), e["layers"].size() == 1 ? "" : "s",
+                              e["old"][0].get<double>(), e["new"][0].get<double>());
+          if (e["old"].size() > 1) what += " (first)";
+        }
+        fmt::print("scale edit    {} {}{}\n", e.value("time", std::string("")), what,
+                   e.contains("note") && e["note"].is_string() ? " — " + e["note"].get<std::string>() : "");
+      }
     }
     if (!o->json.empty()) {
       nlohmann::json j = {{"model", o->model},         {"architecture", arch_name(c.arch)},

@@ -309,6 +309,13 @@ Runner register_quantize(CLI::App& app) {
     qi.gptq.act_order = o->gptq_act_order;
     qi.progress = !o->quiet;
     auto res = quantize(*fp, meta, qi);
+    // what each --scale-override changed, old -> new per point (the verbose listing above is the
+    // calibration's, before them)
+    for (const auto& r : res.overrides)
+      for (size_t i = 0; i < r["layers"].size(); ++i)
+        fmt::print(stderr, "override '{}': layer {} {} scale {:.6g} -> {:.6g}\n", r["rule"].get<std::string>(),
+                   r["layers"][i].get<int>(), r["point"].get<std::string>(), r["old"][i].get<double>(),
+                   r["new"][i].get<double>());
     const Calibration& cal = res.calibration;
     const double calib_s = res.calibrate_s;
     auto& q = res.model;
