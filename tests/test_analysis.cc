@@ -48,11 +48,16 @@ TEST(CompareStats, HandComputed) {
   EXPECT_DOUBLE_EQ(s.p50, 0.0);
   EXPECT_NEAR(s.p90, 1.4, 1e-6);
   EXPECT_NEAR(s.p99, 0.0 + 0.97 * 2, 1e-6);
-  EXPECT_EQ(mse_band(5e-6), "excellent");
-  EXPECT_EQ(mse_band(0.5), "poor");
-  EXPECT_EQ(corr_band(0.99995), "near-identical");
-  EXPECT_EQ(corr_band(0.995), "good");
+  EXPECT_EQ(rel_mae_band(0.0005), "excellent");
+  EXPECT_EQ(rel_mae_band(0.005), "very good");
   EXPECT_EQ(rel_mae_band(0.03), "good");
+  EXPECT_EQ(rel_mae_band(0.07), "fair");
+  EXPECT_EQ(rel_mae_band(0.2), "poor");
+  // one band, scale-free: the same relative error reads the same at ten times the magnitude
+  const float r1[] = {1.f, -2.f, 3.f, -4.f}, c1[] = {1.02f, -2.04f, 3.06f, -4.08f};
+  float r10[4], c10[4];
+  for (int i = 0; i < 4; ++i) r10[i] = 10 * r1[i], c10[i] = 10 * c1[i];
+  EXPECT_EQ(compare_tensors(r1, c1, 4).to_json()["quality"], compare_tensors(r10, c10, 4).to_json()["quality"]);
 }
 
 TEST(CompareStats, KlAndTop1) {
@@ -145,6 +150,18 @@ TEST(CompareCli, FpOpsAttribution) {
                         "FP model");
   mqtest::expect_one_line_error(run_cli("compare --ref " + mqtest::model_dir("mamba-tiny") + " --cand " + q + " --cand-mode fake --fp-ops x"),
                         "--fp-ops: unknown op kind 'x'");
+  // eval's per-op spellings in --cand-modes: one run each, the same numbers as --fp-ops
+  auto r = run_cli("compare --ref " + mqtest::model_dir("mamba-tiny") + " --cand " + q +
+                   " --cand-modes int8,fake+fp-ops=linear --samples 1 --seqlen 128 -q --force --json " + d + "/m.json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto j = read_json_file(d + "/m.json");
+  ASSERT_EQ(j["runs"].size(), 2u);
+  EXPECT_EQ(j["runs"][0]["fp_ops"], "");
+  EXPECT_EQ(j["runs"][1]["fp_ops"], "linear");
+  EXPECT_EQ(j["runs"][1]["mode"], "fake");
+  EXPECT_DOUBLE_EQ(j["runs"][1]["logits"]["kl"].get<double>(), lin);
+  mqtest::expect_one_line_error(run_cli("compare --ref " + mqtest::model_dir("mamba-tiny") + " --cand " + q +
+                                        " --cand-modes int8+fp-ops=ssm"), "mode fake");
   // the library names its options; the CLI says them as flags
   mqtest::expect_one_line_error(run_cli("compare --ref " + mqtest::model_dir("mamba-tiny") + " --cand " + q + " --cand-mode fake --fp-ops norm"),
                         "--fp-ops norm: a Mamba1 model has no quantized norm input");
@@ -189,7 +206,9 @@ TEST(CompareCli, TwoCandidatesSideBySide) {
   EXPECT_EQ(ra["cand_id"], model_identity(a));
   EXPECT_EQ(rb["cand_id"], model_identity(b));
   EXPECT_NE(ra["cand_id"], rb["cand_id"]);
-  EXPECT_NE(ra["label"], rb["label"]);  // both folders are named q: their paths tell them apart
+  // labelled by what differs between them: alpha
+  EXPECT_EQ(ra["label"], "percentile_alpha=0.9995 int8");
+  EXPECT_EQ(rb["label"], "percentile_alpha=1.0 int8");
   EXPECT_NE(ra["saved"], rb["saved"]);
   // the summary table has a row per candidate
   EXPECT_NE(r.out.find(ra["label"].get<std::string>() + " "), std::string::npos) << r.out;

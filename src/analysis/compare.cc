@@ -72,15 +72,9 @@ nlohmann::json TensorStats::to_json() const {
           {"max_abs", max_abs}, {"mse", mse},             {"rmse", rmse},           {"mae", mae},
           {"rel_mse", rel_mse}, {"rel_mae", rel_mae},     {"corr", corr},           {"p50", p50},
           {"p90", p90},         {"p95", p95},             {"p99", p99},
-          {"mse_band", mse_band(mse)}, {"corr_band", corr_band(corr)}, {"rel_mae_band", rel_mae_band(rel_mae)}};
+          {"quality", rel_mae_band(rel_mae)}};
 }
 
-std::string mse_band(double v) {
-  return v < 1e-5 ? "excellent" : v < 1e-4 ? "very good" : v < 1e-3 ? "good" : v < 1e-2 ? "fair" : "poor";
-}
-std::string corr_band(double v) {
-  return v > 0.9999 ? "near-identical" : v > 0.999 ? "excellent" : v > 0.99 ? "good" : v > 0.95 ? "fair" : "poor";
-}
 std::string rel_mae_band(double v) {
   return v < 1e-3 ? "excellent" : v < 1e-2 ? "very good" : v < 5e-2 ? "good" : v < 0.1 ? "fair" : "poor";
 }
@@ -393,6 +387,50 @@ CachedRun cached_run(Session& m, const RunKey& key, const RunInputs& in,
   return out;
 }
 
+std::vector<std::string> candidate_labels(const std::vector<const Model*>& cands, const std::vector<std::string>& paths) {
+  const std::vector<std::string> names = candidate_names(paths);
+  if (cands.size() < 2) return names;
+  // each quantized candidate's recipe settings, flattened ("observers/percentile_alpha": 1.0);
+  // what only identifies a file or a build is left out; edits count as their rules
+  std::vector<std::map<std::string, std::string>> flat(cands.size());
+  for (size_t c = 0; c < cands.size(); ++c) {
+    if (!cands[c]->is_quantized()) return names;
+    nlohmann::json j = cands[c]->quantized()->meta.to_json();
+    for (const char* k : {"source_model", "mambaq_version", "save_id", "not_applied"}) j.erase(k);
+    if (j.contains("calibration")) j["calibration"].erase("file"), j["calibration"].erase("sha256"), j["calibration"].erase("available");
+    if (j.contains("gptq")) j["gptq"].erase("file"), j["gptq"].erase("sha256");
+    if (j.contains("edits")) {
+      nlohmann::json rules = nlohmann::json::array();
+      for (const auto& e : j["edits"]) rules.push_back(e.value("rule", std::string("?")));
+      j["edits"] = rules;
+    }
+    const nlohmann::json f = j.flatten();  // kept: items() refers to it
+    for (auto& [k, v] : f.items()) flat[c][k] = v.is_string() ? v.get<std::string>() : v.dump();
+  }
+  std::set<std::string> keys;
+  for (const auto& f : flat)
+    for (const auto& [k, v] : f) keys.insert(k);
+  std::vector<std::string> differ;
+  for (const auto& k : keys) {
+    std::set<std::string> vals;
+    for (const auto& f : flat) vals.insert(f.count(k) ? f.at(k) : "-");
+    if (vals.size() > 1) differ.push_back(k);
+  }
+  if (differ.empty() || differ.size() > 4) return names;  // nothing, or too much, to say in a label
+  std::vector<std::string> labels;
+  for (const auto& f : flat) {
+    std::string l;
+    for (const auto& k : differ) {
+      std::string name = k.substr(k.rfind('/') + 1);
+      if (std::all_of(name.begin(), name.end(), ::isdigit)) name = k.substr(1, k.find('/', 1) - 1) + "[" + name + "]";
+      l += (l.empty() ? "" : " ") + name + "=" + (f.count(k) ? f.at(k) : "-");
+    }
+    labels.push_back(l);
+  }
+  if (std::set<std::string>(labels.begin(), labels.end()).size() != labels.size()) return names;
+  return labels;
+}
+
 std::vector<std::string> candidate_names(const std::vector<std::string>& paths) {
   // the last `depth` components of each path, one more for every name two different paths share
   auto suffix = [](const std::string& p, size_t depth) {
@@ -465,26 +503,41 @@ std::vector<CompareRun> compare_models(const Model& ref, const std::vector<const
     if (const std::string d = config_difference(rc, cc); !d.empty())
       fail("--ref {} and --cand {} are not the same architecture ({}: --ref's first)", spec.ref_path, spec.cand_paths[c], d);
   }
-  if ((spec.fp_ops & (kFpLinear | kFpConv)) && ref.is_quantized())
-    fail_option("fp_ops", "fp_ops {}: keeping linear/conv in FP32 needs the FP model's weights: the reference {} is "
-                "quantized, give the FP model it was made from", fp_ops_str(spec.fp_ops), spec.ref_path);
   struct Plan {
     size_t cand;
     std::string mode;
+    unsigned fp_ops = 0;  // the mode's own (fake+fp-ops=...), else spec.fp_ops
   };
   std::vector<Plan> plans;
+  unsigned all_ops = 0;
   for (size_t c = 0; c < cands.size(); ++c) {
     std::vector<std::string> modes = spec.modes;
     if (modes.empty()) modes.push_back(cands[c]->is_quantized() ? "int8" : "fp32");
-    for (const auto& m : modes) {
-      if (spec.fp_ops && m != "fake")
+    for (const auto& spelled : modes) {
+      // "fake+fp-ops=ssm:linear": eval's per-mode spelling
+      const size_t plus = spelled.find('+');
+      const std::string m = mode_name(parse_mode(spelled.substr(0, plus)));
+      unsigned ops = spec.fp_ops;
+      if (plus != std::string::npos) {
+        const std::string rest = spelled.substr(plus + 1);
+        if (!rest.starts_with("fp-ops="))
+          fail_option("mode", "mode '{}': after '+' only fp-ops=OP:OP... is understood (e.g. fake+fp-ops=ssm)", spelled);
+        std::string list = rest.substr(7);
+        std::replace(list.begin(), list.end(), ':', ',');
+        ops = parse_fp_ops(list);
+      }
+      if (ops && m != "fake")
         fail_option("fp_ops", "fp_ops {} runs in the fake-quant simulation: run the candidate in mode fake "
-                    "(--cand-mode fake), not {}", fp_ops_str(spec.fp_ops), m);
+                    "(--cand-mode fake, or fake+fp-ops=... in --cand-modes), not {}", fp_ops_str(ops), m);
       if (m != "fp32" && !cands[c]->is_quantized())
         fail("--cand-mode {}: {} is not quantized (make one with `mambaq quantize`, or use fp32)", m, spec.cand_paths[c]);
-      plans.push_back({c, m});
+      plans.push_back({c, m, ops});
+      all_ops |= ops;
     }
   }
+  if ((all_ops & (kFpLinear | kFpConv)) && ref.is_quantized())
+    fail_option("fp_ops", "fp_ops {}: keeping linear/conv in FP32 needs the FP model's weights: the reference {} is "
+                "quantized, give the FP model it was made from", fp_ops_str(all_ops), spec.ref_path);
   // The reference in every basis the candidates need (Quamba2 rotates the residual stream and may
   // reorder heads: the FP reference runs in the same basis so that layer outputs correspond).
   std::map<std::string, std::unique_ptr<Model>> moved;  // basis -> the FP reference in it
@@ -504,13 +557,13 @@ std::vector<CompareRun> compare_models(const Model& ref, const std::vector<const
   }
   auto ref_in = [&](const std::string& basis) -> const Model& { return basis.empty() ? ref : *moved.at(basis); };
   auto cand_opts = [&](const Plan& p) {
-    return SessionOptions{.backend = spec.backend, .mode = parse_mode(p.mode), .fp_ops = spec.fp_ops,
+    return SessionOptions{.backend = spec.backend, .mode = parse_mode(p.mode), .fp_ops = p.fp_ops,
                           .fp = &ref_in(bases[p.cand])};
   };
   for (const auto& p : plans) (void)Session(*cands[p.cand], probe(cand_opts(p)));  // every candidate plan can be built
   const RunInputs in{spec.data_file, sha256_file(spec.data_file), spec.seqlen};  // hashed once for every run
   const std::string ref_id = model_identity(spec.ref_path);
-  const std::vector<std::string> names = candidate_names(spec.cand_paths);
+  const std::vector<std::string> names = candidate_labels(cands, spec.cand_paths);
 
   std::map<std::string, CachedRun> refs;  // basis -> the reference run
   std::vector<CompareRun> out;
@@ -527,8 +580,8 @@ std::vector<CompareRun> compare_models(const Model& ref, const std::vector<const
     }
     const CachedRun& R = refs.at(basis);
     Session m(*cands[p.cand], cand_opts(p));
-    const std::string ops = fp_ops_str(spec.fp_ops);
-    const RunKey key{"cand", spec.cand_paths[p.cand], p.mode, ops, spec.fp_ops ? ref_id + "|" + basis : "", ""};
+    const std::string ops = fp_ops_str(p.fp_ops);
+    const RunKey key{"cand", spec.cand_paths[p.cand], p.mode, ops, p.fp_ops ? ref_id + "|" + basis : "", ""};
     const std::string label = names[p.cand] + " " + p.mode + (ops.empty() ? "" : " (FP32: " + ops + ")");
     CachedRun C = cached_run(m, key, in, samples, spec.layers, spec.save_dir, "cand " + label, spec.progress);
     if (!C.note.empty()) fmt::print(stderr, "candidate in {} recomputed: {}\n", C.dir, C.note);

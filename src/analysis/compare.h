@@ -28,11 +28,10 @@ struct TensorStats {
 // rel_mae = MAE / mean|ref|, corr = Pearson correlation.
 TensorStats compare_tensors(const float* ref, const float* cand, size_t n);
 
-// The seeds' quality bands: MSE (< 1e-5 excellent, < 1e-4 very good, < 1e-3 good, < 1e-2 fair,
-// else poor), correlation (> 0.9999 near-identical, > 0.999 excellent, > 0.99 good, > 0.95 fair,
-// else poor), relative MAE (< 0.1 % excellent, < 1 % very good, < 5 % good, < 10 % fair, else poor).
-std::string mse_band(double mse);
-std::string corr_band(double corr);
+// One quality band per tensor, on one statistic: the relative MAE (mean |diff| / mean |ref|:
+// < 0.1 % excellent, < 1 % very good, < 5 % good, < 10 % fair, else poor). The seeds also band MSE
+// and correlation, but MSE is in the tensor's own units (the residual stream grows with depth, so
+// late layers read "poor" at the same relative error) and the three disagreed on one row.
 std::string rel_mae_band(double rel_mae);
 
 // KL(P_ref || P_cand) of one logit row {V} (log-sum-exp in double); *agree: same argmax.
@@ -156,6 +155,9 @@ std::vector<CompareRun> compare_models(const Model& ref, const std::vector<const
                                        const std::vector<std::vector<int32_t>>& samples);
 // Labels that tell candidates apart: the folder's name, or its path where two names are equal.
 std::vector<std::string> candidate_names(const std::vector<std::string>& paths);
+// Labels from what differs between quantized candidates' settings ("percentile_alpha=1.0",
+// "w_bits=4 a_bits=16", "edits=..."), or candidate_names when nothing (or too much) differs.
+std::vector<std::string> candidate_labels(const std::vector<const Model*>& cands, const std::vector<std::string>& paths);
 
 // "0,11,-1" | "all" -> layer indices (negative from the end); errors name --layers.
 std::set<int> parse_layers(const std::string& spec, int n_layer);

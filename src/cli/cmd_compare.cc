@@ -31,7 +31,7 @@ Runner register_compare(CLI::App& app) {
   sub->add_option("--ref-mode", o->ref_mode, "Execution mode of the reference")->capture_default_str();
   sub->add_option("--cand", o->cands, "Candidate model folder (repeat for several: --cand A --cand B)")->required();
   sub->add_option("--cand-mode", o->cand_mode, "Execution mode of the candidates (default: each its own)");
-  sub->add_option("--cand-modes", o->cand_modes, "Several candidate modes against one reference, e.g. int8,fake,fp32");
+  sub->add_option("--cand-modes", o->cand_modes, "Several candidate modes against one reference, e.g. int8,fake,fake+fp-ops=ssm (eval's spellings)");
   sub->add_option("--data", o->data, "Text to run (JSONL with \"text\" or raw; default <data-dir>/corpus/heldout.txt)");
   sub->add_option("--samples", o->samples, "Samples")->capture_default_str()->check(at_least(1));
   sub->add_option("--seqlen", o->seqlen, "Tokens per sample")->capture_default_str()->check(at_least(1));
@@ -71,7 +71,7 @@ Runner register_compare(CLI::App& app) {
     spec.ref_mode = mode_name(parse_mode(o->ref_mode));
     spec.backend = o->c.backend;
     for (const auto& t : split_list(o->cand_modes.empty() ? o->cand_mode : o->cand_modes))
-      spec.modes.push_back(mode_name(parse_mode(t)));
+      spec.modes.push_back(t);  // fp32, fake, int8 or fake+fp-ops=OP:OP (checked by compare_models)
     spec.fp_ops = parse_fp_ops(o->fp_ops);
     spec.data_file = o->data;
     spec.seqlen = o->seqlen;
@@ -88,12 +88,12 @@ Runner register_compare(CLI::App& app) {
       fmt::print("\n{} vs {} ({}), {} samples x {} tokens\n", run.label, o->ref, rmode, cs.samples.size(),
                  o->seqlen);
       fmt::print("{:>5} {:<9} {:>11} {:>10} {:>10} {:>9} {:>10} {:>10} {:>10}  {}\n", "layer", "tensor", "MSE", "RMSE",
-                 "MAE", "relMAE", "corr", "p99|d|", "max|d|", "quality (MSE / corr / relMAE)");
+                 "MAE", "relMAE", "corr", "p99|d|", "max|d|", "quality (relMAE)");
       for (const auto& l : run.layers) {
         const TensorStats& s = l.stats;
-        fmt::print("{:>5} {:<9} {:>11.4e} {:>10.4g} {:>10.4g} {:>8.3f}% {:>10.6f} {:>10.4g} {:>10.4g}  {} / {} / {}\n",
-                   l.layer, l.tensor, s.mse, s.rmse, s.mae, 100 * s.rel_mae, s.corr, s.p99, s.max_abs, mse_band(s.mse),
-                   corr_band(s.corr), rel_mae_band(s.rel_mae));
+        fmt::print("{:>5} {:<9} {:>11.4e} {:>10.4g} {:>10.4g} {:>8.3f}% {:>10.6f} {:>10.4g} {:>10.4g}  {}\n",
+                   l.layer, l.tensor, s.mse, s.rmse, s.mae, 100 * s.rel_mae, s.corr, s.p99, s.max_abs,
+                   rel_mae_band(s.rel_mae));
       }
       fmt::print("logits: mean KL(ref || cand) {:.6g}, top-1 agreement {:.4f} ({} positions)\n", run.logits.kl(),
                  run.logits.top1(), run.logits.rows);
