@@ -414,6 +414,29 @@ TEST(QuantizeCli, OverridesAndEditsAreVisible) {
   EXPECT_NE(r.out.find("— because"), std::string::npos) << r.out;
 }
 
+// logs say a run with FP32-kept ops as eval spells it, in every view; --filter knows the Quamba2 keys.
+TEST(QuantizeCli, LogsSayPerOpModesAndFilterQuamba2Keys) {
+  const std::string d = mqtest::temp_dir("qcli_logs"), q = d + "/q", log = d + "/l.jsonl";
+  ASSERT_EQ(run_cli("quantize " + mqtest::model_dir("mamba-tiny") + " -o " + q + " --calib-num 4 --calib-seqlen 64 -q --log " + log).code, 0);
+  auto r = run_cli("eval " + q + " --mode fake --fp-ops ssm --tasks ppl:corpus/heldout.txt --limit 2 -q --log " + log);
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const char* view : {"--markdown", "--records", ""}) {
+    r = run_cli("logs " + log + " " + view);
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_NE(r.out.find("fake+fp-ops=ssm"), std::string::npos) << view << "\n" << r.out;
+  }
+  auto count = [&](const std::string& f) {
+    const auto rr = run_cli("logs " + log + " --filter " + f + " --json " + d + "/x.json --force");
+    EXPECT_EQ(rr.code, 0) << rr.err;
+    return mambaq::read_json_file(d + "/x.json").size();
+  };
+  EXPECT_EQ(count("gptq=false"), 1u);
+  EXPECT_EQ(count("gptq=true"), 0u);
+  EXPECT_EQ(count("group_heads=false"), 1u);
+  EXPECT_EQ(count("preset=w4a8"), 0u);
+  mqtest::expect_one_line_error(run_cli("logs " + log + " --filter gptq=maybe"), "true or false");
+}
+
 TEST(QuantizeCli, Quamba2PresetsLayerConfigAndErrors) {
   const std::string d = mqtest::temp_dir("qcli_q2");
   const std::string m2 = mqtest::model_dir("mamba2-tiny-hf"), m1 = mqtest::model_dir("mamba-tiny");

@@ -40,6 +40,14 @@ const nlohmann::json& at(const nlohmann::json& j, std::initializer_list<const ch
   }
   return *p;
 }
+
+// An eval record's mode as eval spells it: "fake+fp-ops=ssm" for a run with FP32-kept ops.
+std::string mode_label(const nlohmann::json& r) {
+  std::string mode = str(at(r, {"mode"}));
+  if (at(r, {"fp_ops"}).is_string() && !r["fp_ops"].get<std::string>().empty()) mode += "+fp-ops=" + r["fp_ops"].get<std::string>();
+  return mode;
+}
+
 // "task acc=.. ppl=.." for eval results; calibration time for quantize
 std::string summary(const nlohmann::json& r) {
   std::string s;
@@ -86,7 +94,7 @@ void print_markdown(const std::vector<nlohmann::json>& recs, int first) {
     if (str(at(r, {"kind"})) != "eval") continue;
     const bool q = at(r, {"quantization"}).is_object();
     const std::string src = q ? str(at(r, {"quantization", "source_model"})) : str(at(r, {"model"}));
-    fmt::print("| {} | {} | {} | {} | {} |", std::filesystem::path(src).filename().string(), str(at(r, {"mode"})),
+    fmt::print("| {} | {} | {} | {} | {} |", std::filesystem::path(src).filename().string(), mode_label(r),
                q ? str(at(r, {"quantization", "observers", "percentile_alpha"})) : "-",
                q ? str(at(r, {"quantization", "observers", "percentile_mode"})) : "-",
                q ? str(at(r, {"quantization", "weight_granularity"})) : "-");
@@ -143,8 +151,7 @@ nlohmann::json experiment_view(const Experiment& e, const std::vector<nlohmann::
   j["results"] = nlohmann::json::object();
   for (int i : e.evals) {
     const auto& r = recs[size_t(i)];
-    std::string mode = str(at(r, {"mode"}));
-    if (at(r, {"fp_ops"}).is_string()) mode += "+fp-ops=" + r["fp_ops"].get<std::string>();
+    const std::string mode = mode_label(r);
     if (at(r, {"results"}).is_object())
       for (auto& [task, v] : r["results"].items()) j["results"][task + " [" + mode + "]"] = v;
   }
@@ -204,11 +211,23 @@ bool matches(const nlohmann::json& v, const std::vector<std::string>& filters) {
       if (at(v, {"results"}).is_object())
         for (auto& [key, x] : v["results"].items()) any = any || key.find("[" + want) != std::string::npos;
       if (!any) return false;
+    } else if (k == "gptq" || k == "group_heads") {
+      const nlohmann::json& fl = at(flags, {k.c_str()});
+      bool on = false;
+      if (fl.is_boolean()) on = fl.get<bool>();
+      else if (k == "gptq") on = at(v, {"quantization", "gptq"}).is_object();
+      else on = at(v, {"quantization", "group_heads"}).is_boolean() && v["quantization"]["group_heads"].get<bool>();
+      if (want != "true" && want != "false") fail("--filter '{}': {} is true or false", f, k);
+      if (on != (want == "true")) return false;
+    } else if (k == "preset") {
+      const auto& p = at(flags, {"preset"}).is_string() ? at(flags, {"preset"}) : at(v, {"quantization", "preset"});
+      if (str(p) != want) return false;
     } else if (k == "since" || k == "until") {
       const std::string t = str(at(v, {"timestamp"}));
       if (k == "since" ? t < want : t.substr(0, want.size()) > want) return false;
     } else {
-      fail("--filter '{}': unknown key '{}' (keys: model, recipe, alpha, bits, mode, since, until)", f, k);
+      fail("--filter '{}': unknown key '{}' (keys: model, recipe, preset, alpha, bits, gptq, group_heads, mode, since, "
+           "until)", f, k);
     }
   }
   return true;
@@ -360,7 +379,7 @@ Runner register_logs(CLI::App& app) {
       if (!o->json.empty()) write_json(o->json, sel);
       return 0;
     }
-    fmt::print(tout, "{:>4}  {:<20} {:<8} {:<28} {:<6} {:<7} {:<6} {:<8} {}\n", "#", "timestamp", "kind", "model", "mode",
+    fmt::print(tout, "{:>4}  {:<20} {:<8} {:<28} {:<18} {:<7} {:<6} {:<8} {}\n", "#", "timestamp", "kind", "model", "mode",
                "alpha", "pmode", "weights", "results");
     for (int i = first; i < n; ++i) {
       const auto& r = recs[size_t(i)];
@@ -368,8 +387,8 @@ Runner register_logs(CLI::App& app) {
       const auto& alpha = q ? at(r, {"flags", "percentile_alpha"}) : at(r, {"quantization", "observers", "percentile_alpha"});
       const auto& pm = q ? at(r, {"flags", "percentile_mode"}) : at(r, {"quantization", "observers", "percentile_mode"});
       const auto& wg = q ? at(r, {"flags", "weight_granularity"}) : at(r, {"quantization", "weight_granularity"});
-      fmt::print(tout, "{:>4}  {:<20} {:<8} {:<28} {:<6} {:<7} {:<6} {:<8} {}\n", i, str(at(r, {"timestamp"})),
-                 str(at(r, {"kind"})), str(at(r, {"model"})), q ? "-" : str(at(r, {"mode"})), str(alpha), str(pm),
+      fmt::print(tout, "{:>4}  {:<20} {:<8} {:<28} {:<18} {:<7} {:<6} {:<8} {}\n", i, str(at(r, {"timestamp"})),
+                 str(at(r, {"kind"})), str(at(r, {"model"})), q ? "-" : mode_label(r), str(alpha), str(pm),
                  str(wg), summary(r));
       sel.push_back(r);
     }
