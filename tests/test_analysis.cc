@@ -329,6 +329,33 @@ TEST(ScalesCli, ListMarksObserversAndSummarises) {
   EXPECT_NE(r.out.find("backbone.layers.3.mixer.conv1d.output_scale"), std::string::npos);
 }
 
+// Quamba2's grouped kinds are long ("x_proj:input (max/h0g1d2)"-like names): the columns stay
+// aligned, as wide as the longest name.
+TEST(ScalesCli, ColumnsStayAlignedWithLongKinds) {
+  const std::string d = mqtest::temp_dir("scales_cols"), q = d + "/q";
+  ASSERT_EQ(run_cli("quantize " + mqtest::model_dir("mamba2-tiny-hf") + " -o " + q +
+                    " --preset w4a8 --calib-num 2 --calib-seqlen 32 --gptq-num 2 --gptq-seqlen 32 --no-log -q").code, 0);
+  const auto r = run_cli("scales " + q);
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::istringstream in(r.out);
+  std::string line;
+  size_t end_of_scale = 0, rows = 0;
+  bool table = false;
+  while (std::getline(in, line)) {
+    if (line.find("observer") != std::string::npos && line.find("scale") != std::string::npos) {
+      table = true;
+      end_of_scale = line.rfind("  ");  // the tensor column follows the scale after two spaces
+      continue;
+    }
+    if (!table) continue;
+    if (line.empty()) break;
+    EXPECT_EQ(line.rfind("  "), end_of_scale) << line;
+    ++rows;
+  }
+  EXPECT_GT(rows, 10u);
+  EXPECT_GT(end_of_scale, 0u);
+}
+
 TEST(ScalesCli, DiffOfAlphaSettings) {
   const std::string d = mqtest::temp_dir("scales_diff");
   const std::string a = quantized_tiny(), b = quantized_tiny("--percentile-alpha 1.0");

@@ -437,6 +437,23 @@ TEST(QuantizeCli, LogsSayPerOpModesAndFilterQuamba2Keys) {
   mqtest::expect_one_line_error(run_cli("logs " + log + " --filter gptq=maybe"), "true or false");
 }
 
+// The seeds' "W8A8 + GPTQ" without a quantized embedding or head writes a folder larger than the
+// model: the summary says which tensors stay in float and why (docs/quantize.md, "Folder sizes").
+TEST(QuantizeCli, SummaryNamesTheTensorsKeptInFloat) {
+  const std::string d = mqtest::temp_dir("qcli_kept");
+  auto r = run_cli("quantize " + mqtest::model_dir("mamba2-tiny-hf") + " -o " + d + "/a --recipe quamba2 --w_bits 8 "
+                   "--a_bits 8 --apply_gptq --calib-num 2 --calib-seqlen 32 --gptq-num 2 --gptq-seqlen 32 --no-log -q");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("kept in float: embedding"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--quantize-embedding quantizes it"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("folds the final norm's weight into it"), std::string::npos) << r.err;
+  // with both quantized nothing large stays in float
+  r = run_cli("quantize " + mqtest::model_dir("mamba2-tiny-hf") + " -o " + d + "/b --preset w8a8 --calib-num 2 "
+              "--calib-seqlen 32 --no-log -q");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.err.find("kept in float"), std::string::npos) << r.err;
+}
+
 TEST(QuantizeCli, Quamba2PresetsLayerConfigAndErrors) {
   const std::string d = mqtest::temp_dir("qcli_q2");
   const std::string m2 = mqtest::model_dir("mamba2-tiny-hf"), m1 = mqtest::model_dir("mamba-tiny");

@@ -15,7 +15,7 @@
 namespace mambaq {
 
 struct ObserverCheckRow {
-  std::string mode;     // "ema" or "exact"
+  std::string mode;     // "ema" (one sample), "ema xN" (every sample), "exact"
   double alpha;
   float amax, scale;
   double inside;        // share of all values with |x| <= amax

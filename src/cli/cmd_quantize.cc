@@ -333,6 +333,22 @@ Runner register_quantize(CLI::App& app) {
     fmt::print("quantized {} -> {} ({} W{}A{}, {}, {}): {:.1f} MiB -> {:.1f} MiB, {:.1f} s\n", o->model, o->out,
                o->recipe, o->w_bits, o->a_bits, obs, wdesc, double(decode_weight_bytes(*fp)) / (1 << 20),
                double(decode_weight_bytes(*q)) / (1 << 20), wall);
+    {  // the large tensors that stay in float, and why (what makes a folder larger than its model)
+      const ModelWeights& qw = q->weights();
+      auto is_float = [](const QTensor& t) { return t.format == WFormat::F32 || t.format == WFormat::F16 || t.format == WFormat::BF16; };
+      auto mib = [](const QTensor& t) { return double(t.bytes()) / (1 << 20); };
+      std::vector<std::string> kept;
+      if (is_float(qw.embedding))
+        kept.push_back(fmt::format("embedding {:.1f} MiB ({})", mib(qw.embedding),
+                                   o->recipe == "quamba1" ? "Quamba keeps it" : "--quantize-embedding quantizes it"));
+      if (!qw.tied() && is_float(qw.lm_head))
+        kept.push_back(fmt::format(
+            "lm_head {:.1f} MiB, stored apart from the embedding ({}; --quantize-lm-head quantizes it)", mib(qw.lm_head),
+            meta.rotate_residual && fp->weights().tied()
+                ? "the residual rotation folds the final norm's weight into it, so it is no longer the embedding"
+                : "the checkpoint's own"));
+      if (!kept.empty()) fmt::print(stderr, "kept in float: {}\n", fmt::join(kept, "; "));
+    }
     if (!o->no_log) {
       nlohmann::json r = log_header("quantize");
       r["model"] = o->model;

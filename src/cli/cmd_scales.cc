@@ -285,11 +285,14 @@ Runner register_scales(CLI::App& app) {
       fmt::print("{}\n", qm.summary());
       print_edits("", qm);
       if (!qm.layers.empty()) fmt::print("layer precision: {}\n", qm.layers_str());
-      fmt::print("{:>5}  {:<28} {:<14} {:>12}  {}\n", "layer", "kind", "observer", "scale", "tensor");
+      // columns as wide as the longest kind and observer names (a grouped kind is long)
+      size_t kw = 28, ow = 14;
+      for (const auto& r : ra) kw = std::max(kw, r.kind.size()), ow = std::max(ow, r.observer.size());
+      fmt::print("{:>5}  {:<{}} {:<{}} {:>12}  {}\n", "layer", "kind", kw, "observer", ow, "scale", "tensor");
       std::map<std::string, std::vector<double>> by;
       nlohmann::json rows = nlohmann::json::array();
       for (const auto& r : ra) {
-        fmt::print("{:>5}  {:<28} {:<14} {:>12.6g}  {}\n", r.layer, r.kind, r.observer, r.scale, r.tensor);
+        fmt::print("{:>5}  {:<{}} {:<{}} {:>12.6g}  {}\n", r.layer, r.kind, kw, r.observer, ow, r.scale, r.tensor);
         auto& v = by[r.kind.substr(0, r.kind.find("(max/"))];
         if (r.values.empty()) v.push_back(r.scale); else v.insert(v.end(), r.values.begin(), r.values.end());
         nlohmann::json row = {{"layer", r.layer}, {"kind", r.kind}, {"observer", r.observer}, {"tensor", r.tensor},
@@ -297,11 +300,11 @@ Runner register_scales(CLI::App& app) {
         if (!r.values.empty()) row["values"] = r.values;
         rows.push_back(row);
       }
-      fmt::print("\n{:<28} {:>6} {:>12} {:>12} {:>12}\n", "kind", "count", "min", "median", "max");
+      fmt::print("\n{:<{}} {:>6} {:>12} {:>12} {:>12}\n", "kind", kw, "count", "min", "median", "max");
       nlohmann::json summary = nlohmann::json::object();
       for (const auto& [k, v] : by) {
         const Stat s = stat(v);
-        fmt::print("{:<28} {:>6} {:>12.6g} {:>12.6g} {:>12.6g}\n", k, s.n, s.min, s.median, s.max);
+        fmt::print("{:<{}} {:>6} {:>12.6g} {:>12.6g} {:>12.6g}\n", k, kw, s.n, s.min, s.median, s.max);
         summary[k] = {{"count", s.n}, {"min", s.min}, {"median", s.median}, {"max", s.max}};
       }
       if (!o->json.empty())
@@ -321,7 +324,9 @@ Runner register_scales(CLI::App& app) {
     print_edits("B: ", mb->quantized()->meta);
     std::map<std::pair<int, std::string>, const ScaleRow*> idx;
     for (const auto& r : rb) idx[{r.layer, r.kind}] = &r;
-    fmt::print("{:>5}  {:<28} {:<12} {:>12} {:>12} {:>10}\n", "layer", "kind", "observer", "A", "B", "rel diff");
+    size_t kw = 28, ow = 12;
+    for (const auto& r : ra) kw = std::max(kw, r.kind.size()), ow = std::max(ow, r.observer.size());
+    fmt::print("{:>5}  {:<{}} {:<{}} {:>12} {:>12} {:>10}\n", "layer", "kind", kw, "observer", ow, "A", "B", "rel diff");
     std::map<std::string, std::vector<double>> diffs;
     nlohmann::json rows = nlohmann::json::array(), big = nlohmann::json::array();
     std::vector<std::string> over;
@@ -329,7 +334,7 @@ Runner register_scales(CLI::App& app) {
       auto it = idx.find({r.layer, r.kind});
       if (it == idx.end()) continue;
       const double d = (it->second->scale - r.scale) / r.scale;
-      fmt::print("{:>5}  {:<28} {:<12} {:>12.6g} {:>12.6g} {:>+9.3f}%\n", r.layer, r.kind, r.observer, r.scale,
+      fmt::print("{:>5}  {:<{}} {:<{}} {:>12.6g} {:>12.6g} {:>+9.3f}%\n", r.layer, r.kind, kw, r.observer, ow, r.scale,
                  it->second->scale, 100 * d);
       diffs[r.kind].push_back(std::fabs(d));
       nlohmann::json row = {{"layer", r.layer}, {"kind", r.kind},  {"observer", r.observer}, {"tensor", r.tensor},
@@ -337,15 +342,15 @@ Runner register_scales(CLI::App& app) {
       rows.push_back(row);
       if (std::fabs(d) > o->threshold) {
         big.push_back(row);
-        over.push_back(fmt::format("  layer {:>3} {:<28} {:+.3f}%", r.layer, r.kind, 100 * d));
+        over.push_back(fmt::format("  layer {:>3} {:<{}} {:+.3f}%", r.layer, r.kind, kw, 100 * d));
       }
     }
-    fmt::print("\n{:<28} {:>6} {:>12} {:>12} {:>12}   (|relative difference|)\n", "kind", "count", "mean", "median",
+    fmt::print("\n{:<{}} {:>6} {:>12} {:>12} {:>12}   (|relative difference|)\n", "kind", kw, "count", "mean", "median",
                "max");
     nlohmann::json summary = nlohmann::json::object();
     for (const auto& [k, v] : diffs) {
       const Stat s = stat(v);
-      fmt::print("{:<28} {:>6} {:>11.4f}% {:>11.4f}% {:>11.4f}%\n", k, s.n, 100 * s.mean, 100 * s.median, 100 * s.max);
+      fmt::print("{:<{}} {:>6} {:>11.4f}% {:>11.4f}% {:>11.4f}%\n", k, kw, s.n, 100 * s.mean, 100 * s.median, 100 * s.max);
       summary[k] = {{"count", s.n}, {"mean", s.mean}, {"median", s.median}, {"max", s.max}};
     }
     fmt::print("\n{} scales differ by more than {}%\n", over.size(), 100 * o->threshold);

@@ -145,7 +145,8 @@ void save_npz(const std::string& path, const std::map<std::string, std::vector<f
       zip_source_free(src);
       fail("{}: cannot add '{}': {}", path, k, zip_strerror(z));
     }
-    zip_set_file_compression(z, zip_uint64_t(idx), ZIP_CM_STORE, 0);
+    // deflated, as numpy.savez_compressed writes (numpy.load reads both)
+    zip_set_file_compression(z, zip_uint64_t(idx), ZIP_CM_DEFLATE, 6);
   }
   if (zip_close(z) != 0) {
     const std::string msg = zip_strerror(z);

@@ -24,9 +24,11 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdint>
 #include <utility>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/scratch.h"
 
 namespace mambaq {
 
@@ -119,14 +121,39 @@ constexpr auto all_tiles(std::integer_sequence<int, MR...>) {
 }
 constexpr auto kTiles = all_tiles(std::make_integer_sequence<int, kMR>());
 
+// Rows whose vector loads would straddle cache lines (a row start not on a 64-byte boundary):
+// measured 1.4x slower on AVX-512 (BENCHMARKS.md, session 14). Such blocks are copied first into
+// aligned per-thread scratch with a row stride rounded up to 16 floats; the values and the order
+// of every element's computation are unchanged, so results are bit-identical either way.
+inline bool misaligned(const float* p, int ld) {
+  return (reinterpret_cast<uintptr_t>(p) % 64) != 0 || (size_t(ld) * 4) % 64 != 0;
+}
+inline int padded(int K) { return (K + 15) / 16 * 16; }
+const float* pack_rows(const float* src, int ld, int rows, int K, int slot) {
+  const int lp = padded(K);
+  float* dst = scratch(slot, size_t(rows) * size_t(lp));
+  for (int r = 0; r < rows; ++r) std::copy(src + size_t(r) * ld, src + size_t(r) * ld + K, dst + size_t(r) * lp);
+  return dst;
+}
+
 // Block of rows [m0, m1) x columns [n0, n1).
 void block(int m0, int m1, int n0, int n1, int K, const float* A, int lda, const float* W, const float* bias, float* C,
            int ldc) {
+  int ldw = K;
+  const float* Wb = W + size_t(n0) * K;
+  if (m1 - m0 > kMR && misaligned(Wb, K)) {  // reused by every row tile of the block: worth a copy
+    Wb = pack_rows(Wb, K, n1 - n0, K, kSlotGemmPackW);
+    ldw = padded(K);
+  }
+  const bool pack_a = m1 - m0 > kMR && n1 - n0 > kNR && misaligned(A + size_t(m0) * lda, lda);
   for (int m = m0; m < m1; m += kMR) {
     const int mr = std::min(kMR, m1 - m);
+    const float* At = A + size_t(m) * lda;
+    int ld_a = lda;
+    if (pack_a) At = pack_rows(At, lda, mr, K, kSlotGemmPackA), ld_a = padded(K);
     for (int n = n0; n < n1; n += kNR) {
       const int nr = std::min(kNR, n1 - n);
-      kTiles[size_t(mr - 1)][size_t(nr - 1)](K, A + size_t(m) * lda, lda, W + size_t(n) * K, K, bias ? bias + n : nullptr,
+      kTiles[size_t(mr - 1)][size_t(nr - 1)](K, At, ld_a, Wb + size_t(n - n0) * ldw, ldw, bias ? bias + n : nullptr,
                                              C + size_t(m) * ldc + n, ldc);
     }
   }

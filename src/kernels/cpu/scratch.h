@@ -13,6 +13,7 @@ inline int8_t* scratch_i8(int slot, size_t n) { return reinterpret_cast<int8_t*>
 
 enum ScratchSlot {
   kSlotQDeq0, kSlotQDeq1, kSlotQDeq2, kSlotQDeq3, kSlotQDeq4, kSlotQAcc, kSlotQGemmA, kSlotQGemmW,
+  kSlotGemmPackW, kSlotGemmPackA,  // the fp32 GEMM's aligned copies of misaligned W blocks / A tiles
 };
 
 }  // namespace mambaq
