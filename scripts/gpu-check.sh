@@ -4,7 +4,8 @@
 # Uses build/ (or BIN_DIR, e.g. a carried .gpu/ with mambaq, mambaq_tests and lib.tgz / lib.txz of
 # the Debian libraries they link, where the machine has no Debian packages to build with).
 #   bash scripts/gpu-check.sh [OUT_DIR]
-# GPU_CHECK_FP32 / _SHAPES / _BIG (bf16) / _BATCH / _PDL / _PROFILE / _LAMBADA choose the shapes (set empty: none).
+# GPU_CHECK_FP32 / _SHAPES / _BIG (bf16) / _BATCH / _PDL / _PROFILE / _LAMBADA choose the shapes (set empty: none);
+# GPU_CHECK_NCU_DECODE (default none) the shapes whose decode kernels ncu times one by one.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 final=${1:-${OUT:-/tmp/gpu-check}}; out=$final/d; mkdir -p "$out"  # every file in d/, packed at the end
@@ -92,6 +93,29 @@ unset MAMBAQ_CUDA_PDL PDL_TAG
 for m in ${GPU_CHECK_PROFILE-mamba-1.4b mamba2-1.3b}; do
   MAMBAQ_CUDA_PROFILE=1 timeout 120 "$bin/mambaq" bench --synthetic $m --backend cuda --dtype bf16 --prompt-len 1024 --decode 1 --repeats 2 --no-bandwidth > "$out/profile-prefill-$m.txt" 2>&1
   MAMBAQ_CUDA_PROFILE=1 timeout 120 "$bin/mambaq" bench --synthetic $m --backend cuda --dtype bf16 --prompt-len 1 --decode 64 --repeats 1 --no-bandwidth > "$out/profile-decode-$m.txt" 2>&1
+done
+
+# Decode's kernels as the graph replays them: each kernel's own GPU time (ncu, node-level graph
+# profiling, clocks left alone), for the last decode step of a short run; summed by kernel name.
+for m in ${GPU_CHECK_NCU_DECODE-}; do
+  command -v ncu > /dev/null || break
+  timeout 300 ncu --clock-control none --graph-profiling node --metrics gpu__time_duration.sum --csv \
+    "$bin/mambaq" bench --synthetic $m --backend cuda --dtype bf16 --prompt-len 8 --decode 4 --repeats 1 --no-bandwidth \
+    > "$out/ncu-decode-$m.csv" 2> "$out/ncu-decode-$m.err"
+  python3 - "$out/ncu-decode-$m.csv" > "$out/profile-ncu-decode-$m.txt" 2>&1 <<'PY'
+import csv, sys, collections
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+head = rows[0]; rows = [dict(zip(head, r)) for r in rows[1:] if r[0] != 'ID']
+# kernels of the last decode step: the tail of the launch list, one layer pattern repeating
+ks = [(r['Kernel Name'].split('(')[0].split('<')[0], float(r['Metric Value'].replace(',', ''))) for r in rows
+      if r.get('Metric Name') == 'gpu__time_duration.sum']
+print('cuda profile (ncu, decode kernels, last step)')
+n = len(ks) // 6  # prefill + 4 steps + LM heads: the last sixth is about one step
+tot = collections.Counter(); cnt = collections.Counter()
+for name, ns in ks[-n:]: tot[name] += ns; cnt[name] += 1
+for name, ns in tot.most_common(): print(f'{name:<28} {cnt[name]:>5} launches {ns/1e3:>10.1f} us')
+print(f'{"total":<28} {sum(cnt.values()):>5} launches {sum(tot.values())/1e3:>10.1f} us')
+PY
 done
 
 echo
