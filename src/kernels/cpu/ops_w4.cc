@@ -72,7 +72,7 @@ void permute64(const int8_t* a, int K, int8_t* out) {
 // Two functions rather than one template over the accumulate step: a function's target attribute
 // decides which instructions the compiler may emit anywhere in it, and the AVX512BW version runs
 // on CPUs without VNNI, so it must not be compiled for a VNNI target.
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) float row_dot_vnni(const uint8_t* w, const int8_t* ap,
+[[maybe_unused]] __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) float row_dot_vnni(const uint8_t* w, const int8_t* ap,
                                                                                  int K, const float* ws, int group) {
   const __m256i mask = _mm256_set1_epi8(0x0F);
   __m512 facc = _mm512_setzero_ps();
@@ -94,7 +94,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) float row_dot_vn
   return s;
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vl"))) float row_dot_avx512bw(const uint8_t* w, const int8_t* ap, int K,
+[[maybe_unused]] __attribute__((target("avx512f,avx512bw,avx512vl"))) float row_dot_avx512bw(const uint8_t* w, const int8_t* ap, int K,
                                                                              const float* ws, int group) {
   const __m256i mask = _mm256_set1_epi8(0x0F);
   const __m512i ones = _mm512_set1_epi16(1);
@@ -121,7 +121,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) float row_dot_avx512bw(cons
 
 // W4A16 decode: one row, sum_g ws[g] * sum_{k in g} u[k] a[k] (the caller subtracts the offset):
 // 16 nibbles widened to int32 and converted to float per step, FMA with the activations.
-__attribute__((target("avx512f,avx512bw,avx512vl"))) float row_dot_f32_avx512(const uint8_t* w, const float* a, int K,
+[[maybe_unused]] __attribute__((target("avx512f,avx512bw,avx512vl"))) float row_dot_f32_avx512(const uint8_t* w, const float* a, int K,
                                                                                const float* ws, int group) {
   const __m512i mask = _mm512_set1_epi32(0x0F);
   __m512 facc = _mm512_setzero_ps();
@@ -146,7 +146,58 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) float row_dot_f32_avx512(co
 
 #pragma GCC diagnostic pop
 
-float row_dot_f32_portable(const uint8_t* w, const float* a, int K, const float* ws, int group) {
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+// x86-64-v3 (AVX2 + FMA; issue 24: these CPUs had only the portable loops). A 32-column block is
+// 16 bytes: its low nibbles are columns 0-15 and its high nibbles 16-31, so [low | high] in one
+// ymm is the block in column order and the activations are read as they are (no permutation).
+// W4A8: maddubs(u, a) pairs (u <= 15, |a| <= 128: each pair sum fits int16), madd with ones to
+// int32 — exact integer sums, so the result equals the portable loop's bit for bit.
+float row_dot_avx2(const uint8_t* w, const int8_t* a, int K, const float* ws, int group) {
+  const __m128i mask = _mm_set1_epi8(0x0F);
+  const __m256i ones = _mm256_set1_epi16(1);
+  float s = 0;
+  for (int g0 = 0, gi = 0; g0 < K; g0 += group, ++gi) {
+    const int g1 = std::min(K, g0 + group);
+    __m256i acc = _mm256_setzero_si256();
+    for (int k = g0; k < g1; k += 32) {
+      const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k / 2));
+      const __m256i u = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(x, 4), mask), _mm_and_si128(x, mask));
+      const __m256i p16 = _mm256_maddubs_epi16(u, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + k)));
+      acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p16, ones));
+    }
+    const __m128i h = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    const __m128i q = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4E));
+    const int32_t t = _mm_cvtsi128_si32(_mm_add_epi32(q, _mm_shuffle_epi32(q, 0xB1)));
+    s += ws[gi] * float(t);
+  }
+  return s;
+}
+// W4A16: 8 nibbles widened to int32, converted, FMA with the activations; four accumulators per
+// block (columns 0-7, 8-15 from the low nibbles, 16-23, 24-31 from the high ones).
+float row_dot_f32_avx2(const uint8_t* w, const float* a, int K, const float* ws, int group) {
+  const __m256i mask = _mm256_set1_epi32(0x0F);
+  float s = 0;
+  for (int g0 = 0, gi = 0; g0 < K; g0 += group, ++gi) {
+    const int g1 = std::min(K, g0 + group);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
+    for (int k = g0; k < g1; k += 32) {
+      const __m256i b0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + k / 2)));
+      const __m256i b1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + k / 2 + 8)));
+      acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(b0, mask)), _mm256_loadu_ps(a + k), acc0);
+      acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(b1, mask)), _mm256_loadu_ps(a + k + 8), acc1);
+      acc2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(b0, 4)), _mm256_loadu_ps(a + k + 16), acc2);
+      acc3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(b1, 4)), _mm256_loadu_ps(a + k + 24), acc3);
+    }
+    const __m256 t = _mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3));
+    const __m128 h = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+    const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    s += ws[gi] * _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps(q, q, 1)));
+  }
+  return s;
+}
+#endif
+
+[[maybe_unused]] float row_dot_f32_portable(const uint8_t* w, const float* a, int K, const float* ws, int group) {
   float s = 0;
   for (int g0 = 0, gi = 0; g0 < K; g0 += group, ++gi) {
     float acc = 0;
@@ -161,7 +212,7 @@ float row_dot_f32_portable(const uint8_t* w, const float* a, int K, const float*
 }
 
 // Portable: the row in its natural order (any group % 32 == 0).
-float row_dot_portable(const uint8_t* w, const int8_t* a, int K, const float* ws, int group) {
+[[maybe_unused]] float row_dot_portable(const uint8_t* w, const int8_t* a, int K, const float* ws, int group) {
   float s = 0;
   for (int g0 = 0, gi = 0; g0 < K; g0 += group, ++gi) {
     int32_t acc = 0;
@@ -176,14 +227,24 @@ float row_dot_portable(const uint8_t* w, const int8_t* a, int K, const float* ws
 }
 
 using RowDot = float (*)(const uint8_t*, const int8_t*, int, const float*, int);
-RowDot pick_row_dot(bool permuted_ok) {
+// The W4A8 row dot for this variant and CPU, and whether it reads the row permuted (permute64).
+// x86-64-v4 (and v2 on an AVX-512 CPU): the 64-column AVX-512 dots when the groups allow; v3: the
+// AVX2 dot, natural order; else the portable loop.
+struct RowDotPick {
+  RowDot fn;
+  bool permuted;
+};
+RowDotPick pick_row_dot(bool wide_ok) {
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+  return {row_dot_avx2, false};
+#else
   static const bool bw = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                          __builtin_cpu_supports("avx512vl");
   static const bool vnni = bw && __builtin_cpu_supports("avx512vnni");
-  if (!permuted_ok) return row_dot_portable;
-  if (vnni) return row_dot_vnni;
-  if (bw) return row_dot_avx512bw;
-  return row_dot_portable;
+  if (wide_ok && vnni) return {row_dot_vnni, true};
+  if (wide_ok && bw) return {row_dot_avx512bw, true};
+  return {row_dot_portable, false};
+#endif
 }
 
 }  // namespace
@@ -201,9 +262,13 @@ void gemm_w4(int M, int N, int K, const float* A, int lda, const uint8_t* W, con
   std::vector<float> sa(size_t(M) * ng, 0.f);
   for (int m = 0; m < M; ++m)
     for (int k = 0; k < K; ++k) sa[size_t(m) * ng + size_t(k / group)] += A[size_t(m) * lda + k];
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+  const auto dot = row_dot_f32_avx2;
+#else
   static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                              __builtin_cpu_supports("avx512vl");
   const auto dot = avx512 ? row_dot_f32_avx512 : row_dot_f32_portable;
+#endif
 #pragma omp parallel for schedule(static)
   for (int n = 0; n < N; ++n) {
     const uint8_t* w = W + size_t(n) * (K / 2);
@@ -236,10 +301,11 @@ void gemm_s8w4(int M, int N, int K, const int8_t* A, int lda, float a_scale, con
     }
     return;
   }
-  const bool vec = group % 64 == 0 && K % 64 == 0;
-  static const RowDot fast = pick_row_dot(true);
-  const RowDot dot = vec ? fast : pick_row_dot(false);
-  const bool permute = dot != row_dot_portable;
+  const bool wide = group % 64 == 0 && K % 64 == 0;
+  static const RowDotPick fast = pick_row_dot(true), narrow = pick_row_dot(false);
+  const RowDotPick pick = wide ? fast : narrow;
+  const RowDot dot = pick.fn;
+  const bool permute = pick.permuted;
   // per row m: the activations in the order the dot reads them, and their group sums
   std::vector<int8_t> ap(size_t(M) * K);
   std::vector<float> sa(size_t(M) * ng, 0.f);
