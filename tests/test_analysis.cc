@@ -660,7 +660,7 @@ TEST(Sweep, ResumesAfterBeingKilled) {
   waitpid(pid, &st, 0);
   EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) != 0);
   const std::string err1 = mqtest::read_file(d + "/run1.err");
-  EXPECT_NE(err1.find("interrupted by signal 2 during quantize"), std::string::npos) << err1;
+  EXPECT_NE(err1.find("interrupted by signal 2 during "), std::string::npos) << err1;  // quantize, or eval if it was quick
   EXPECT_NE(err1.find("again to resume"), std::string::npos) << err1;
   size_t evals = 0;
   for (const auto& r : mambaq::read_log(log)) evals += r.value("kind", "") == "eval";

@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <sys/wait.h>
 #include <cerrno>
+#include <csignal>
 #include <unistd.h>
 
 #include <algorithm>
@@ -25,6 +26,11 @@ namespace mambaq::cli {
 namespace fs = std::filesystem;
 
 namespace {
+// Set by a SIGINT that arrives between two child runs (while a child runs, run_self ignores it
+// and the child ends): the cell loop then stops at the same message.
+volatile std::sig_atomic_t g_interrupted = 0;
+void on_sigint(int) { g_interrupted = 1; }
+
 // Forward tokens/s of a model: one warm-up forward, then a timed one.
 double forward_rate(const Model& m, int tokens) {
   Session S(m);
@@ -269,6 +275,10 @@ Runner register_sweep(CLI::App& app) {
     auto since = [](auto t) { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count(); };
     double est_done = 0, est_left = total;
     size_t k = 0;
+    struct sigaction on_int {};
+    on_int.sa_handler = on_sigint;
+    sigemptyset(&on_int.sa_mask);
+    sigaction(SIGINT, &on_int, nullptr);
     for (size_t i = 0; i < s.cells.size(); ++i) {
       const auto& c = s.cells[i];
       if (done.count(c.id) || skipped(c)) continue;
@@ -277,10 +287,10 @@ Runner register_sweep(CLI::App& app) {
       const auto t0 = std::chrono::steady_clock::now();
       auto step = [&](const std::vector<std::string>& args, const char* what) {
         fmt::print(stderr, "sweep [{}/{}] #{} {}: {}\n", k, todo, i, c.folder, what);
-        const int rc = run_self(args);
-        if (rc > 128)
+        const int rc = g_interrupted ? 128 + SIGINT : run_self(args);
+        if (rc > 128 || g_interrupted)
           fail("sweep: cell #{} ({}) interrupted by signal {} during {}; it is not logged as done: run the same "
-               "`mambaq sweep` again to resume from it", i, c.folder, rc - 128, what);
+               "`mambaq sweep` again to resume from it", i, c.folder, rc > 128 ? rc - 128 : int(SIGINT), what);
         if (rc) fail("sweep: cell #{} ({}): {} failed (exit {})", i, c.folder, what, rc);
       };
       step(cmd.quantize, "quantize");
