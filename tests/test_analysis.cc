@@ -392,6 +392,12 @@ std::string sweep_spec(const std::string& dir, int ncells_alpha = 2) {
                             "\"]\npercentile_alpha = " + alphas + "\ncalib_num = [4]\ncalib_seqlen = [128]\n");
   return p;
 }
+// d/s.toml: held-out ppl, limit 2, models in d/o, log d/log.jsonl, mamba-tiny x `matrix` lines.
+void tiny_sweep(const std::string& d, const std::string& matrix) {
+  mqtest::write_file(d + "/s.toml", "[sweep]\ntasks = [\"ppl:corpus/heldout.txt\"]\nlimit = 2\nout_dir = \"" + d +
+                                    "/o\"\nlog = \"" + d + "/log.jsonl\"\n[matrix]\nmodel = [\"" +
+                                    mqtest::model_dir("mamba-tiny") + "\"]\n" + matrix);
+}
 }  // namespace
 
 TEST(Sweep, Quamba2SpecAndFlagValues) {
@@ -591,9 +597,7 @@ TEST(Sweep, TwentyExperimentPlanHasFourteenDistinctCells) {
 // refuses before any work.
 TEST(Sweep, InvalidCellIsRefusedBeforeWork) {
   const std::string d = mqtest::temp_dir("sweep_invalid");
-  mqtest::write_file(d + "/s.toml", "[sweep]\ntasks = [\"ppl:corpus/heldout.txt\"]\nlimit = 2\nout_dir = \"" + d +
-                                    "/o\"\nlog = \"" + d + "/log.jsonl\"\n[matrix]\nmodel = [\"" +
-                                    mqtest::model_dir("mamba-tiny") + "\"]\nw_bits = [8, 5]\ncalib_num = [4]\n");
+  tiny_sweep(d, "w_bits = [8, 5]\ncalib_num = [4]\n");
   auto r = run_cli("sweep " + d + "/s.toml --dry-run");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("invalid: "), std::string::npos) << r.out;
@@ -607,10 +611,7 @@ TEST(Sweep, InvalidCellIsRefusedBeforeWork) {
 // experiment: --skip-duplicates runs it once and the table shows its result on both rows.
 TEST(Sweep, DuplicatesRunOnceOnRequest) {
   const std::string d = mqtest::temp_dir("sweep_dups");
-  mqtest::write_file(d + "/s.toml", "[sweep]\ntasks = [\"ppl:corpus/heldout.txt\"]\nlimit = 2\nout_dir = \"" + d +
-                                    "/o\"\nlog = \"" + d + "/log.jsonl\"\n[matrix]\nmodel = [\"" +
-                                    mqtest::model_dir("mamba-tiny") +
-                                    "\"]\ngroup_size = [64, 128]\ncalib_num = [4]\ncalib_seqlen = [128]\n");
+  tiny_sweep(d, "group_size = [64, 128]\ncalib_num = [4]\ncalib_seqlen = [128]\n");
   const auto r = run_cli("sweep " + d + "/s.toml --yes --skip-duplicates");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("duplicate of #0 (--group-size cannot act here): skipped"), std::string::npos) << r.out;

@@ -136,6 +136,8 @@ void expand_matrix(const nlohmann::json& mx, const std::string& path, const std:
   }
 }
 
+std::string value_str(const nlohmann::json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
+
 // A folder name's part: letters, digits and . _ + - kept, anything else '_'.
 std::string path_part(std::string v) {
   for (auto& ch : v)
@@ -154,7 +156,7 @@ std::string key_part(const std::string& key, const nlohmann::json& v) {
   if (v.is_boolean()) return (v.get<bool>() ? "" : "no-") + path_part(key);
   auto it = abbr.find(key);
   const std::string name = it == abbr.end() ? key : it->second;
-  return path_part(name + (name.size() == 1 ? "" : "-") + (v.is_string() ? v.get<std::string>() : v.dump()));
+  return path_part(name + (name.size() == 1 ? "" : "-") + value_str(v));
 }
 const nlohmann::json* cell_json(const SweepCell& c, const std::string& key) {
   std::string flag = "--" + key;
@@ -278,14 +280,11 @@ SweepSpec load_sweep(const std::string& path) {
 
 // ---- planning and resuming (the `sweep` command prints and runs what these say) ----
 
-static std::string value_str(const nlohmann::json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
 
 // A matrix key's value in a cell ("percentile_alpha" -> "1.0"), "-" if the cell has none.
 std::string sweep_cell_value(const SweepCell& c, const std::string& key) {
-  std::string flag = "--" + key;
-  std::replace(flag.begin(), flag.end(), '_', '-');
-  const auto& m = c.quantize.count(flag) ? c.quantize : c.eval;
-  return m.count(flag) ? value_str(m.at(flag)) : "-";
+  const nlohmann::json* v = cell_json(c, key);
+  return v ? value_str(*v) : "-";
 }
 
 size_t sweep_mark_duplicates(SweepSpec& s) {

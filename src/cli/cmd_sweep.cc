@@ -177,6 +177,7 @@ Runner register_sweep(CLI::App& app) {
     // each cell's cost, from the work it does and its model's measured forward rate (models whose
     // weights are absent: extrapolated by parameters from a synthetic model of their architecture)
     std::map<std::string, double> tps;
+    std::map<std::string, ModelConfig> configs;  // read once per model, with its rate
     std::map<int, double> probe;  // by architecture
     std::vector<double> est(s.cells.size(), 0.0);
     double total = 0;
@@ -184,7 +185,7 @@ Runner register_sweep(CLI::App& app) {
       const auto& c = s.cells[i];
       if (done.count(c.id) || !c.invalid.empty() || c.effective.is_null() || skipped(c)) continue;
       if (!tps.count(c.model)) {
-        const ModelConfig mc = load_config(c.model);
+        const ModelConfig& mc = configs.emplace(c.model, load_config(c.model)).first->second;
         try {
           tps[c.model] = forward_rate(*Model::load(c.model), 256);
         } catch (const Error&) {  // a folder with its config only
@@ -196,7 +197,7 @@ Runner register_sweep(CLI::App& app) {
           tps[c.model] = probe[a] / sweep_layer_params(mc);
         }
       }
-      est[i] = sweep_cell_seconds(sweep_cell_work(c, s, o->c.data_dir), load_config(c.model), tps[c.model]);
+      est[i] = sweep_cell_seconds(sweep_cell_work(c, s, o->c.data_dir), configs.at(c.model), tps[c.model]);
       total += est[i];
     }
     // the plan's table
